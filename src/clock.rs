@@ -1,0 +1,91 @@
+//! Time as an injected dependency (SPEC §1 time rules).
+//!
+//! Every time rule in edgetoken reads the clock through [`Clock`], so tests move time with
+//! [`ManualClock`] instead of sleeping, and production uses [`SystemClock`]. This module owns
+//! nothing else: leeway and lifetime policy live in `token::verify`.
+
+use std::fmt;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use time::OffsetDateTime;
+
+/// A source of the current time.
+pub trait Clock: Send + Sync + fmt::Debug {
+    /// The current time, UTC.
+    fn now(&self) -> OffsetDateTime;
+
+    /// The current time as whole seconds since the Unix epoch (JWT `NumericDate`).
+    fn unix_now(&self) -> i64 {
+        self.now().unix_timestamp()
+    }
+}
+
+/// The operating system's wall clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "the one place that reads the wall clock; everything else goes through Clock"
+    )]
+    fn now(&self) -> OffsetDateTime {
+        OffsetDateTime::now_utc()
+    }
+}
+
+/// A clock that only moves when told to; for tests and deterministic tooling.
+///
+/// Resolution is one second, which is the resolution of every JWT time claim.
+#[derive(Debug)]
+pub struct ManualClock {
+    unix: AtomicI64,
+}
+
+impl ManualClock {
+    /// A clock frozen at `unix` seconds since the epoch.
+    pub fn at(unix: i64) -> Self {
+        Self {
+            unix: AtomicI64::new(unix),
+        }
+    }
+
+    /// Sets the clock to `unix` seconds since the epoch.
+    pub fn set(&self, unix: i64) {
+        self.unix.store(unix, Ordering::SeqCst);
+    }
+
+    /// Moves the clock forward (or backward, for negative values) by `seconds`.
+    pub fn advance(&self, seconds: i64) {
+        self.unix.fetch_add(seconds, Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> OffsetDateTime {
+        // Out-of-range values saturate to the epoch rather than panic; a test that sets an
+        // absurd time gets an obviously wrong "now", not a crash.
+        OffsetDateTime::from_unix_timestamp(self.unix.load(Ordering::SeqCst))
+            .unwrap_or(OffsetDateTime::UNIX_EPOCH)
+    }
+
+    fn unix_now(&self) -> i64 {
+        self.unix.load(Ordering::SeqCst)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manual_clock_moves_only_when_told() {
+        let clock = ManualClock::at(1_000);
+        assert_eq!(clock.unix_now(), 1_000);
+        clock.advance(30);
+        assert_eq!(clock.unix_now(), 1_030);
+        assert_eq!(clock.now().unix_timestamp(), 1_030);
+        clock.set(5);
+        assert_eq!(clock.unix_now(), 5);
+    }
+}
