@@ -46,12 +46,10 @@ impl MemoryRevocations {
                 tenant,
                 subject,
                 before,
-            } => raise(
-                &mut state.users,
-                (tenant.clone(), subject.clone()),
-                *before,
-            ),
-            Revocation::Tenant { tenant, before } => raise(&mut state.tenants, tenant.clone(), *before),
+            } => raise(&mut state.users, (tenant.clone(), subject.clone()), *before),
+            Revocation::Tenant { tenant, before } => {
+                raise(&mut state.tenants, tenant.clone(), *before)
+            }
             Revocation::Key { kid, before } => raise(&mut state.keys, kid.clone(), *before),
         }
     }

@@ -1,0 +1,123 @@
+//! The verified-token cache: the warm path (SPEC §9).
+//!
+//! It remembers only the result of the expensive, time-independent checks (structure and
+//! signature, and the parsed claims), keyed by a keyed hash of the token and confirmed against
+//! the full token bytes on a hit. Expiry, revocation, issuer/audience and the requirement are
+//! checked by the verifier on every call, hit or miss, so a cached token that expires or is
+//! revoked fails on its very next use. Rejections are never cached: an attacker cannot fill
+//! the cache with junk, because junk never reaches it.
+
+use std::hash::BuildHasher as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use subtle::ConstantTimeEq as _;
+
+use super::claims::Claims;
+
+/// Bounds of the verified-token cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheSettings {
+    /// Most tokens kept at once (default 100,000). 0 disables the cache.
+    pub max_entries: u64,
+    /// Tokens longer than this are verified but not cached (default 2,048 bytes; edgetoken's
+    /// own tokens are about 450).
+    pub max_token_bytes: usize,
+}
+
+impl Default for CacheSettings {
+    fn default() -> Self {
+        Self {
+            max_entries: 100_000,
+            max_token_bytes: 2048,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Entry {
+    token: Box<[u8]>,
+    claims: Arc<Claims>,
+}
+
+/// Hit and miss counts since start.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    /// Lookups answered from the cache.
+    pub hits: u64,
+    /// Lookups that had to verify the signature.
+    pub misses: u64,
+    /// Entries held now (approximate, as moka reports it).
+    pub entries: u64,
+}
+
+#[derive(Debug)]
+pub(crate) struct VerifiedCache {
+    entries: moka::sync::Cache<u64, Arc<Entry>>,
+    /// `SipHash` with per-process random keys: an attacker cannot aim tokens at one bucket.
+    hasher: std::collections::hash_map::RandomState,
+    max_token_bytes: usize,
+    hits: AtomicU64,
+    misses: AtomicU64,
+}
+
+impl VerifiedCache {
+    pub(crate) fn new(settings: CacheSettings) -> Option<Self> {
+        if settings.max_entries == 0 {
+            return None;
+        }
+        Some(Self {
+            entries: moka::sync::Cache::builder()
+                .max_capacity(settings.max_entries)
+                // No entry is useful past the longest token lifetime plus the largest leeway.
+                .time_to_live(std::time::Duration::from_mins(12 * 60 + 5))
+                .build(),
+            hasher: std::collections::hash_map::RandomState::new(),
+            max_token_bytes: settings.max_token_bytes,
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+        })
+    }
+
+    fn key(&self, token: &[u8]) -> u64 {
+        self.hasher.hash_one(token)
+    }
+
+    /// The cached claims of exactly `token`, if present.
+    pub(crate) fn get(&self, token: &str) -> Option<Arc<Claims>> {
+        let found = self
+            .entries
+            .get(&self.key(token.as_bytes()))
+            // Confirm the whole token, so a hash collision can never return another token's
+            // claims. Constant time, so the comparison does not reveal a cached token prefix.
+            .filter(|entry| bool::from(entry.token.as_ref().ct_eq(token.as_bytes())))
+            .map(|entry| Arc::clone(&entry.claims));
+        let counter = if found.is_some() {
+            &self.hits
+        } else {
+            &self.misses
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        found
+    }
+
+    pub(crate) fn insert(&self, token: &str, claims: Arc<Claims>) {
+        if token.len() > self.max_token_bytes {
+            return;
+        }
+        let entry = Entry {
+            token: token.as_bytes().into(),
+            claims,
+        };
+        self.entries
+            .insert(self.key(token.as_bytes()), Arc::new(entry));
+    }
+
+    pub(crate) fn stats(&self) -> CacheStats {
+        CacheStats {
+            hits: self.hits.load(Ordering::Relaxed),
+            misses: self.misses.load(Ordering::Relaxed),
+            entries: self.entries.entry_count(),
+        }
+    }
+}
