@@ -49,6 +49,8 @@
 //! ```
 
 pub mod clock;
+pub mod config;
+pub mod directory;
 pub mod keys;
 pub mod permissions;
 pub mod revocation;
@@ -59,3 +61,5 @@ pub use keys::{KeyRing, SigningKey};
 pub use permissions::{Catalogue, Permission, Scope};
 pub use revocation::{RevocationCheck, RevocationStatus};
 pub use token::{Claims, Issuer, Rejection, Requirement, Verifier, VerifierSettings};
+#[cfg(feature = "cli")]
+pub mod telemetry;

@@ -1,1 +1,269 @@
-fn main() {}
+//! The `edgetoken` command line (SPEC §7): key management, offline mint and verify, and
+//! password hashing. Each subcommand parses its arguments, calls one library function and
+//! prints the result; exit status 0 on success, 1 when a token is rejected, 2 on any error.
+
+use std::fmt::Write as _;
+use std::io::{self, BufRead as _, Read as _, Write as _};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+use edgetoken::clock::SystemClock;
+use edgetoken::config::{Config, ENV_CONFIG_FILE};
+use edgetoken::keys::KeyDir;
+use edgetoken::revocation::MemoryRevocations;
+use edgetoken::token::{Issuer, Lifetime, MintRequest, Requirement, Subject, TenantId, Verifier};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "edgetoken",
+    version,
+    about = "Short-lived Ed25519 access tokens, verified at the edge"
+)]
+struct Cli {
+    /// Configuration file (default: edgetoken.toml in the working directory, if present).
+    #[arg(long, global = true, env = ENV_CONFIG_FILE)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Generate an Ed25519 key pair in the key directory (private key mode 0600).
+    Keygen {
+        /// Key directory (default: `keys.dir` from the configuration).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Make the new key the signing key even if another one is active.
+        #[arg(long)]
+        activate: bool,
+    },
+    /// Inspect and rotate keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Mint a token offline, signing with the active key of the key directory.
+    Mint {
+        /// Tenant the token opens.
+        #[arg(long)]
+        tenant: String,
+        /// User the token acts for.
+        #[arg(long)]
+        subject: String,
+        /// Permission to grant (repeatable): `CATEGORY:read|write`, `read-all`, `read-write-all`.
+        #[arg(long = "permission", short = 'p', required = true)]
+        permissions: Vec<String>,
+        /// Lifetime: 1h, 4h, 8h, 12h or max.
+        #[arg(long, default_value = "1h")]
+        duration: String,
+        /// Key directory (default: `keys.dir` from the configuration).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Verify a token offline (signature, format, time, issuer, audience, requirement).
+    /// Offline verification knows no revocations. Reads the token from standard input unless
+    /// given as an argument (arguments are visible to other users in `ps`).
+    Verify {
+        /// The token; `-` or absent reads standard input.
+        token: Option<String>,
+        /// Require this tenant.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Require this permission.
+        #[arg(long)]
+        permission: Option<String>,
+        /// Key directory (default: `keys.dir` from the configuration).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Read a password from standard input and print its argon2id hash (PHC string) for the
+    /// user directory.
+    HashPassword,
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// List the keys: kid, whether the private key is here, which one signs.
+    List {
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Generate a new key and make it the signing key; older keys stay trusted for verification.
+    Rotate {
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Print the JWKS (public keys only) of every trusted key.
+    Jwks {
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+}
+
+/// A token was checked and refused: exit 1, not 2.
+#[derive(Debug)]
+struct Rejected;
+
+fn main() -> ExitCode {
+    edgetoken::telemetry::init();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is::<Rejected>() => ExitCode::from(1),
+        Err(e) => {
+            let _ = writeln!(io::stderr(), "error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+impl std::fmt::Display for Rejected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("token rejected")
+    }
+}
+
+impl std::error::Error for Rejected {}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let config =
+        Config::load(cli.config.as_deref(), std::env::vars()).context("invalid configuration")?;
+    let key_dir =
+        |dir: Option<PathBuf>| KeyDir::new(dir.unwrap_or_else(|| config.keys.dir.clone()));
+    match cli.command {
+        Command::Keygen { dir, activate } => {
+            let keys = key_dir(dir);
+            let key = keys.generate(activate)?;
+            let active = keys.active_kid()?.as_deref() == Some(key.kid().as_str());
+            print(&format!(
+                "{}{}",
+                key.kid(),
+                if active { " (active)" } else { "" }
+            ))
+        }
+        Command::Keys { command } => keys(command, key_dir),
+        Command::Mint {
+            tenant,
+            subject,
+            permissions,
+            duration,
+            dir,
+        } => {
+            let request = MintRequest {
+                subject: Subject::new(&subject).context("--subject")?,
+                tenant: TenantId::new(&tenant).context("--tenant")?,
+                scope: config
+                    .catalogue()?
+                    .expand(&permissions)
+                    .context("--permission")?,
+                lifetime: duration.parse::<Lifetime>().context("--duration")?,
+            };
+            let key = key_dir(dir).load_signing()?;
+            let issuer = Issuer::new(
+                key,
+                config.token.issuer.clone(),
+                config.token.audience.clone(),
+                Arc::new(SystemClock),
+            );
+            let minted = issuer.mint(&request)?;
+            print(minted.token.expose())
+        }
+        Command::Verify {
+            token,
+            tenant,
+            permission,
+            dir,
+        } => {
+            let token = match token.as_deref() {
+                None | Some("-") => read_token_from_stdin()?,
+                Some(token) => token.to_owned(),
+            };
+            let mut requirement = Requirement::any();
+            if let Some(tenant) = tenant {
+                requirement = requirement.tenant(TenantId::new(&tenant).context("--tenant")?);
+            }
+            if let Some(permission) = permission {
+                requirement = requirement.permission(permission.parse().context("--permission")?);
+            }
+            let verifier = Verifier::new(
+                config.verifier_settings(),
+                key_dir(dir).load_ring()?,
+                Arc::new(MemoryRevocations::new()),
+                Arc::new(SystemClock),
+            )?;
+            match verifier.verify(&token, &requirement) {
+                Ok(claims) => print(&serde_json::to_string_pretty(&claims.to_json())?),
+                Err(rejection) => {
+                    let _ = writeln!(io::stderr(), "rejected: {} ({rejection})", rejection.code());
+                    Err(Rejected.into())
+                }
+            }
+        }
+        Command::HashPassword => {
+            let mut password = zeroize::Zeroizing::new(String::new());
+            io::stdin()
+                .lock()
+                .read_line(&mut password)
+                .context("reading the password from standard input")?;
+            let trimmed = password.trim_end_matches(['\r', '\n']);
+            if trimmed.is_empty() {
+                bail!("empty password on standard input");
+            }
+            print(&edgetoken::directory::hash_password(trimmed)?)
+        }
+    }
+}
+
+fn keys(command: KeysCommand, key_dir: impl Fn(Option<PathBuf>) -> KeyDir) -> anyhow::Result<()> {
+    match command {
+        KeysCommand::List { dir, json } => {
+            let list = key_dir(dir).list()?;
+            if json {
+                return print(&serde_json::to_string_pretty(&list)?);
+            }
+            let mut text =
+                String::from("KID                                          PRIVATE  ACTIVE");
+            for key in list {
+                let _ = write!(
+                    text,
+                    "\n{}  {:<7}  {}",
+                    key.kid,
+                    if key.has_private { "yes" } else { "no" },
+                    if key.active { "yes" } else { "" }
+                );
+            }
+            print(&text)
+        }
+        KeysCommand::Rotate { dir } => {
+            let key = key_dir(dir).generate(true)?;
+            print(&format!("{} (active)", key.kid()))
+        }
+        KeysCommand::Jwks { dir } => {
+            let ring = key_dir(dir).load_ring()?;
+            print(&serde_json::to_string_pretty(&ring.jwks())?)
+        }
+    }
+}
+
+/// Reads one token from standard input, refusing anything longer than a token can be so a
+/// stray pipe cannot make the CLI buffer without bound.
+fn read_token_from_stdin() -> anyhow::Result<String> {
+    let mut text = String::new();
+    let limit = u64::try_from(edgetoken::token::MAX_TOKEN_BYTES).unwrap_or(u64::MAX) + 2;
+    io::stdin()
+        .take(limit + 1)
+        .read_to_string(&mut text)
+        .context("reading the token from standard input")?;
+    Ok(text.trim_end_matches(['\r', '\n']).to_owned())
+}
+
+fn print(text: &str) -> anyhow::Result<()> {
+    writeln!(io::stdout().lock(), "{text}").context("writing to standard output")
+}
