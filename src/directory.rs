@@ -1,11 +1,31 @@
-//! People and their passwords (SPEC §4 `directory` mode).
+//! People, their tenants and permissions, and their passwords (SPEC §2, §4).
 //!
-//! Passwords are stored only as argon2id PHC strings (`edgetoken hash-password` makes them)
-//! and checked with argon2's own verification, which compares in constant time.
+//! The directory is a TOML file read at start:
+//!
+//! ```toml
+//! [users.alice]
+//! password_hash = "$argon2id$v=19$..."   # from `edgetoken hash-password`; omit in trusted-header mode
+//!
+//! [users.alice.tenants.acme]
+//! permissions = ["runs:write", "policies:read"]   # or "read-all" / "read-write-all"
+//! admin = true                                     # may revoke other users' tokens in acme
+//! ```
+//!
+//! Shortcuts expand against the catalogue when the file is loaded, so what a person holds is
+//! always a concrete scope. Passwords are stored only as argon2id PHC strings and checked
+//! with argon2's own verification, which compares in constant time; an unknown user costs the
+//! same argon2 work as a known one, so response time does not reveal who exists.
+
+use std::collections::BTreeMap;
+use std::path::Path;
 
 use argon2::Argon2;
-use argon2::password_hash::rand_core::OsRng;
+use argon2::password_hash::rand_core::{OsRng, RngCore as _};
 use argon2::password_hash::{PasswordHash, PasswordHasher as _, PasswordVerifier as _, SaltString};
+use serde::Deserialize;
+
+use crate::permissions::{Catalogue, Scope};
+use crate::token::{Subject, TenantId};
 
 /// Why a password could not be hashed, or a stored hash could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +73,223 @@ pub fn verify_password(password: &str, stored: &str) -> Result<bool, PasswordErr
         .is_ok())
 }
 
+/// What a person holds in one tenant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Membership {
+    /// Their effective permissions there.
+    pub permissions: Scope,
+    /// Whether they administer the tenant (may revoke any user's tokens, or all of them).
+    pub admin: bool,
+}
+
+/// One person.
+#[derive(Clone, PartialEq, Eq)]
+pub struct User {
+    /// The user id, used as `sub`.
+    pub id: Subject,
+    password_hash: Option<String>,
+    /// Tenants they belong to.
+    pub tenants: BTreeMap<TenantId, Membership>,
+}
+
+impl std::fmt::Debug for User {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("User")
+            .field("id", &self.id)
+            .field("tenants", &self.tenants)
+            .finish_non_exhaustive()
+    }
+}
+
+impl User {
+    /// A user with a password hash (or none, for trusted-header mode).
+    pub fn new(
+        id: Subject,
+        password_hash: Option<String>,
+        tenants: BTreeMap<TenantId, Membership>,
+    ) -> Self {
+        Self {
+            id,
+            password_hash,
+            tenants,
+        }
+    }
+
+    /// Their membership in `tenant`, if any.
+    pub fn membership(&self, tenant: &TenantId) -> Option<&Membership> {
+        self.tenants.get(tenant)
+    }
+}
+
+/// Why the directory file was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DirectoryError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A field is wrong; `field` is its dotted path.
+    #[error("{field}: {message}")]
+    Field {
+        /// Dotted path, e.g. `users.alice.tenants.acme.permissions`.
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDirectory {
+    #[serde(default)]
+    users: BTreeMap<String, RawUser>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUser {
+    password_hash: Option<String>,
+    #[serde(default)]
+    tenants: BTreeMap<String, RawMembership>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMembership {
+    permissions: Vec<String>,
+    #[serde(default)]
+    admin: bool,
+}
+
+/// The people edgetoken knows.
+#[derive(Debug, Clone, Default)]
+pub struct Directory {
+    users: BTreeMap<Subject, User>,
+}
+
+/// A valid argon2id hash of a random password nobody knows: verifying against it makes an
+/// unknown user cost the same as a known one.
+fn decoy_hash() -> &'static str {
+    static DECOY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DECOY.get_or_init(|| {
+        let mut secret = [0u8; 32];
+        OsRng.fill_bytes(&mut secret);
+        hash_password(&crate::token::b64(&secret)).unwrap_or_default()
+    })
+}
+
+impl Directory {
+    /// Reads and validates a directory file.
+    ///
+    /// # Errors
+    ///
+    /// [`DirectoryError`] naming the file or field at fault.
+    pub fn load(path: &Path, catalogue: &Catalogue) -> Result<Self, DirectoryError> {
+        let text = std::fs::read_to_string(path).map_err(|source| DirectoryError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_toml(&text, catalogue).map_err(|e| match e {
+            DirectoryError::Field { field, message } => DirectoryError::Field {
+                field: format!("{}: {field}", path.display()),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses and validates a directory from TOML text.
+    ///
+    /// # Errors
+    ///
+    /// [`DirectoryError::Field`] naming the field at fault.
+    pub fn from_toml(text: &str, catalogue: &Catalogue) -> Result<Self, DirectoryError> {
+        let field = |field: String, message: String| DirectoryError::Field { field, message };
+        let raw: RawDirectory =
+            toml::from_str(text).map_err(|e| field("directory".into(), e.message().to_owned()))?;
+        let mut users = BTreeMap::new();
+        for (id, raw_user) in raw.users {
+            let path = format!("users.{id}");
+            let subject = Subject::new(&id).map_err(|e| field(path.clone(), e.to_string()))?;
+            if let Some(hash) = &raw_user.password_hash {
+                let parsed = PasswordHash::new(hash)
+                    .map_err(|e| field(format!("{path}.password_hash"), e.to_string()))?;
+                if parsed.algorithm.as_str() != "argon2id" {
+                    return Err(field(
+                        format!("{path}.password_hash"),
+                        "must be an argon2id hash from `edgetoken hash-password`".into(),
+                    ));
+                }
+            }
+            let mut tenants = BTreeMap::new();
+            for (tenant, membership) in raw_user.tenants {
+                let tenant_path = format!("{path}.tenants.{tenant}");
+                let tenant_id = TenantId::new(&tenant)
+                    .map_err(|e| field(tenant_path.clone(), e.to_string()))?;
+                let permissions = catalogue
+                    .expand(&membership.permissions)
+                    .map_err(|e| field(format!("{tenant_path}.permissions"), e.to_string()))?;
+                tenants.insert(
+                    tenant_id,
+                    Membership {
+                        permissions,
+                        admin: membership.admin,
+                    },
+                );
+            }
+            users.insert(
+                subject.clone(),
+                User::new(subject, raw_user.password_hash, tenants),
+            );
+        }
+        Ok(Self { users })
+    }
+
+    /// A directory of the given users.
+    pub fn from_users(users: impl IntoIterator<Item = User>) -> Self {
+        Self {
+            users: users.into_iter().map(|u| (u.id.clone(), u)).collect(),
+        }
+    }
+
+    /// The user `id`, if known (trusted-header mode: the proxy already authenticated them).
+    pub fn user(&self, id: &str) -> Option<&User> {
+        let id = Subject::new(id).ok()?;
+        self.users.get(&id)
+    }
+
+    /// How many users there are.
+    pub fn len(&self) -> usize {
+        self.users.len()
+    }
+
+    /// Whether there is no user.
+    pub fn is_empty(&self) -> bool {
+        self.users.is_empty()
+    }
+
+    /// Checks `id` and `password`; `None` unless both are right. Runs argon2 even for unknown
+    /// users and users without a password, so timing does not tell them apart.
+    ///
+    /// # Security
+    ///
+    /// Slow by design (argon2id): call it off the async threads (`spawn_blocking`).
+    pub fn authenticate(&self, id: &str, password: &str) -> Option<&User> {
+        let user = self.user(id);
+        let stored = user
+            .and_then(|u| u.password_hash.as_deref())
+            .unwrap_or_else(|| decoy_hash());
+        let matches = verify_password(password, stored).unwrap_or(false);
+        user.filter(|u| matches && u.password_hash.is_some())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -71,5 +308,57 @@ mod tests {
             verify_password("x", "$2b$12$abc"),
             Err(PasswordError::BadHash)
         ));
+    }
+}
+
+#[cfg(test)]
+mod directory_tests {
+    use super::*;
+    use crate::permissions::Category;
+
+    fn catalogue() -> Catalogue {
+        Catalogue::new(["runs", "policies"].map(|c| Category::new(c).unwrap())).unwrap()
+    }
+
+    #[test]
+    fn loads_users_and_expands_shortcuts() {
+        let hash = hash_password("pw-alice").unwrap();
+        let text = format!(
+            "[users.alice]\npassword_hash = \"{hash}\"\n[users.alice.tenants.acme]\npermissions = [\"read-all\"]\nadmin = true\n"
+        );
+        let dir = Directory::from_toml(&text, &catalogue()).unwrap();
+        let alice = dir.authenticate("alice", "pw-alice").unwrap();
+        let acme = alice.membership(&TenantId::new("acme").unwrap()).unwrap();
+        assert_eq!(acme.permissions.to_claim(), "policies:read runs:read");
+        assert!(acme.admin);
+        assert!(dir.authenticate("alice", "wrong").is_none());
+        assert!(dir.authenticate("bob", "pw-alice").is_none());
+    }
+
+    #[test]
+    fn unknown_permission_is_named() {
+        let text = "[users.alice.tenants.acme]\npermissions = [\"members:read\"]\n";
+        let err = Directory::from_toml(text, &catalogue()).unwrap_err();
+        assert!(
+            matches!(err, DirectoryError::Field { ref field, .. } if field == "users.alice.tenants.acme.permissions"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn non_argon2id_hash_is_named() {
+        let text = "[users.alice]\npassword_hash = \"$2b$12$abcdefghijklmnopqrstuv\"\n";
+        let err = Directory::from_toml(text, &catalogue()).unwrap_err();
+        assert!(
+            matches!(err, DirectoryError::Field { ref field, .. } if field == "users.alice.password_hash")
+        );
+    }
+
+    #[test]
+    fn user_without_password_cannot_sign_in() {
+        let text = "[users.sso]\n[users.sso.tenants.acme]\npermissions = [\"runs:read\"]\n";
+        let dir = Directory::from_toml(text, &catalogue()).unwrap();
+        assert!(dir.user("sso").is_some());
+        assert!(dir.authenticate("sso", "").is_none());
     }
 }

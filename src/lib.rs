@@ -61,5 +61,7 @@ pub use keys::{KeyRing, SigningKey};
 pub use permissions::{Catalogue, Permission, Scope};
 pub use revocation::{RevocationCheck, RevocationStatus};
 pub use token::{Claims, Issuer, Rejection, Requirement, Verifier, VerifierSettings};
+#[cfg(feature = "server")]
+pub mod metrics;
 #[cfg(feature = "cli")]
 pub mod telemetry;
