@@ -1,85 +1,167 @@
-//! A plain in-memory revocation set: the simplest [`RevocationCheck`].
+//! The in-process revocation store: the default for a single process without Redis (SPEC §3).
 //!
-//! Used by the offline CLI and by tests of the token core. It has no staleness (it is the
-//! source of truth for its own process) and no pruning; the Redis-backed mirror replaces it in
-//! the services.
+//! [`MemoryRevocations`] is both the store and the check: a revoke applies straight to its
+//! own [`Mirror`], which is authoritative (always ready, never stale). Nothing survives a
+//! restart, and other processes see nothing; the service says so when it starts. Used by the
+//! default `serve`, the offline CLI and the token core's tests.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::RwLock;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 
+use super::mirror::Mirror;
+use super::settings::RevocationSettings;
+use super::store::{self, RevocationStore, StoreError, StoreFuture, StoreKind};
 use super::{Revocation, RevocationCheck, RevocationStatus, TokenFacts};
+use crate::clock::{Clock, SystemClock};
 
-/// An in-process revocation set, shared behind an `Arc`.
-#[derive(Debug, Default)]
+/// An in-process revocation store and check, shared behind an `Arc`.
+#[derive(Debug)]
 pub struct MemoryRevocations {
-    state: RwLock<State>,
+    mirror: Arc<Mirror>,
+    clock: Arc<dyn Clock>,
+    /// Unix second at or after which the next revoke also prunes.
+    next_prune: AtomicI64,
+    prune_every: i64,
 }
 
-#[derive(Debug, Default)]
-struct State {
-    tokens: HashSet<String>,
-    users: HashMap<(String, String), i64>,
-    tenants: HashMap<String, i64>,
-    keys: HashMap<String, i64>,
+impl Default for MemoryRevocations {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl MemoryRevocations {
-    /// An empty set.
+    /// An empty store with the default settings and the system clock.
     pub fn new() -> Self {
-        Self::default()
+        Self::with_settings(&RevocationSettings::default(), Arc::new(SystemClock))
+    }
+
+    /// An empty store using `settings.leeway` and `settings.prune_interval`, reading `clock`.
+    pub fn with_settings(settings: &RevocationSettings, clock: Arc<dyn Clock>) -> Self {
+        let prune_every = i64::try_from(settings.prune_interval.as_secs())
+            .unwrap_or(i64::MAX)
+            .max(1);
+        Self {
+            mirror: Arc::new(Mirror::authoritative(settings, clock.clone())),
+            next_prune: AtomicI64::new(clock.unix_now().saturating_add(prune_every)),
+            clock,
+            prune_every,
+        }
     }
 
     /// Records `revocation`. Idempotent; a later watermark replaces an earlier one, never the
-    /// reverse.
+    /// reverse. Expired entries are pruned along the way, at most once per prune interval.
     pub fn revoke(&self, revocation: &Revocation) {
-        // A poisoned lock means a panic elsewhere while writing; the data is a set of
-        // independent entries, so it is still consistent and we keep going.
-        let mut state = self
-            .state
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        match revocation {
-            Revocation::Token { jti, .. } => {
-                state.tokens.insert(jti.clone());
-            }
-            Revocation::User {
-                tenant,
-                subject,
-                before,
-            } => raise(&mut state.users, (tenant.clone(), subject.clone()), *before),
-            Revocation::Tenant { tenant, before } => {
-                raise(&mut state.tenants, tenant.clone(), *before);
-            }
-            Revocation::Key { kid, before } => raise(&mut state.keys, kid.clone(), *before),
+        self.mirror.apply(revocation);
+        let now = self.clock.unix_now();
+        let due = self.next_prune.load(Ordering::Acquire);
+        if now >= due
+            && self
+                .next_prune
+                .compare_exchange(
+                    due,
+                    now.saturating_add(self.prune_every),
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                )
+                .is_ok()
+        {
+            self.mirror.prune();
         }
     }
-}
 
-fn raise<K: std::hash::Hash + Eq>(map: &mut HashMap<K, i64>, key: K, before: i64) {
-    let entry = map.entry(key).or_insert(before);
-    *entry = (*entry).max(before);
+    /// The mirror holding the state, for metrics (size) and for sharing as the check.
+    pub fn mirror(&self) -> &Arc<Mirror> {
+        &self.mirror
+    }
 }
 
 impl RevocationCheck for MemoryRevocations {
     fn status(&self, token: &TokenFacts<'_>) -> RevocationStatus {
-        let state = self
-            .state
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let by_watermark = |before: Option<&i64>| before.is_some_and(|b| token.issued_at <= *b);
-        let revoked = state.tokens.contains(token.jti)
-            || by_watermark(state.tenants.get(token.tenant))
-            || by_watermark(state.keys.get(token.kid))
-            || (!state.users.is_empty()
-                && by_watermark(
-                    state
-                        .users
-                        .get(&(token.tenant.to_owned(), token.subject.to_owned())),
-                ));
-        if revoked {
-            RevocationStatus::Revoked
-        } else {
-            RevocationStatus::NotRevoked
+        self.mirror.status(token)
+    }
+}
+
+impl RevocationStore for MemoryRevocations {
+    fn revoke(&self, revocation: Revocation) -> StoreFuture<'_, ()> {
+        Box::pin(async move {
+            store::validate(&revocation)?;
+            MemoryRevocations::revoke(self, &revocation);
+            Ok::<(), StoreError>(())
+        })
+    }
+
+    fn kind(&self) -> StoreKind {
+        StoreKind::InProcess
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+
+    const NOW: i64 = 1_800_000_000;
+
+    fn facts(jti: &str) -> TokenFacts<'_> {
+        TokenFacts {
+            jti,
+            subject: "alice",
+            tenant: "acme",
+            kid: "k1",
+            issued_at: NOW,
+            expires_at: NOW + 3600,
         }
+    }
+
+    #[tokio::test]
+    async fn store_revoke_applies_at_once() {
+        let store = MemoryRevocations::with_settings(
+            &RevocationSettings::default(),
+            Arc::new(ManualClock::at(NOW)),
+        );
+        RevocationStore::revoke(
+            &store,
+            Revocation::Token {
+                jti: "abc".into(),
+                expires_at: NOW + 3600,
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(store.status(&facts("abc")), RevocationStatus::Revoked);
+        assert_eq!(store.status(&facts("abd")), RevocationStatus::NotRevoked);
+    }
+
+    #[tokio::test]
+    async fn store_refuses_empty_jti() {
+        let store = MemoryRevocations::new();
+        let err = RevocationStore::revoke(
+            &store,
+            Revocation::Token {
+                jti: String::new(),
+                expires_at: NOW,
+            },
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(err, StoreError::InvalidRevocation(_)));
+        assert_eq!(store.mirror().size().total(), 0);
+    }
+
+    #[test]
+    fn revoke_prunes_expired_entries_once_per_interval() {
+        let clock = Arc::new(ManualClock::at(NOW));
+        let store = MemoryRevocations::with_settings(&RevocationSettings::default(), clock.clone());
+        store.revoke(&Revocation::Token {
+            jti: "old".into(),
+            expires_at: NOW + 10,
+        });
+        clock.advance(3600);
+        store.revoke(&Revocation::Token {
+            jti: "new".into(),
+            expires_at: NOW + 7200,
+        });
+        assert_eq!(store.mirror().size().tokens, 1);
     }
 }

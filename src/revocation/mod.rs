@@ -10,9 +10,19 @@
 //! errs on the side of revoking: a token minted in the same second as the revocation is
 //! revoked too, while one minted in any later second keeps working.
 
+mod engine;
 mod memory;
+mod mirror;
+mod redis;
+mod settings;
+mod store;
 
-pub use memory::MemoryRevocations;
+pub use self::engine::RevocationEngine;
+pub use self::memory::MemoryRevocations;
+pub use self::mirror::{Mirror, MirrorHealth, MirrorSize};
+pub use self::redis::{RedisFeed, RedisStore};
+pub use self::settings::{MAX_TOKEN_LIFETIME, OnStale, RevocationSettings};
+pub use self::store::{RevocationStore, StoreError, StoreFuture, StoreKind};
 
 use std::fmt;
 

@@ -1,0 +1,88 @@
+//! [`RevocationEngine`]: one handle that wires a store and this process's mirror from
+//! [`RevocationSettings`] (SPEC §3).
+//!
+//! With no Redis URL it is the in-process store (and says so in the log); with one, a
+//! [`RedisFeed`] keeps the local mirror in sync and a [`RedisStore`] writes revocations, also
+//! applying them locally once Redis acknowledged. The HTTP layer holds the engine; the
+//! verifier holds [`RevocationEngine::check`].
+
+use std::sync::Arc;
+
+use super::RevocationCheck;
+use super::memory::MemoryRevocations;
+use super::mirror::Mirror;
+use super::redis::{RedisFeed, RedisStore};
+use super::settings::RevocationSettings;
+use super::store::{RevocationStore, StoreError, StoreKind};
+use crate::clock::Clock;
+
+/// The revocation store and the local mirror of one process.
+#[derive(Debug)]
+pub struct RevocationEngine {
+    mirror: Arc<Mirror>,
+    store: Arc<dyn RevocationStore>,
+    feed: Option<RedisFeed>,
+}
+
+impl RevocationEngine {
+    /// Starts the engine `settings` describe.
+    ///
+    /// Never waits for an unreachable Redis: the mirror stays not ready and revokes fail
+    /// until it answers.
+    ///
+    /// # Errors
+    /// Bad settings, or a Redis that may evict revocations ([`StoreError::EvictionPolicy`]).
+    pub async fn start(
+        settings: &RevocationSettings,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, StoreError> {
+        settings.validate()?;
+        if settings.redis_url.is_none() {
+            tracing::warn!(
+                "no Redis URL configured: revocations live in this process only and do not \
+                 survive a restart"
+            );
+            let store = Arc::new(MemoryRevocations::with_settings(settings, clock));
+            return Ok(Self {
+                mirror: Arc::clone(store.mirror()),
+                store,
+                feed: None,
+            });
+        }
+        let feed = RedisFeed::start(settings, clock).await?;
+        let mirror = Arc::clone(feed.mirror());
+        let store = RedisStore::open_with_local_mirror(settings, Arc::clone(&mirror)).await?;
+        Ok(Self {
+            mirror,
+            store: Arc::new(store),
+            feed: Some(feed),
+        })
+    }
+
+    /// The lookup the verifier calls on every token.
+    pub fn check(&self) -> Arc<dyn RevocationCheck> {
+        Arc::clone(&self.mirror) as Arc<dyn RevocationCheck>
+    }
+
+    /// The local mirror, for readiness, staleness and size.
+    pub fn mirror(&self) -> &Arc<Mirror> {
+        &self.mirror
+    }
+
+    /// Where revoke calls go.
+    pub fn store(&self) -> Arc<dyn RevocationStore> {
+        Arc::clone(&self.store)
+    }
+
+    /// Which store is in use.
+    pub fn kind(&self) -> StoreKind {
+        self.store.kind()
+    }
+
+    /// Stops the feed, if any.
+    pub async fn shutdown(self) {
+        if let Some(feed) = self.feed {
+            feed.shutdown().await;
+        }
+    }
+}

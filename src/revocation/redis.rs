@@ -1,0 +1,492 @@
+//! The Redis revocation store and the change feed that keeps every mirror in sync (SPEC §3).
+//!
+//! [`RedisStore`] writes revocations; [`RedisFeed`] runs in every verifier and keeps its
+//! [`Mirror`](super::Mirror) equal to Redis. This module owns the Redis data layout, the Lua
+//! scripts and the feed protocol; the in-memory lookup lives in `mirror`.
+//!
+//! # Design: pub/sub is a hint, the log and the state are the truth
+//!
+//! Redis pub/sub is at-most-once: a subscriber that is disconnected, reconnecting or dropped
+//! for a full output buffer misses messages silently (THREATS §3.2). So every change carries a
+//! sequence number, is recorded in a replay log and in the state sets, and a mirror:
+//! - applies live messages strictly in order; on a gap it catches up from the log (`XRANGE`)
+//!   and, if the log no longer reaches back far enough, resyncs in full from the state sets;
+//! - after any disconnect, resubscribes *before* reading, then catches up the same way;
+//! - polls the head (generation and sequence) every `heartbeat`, which both detects missed
+//!   messages and refreshes its staleness ("last heard from Redis").
+//!
+//! # Never forgetful
+//!
+//! A generation id (random, stored in `gen`) names the data set. When a mirror finds it missing
+//! or changed (Redis restarted empty, was flushed, or failed over to a replica without it), or
+//! finds the sequence behind what it already applied (a restart lost its last writes), it:
+//! 1. adopts the current generation, creating a new one if there is none (compare-and-set, so
+//!    concurrent mirrors agree on one);
+//! 2. writes every entry it holds back into the state sets (`ZADD GT`, idempotent);
+//! 3. publishes a `resync` event, so every other mirror reloads the union;
+//! 4. resyncs in full itself. The mirror only ever merges, so it never shrinks on such an
+//!    event, and no acknowledged revocation any mirror still holds is lost.
+//!
+//! At start and on every reconnect, a Redis whose `maxmemory-policy` is not `noeviction` is
+//! refused ([`StoreError::EvictionPolicy`]): eviction would silently delete revocations.
+//!
+//! # Key layout
+//!
+//! Every key shares the hash tag `{P}`, where `P` is the configured `key_prefix`, so the
+//! scripts' keys live in one Cluster slot and deployments sharing a Redis stay apart:
+//!
+//! | Key | Type | Content |
+//! |---|---|---|
+//! | `{P}:gen` | string | generation id: 32 hex chars, created once per data set |
+//! | `{P}:seq` | string | last sequence number handed out (`INCR`) |
+//! | `{P}:log` | stream | one entry per change, id `<seq>-0`, fields `gen` and `body`; trimmed to about `log_max_len` entries |
+//! | `{P}:tok` | sorted set | token revocations: member `jti`, score `exp` |
+//! | `{P}:usr` | sorted set | user watermarks: member JSON `["tenant","subject"]`, score `before` |
+//! | `{P}:ten` | sorted set | tenant watermarks: member tenant, score `before` |
+//! | `{P}:kid` | sorted set | key watermarks: member kid, score `before` |
+//! | `{P}:feed` | pub/sub channel | the live feed |
+//!
+//! Scores are whole Unix seconds (exact in a double). Watermarks are written with `ZADD GT`,
+//! so they only rise. Pruning (a script run every `prune_interval`, with Redis' own `TIME`)
+//! removes token entries once `exp + leeway <= now` and watermarks once
+//! `before + 12 h + leeway <= now`: exactly when no token they cover can still be valid.
+//!
+//! # Feed messages
+//!
+//! One script (`EVENT`) does atomically: create `gen` if missing, `ZADD GT` the state entry,
+//! `INCR seq`, `XADD` to the log, `PUBLISH` to the channel. The published payload is
+//!
+//! ```text
+//! <seq> SP <gen> SP <body>
+//! ```
+//!
+//! where `<seq>` is the decimal sequence number, `<gen>` the generation id, and `<body>`
+//! either the JSON of a [`Revocation`](super::Revocation) (for example
+//! `{"kind":"token","jti":"…","expires_at":1767229140}`) or the word `resync`, which asks
+//! every mirror to reload from the state sets. Log entries carry the same `gen` and `body`.
+
+mod feed;
+mod store;
+
+pub use self::feed::RedisFeed;
+pub use self::store::RedisStore;
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use ::redis::aio::MultiplexedConnection;
+use ::redis::{AsyncConnectionConfig, Client, Script};
+use rand_core::{OsRng, RngCore};
+
+use super::settings::RevocationSettings;
+use super::{Revocation, StoreError};
+
+/// The Redis names of one deployment.
+#[derive(Debug, Clone)]
+pub(crate) struct Keys {
+    pub(crate) generation: String,
+    pub(crate) seq: String,
+    pub(crate) log: String,
+    pub(crate) tokens: String,
+    pub(crate) users: String,
+    pub(crate) tenants: String,
+    pub(crate) kids: String,
+    pub(crate) channel: String,
+}
+
+impl Keys {
+    pub(crate) fn new(prefix: &str) -> Self {
+        let key = |suffix: &str| format!("{{{prefix}}}:{suffix}");
+        Self {
+            generation: key("gen"),
+            seq: key("seq"),
+            log: key("log"),
+            tokens: key("tok"),
+            users: key("usr"),
+            tenants: key("ten"),
+            kids: key("kid"),
+            channel: key("feed"),
+        }
+    }
+
+    /// The state set of a revocation, and its member and score there.
+    pub(crate) fn entry<'a>(&'a self, revocation: &Revocation) -> (&'a str, String, i64) {
+        match revocation {
+            Revocation::Token { jti, expires_at } => (&self.tokens, jti.clone(), *expires_at),
+            Revocation::User {
+                tenant,
+                subject,
+                before,
+            } => (&self.users, user_member(tenant, subject), *before),
+            Revocation::Tenant { tenant, before } => (&self.tenants, tenant.clone(), *before),
+            Revocation::Key { kid, before } => (&self.kids, kid.clone(), *before),
+        }
+    }
+}
+
+/// The member of `{P}:usr` for a user: a JSON pair, so no separator can be ambiguous.
+fn user_member(tenant: &str, subject: &str) -> String {
+    serde_json::Value::from(vec![tenant, subject]).to_string()
+}
+
+fn parse_user_member(member: &str) -> Option<(String, String)> {
+    serde_json::from_str::<(String, String)>(member).ok()
+}
+
+/// The `EVENT` script: the only writer of changes. See the module docs.
+///
+/// KEYS: gen, seq, log, state set. ARGV: fresh generation, channel, body, log max length,
+/// member (empty for a `resync` event), score.
+const EVENT_LUA: &str = r"
+local gen = redis.call('GET', KEYS[1])
+if not gen then
+  redis.call('SET', KEYS[1], ARGV[1])
+  gen = ARGV[1]
+end
+if ARGV[5] ~= '' then
+  redis.call('ZADD', KEYS[4], 'GT', ARGV[6], ARGV[5])
+end
+local seq = redis.call('INCR', KEYS[2])
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], seq .. '-0', 'gen', gen, 'body', ARGV[3])
+redis.call('PUBLISH', ARGV[2], seq .. ' ' .. gen .. ' ' .. ARGV[3])
+return {seq, gen}
+";
+
+/// The `ROLLOVER` script: adopt the current generation, or create one if there is none or if
+/// it still equals `expected` (the generation whose sequence went backwards).
+///
+/// KEYS: gen. ARGV: expected (empty: none), fresh generation.
+const ROLLOVER_LUA: &str = r"
+local gen = redis.call('GET', KEYS[1])
+if (not gen) or gen == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2])
+  return ARGV[2]
+end
+return gen
+";
+
+/// The `PRUNE` script, on Redis' clock. KEYS: tok, usr, ten, kid. ARGV: leeway, watermark
+/// retention (seconds).
+const PRUNE_LUA: &str = r"
+local now = tonumber(redis.call('TIME')[1])
+local n = redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[1]))
+for i = 2, 4 do
+  n = n + redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now - tonumber(ARGV[2]))
+end
+return n
+";
+
+/// The scripts, hashed once.
+#[derive(Debug)]
+pub(crate) struct Scripts {
+    pub(crate) event: Script,
+    pub(crate) rollover: Script,
+    pub(crate) prune: Script,
+}
+
+impl Scripts {
+    pub(crate) fn new() -> Self {
+        Self {
+            event: Script::new(EVENT_LUA),
+            rollover: Script::new(ROLLOVER_LUA),
+            prune: Script::new(PRUNE_LUA),
+        }
+    }
+}
+
+/// A change as carried by the feed and the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Change {
+    /// A revocation.
+    Revoke(Revocation),
+    /// Reload everything from the state sets (published after a re-seed).
+    Resync,
+}
+
+const RESYNC_BODY: &str = "resync";
+
+impl Change {
+    pub(crate) fn parse_body(body: &str) -> Option<Self> {
+        if body == RESYNC_BODY {
+            Some(Self::Resync)
+        } else {
+            serde_json::from_str(body).ok().map(Self::Revoke)
+        }
+    }
+}
+
+/// One live feed message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Event {
+    pub(crate) seq: u64,
+    pub(crate) generation: String,
+    pub(crate) change: Change,
+}
+
+impl Event {
+    /// Parses `<seq> <gen> <body>`; `None` for anything else.
+    pub(crate) fn parse(payload: &str) -> Option<Self> {
+        let mut parts = payload.splitn(3, ' ');
+        let seq = parts.next()?.parse().ok()?;
+        let generation = parts.next()?.to_owned();
+        let change = Change::parse_body(parts.next()?)?;
+        Some(Self {
+            seq,
+            generation,
+            change,
+        })
+    }
+}
+
+/// A new random generation id: 128 bits as 32 hex characters.
+pub(crate) fn fresh_generation() -> String {
+    let mut bytes = [0_u8; 16];
+    OsRng.fill_bytes(&mut bytes);
+    bytes.iter().fold(String::with_capacity(32), |mut out, b| {
+        // Writing to a String cannot fail.
+        let _ = write!(out, "{b:02x}");
+        out
+    })
+}
+
+/// Runs `fut` under the command timeout, mapping both failure kinds to [`StoreError`].
+pub(crate) async fn timed<T>(
+    timeout: Duration,
+    operation: &'static str,
+    fut: impl Future<Output = ::redis::RedisResult<T>>,
+) -> Result<T, StoreError> {
+    match tokio::time::timeout(timeout, fut).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(source)) => Err(StoreError::Redis { operation, source }),
+        Err(_elapsed) => Err(StoreError::Timeout { operation, timeout }),
+    }
+}
+
+/// Opens a client for the configured URL.
+pub(crate) fn client(settings: &RevocationSettings) -> Result<Client, StoreError> {
+    let url = settings
+        .redis_url
+        .as_deref()
+        .ok_or_else(|| StoreError::Settings {
+            field: "redis_url",
+            reason: "a Redis store needs a URL".to_owned(),
+        })?;
+    Client::open(url).map_err(StoreError::RedisUrl)
+}
+
+/// Opens a multiplexed command connection with the command timeout on connect and replies.
+pub(crate) async fn command_connection(
+    client: &Client,
+    timeout: Duration,
+) -> Result<MultiplexedConnection, StoreError> {
+    let config = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(timeout))
+        .set_response_timeout(Some(timeout));
+    timed(
+        timeout,
+        "connect",
+        client.get_multiplexed_async_connection_with_config(&config),
+    )
+    .await
+}
+
+/// Refuses a Redis that may evict keys (THREATS §3.3, F11).
+///
+/// Reads `INFO memory`, which managed services keep even where they disable `CONFIG`.
+pub(crate) async fn check_eviction_policy<C>(
+    conn: &mut C,
+    timeout: Duration,
+) -> Result<(), StoreError>
+where
+    C: ::redis::aio::ConnectionLike + Send,
+{
+    let info: String = timed(
+        timeout,
+        "read INFO memory",
+        ::redis::cmd("INFO").arg("memory").query_async(conn),
+    )
+    .await?;
+    let policy = info
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("maxmemory_policy:"))
+        .ok_or_else(|| StoreError::Protocol {
+            operation: "read INFO memory",
+            detail: "no maxmemory_policy line".to_owned(),
+        })?;
+    if policy == "noeviction" {
+        Ok(())
+    } else {
+        Err(StoreError::EvictionPolicy {
+            policy: policy.to_owned(),
+        })
+    }
+}
+
+/// Runs the `EVENT` script for `body`, writing `entry` (set, member, score) if given.
+/// Returns the sequence number and generation of the change.
+pub(crate) async fn write_event<C>(
+    conn: &mut C,
+    keys: &Keys,
+    scripts: &Scripts,
+    settings: &RevocationSettings,
+    body: &str,
+    entry: Option<(&str, &str, i64)>,
+) -> Result<(u64, String), StoreError>
+where
+    C: ::redis::aio::ConnectionLike + Send,
+{
+    let (set, member, score) = entry.unwrap_or((&keys.seq, "", 0));
+    let mut invocation = scripts.event.prepare_invoke();
+    invocation
+        .key(&keys.generation)
+        .key(&keys.seq)
+        .key(&keys.log)
+        .key(set)
+        .arg(fresh_generation())
+        .arg(&keys.channel)
+        .arg(body)
+        .arg(settings.log_max_len)
+        .arg(member)
+        .arg(score);
+    timed(
+        settings.command_timeout,
+        "write a revocation",
+        invocation.invoke_async(conn),
+    )
+    .await
+}
+
+/// Removes expired entries from the state sets, on Redis' clock. Returns how many.
+pub(crate) async fn prune<C>(
+    conn: &mut C,
+    keys: &Keys,
+    scripts: &Scripts,
+    settings: &RevocationSettings,
+) -> Result<u64, StoreError>
+where
+    C: ::redis::aio::ConnectionLike + Send,
+{
+    let mut invocation = scripts.prune.prepare_invoke();
+    invocation
+        .key(&keys.tokens)
+        .key(&keys.users)
+        .key(&keys.tenants)
+        .key(&keys.kids)
+        .arg(settings.leeway_secs())
+        .arg(settings.watermark_retention_secs());
+    timed(
+        settings.command_timeout,
+        "prune expired revocations",
+        invocation.invoke_async(conn),
+    )
+    .await
+}
+
+/// Parses a sorted-set score that we wrote as whole seconds.
+pub(crate) fn parse_score(score: &str) -> Option<i64> {
+    let value: f64 = score.parse().ok()?;
+    if !value.is_finite() || value.abs() > 9.0e15 {
+        return None;
+    }
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "scores are whole seconds we wrote, checked to be finite and within ±2^53"
+    )]
+    Some(value as i64)
+}
+
+/// Builds the watermark revocation of `set` from one member and score.
+pub(crate) fn watermark(keys: &Keys, set: &str, member: String, before: i64) -> Option<Revocation> {
+    if set == keys.users {
+        let (tenant, subject) = parse_user_member(&member)?;
+        Some(Revocation::User {
+            tenant,
+            subject,
+            before,
+        })
+    } else if set == keys.tenants {
+        Some(Revocation::Tenant {
+            tenant: member,
+            before,
+        })
+    } else if set == keys.kids {
+        Some(Revocation::Key {
+            kid: member,
+            before,
+        })
+    } else {
+        None
+    }
+}
+
+/// A log entry's fields.
+pub(crate) type LogFields = HashMap<String, String>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_share_one_hash_tag_per_prefix() {
+        let keys = Keys::new("t1");
+        assert_eq!(keys.tokens, "{t1}:tok");
+        assert_eq!(keys.channel, "{t1}:feed");
+        assert_eq!(keys.generation, "{t1}:gen");
+    }
+
+    #[test]
+    fn event_payload_round_trips() {
+        let revocation = Revocation::User {
+            tenant: "acme".into(),
+            subject: "a b c".into(),
+            before: 7,
+        };
+        let body = serde_json::to_string(&revocation).unwrap();
+        let event = Event::parse(&format!("42 abcd {body}")).unwrap();
+        assert_eq!(event.seq, 42);
+        assert_eq!(event.generation, "abcd");
+        assert_eq!(event.change, Change::Revoke(revocation));
+        assert_eq!(
+            Event::parse("43 abcd resync").unwrap().change,
+            Change::Resync
+        );
+    }
+
+    #[test]
+    fn malformed_payloads_are_rejected() {
+        for payload in [
+            "",
+            "x abcd resync",
+            "1 abcd",
+            "1 abcd {\"kind\":\"nope\"}",
+            "-1 g resync",
+        ] {
+            assert_eq!(Event::parse(payload), None, "{payload}");
+        }
+    }
+
+    #[test]
+    fn user_member_is_unambiguous() {
+        let member = user_member("a:b", "c\"d");
+        assert_eq!(
+            parse_user_member(&member),
+            Some(("a:b".to_owned(), "c\"d".to_owned()))
+        );
+    }
+
+    #[test]
+    fn generations_are_random_hex() {
+        let a = fresh_generation();
+        assert_eq!(a.len(), 32);
+        assert!(a.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_ne!(a, fresh_generation());
+    }
+
+    #[test]
+    fn parse_score_accepts_whole_seconds_only_in_range() {
+        assert_eq!(parse_score("1767229140"), Some(1_767_229_140));
+        assert_eq!(parse_score("inf"), None);
+        assert_eq!(parse_score("x"), None);
+    }
+}

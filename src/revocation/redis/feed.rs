@@ -1,0 +1,674 @@
+//! [`RedisFeed`]: the background task that keeps one process's [`Mirror`] equal to Redis.
+//!
+//! The protocol (ordered changes, catch-up, full resync, re-seeding an emptied store) is
+//! described in the parent module. This file owns its state machine and the connection
+//! lifecycle: a command connection for reads and the heartbeat, and a dedicated RESP2 pub/sub
+//! connection for the live feed. redis-rs does not resubscribe a plain pub/sub connection, nor
+//! replay what was published while it was down (THREATS §3.1), so the task owns reconnection:
+//! when either connection fails, both are dropped, reopened with backoff, the channel is
+//! subscribed *before* the state is read, and the mirror catches up by sequence number.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ::redis::aio::MultiplexedConnection;
+use ::redis::{Client, Msg};
+use futures_util::StreamExt as _;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, MissedTickBehavior};
+
+use super::{
+    Change, Event, Keys, LogFields, RESYNC_BODY, Scripts, check_eviction_policy, client,
+    command_connection, fresh_generation, parse_score, prune, timed, watermark, write_event,
+};
+use crate::clock::Clock;
+use crate::revocation::StoreError;
+use crate::revocation::mirror::Mirror;
+use crate::revocation::settings::RevocationSettings;
+
+/// Entries per `XRANGE` page while catching up.
+const LOG_PAGE: usize = 1000;
+/// Members per `ZSCAN` page during a full resync.
+const SCAN_PAGE: usize = 10_000;
+/// Members per `ZADD` while re-seeding, and `ZADD`s per pipeline.
+const SEED_BATCH: usize = 1000;
+const SEED_PIPELINE: usize = 50;
+/// Rounds of head-read/act a sync may take before giving up and reconnecting.
+const MAX_SYNC_ROUNDS: usize = 8;
+/// First reconnect delay; doubles up to the heartbeat.
+const MIN_BACKOFF: Duration = Duration::from_millis(25);
+
+/// Keeps a [`Mirror`] in sync with Redis until dropped or shut down.
+///
+/// Start one per verifier process. Starting never waits for Redis: a feed started while
+/// Redis is down leaves its mirror not ready (so, fail-closed, every lookup answers
+/// `Unavailable`) until the first full sync completes (THREATS F9).
+#[derive(Debug)]
+pub struct RedisFeed {
+    mirror: Arc<Mirror>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl RedisFeed {
+    /// Starts a feed into a new mirror built from `settings`.
+    ///
+    /// # Errors
+    /// Bad settings, or a reachable Redis whose `maxmemory-policy` is not `noeviction`
+    /// ([`StoreError::EvictionPolicy`]). An unreachable Redis is not an error.
+    pub async fn start(
+        settings: &RevocationSettings,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, StoreError> {
+        let mirror = Arc::new(Mirror::new(settings, clock));
+        Self::start_with_mirror(settings, mirror).await
+    }
+
+    /// Starts a feed into `mirror`, which should come from [`Mirror::new`] with the same
+    /// settings.
+    ///
+    /// # Errors
+    /// As [`RedisFeed::start`].
+    pub async fn start_with_mirror(
+        settings: &RevocationSettings,
+        mirror: Arc<Mirror>,
+    ) -> Result<Self, StoreError> {
+        settings.validate()?;
+        let client = client(settings)?;
+        let timeout = settings.command_timeout;
+        let probe = match command_connection(&client, timeout).await {
+            Ok(mut conn) => match check_eviction_policy(&mut conn, timeout).await {
+                Ok(()) => Some(conn),
+                Err(err @ StoreError::EvictionPolicy { .. }) => return Err(err),
+                Err(err) => {
+                    tracing::warn!(error = %err, "Redis did not answer the start-up check");
+                    None
+                }
+            },
+            Err(err) => {
+                tracing::warn!(
+                    error = %err,
+                    "Redis unreachable at start; revocation mirror not ready until it answers"
+                );
+                None
+            }
+        };
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let worker = Worker {
+            client,
+            keys: Keys::new(&settings.key_prefix),
+            scripts: Scripts::new(),
+            settings: settings.clone(),
+            mirror: Arc::clone(&mirror),
+            generation: None,
+            last_seq: 0,
+            needs_full: false,
+        };
+        let tasks = vec![
+            tokio::spawn(worker.run(probe, shutdown_rx.clone())),
+            tokio::spawn(watchdog(Arc::clone(&mirror), shutdown_rx)),
+        ];
+        Ok(Self {
+            mirror,
+            shutdown,
+            tasks,
+        })
+    }
+
+    /// The mirror this feed keeps in sync: hand it to the verifier as its
+    /// [`RevocationCheck`](crate::revocation::RevocationCheck).
+    pub fn mirror(&self) -> &Arc<Mirror> {
+        &self.mirror
+    }
+
+    /// Stops the feed and waits for its tasks. The mirror keeps its last state (and turns
+    /// stale).
+    pub async fn shutdown(mut self) {
+        let _ = self.shutdown.send(true);
+        for task in std::mem::take(&mut self.tasks) {
+            if let Err(err) = task.await {
+                tracing::warn!(error = %err, "revocation feed task failed");
+            }
+        }
+    }
+}
+
+impl Drop for RedisFeed {
+    fn drop(&mut self) {
+        let _ = self.shutdown.send(true);
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// Why a feed session ended.
+#[derive(Debug, thiserror::Error)]
+enum FeedError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the feed connection closed")]
+    Disconnected,
+    #[error("the revocation store kept changing during {MAX_SYNC_ROUNDS} sync rounds")]
+    NoProgress,
+}
+
+/// What a catch-up from the log achieved.
+enum CatchUp {
+    /// Everything up to the head is applied.
+    Done,
+    /// The log no longer reaches back to our sequence: resync in full.
+    Trimmed,
+    /// The log belongs to another generation: re-read the head.
+    Generation,
+}
+
+struct Worker {
+    client: Client,
+    keys: Keys,
+    scripts: Scripts,
+    settings: RevocationSettings,
+    mirror: Arc<Mirror>,
+    /// Generation of the data set the mirror follows; `None` until the first full sync, and
+    /// again after a reset until the next one.
+    generation: Option<String>,
+    /// Highest sequence number applied in order.
+    last_seq: u64,
+    /// A `resync` event or a trimmed log asked for a full resync.
+    needs_full: bool,
+}
+
+impl Worker {
+    async fn run(
+        mut self,
+        mut probe: Option<MultiplexedConnection>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let max_backoff = self.settings.heartbeat.max(MIN_BACKOFF);
+        let mut backoff = MIN_BACKOFF;
+        loop {
+            let mut connected = false;
+            let result = self
+                .session(probe.take(), &mut shutdown, &mut connected)
+                .await;
+            let err = match result {
+                Ok(()) => return,
+                Err(err) => err,
+            };
+            let message = err.to_string();
+            if matches!(err, FeedError::Store(StoreError::EvictionPolicy { .. })) {
+                tracing::error!(error = %err, "refusing to follow a Redis that may evict revocations");
+            } else if connected {
+                tracing::warn!(error = %err, "revocation feed lost; reconnecting and catching up");
+            } else {
+                tracing::debug!(error = %err, "revocation feed could not connect; retrying");
+            }
+            self.mirror.update_health(|h| {
+                h.connected = false;
+                h.disconnects += u64::from(connected);
+                h.last_error = Some(message);
+            });
+            if connected {
+                backoff = MIN_BACKOFF;
+            }
+            tokio::select! {
+                () = tokio::time::sleep(backoff) => {}
+                _ = shutdown.changed() => return,
+            }
+            backoff = (backoff * 2).min(max_backoff);
+        }
+    }
+
+    /// One connection's lifetime: connect, subscribe, sync, then follow the feed.
+    async fn session(
+        &mut self,
+        probe: Option<MultiplexedConnection>,
+        shutdown: &mut watch::Receiver<bool>,
+        connected: &mut bool,
+    ) -> Result<(), FeedError> {
+        let timeout = self.settings.command_timeout;
+        let mut conn = match probe {
+            Some(conn) => conn,
+            None => command_connection(&self.client, timeout).await?,
+        };
+        check_eviction_policy(&mut conn, timeout).await?;
+        let mut pubsub = timed(
+            timeout,
+            "open the feed connection",
+            self.client.get_async_pubsub(),
+        )
+        .await?;
+        // Subscribe before reading the state, so no change falls between the two.
+        timed(
+            timeout,
+            "subscribe to the feed",
+            pubsub.subscribe(&self.keys.channel),
+        )
+        .await?;
+        let mut messages = pubsub.into_on_message();
+        *connected = true;
+        self.mirror.update_health(|h| h.connected = true);
+
+        let started = Instant::now();
+        self.sync(&mut conn).await?;
+        self.mirror.mark_ready();
+        self.mirror.mark_heard(started);
+
+        let heartbeat = self.settings.heartbeat;
+        let mut beat = tokio::time::interval_at(Instant::now() + heartbeat, heartbeat);
+        beat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let prune_every = self.settings.prune_interval;
+        let mut prune_tick = tokio::time::interval_at(Instant::now() + prune_every, prune_every);
+        prune_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.changed() => return Ok(()),
+                message = messages.next() => {
+                    let Some(message) = message else {
+                        return Err(FeedError::Disconnected);
+                    };
+                    self.on_message(&mut conn, &message).await?;
+                }
+                _ = beat.tick() => {
+                    let sent = Instant::now();
+                    self.sync(&mut conn).await?;
+                    self.mirror.mark_heard(sent);
+                }
+                _ = prune_tick.tick() => {
+                    self.mirror.prune();
+                    let pruned = prune(&mut conn, &self.keys, &self.scripts, &self.settings).await;
+                    if let Err(err) = pruned {
+                        tracing::warn!(error = %err, "pruning expired revocations in Redis failed");
+                    }
+                }
+            }
+        }
+    }
+
+    async fn on_message(
+        &mut self,
+        conn: &mut MultiplexedConnection,
+        message: &Msg,
+    ) -> Result<(), FeedError> {
+        let received = Instant::now();
+        let event = message
+            .get_payload::<String>()
+            .ok()
+            .and_then(|payload| Event::parse(&payload));
+        let Some(event) = event else {
+            tracing::warn!("malformed revocation feed message; checking the log instead");
+            return self.sync(conn).await;
+        };
+        if self.generation.as_deref() != Some(event.generation.as_str()) {
+            // Another data set: let the head decide (reset, or a stale message).
+            return self.sync(conn).await;
+        }
+        if event.seq <= self.last_seq {
+            // A duplicate, or a change already applied by a catch-up: idempotent, skip.
+            return Ok(());
+        }
+        if event.seq != self.last_seq + 1 {
+            tracing::debug!(
+                expected = self.last_seq + 1,
+                got = event.seq,
+                "gap in the revocation feed; catching up from the log"
+            );
+            self.mirror.update_health(|h| h.gaps += 1);
+            return self.sync(conn).await;
+        }
+        self.apply(event.seq, &event.change);
+        if self.needs_full {
+            self.sync(conn).await?;
+        }
+        self.mirror.mark_heard(received);
+        Ok(())
+    }
+
+    fn apply(&mut self, seq: u64, change: &Change) {
+        match change {
+            Change::Revoke(revocation) => {
+                self.mirror.apply(revocation);
+            }
+            Change::Resync => self.needs_full = true,
+        }
+        self.last_seq = seq;
+        self.mirror.update_health(|h| h.applied_seq = seq);
+    }
+
+    /// Brings the mirror up to the head of the store, whatever happened meanwhile.
+    async fn sync(&mut self, conn: &mut MultiplexedConnection) -> Result<(), FeedError> {
+        for _ in 0..MAX_SYNC_ROUNDS {
+            let (head_generation, head_seq) = self.read_head(conn).await?;
+            match (&self.generation, head_generation) {
+                (None, None) => {
+                    // A data set nobody wrote yet: name it, then sync it.
+                    self.rollover(conn, "").await?;
+                }
+                (None, Some(generation)) => {
+                    self.full_resync(conn, generation, head_seq).await?;
+                }
+                (Some(ours), Some(theirs)) if *ours == theirs && head_seq >= self.last_seq => {
+                    if self.needs_full {
+                        self.full_resync(conn, theirs, head_seq).await?;
+                    } else if head_seq == self.last_seq {
+                        return Ok(());
+                    } else {
+                        match self.catch_up(conn, head_seq).await? {
+                            CatchUp::Done => return Ok(()),
+                            CatchUp::Trimmed => self.needs_full = true,
+                            CatchUp::Generation => {}
+                        }
+                    }
+                }
+                (Some(ours), observed) => {
+                    let regressed = observed.as_deref() == Some(ours.as_str());
+                    self.reset(conn, regressed, head_seq).await?;
+                }
+            }
+        }
+        Err(FeedError::NoProgress)
+    }
+
+    async fn read_head(
+        &self,
+        conn: &mut MultiplexedConnection,
+    ) -> Result<(Option<String>, u64), FeedError> {
+        let mut pipe = ::redis::pipe();
+        pipe.atomic().get(&self.keys.generation).get(&self.keys.seq);
+        let (generation, seq): (Option<String>, Option<u64>) = timed(
+            self.settings.command_timeout,
+            "read the revocation sequence",
+            pipe.query_async(conn),
+        )
+        .await?;
+        Ok((generation, seq.unwrap_or(0)))
+    }
+
+    async fn rollover(
+        &self,
+        conn: &mut MultiplexedConnection,
+        expected: &str,
+    ) -> Result<String, FeedError> {
+        let mut invocation = self.scripts.rollover.prepare_invoke();
+        invocation
+            .key(&self.keys.generation)
+            .arg(expected)
+            .arg(fresh_generation());
+        Ok(timed(
+            self.settings.command_timeout,
+            "set the revocation generation",
+            invocation.invoke_async(conn),
+        )
+        .await?)
+    }
+
+    /// Merges the whole state sets into the mirror, then records `(generation, seq)` read
+    /// before the scan: anything written during the scan is in the log after `seq`.
+    async fn full_resync(
+        &mut self,
+        conn: &mut MultiplexedConnection,
+        generation: String,
+        seq: u64,
+    ) -> Result<(), FeedError> {
+        let tokens = self.keys.tokens.clone();
+        self.scan(conn, &tokens, |mirror, page| {
+            let entries = page
+                .chunks_exact(2)
+                .filter_map(|pair| Some((pair[0].as_str(), parse_score(&pair[1])?)));
+            mirror.merge_tokens(entries);
+        })
+        .await?;
+        for set in [
+            self.keys.users.clone(),
+            self.keys.tenants.clone(),
+            self.keys.kids.clone(),
+        ] {
+            let keys = self.keys.clone();
+            self.scan(conn, &set, |mirror, page| {
+                let revocations: Vec<_> = page
+                    .chunks_exact(2)
+                    .filter_map(|pair| {
+                        watermark(&keys, &set, pair[0].clone(), parse_score(&pair[1])?)
+                    })
+                    .collect();
+                mirror.apply_all(&revocations);
+            })
+            .await?;
+        }
+        tracing::info!(
+            seq,
+            size = self.mirror.size().total(),
+            "revocation mirror resynced in full"
+        );
+        self.mirror.update_health(|h| {
+            h.full_resyncs += 1;
+            h.generation = Some(generation.clone());
+            h.applied_seq = seq;
+        });
+        self.generation = Some(generation);
+        self.last_seq = seq;
+        self.needs_full = false;
+        Ok(())
+    }
+
+    async fn scan(
+        &self,
+        conn: &mut MultiplexedConnection,
+        set: &str,
+        mut merge: impl FnMut(&Mirror, &[String]),
+    ) -> Result<(), FeedError> {
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, page): (u64, Vec<String>) = timed(
+                self.settings.command_timeout,
+                "scan the revocation state",
+                ::redis::cmd("ZSCAN")
+                    .arg(set)
+                    .arg(cursor)
+                    .arg("COUNT")
+                    .arg(SCAN_PAGE)
+                    .query_async(conn),
+            )
+            .await?;
+            merge(&self.mirror, &page);
+            if next == 0 {
+                return Ok(());
+            }
+            cursor = next;
+        }
+    }
+
+    /// Applies the log from `last_seq + 1` on, at least up to `target`.
+    async fn catch_up(
+        &mut self,
+        conn: &mut MultiplexedConnection,
+        target: u64,
+    ) -> Result<CatchUp, FeedError> {
+        let mut applied = 0_u64;
+        let outcome = loop {
+            let start = format!("{}-0", self.last_seq + 1);
+            let entries: Vec<(String, LogFields)> = timed(
+                self.settings.command_timeout,
+                "read the revocation log",
+                ::redis::cmd("XRANGE")
+                    .arg(&self.keys.log)
+                    .arg(&start)
+                    .arg("+")
+                    .arg("COUNT")
+                    .arg(LOG_PAGE)
+                    .query_async(conn),
+            )
+            .await?;
+            let page_len = entries.len();
+            let mut interrupted = None;
+            for (id, fields) in entries {
+                let seq = id
+                    .split_once('-')
+                    .and_then(|(seq, _)| seq.parse::<u64>().ok());
+                if seq != Some(self.last_seq + 1) {
+                    interrupted = Some(CatchUp::Trimmed);
+                    break;
+                }
+                if fields.get("gen") != self.generation.as_ref() {
+                    interrupted = Some(CatchUp::Generation);
+                    break;
+                }
+                let Some(change) = fields.get("body").and_then(|b| Change::parse_body(b)) else {
+                    tracing::warn!(id, "malformed revocation log entry; resyncing in full");
+                    interrupted = Some(CatchUp::Trimmed);
+                    break;
+                };
+                self.apply(self.last_seq + 1, &change);
+                applied += 1;
+            }
+            if let Some(outcome) = interrupted {
+                break outcome;
+            }
+            if page_len < LOG_PAGE {
+                break if self.last_seq >= target {
+                    CatchUp::Done
+                } else {
+                    CatchUp::Trimmed
+                };
+            }
+        };
+        if applied > 0 {
+            self.mirror.update_health(|h| h.catch_ups += 1);
+        }
+        Ok(outcome)
+    }
+
+    /// The store lost state (emptied, replaced, or its sequence went back): adopt or create
+    /// its new generation, write everything this mirror knows back, tell the other mirrors to
+    /// reload, and resync in full on the next round.
+    async fn reset(
+        &mut self,
+        conn: &mut MultiplexedConnection,
+        regressed: bool,
+        head_seq: u64,
+    ) -> Result<(), FeedError> {
+        tracing::warn!(
+            regressed,
+            head_seq,
+            applied_seq = self.last_seq,
+            "revocation store was emptied, replaced or rolled back; re-seeding it from this mirror"
+        );
+        let expected = if regressed {
+            self.generation.clone().unwrap_or_default()
+        } else {
+            String::new()
+        };
+        let generation = self.rollover(conn, &expected).await?;
+        let written = self.reseed(conn).await?;
+        write_event(
+            conn,
+            &self.keys,
+            &self.scripts,
+            &self.settings,
+            RESYNC_BODY,
+            None,
+        )
+        .await?;
+        tracing::warn!(written, generation, "revocation store re-seeded");
+        self.mirror.update_health(|h| {
+            h.resets += 1;
+            h.reseeded += written;
+        });
+        self.generation = None;
+        self.last_seq = 0;
+        self.needs_full = false;
+        Ok(())
+    }
+
+    async fn reseed(&self, conn: &mut MultiplexedConnection) -> Result<u64, FeedError> {
+        let export = self.mirror.export();
+        let mut written = 0_u64;
+        let mut pending = Vec::with_capacity(SEED_BATCH);
+        let mut pipe = ::redis::pipe();
+        let mut queued = 0;
+        let token_set = self.keys.tokens.as_str();
+        let watermark_entries = export
+            .watermarks
+            .iter()
+            .map(|revocation| self.keys.entry(revocation));
+        let token_entries = export
+            .token_entries()
+            .map(|(jti, exp)| (token_set, jti, exp));
+        let mut current_set: Option<&str> = None;
+        for (set, member, score) in token_entries.chain(watermark_entries) {
+            if current_set != Some(set) || pending.len() == SEED_BATCH {
+                if let Some(previous) = current_set.filter(|_| !pending.is_empty()) {
+                    queue_zadd(&mut pipe, previous, &mut pending);
+                    queued += 1;
+                }
+                current_set = Some(set);
+            }
+            pending.push((score, member));
+            written += 1;
+            if queued == SEED_PIPELINE {
+                self.send(conn, &pipe).await?;
+                pipe = ::redis::pipe();
+                queued = 0;
+            }
+        }
+        if let Some(set) = current_set.filter(|_| !pending.is_empty()) {
+            queue_zadd(&mut pipe, set, &mut pending);
+            queued += 1;
+        }
+        if queued > 0 {
+            self.send(conn, &pipe).await?;
+        }
+        Ok(written)
+    }
+
+    async fn send(
+        &self,
+        conn: &mut MultiplexedConnection,
+        pipe: &::redis::Pipeline,
+    ) -> Result<(), FeedError> {
+        timed(
+            self.settings.command_timeout,
+            "re-seed the revocation state",
+            pipe.query_async::<()>(conn),
+        )
+        .await?;
+        Ok(())
+    }
+}
+
+fn queue_zadd(pipe: &mut ::redis::Pipeline, set: &str, pending: &mut Vec<(i64, String)>) {
+    let mut cmd = ::redis::cmd("ZADD");
+    cmd.arg(set).arg("GT");
+    for (score, member) in pending.drain(..) {
+        cmd.arg(score).arg(member);
+    }
+    pipe.add_command(cmd).ignore();
+}
+
+/// Publishes the fresh → stale transition at the moment staleness reaches the bound, so
+/// `/readyz`, metrics and tests see it without polling. (Stale → fresh is published by
+/// [`Mirror::mark_heard`] itself.)
+async fn watchdog(mirror: Arc<Mirror>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        if let (true, Some(stale_at)) = (mirror.is_fresh(), mirror.stale_at()) {
+            tokio::select! {
+                () = tokio::time::sleep_until(stale_at) => {}
+                _ = shutdown.changed() => return,
+            }
+            if !mirror.is_fresh() {
+                tracing::warn!(
+                    staleness = ?mirror.staleness(),
+                    "revocation mirror is stale; applying on_stale policy"
+                );
+                mirror.update_health(|h| h.fresh = false);
+            }
+        } else {
+            tokio::select! {
+                () = mirror.fresh_notified() => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}

@@ -1,0 +1,213 @@
+//! [`RedisStore`]: the writing side of the Redis revocation store (SPEC §3).
+//!
+//! A revoke runs the `EVENT` script (see the parent module for the layout) and is acknowledged
+//! only after Redis returned the change's sequence number; with Redis down or refusing, it fails
+//! and nothing local changes (THREATS §3.4, hashicorp/vault#2028). The connection is opened
+//! lazily, so an issuer can start while Redis is down and answer 503 until it is back.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use ::redis::Client;
+use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio::sync::OnceCell;
+use tokio::time::Instant;
+
+use super::{Keys, Scripts, check_eviction_policy, client, prune, timed, write_event};
+use crate::revocation::mirror::Mirror;
+use crate::revocation::settings::RevocationSettings;
+use crate::revocation::store::{self, RevocationStore, StoreFuture, StoreKind};
+use crate::revocation::{Revocation, StoreError};
+
+/// How many times the connection manager retries a failed reconnect per command before the
+/// command fails. Kept small: a revoke against a dead Redis must fail fast (503), not hang.
+const RECONNECT_RETRIES: usize = 2;
+
+/// The Redis revocation store, shared behind an `Arc` by the issuer's handlers.
+#[derive(Debug)]
+pub struct RedisStore {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    client: Client,
+    settings: RevocationSettings,
+    keys: Keys,
+    scripts: Scripts,
+    connection: OnceCell<ConnectionManager>,
+    /// This process's own mirror, if any: updated right after Redis acknowledged, so the
+    /// revoking process rejects the token without waiting for the feed.
+    local: Option<Arc<Mirror>>,
+    /// Milliseconds after `origin` at which the next opportunistic prune may run.
+    next_prune_ms: AtomicU64,
+    origin: Instant,
+}
+
+impl RedisStore {
+    /// A store for `settings.redis_url`. Tries to connect at once: a Redis that answers with a
+    /// `maxmemory-policy` other than `noeviction` is refused; an unreachable one is not (the
+    /// connection is retried on each revoke, which fails until Redis is back).
+    ///
+    /// # Errors
+    /// [`StoreError::Settings`] / [`StoreError::RedisUrl`] for bad settings, and
+    /// [`StoreError::EvictionPolicy`] for a Redis that may evict revocations.
+    pub async fn open(settings: &RevocationSettings) -> Result<Self, StoreError> {
+        Self::open_inner(settings, None).await
+    }
+
+    /// As [`RedisStore::open`], and also applies every acknowledged revocation to `mirror`
+    /// (this process's own), so the revoking process rejects the token as soon as the revoke
+    /// returns, without waiting for the feed.
+    ///
+    /// # Errors
+    /// As [`RedisStore::open`].
+    pub async fn open_with_local_mirror(
+        settings: &RevocationSettings,
+        mirror: Arc<Mirror>,
+    ) -> Result<Self, StoreError> {
+        Self::open_inner(settings, Some(mirror)).await
+    }
+
+    async fn open_inner(
+        settings: &RevocationSettings,
+        local: Option<Arc<Mirror>>,
+    ) -> Result<Self, StoreError> {
+        settings.validate()?;
+        let store = Self {
+            shared: Arc::new(Shared {
+                client: client(settings)?,
+                settings: settings.clone(),
+                keys: Keys::new(&settings.key_prefix),
+                scripts: Scripts::new(),
+                connection: OnceCell::new(),
+                local,
+                next_prune_ms: AtomicU64::new(0),
+                origin: Instant::now(),
+            }),
+        };
+        match store.shared.connection().await {
+            Ok(_) => {}
+            Err(err @ StoreError::EvictionPolicy { .. }) => return Err(err),
+            Err(err) => tracing::warn!(
+                error = %err,
+                "Redis revocation store unreachable at start; revokes fail until it answers"
+            ),
+        }
+        Ok(store)
+    }
+
+    /// Commits `revocation` to Redis and returns its sequence number.
+    ///
+    /// # Errors
+    /// See [`RevocationStore::revoke`].
+    pub async fn revoke_with_seq(&self, revocation: &Revocation) -> Result<u64, StoreError> {
+        self.shared.revoke(revocation).await
+    }
+
+    /// Removes expired entries from Redis now. Returns how many.
+    ///
+    /// # Errors
+    /// [`StoreError`] when Redis is unreachable.
+    pub async fn prune(&self) -> Result<u64, StoreError> {
+        let mut conn = self.shared.connection().await?.clone();
+        let s = &self.shared;
+        prune(&mut conn, &s.keys, &s.scripts, &s.settings).await
+    }
+}
+
+impl Shared {
+    async fn connection(&self) -> Result<&ConnectionManager, StoreError> {
+        let timeout = self.settings.command_timeout;
+        self.connection
+            .get_or_try_init(|| async {
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(timeout))
+                    .set_response_timeout(Some(timeout))
+                    .set_number_of_retries(RECONNECT_RETRIES)
+                    .set_max_delay(timeout);
+                let mut conn = timed(
+                    timeout,
+                    "connect",
+                    ConnectionManager::new_with_config(self.client.clone(), config),
+                )
+                .await?;
+                check_eviction_policy(&mut conn, timeout).await?;
+                Ok(conn)
+            })
+            .await
+    }
+
+    async fn revoke(self: &Arc<Self>, revocation: &Revocation) -> Result<u64, StoreError> {
+        store::validate(revocation)?;
+        let body = serde_json::to_string(revocation).map_err(|err| StoreError::Protocol {
+            operation: "encode a revocation",
+            detail: err.to_string(),
+        })?;
+        let (set, member, score) = self.keys.entry(revocation);
+        let mut conn = self.connection().await?.clone();
+        let (seq, _generation) = write_event(
+            &mut conn,
+            &self.keys,
+            &self.scripts,
+            &self.settings,
+            &body,
+            Some((set, &member, score)),
+        )
+        .await?;
+        // Only now, with Redis' acknowledgement, may local state change.
+        if let Some(mirror) = &self.local {
+            mirror.apply(revocation);
+        }
+        self.maybe_prune();
+        Ok(seq)
+    }
+
+    /// Prunes Redis in the background at most once per `prune_interval`, so a deployment with
+    /// only issuers still bounds its state.
+    fn maybe_prune(self: &Arc<Self>) {
+        let now_ms = u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let due = self.next_prune_ms.load(Ordering::Acquire);
+        if now_ms < due {
+            return;
+        }
+        let interval = u64::try_from(self.settings.prune_interval.as_millis()).unwrap_or(u64::MAX);
+        if self
+            .next_prune_ms
+            .compare_exchange(
+                due,
+                now_ms.saturating_add(interval),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_err()
+        {
+            return;
+        }
+        let shared = Arc::clone(self);
+        tokio::spawn(async move {
+            let Some(conn) = shared.connection.get() else {
+                return;
+            };
+            let mut conn = conn.clone();
+            if let Err(err) =
+                prune(&mut conn, &shared.keys, &shared.scripts, &shared.settings).await
+            {
+                tracing::warn!(error = %err, "pruning expired revocations in Redis failed");
+            }
+        });
+    }
+}
+
+impl RevocationStore for RedisStore {
+    fn revoke(&self, revocation: Revocation) -> StoreFuture<'_, ()> {
+        Box::pin(async move {
+            self.shared.revoke(&revocation).await?;
+            Ok(())
+        })
+    }
+
+    fn kind(&self) -> StoreKind {
+        StoreKind::Redis
+    }
+}

@@ -1,0 +1,221 @@
+//! Typed settings of the revocation engine (SPEC §3), with their defaults.
+//!
+//! This module owns the values the engine runs with and their validation; reading them from
+//! the configuration file and the environment is `config`'s job, which builds a
+//! [`RevocationSettings`] and hands it over. The defaults follow SPEC §3 and THREATS §4.
+
+use std::fmt;
+use std::time::Duration;
+
+use super::StoreError;
+
+/// The longest lifetime a token may have (SPEC §1): a watermark revocation can be pruned once
+/// this plus the leeway has passed since its `before`.
+pub const MAX_TOKEN_LIFETIME: Duration = Duration::from_hours(12);
+
+/// What a verifier does once its revocation state is older than `max_staleness` (SPEC §3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnStale {
+    /// Answer [`RevocationStatus::Unavailable`](super::RevocationStatus::Unavailable) (503) for
+    /// every token the stale state does not already know to be revoked. The default.
+    #[default]
+    FailClosed,
+    /// Keep answering from the last state seen. A token revoked while the mirror was cut off
+    /// keeps working for at most its remaining lifetime (≤ 12 h); choose this only with an
+    /// alarm on staleness.
+    Serve,
+}
+
+/// Settings of the revocation store and of every verifier's mirror.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RevocationSettings {
+    /// Redis URL (`redis://` or `rediss://`, optionally with `?protocol=resp3`). `None` (the
+    /// default) runs the in-process store: one process, nothing survives a restart.
+    ///
+    /// # Security
+    /// May hold a password; `Debug` prints it redacted.
+    pub redis_url: Option<String>,
+    /// Prefix of every Redis key and channel of this deployment, so several deployments (and
+    /// tests) can share one Redis. 1-64 of `A-Z a-z 0-9 _ - . :`. Default `edgetoken`.
+    pub key_prefix: String,
+    /// How old the mirror's last confirmation from Redis may get before `on_stale` applies.
+    /// Default 60 s (SPEC §3).
+    pub max_staleness: Duration,
+    /// Policy past `max_staleness`, and for a mirror that never completed its first sync.
+    /// Default [`OnStale::FailClosed`].
+    pub on_stale: OnStale,
+    /// How often a mirror asks Redis for the current sequence number. Bounds how late a missed
+    /// change or an emptied Redis is noticed, and refreshes staleness. Default 1 s.
+    pub heartbeat: Duration,
+    /// Clock leeway of token validation (SPEC §1): entries are kept until `exp + leeway`.
+    /// Default 30 s.
+    pub leeway: Duration,
+    /// Longest wait for any single Redis command before it counts as failed. Default 2 s.
+    pub command_timeout: Duration,
+    /// How many changes the replay log keeps. A mirror further behind than this resyncs in full
+    /// instead of catching up. Default 100 000.
+    pub log_max_len: u64,
+    /// How often expired entries are pruned from the mirror and from Redis. Default 30 s.
+    pub prune_interval: Duration,
+}
+
+impl Default for RevocationSettings {
+    fn default() -> Self {
+        Self {
+            redis_url: None,
+            key_prefix: "edgetoken".to_owned(),
+            max_staleness: Duration::from_mins(1),
+            on_stale: OnStale::FailClosed,
+            heartbeat: Duration::from_secs(1),
+            leeway: Duration::from_secs(30),
+            command_timeout: Duration::from_secs(2),
+            log_max_len: 100_000,
+            prune_interval: Duration::from_secs(30),
+        }
+    }
+}
+
+impl RevocationSettings {
+    /// Checks every field.
+    ///
+    /// # Errors
+    /// [`StoreError::Settings`] naming the first invalid field.
+    pub fn validate(&self) -> Result<(), StoreError> {
+        let invalid = |field: &'static str, reason: &str| StoreError::Settings {
+            field,
+            reason: reason.to_owned(),
+        };
+        let prefix_ok = (1..=64).contains(&self.key_prefix.len())
+            && self
+                .key_prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'));
+        if !prefix_ok {
+            return Err(invalid("key_prefix", "must be 1-64 of A-Z a-z 0-9 _ - . :"));
+        }
+        if let Some(url) = &self.redis_url {
+            redis::Client::open(url.as_str()).map_err(StoreError::RedisUrl)?;
+        }
+        for (field, value) in [
+            ("max_staleness", self.max_staleness),
+            ("heartbeat", self.heartbeat),
+            ("command_timeout", self.command_timeout),
+            ("prune_interval", self.prune_interval),
+        ] {
+            if value.is_zero() {
+                return Err(invalid(field, "must be greater than zero"));
+            }
+        }
+        if self.heartbeat >= self.max_staleness {
+            return Err(invalid(
+                "heartbeat",
+                "must be shorter than max_staleness, or the mirror is stale between heartbeats",
+            ));
+        }
+        if self.leeway > Duration::from_mins(5) {
+            return Err(invalid("leeway", "must be at most 5 min (SPEC §1)"));
+        }
+        if self.log_max_len == 0 {
+            return Err(invalid("log_max_len", "must be greater than zero"));
+        }
+        Ok(())
+    }
+
+    /// The leeway in whole seconds, as used by the prune arithmetic.
+    pub(crate) fn leeway_secs(&self) -> i64 {
+        i64::try_from(self.leeway.as_secs()).unwrap_or(i64::MAX)
+    }
+
+    /// How long after its `before` a watermark revocation can still matter: the longest token
+    /// lifetime plus the leeway, in seconds.
+    pub(crate) fn watermark_retention_secs(&self) -> i64 {
+        let lifetime = i64::try_from(MAX_TOKEN_LIFETIME.as_secs()).unwrap_or(i64::MAX);
+        lifetime.saturating_add(self.leeway_secs())
+    }
+}
+
+impl fmt::Debug for RevocationSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RevocationSettings")
+            .field("redis_url", &self.redis_url.as_deref().map(redact_url))
+            .field("key_prefix", &self.key_prefix)
+            .field("max_staleness", &self.max_staleness)
+            .field("on_stale", &self.on_stale)
+            .field("heartbeat", &self.heartbeat)
+            .field("leeway", &self.leeway)
+            .field("command_timeout", &self.command_timeout)
+            .field("log_max_len", &self.log_max_len)
+            .field("prune_interval", &self.prune_interval)
+            .finish()
+    }
+}
+
+/// `redis://user:secret@host/` → `redis://***@host/`: the credentials never reach a log.
+pub(crate) fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "***".to_owned();
+    };
+    match rest.rsplit_once('@') {
+        Some((_credentials, host)) => format!("{scheme}://***@{host}"),
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_follow_spec() {
+        let settings = RevocationSettings::default();
+        settings.validate().unwrap();
+        assert_eq!(settings.max_staleness, Duration::from_mins(1));
+        assert_eq!(settings.on_stale, OnStale::FailClosed);
+        assert_eq!(settings.leeway, Duration::from_secs(30));
+        assert!(settings.redis_url.is_none());
+    }
+
+    #[test]
+    fn validate_names_the_bad_key_prefix() {
+        let settings = RevocationSettings {
+            key_prefix: "a b".to_owned(),
+            ..RevocationSettings::default()
+        };
+        let err = settings.validate().unwrap_err();
+        assert!(matches!(
+            err,
+            StoreError::Settings {
+                field: "key_prefix",
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn validate_refuses_heartbeat_not_shorter_than_max_staleness() {
+        let settings = RevocationSettings {
+            heartbeat: Duration::from_mins(1),
+            ..RevocationSettings::default()
+        };
+        let err = settings.validate().unwrap_err();
+        assert!(matches!(
+            err,
+            StoreError::Settings {
+                field: "heartbeat",
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn debug_redacts_redis_password() {
+        let settings = RevocationSettings {
+            redis_url: Some("redis://user:hunter2@cache:6380/0".to_owned()),
+            ..RevocationSettings::default()
+        };
+        let shown = format!("{settings:?}");
+        assert!(!shown.contains("hunter2"));
+        assert!(shown.contains("redis://***@cache:6380/0"));
+    }
+}

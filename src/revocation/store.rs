@@ -1,0 +1,139 @@
+//! The revocation store interface: where a revoke call goes (SPEC §3).
+//!
+//! A [`RevocationStore`] accepts a [`Revocation`] and acknowledges it only once it is
+//! committed where every verifier's mirror will see it: in Redis ([`RedisStore`]) or, for a
+//! single process without Redis, in the process's own mirror ([`MemoryRevocations`]). A
+//! failed revoke changed nothing the caller can rely on and maps to 503; it never pretends to
+//! succeed (THREATS §3.5 point 3). Lookups are not here: they go through the mirror's
+//! [`RevocationCheck`](super::RevocationCheck).
+//!
+//! [`RedisStore`]: super::RedisStore
+//! [`MemoryRevocations`]: super::MemoryRevocations
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use super::Revocation;
+
+/// A boxed future, so stores can sit behind `dyn RevocationStore`.
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
+
+/// Longest `jti` the store accepts (SPEC §1: at most 128 characters).
+const MAX_ID_LEN: usize = 128;
+
+/// Where revocations are written.
+pub trait RevocationStore: Send + Sync + fmt::Debug {
+    /// Commits `revocation`. Success means it is durable in the store and on its way to every
+    /// connected mirror; it is idempotent, so a caller may retry after an error.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store is unreachable, too slow, refused the write, or the
+    /// revocation is malformed. After an error the revocation may or may not have been
+    /// applied (a reply can be lost after the write): the caller reports failure and retries.
+    fn revoke(&self, revocation: Revocation) -> StoreFuture<'_, ()>;
+
+    /// Which kind of store this is, for the startup log line and metrics.
+    fn kind(&self) -> StoreKind;
+}
+
+/// The store implementations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreKind {
+    /// One process, nothing survives a restart.
+    InProcess,
+    /// Redis, shared by every issuer and verifier of the deployment.
+    Redis,
+}
+
+/// Why a revocation store operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// Redis refused, failed or dropped the connection.
+    #[error("revocation store: Redis failed while trying to {operation}")]
+    Redis {
+        /// What we were doing.
+        operation: &'static str,
+        /// The Redis client's error.
+        #[source]
+        source: redis::RedisError,
+    },
+    /// Redis did not answer in time.
+    #[error(
+        "revocation store: Redis did not answer within {timeout:?} while trying to {operation}"
+    )]
+    Timeout {
+        /// What we were doing.
+        operation: &'static str,
+        /// The configured command timeout.
+        timeout: Duration,
+    },
+    /// Redis answered something this version does not understand.
+    #[error("revocation store: unexpected reply from Redis while trying to {operation}: {detail}")]
+    Protocol {
+        /// What we were doing.
+        operation: &'static str,
+        /// What was wrong with the reply.
+        detail: String,
+    },
+    /// Redis may evict keys, which would silently un-revoke tokens (THREATS §3.3).
+    #[error(
+        "Redis maxmemory-policy is `{policy}`, which can evict revocations; run \
+         `CONFIG SET maxmemory-policy noeviction` and set `maxmemory-policy noeviction` in \
+         redis.conf (or your provider's parameter group)"
+    )]
+    EvictionPolicy {
+        /// The policy Redis reported.
+        policy: String,
+    },
+    /// The Redis URL does not parse.
+    #[error("invalid revocation setting `redis_url`")]
+    RedisUrl(#[source] redis::RedisError),
+    /// A setting is out of range.
+    #[error("invalid revocation setting `{field}`: {reason}")]
+    Settings {
+        /// The field.
+        field: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// The revocation itself is malformed.
+    #[error("invalid revocation: {0}")]
+    InvalidRevocation(&'static str),
+}
+
+impl StoreError {
+    /// Whether this is the store being unreachable or slow, which the HTTP layer answers
+    /// with 503 (SPEC §3), rather than a bad request or a configuration error.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            Self::Redis { .. } | Self::Timeout { .. } | Self::Protocol { .. }
+        )
+    }
+}
+
+/// Checks what every store requires of a revocation before writing it.
+///
+/// # Errors
+/// [`StoreError::InvalidRevocation`] for an empty or over-long identifier.
+pub(crate) fn validate(revocation: &Revocation) -> Result<(), StoreError> {
+    let ok = |id: &str| !id.is_empty() && id.len() <= MAX_ID_LEN;
+    let valid = match revocation {
+        Revocation::Token { jti, .. } => ok(jti),
+        Revocation::User {
+            tenant, subject, ..
+        } => ok(tenant) && ok(subject),
+        Revocation::Tenant { tenant, .. } => ok(tenant),
+        Revocation::Key { kid, .. } => ok(kid),
+    };
+    if valid {
+        Ok(())
+    } else {
+        Err(StoreError::InvalidRevocation(
+            "identifiers must be 1-128 bytes",
+        ))
+    }
+}

@@ -1,0 +1,15 @@
+//! The integration test binary: drives edgetoken's public API against real processes.
+//!
+//! One binary (faster to link, one place for shared support); each area is a module. Run one
+//! area with `cargo test --test it revocation`.
+
+#![expect(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::print_stderr,
+    reason = "test code: a failed setup or assertion must fail the test loudly, with context"
+)]
+
+mod revocation;
+mod support;

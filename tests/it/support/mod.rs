@@ -1,0 +1,3 @@
+//! Shared test support: real external processes the integration tests drive.
+
+pub(crate) mod redis;
