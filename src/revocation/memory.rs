@@ -48,7 +48,7 @@ impl MemoryRevocations {
                 before,
             } => raise(&mut state.users, (tenant.clone(), subject.clone()), *before),
             Revocation::Tenant { tenant, before } => {
-                raise(&mut state.tenants, tenant.clone(), *before)
+                raise(&mut state.tenants, tenant.clone(), *before);
             }
             Revocation::Key { kid, before } => raise(&mut state.keys, kid.clone(), *before),
         }
