@@ -1,0 +1,5 @@
+//! The integration test binary: drives the public API the way a user would (STYLE: one
+//! integration binary, modules per area).
+
+mod support;
+mod token_rejections;
