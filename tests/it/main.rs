@@ -1,5 +1,6 @@
 //! The integration test binary: drives the public API the way a user would (STYLE: one
 //! integration binary, modules per area).
 
+mod mutations;
 mod support;
 mod token_rejections;
