@@ -4,3 +4,4 @@
 mod mutations;
 mod support;
 mod token_rejections;
+mod vectors;

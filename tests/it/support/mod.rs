@@ -2,4 +2,4 @@
 //! vectors read in place (`vectors`).
 
 pub(crate) mod tokens;
-
+pub(crate) mod vectors;

@@ -251,7 +251,8 @@ pub(crate) fn ring_of(keys: &[&SigningKey]) -> KeyRing {
 }
 
 /// The base64url alphabet, in value order.
-pub(crate) const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+pub(crate) const ALPHABET: &[u8; 64] =
+    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
 
 /// `signature` (86 characters for 64 bytes) with one of the 4 unused bits of its last
 /// character set: the same bytes, spelled non-canonically.
