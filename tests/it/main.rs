@@ -2,6 +2,7 @@
 //! integration binary, modules per area).
 
 mod golden;
+mod minting;
 mod mutations;
 mod support;
 mod token_rejections;

@@ -96,10 +96,23 @@ fn verify_rejects_hs256_keyed_with_the_public_key_in_every_encoding() {
         "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
         base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &spki)
     );
-    let secrets: [(&str, Vec<u8>); 3] = [
+    // OpenSSH wire format: string "ssh-ed25519", string key (CVE-2022-29217 used this text).
+    let ssh_blob = [
+        &[0, 0, 0, 11][..],
+        b"ssh-ed25519",
+        &[0, 0, 0, 32],
+        &public[..],
+    ]
+    .concat();
+    let ssh = format!(
+        "ssh-ed25519 {}",
+        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &ssh_blob)
+    );
+    let secrets: [(&str, Vec<u8>); 4] = [
         ("raw 32 bytes", public.to_vec()),
         ("base64url x", b64(public).into_bytes()),
         ("SPKI PEM", pem.into_bytes()),
+        ("OpenSSH public key", ssh.into_bytes()),
     ];
     let header = header_for(&fx.key).set_str("alg", "HS256").json();
     for (label, secret) in secrets {
