@@ -1,4 +1,5 @@
-//! The integration test binary: drives edgetoken's public API against real processes.
+//! The integration test binary: drives edgetoken's public API, CLI and services the way a user
+//! would, against real processes (redis-server, nginx).
 //!
 //! One binary (faster to link, one place for shared support); each area is a module. Run one
 //! area with `cargo test --test it revocation`.
@@ -11,5 +12,10 @@
     reason = "test code: a failed setup or assertion must fail the test loudly, with context"
 )]
 
+mod golden;
+mod minting;
+mod mutations;
 mod revocation;
 mod support;
+mod token_rejections;
+mod vectors;
