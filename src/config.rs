@@ -39,6 +39,189 @@ pub struct Config {
     pub permissions: PermissionsConfig,
     /// The verified-token cache.
     pub cache: CacheConfig,
+    /// The HTTP server.
+    pub server: ServerConfig,
+    /// The revocation store and mirror.
+    pub revocation: RevocationConfig,
+    /// The issuer service: how people sign in, limits, records.
+    pub issuer: IssuerConfig,
+}
+
+/// Which services one process runs (SPEC §7 `--role`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// The issuer API only.
+    Issuer,
+    /// The verifier API only.
+    Verifier,
+    /// Both, in one process (the default).
+    #[default]
+    All,
+}
+
+impl Role {
+    /// Whether the issuer endpoints are served.
+    pub fn has_issuer(self) -> bool {
+        matches!(self, Self::Issuer | Self::All)
+    }
+
+    /// Whether the verifier endpoints are served.
+    pub fn has_verifier(self) -> bool {
+        matches!(self, Self::Verifier | Self::All)
+    }
+}
+
+/// `[server]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address to listen on. Default `127.0.0.1:8080`.
+    pub listen: String,
+    /// Services to run: `issuer`, `verifier` or `all` (default). `--role` overrides it.
+    pub role: Role,
+    /// Largest request body accepted, in bytes; larger bodies get 413. Default 16384.
+    pub max_body_bytes: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            role: Role::All,
+            max_body_bytes: 16 * 1024,
+        }
+    }
+}
+
+/// `[revocation]`: see SPEC §3.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RevocationConfig {
+    /// Redis URL (`redis://[:password@]host:port[/db]`). Empty (the default) runs the
+    /// in-process store: one process, nothing survives a restart.
+    pub redis_url: String,
+    /// Prefix of every Redis key of this deployment. Default `edgetoken`.
+    pub key_prefix: String,
+    /// How old the mirror may get before `on_stale` applies, in seconds. Default 60.
+    pub max_staleness_secs: u64,
+    /// Past `max_staleness`: `fail_closed` (default: verification answers 503) or `serve`
+    /// (keep answering from the last state; a revocation made meanwhile is not seen).
+    pub on_stale: crate::revocation::OnStale,
+    /// How often each mirror confirms its state with Redis, in milliseconds. Default 1000.
+    pub heartbeat_ms: u64,
+    /// Longest wait for one Redis command, in milliseconds. Default 2000.
+    pub command_timeout_ms: u64,
+}
+
+impl std::fmt::Debug for RevocationConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RevocationConfig")
+            .field("redis_url", &redact_url(&self.redis_url))
+            .field("key_prefix", &self.key_prefix)
+            .field("max_staleness_secs", &self.max_staleness_secs)
+            .field("on_stale", &self.on_stale)
+            .field("heartbeat_ms", &self.heartbeat_ms)
+            .field("command_timeout_ms", &self.command_timeout_ms)
+            .finish()
+    }
+}
+
+/// A Redis URL with any password replaced, for logs and `Debug`.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://***@{}", &url[..scheme], &url[at + 1..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+impl Default for RevocationConfig {
+    fn default() -> Self {
+        let defaults = crate::revocation::RevocationSettings::default();
+        Self {
+            redis_url: String::new(),
+            key_prefix: defaults.key_prefix,
+            max_staleness_secs: defaults.max_staleness.as_secs(),
+            on_stale: defaults.on_stale,
+            heartbeat_ms: 1000,
+            command_timeout_ms: 2000,
+        }
+    }
+}
+
+/// How people authenticate to the issuer (SPEC §4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AuthMode {
+    /// HTTP Basic against the directory file's argon2id hashes.
+    #[default]
+    Directory,
+    /// The user id from `user_header`, accepted only with the shared proxy secret.
+    TrustedHeader,
+}
+
+/// `[issuer]`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IssuerConfig {
+    /// `directory` (default) or `trusted-header`.
+    pub auth: AuthMode,
+    /// The user directory file (users, tenants, permissions, password hashes). Empty (the
+    /// default) runs the development directory: a `demo` user in a `demo` tenant with a
+    /// password printed once at start.
+    pub directory: PathBuf,
+    /// trusted-header mode: the header carrying the signed-in user id. Default
+    /// `X-Forwarded-User`.
+    pub user_header: String,
+    /// trusted-header mode: the header carrying the proxy secret. Default
+    /// `X-Edgetoken-Proxy-Secret`.
+    pub proxy_secret_header: String,
+    /// trusted-header mode: the shared secret (at least 32 characters), compared in constant
+    /// time. Set it through `EDGETOKEN_ISSUER__PROXY_SECRET` rather than the file.
+    pub proxy_secret: String,
+    /// Failed sign-ins allowed per user id per minute before 429. Default 5.
+    pub failed_signins_per_minute: u32,
+    /// Tokens a person may mint per hour before 429. Default 60.
+    pub mints_per_hour: u32,
+    /// How long token records outlive their token, in seconds (listings show them as
+    /// expired meanwhile). Default 86400.
+    pub records_retention_secs: u64,
+    /// `Cache-Control: max-age` of the JWKS, in seconds. Default 300.
+    pub jwks_max_age_secs: u64,
+}
+
+impl std::fmt::Debug for IssuerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IssuerConfig")
+            .field("auth", &self.auth)
+            .field("directory", &self.directory)
+            .field("user_header", &self.user_header)
+            .field("proxy_secret_header", &self.proxy_secret_header)
+            .field("proxy_secret", &"<redacted>")
+            .field("failed_signins_per_minute", &self.failed_signins_per_minute)
+            .field("mints_per_hour", &self.mints_per_hour)
+            .field("records_retention_secs", &self.records_retention_secs)
+            .field("jwks_max_age_secs", &self.jwks_max_age_secs)
+            .finish()
+    }
+}
+
+impl Default for IssuerConfig {
+    fn default() -> Self {
+        Self {
+            auth: AuthMode::Directory,
+            directory: PathBuf::new(),
+            user_header: "X-Forwarded-User".into(),
+            proxy_secret_header: "X-Edgetoken-Proxy-Secret".into(),
+            proxy_secret: String::new(),
+            failed_signins_per_minute: 5,
+            mints_per_hour: 60,
+            records_retention_secs: 86_400,
+            jwks_max_age_secs: 300,
+        }
+    }
 }
 
 /// `[token]`: what every token says about who issued it and for whom.
@@ -229,7 +412,64 @@ impl Config {
             return Err(ConfigError::field("token.audience", "must not be empty"));
         }
         self.catalogue()?;
+        self.server
+            .listen
+            .parse::<std::net::SocketAddr>()
+            .map_err(|e| ConfigError::field("server.listen", e.to_string()))?;
+        if self.server.max_body_bytes == 0 {
+            return Err(ConfigError::field(
+                "server.max_body_bytes",
+                "must be above 0",
+            ));
+        }
+        self.revocation_settings()
+            .validate()
+            .map_err(|e| ConfigError::field("revocation", e.to_string()))?;
+        if self.issuer.auth == AuthMode::TrustedHeader {
+            if self.issuer.proxy_secret.len() < 32 {
+                return Err(ConfigError::field(
+                    "issuer.proxy_secret",
+                    "trusted-header mode needs a proxy secret of at least 32 characters",
+                ));
+            }
+            if self.issuer.directory.as_os_str().is_empty() {
+                return Err(ConfigError::field(
+                    "issuer.directory",
+                    "trusted-header mode needs a directory file of users and permissions",
+                ));
+            }
+            for (field, name) in [
+                ("issuer.user_header", &self.issuer.user_header),
+                (
+                    "issuer.proxy_secret_header",
+                    &self.issuer.proxy_secret_header,
+                ),
+            ] {
+                check_header_name(name).map_err(|reason| ConfigError::field(field, reason))?;
+            }
+        }
+        if self.issuer.failed_signins_per_minute == 0 || self.issuer.mints_per_hour == 0 {
+            return Err(ConfigError::field(
+                "issuer",
+                "failed_signins_per_minute and mints_per_hour must be above 0",
+            ));
+        }
         Ok(())
+    }
+
+    /// The revocation engine's settings from `[revocation]` and `[token]`.
+    pub fn revocation_settings(&self) -> crate::revocation::RevocationSettings {
+        let r = &self.revocation;
+        crate::revocation::RevocationSettings {
+            redis_url: (!r.redis_url.is_empty()).then(|| r.redis_url.clone()),
+            key_prefix: r.key_prefix.clone(),
+            max_staleness: Duration::from_secs(r.max_staleness_secs),
+            on_stale: r.on_stale,
+            heartbeat: Duration::from_millis(r.heartbeat_ms),
+            leeway: Duration::from_secs(self.token.leeway_secs),
+            command_timeout: Duration::from_millis(r.command_timeout_ms),
+            ..crate::revocation::RevocationSettings::default()
+        }
     }
 
     /// The verifier's settings from `[token]`.
@@ -264,6 +504,18 @@ impl Config {
             max_entries: self.cache.max_entries,
             max_token_bytes: self.cache.max_token_bytes,
         }
+    }
+}
+
+/// An HTTP header name: 1-64 of `A-Z a-z 0-9 -` (checked here so the core needs no HTTP
+/// types).
+fn check_header_name(name: &str) -> Result<(), &'static str> {
+    let valid = (1..=64).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    if valid {
+        Ok(())
+    } else {
+        Err("must be a header name of 1-64 letters, digits and dashes")
     }
 }
 

@@ -51,8 +51,11 @@
 pub mod clock;
 pub mod config;
 pub mod directory;
+#[cfg(feature = "server")]
+pub mod http;
 pub mod keys;
 pub mod permissions;
+pub mod records;
 pub mod revocation;
 pub mod token;
 

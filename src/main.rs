@@ -4,14 +4,14 @@
 
 use std::fmt::Write as _;
 use std::io::{self, BufRead as _, Read as _, Write as _};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 use edgetoken::clock::SystemClock;
-use edgetoken::config::{Config, ENV_CONFIG_FILE};
+use edgetoken::config::{Config, DEFAULT_CONFIG_FILE, ENV_CONFIG_FILE, Role};
 use edgetoken::keys::KeyDir;
 use edgetoken::revocation::MemoryRevocations;
 use edgetoken::token::{Issuer, Lifetime, MintRequest, Requirement, Subject, TenantId, Verifier};
@@ -32,6 +32,13 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the services. Without a configuration file: everything in one process on
+    /// 127.0.0.1:8080, in-process revocation store, a development key and a demo user.
+    Serve {
+        /// Which services to run (default: `server.role`, which defaults to `all`).
+        #[arg(long, value_enum)]
+        role: Option<RoleArg>,
+    },
     /// Generate an Ed25519 key pair in the key directory (private key mode 0600).
     Keygen {
         /// Key directory (default: `keys.dir` from the configuration).
@@ -83,6 +90,23 @@ enum Command {
     /// Read a password from standard input and print its argon2id hash (PHC string) for the
     /// user directory.
     HashPassword,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum RoleArg {
+    Issuer,
+    Verifier,
+    All,
+}
+
+impl From<RoleArg> for Role {
+    fn from(role: RoleArg) -> Self {
+        match role {
+            RoleArg::Issuer => Role::Issuer,
+            RoleArg::Verifier => Role::Verifier,
+            RoleArg::All => Role::All,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -149,6 +173,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             ))
         }
         Command::Keys { command } => keys(command, key_dir),
+        Command::Serve { role } => {
+            let development = cli.config.is_none() && !Path::new(DEFAULT_CONFIG_FILE).exists();
+            let role = role.map_or(config.server.role, Role::from);
+            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            runtime.block_on(serve(config.clone(), role, development))
+        }
         Command::Mint {
             tenant,
             subject,
@@ -218,6 +248,58 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             print(&edgetoken::directory::hash_password(trimmed)?)
         }
+    }
+}
+
+async fn serve(config: Config, role: Role, development: bool) -> anyhow::Result<()> {
+    let listen = config.server.listen.clone();
+    let started = edgetoken::http::boot::start(config, role, development, Arc::new(SystemClock))
+        .await
+        .context("could not start")?;
+    let listener = tokio::net::TcpListener::bind(&listen)
+        .await
+        .with_context(|| format!("could not listen on {listen}"))?;
+    let address = listener
+        .local_addr()
+        .context("reading the listen address")?;
+    // The banner goes to standard output, not the log: in development it holds the demo
+    // password, which must never reach a log file.
+    let mut banner = format!(
+        "edgetoken {} serving {role:?} on http://{address}",
+        env!("CARGO_PKG_VERSION")
+    );
+    for line in &started.banner {
+        let _ = write!(banner, "\n  {line}");
+    }
+    print(&banner)?;
+    tracing::info!(%address, ?role, "listening");
+    let router = edgetoken::http::router(Arc::clone(&started.services));
+    edgetoken::http::serve(listener, router, shutdown_signal())
+        .await
+        .context("server failed")?;
+    if let Some(feed) = started.feed {
+        feed.shutdown().await;
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
     }
 }
 

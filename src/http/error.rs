@@ -29,6 +29,9 @@ pub enum ApiError {
     /// 401: no valid credentials for the issuer.
     #[error("authentication required")]
     Unauthenticated,
+    /// 401: a bearer token was offered to the issuer; tokens cannot mint tokens (SPEC §4).
+    #[error("access tokens are not accepted here; sign in as yourself")]
+    TokenNotAccepted,
     /// 401/403/503: a token was refused; the status follows the rejection.
     #[error("{0}")]
     Token(Rejection),
@@ -81,7 +84,7 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
-            Self::Unauthenticated => StatusCode::UNAUTHORIZED,
+            Self::Unauthenticated | Self::TokenNotAccepted => StatusCode::UNAUTHORIZED,
             Self::Token(rejection) => rejection_status(*rejection),
             Self::Forbidden { .. } => StatusCode::FORBIDDEN,
             Self::NotFound => StatusCode::NOT_FOUND,
@@ -97,6 +100,7 @@ impl ApiError {
         match self {
             Self::BadRequest { code, .. } | Self::Forbidden { code, .. } => code,
             Self::Unauthenticated => "unauthenticated",
+            Self::TokenNotAccepted => "token_not_accepted",
             Self::Token(rejection) => rejection.code(),
             Self::NotFound => "not_found",
             Self::PayloadTooLarge => "body_too_large",
@@ -156,7 +160,7 @@ impl IntoResponse for ApiError {
                     headers.insert(header::WWW_AUTHENTICATE, challenge);
                 }
             }
-            Self::Unauthenticated => {
+            Self::Unauthenticated | Self::TokenNotAccepted => {
                 headers.insert(
                     header::WWW_AUTHENTICATE,
                     HeaderValue::from_static(r#"Basic realm="edgetoken", charset="UTF-8""#),

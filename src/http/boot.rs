@@ -1,0 +1,269 @@
+//! Start-up: turns a validated [`Config`] into running [`Services`] (SPEC §7 `serve`).
+//!
+//! With no configuration file edgetoken runs in development mode: everything in one process,
+//! the in-process revocation store, a development key created in `keys/` if none exists, and
+//! a `demo` user in a `demo` tenant whose generated password is printed once. The banner says
+//! all of this plainly, including that nothing survives a restart. With a configuration file
+//! nothing is invented: a missing key or directory is an error that names what to do.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::limits::RateLimiter;
+use super::{AuthSettings, IssuerState, Services};
+use crate::clock::Clock;
+use crate::config::{Config, Role};
+use crate::directory::{Directory, Membership, User, hash_password};
+use crate::keys::{KeyDir, KeyError, SigningKey};
+use crate::metrics::Metrics;
+use crate::records::{MemoryRecords, RecordStore, RedisRecords};
+use crate::revocation::{
+    MemoryRevocations, Mirror, RedisFeed, RedisStore, RevocationStore, StoreError,
+};
+use crate::token::{Issuer, Subject, TenantId, Verifier};
+
+/// Why the service could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// Keys could not be loaded or created.
+    #[error(transparent)]
+    Keys(#[from] KeyError),
+    /// The revocation store refused to start (eviction policy, bad URL).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The user directory could not be loaded.
+    #[error(transparent)]
+    Directory(#[from] crate::directory::DirectoryError),
+    /// Configuration that only turns out wrong at start.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// Anything else, with what was being done.
+    #[error("{0}")]
+    Other(String),
+}
+
+/// The services plus what must be shut down with them.
+#[derive(Debug)]
+pub struct Started {
+    /// Shared state for the router.
+    pub services: Arc<Services>,
+    /// The Redis change feed, if any.
+    pub feed: Option<RedisFeed>,
+    /// Lines for the start-up banner (printed once by `main`; may hold the demo password).
+    pub banner: Vec<String>,
+}
+
+/// Builds every service for `role` from `config`. `development` enables the embedded
+/// defaults (dev key, demo user) that a configured deployment never gets.
+///
+/// # Errors
+///
+/// [`StartError`] naming what is missing or refused.
+pub async fn start(
+    config: Config,
+    role: Role,
+    development: bool,
+    clock: Arc<dyn Clock>,
+) -> Result<Started, StartError> {
+    let config = Arc::new(config);
+    let mut banner = Vec::new();
+    let key_dir = KeyDir::new(&config.keys.dir);
+    let signing_key = if role.has_issuer() {
+        Some(signing_key(&config, &key_dir, development, &mut banner)?)
+    } else {
+        None
+    };
+    let ring = key_dir.load_ring()?;
+    if ring.is_empty() {
+        return Err(StartError::Other(format!(
+            "no trusted keys in {}; copy the issuer's public keys (*.jwk.json) there",
+            config.keys.dir.display()
+        )));
+    }
+    let revocation = open_revocation(&config, &clock, &mut banner).await?;
+    let verifier = Arc::new(
+        Verifier::new(
+            config.verifier_settings(),
+            ring,
+            Arc::clone(&revocation.mirror) as Arc<dyn crate::revocation::RevocationCheck>,
+            Arc::clone(&clock),
+        )
+        .map_err(|e| StartError::Other(e.to_string()))?
+        .with_cache(config.cache_settings()),
+    );
+    let issuer = match signing_key {
+        Some(key) => Some(issuer_state(&config, key, revocation.store, &clock, &mut banner).await?),
+        None => None,
+    };
+    Ok(Started {
+        services: Arc::new(Services {
+            config,
+            role,
+            clock,
+            verifier,
+            mirror: revocation.mirror,
+            metrics: Arc::new(Metrics::new()),
+            issuer,
+        }),
+        feed: revocation.feed,
+        banner,
+    })
+}
+
+/// The active signing key; in development, created if there is none.
+fn signing_key(
+    config: &Config,
+    key_dir: &KeyDir,
+    development: bool,
+    banner: &mut Vec<String>,
+) -> Result<SigningKey, StartError> {
+    if key_dir.active_kid()?.is_none() {
+        if !development {
+            return Err(KeyError::NoActiveKey {
+                dir: config.keys.dir.clone(),
+            }
+            .into());
+        }
+        let key = key_dir.generate(true)?;
+        banner.push(format!(
+            "created a development signing key {} in {}",
+            key.kid(),
+            config.keys.dir.display()
+        ));
+    }
+    Ok(key_dir.load_signing()?)
+}
+
+/// The revocation parts: the mirror every verification reads, the store revokes write, and
+/// the Redis feed that keeps the mirror current (none in-process).
+struct Revocation {
+    mirror: Arc<Mirror>,
+    store: Arc<dyn RevocationStore>,
+    feed: Option<RedisFeed>,
+}
+
+async fn open_revocation(
+    config: &Config,
+    clock: &Arc<dyn Clock>,
+    banner: &mut Vec<String>,
+) -> Result<Revocation, StartError> {
+    let settings = config.revocation_settings();
+    if settings.redis_url.is_none() {
+        let memory = Arc::new(MemoryRevocations::with_settings(
+            &settings,
+            Arc::clone(clock),
+        ));
+        banner.push(
+            "revocation store: IN-PROCESS (no revocation.redis_url): one process only, \
+             nothing survives a restart"
+                .into(),
+        );
+        return Ok(Revocation {
+            mirror: Arc::clone(memory.mirror()),
+            store: memory,
+            feed: None,
+        });
+    }
+    let feed = RedisFeed::start(&settings, Arc::clone(clock)).await?;
+    let mirror = Arc::clone(feed.mirror());
+    let store = RedisStore::open_with_local_mirror(&settings, Arc::clone(&mirror)).await?;
+    banner.push(format!(
+        "revocation store: Redis {} (prefix {}), max staleness {:?}, on stale: {:?}",
+        crate::config::redact_url(&config.revocation.redis_url),
+        settings.key_prefix,
+        settings.max_staleness,
+        settings.on_stale,
+    ));
+    Ok(Revocation {
+        mirror,
+        store: Arc::new(store),
+        feed: Some(feed),
+    })
+}
+
+/// The issuer's parts: signer, directory (the demo one in development), records, limits.
+async fn issuer_state(
+    config: &Config,
+    key: SigningKey,
+    revocations: Arc<dyn RevocationStore>,
+    clock: &Arc<dyn Clock>,
+    banner: &mut Vec<String>,
+) -> Result<IssuerState, StartError> {
+    banner.push(format!("issuer signing with key {}", key.kid()));
+    let catalogue = config.catalogue()?;
+    let directory = if config.issuer.directory.as_os_str().is_empty() {
+        let (directory, password) = demo_directory(&catalogue).await?;
+        banner.push(format!(
+            "DEVELOPMENT directory: user `demo`, password `{}`, tenant `demo` \
+             (admin, every permission); shown once, not stored",
+            password.as_str()
+        ));
+        directory
+    } else {
+        Directory::load(&config.issuer.directory, &catalogue)?
+    };
+    let settings = config.revocation_settings();
+    let retention = Duration::from_secs(config.issuer.records_retention_secs);
+    let records = match &settings.redis_url {
+        Some(url) => RecordStore::Redis(RedisRecords::new(
+            url,
+            &settings.key_prefix,
+            retention,
+            settings.command_timeout,
+            Arc::clone(clock),
+        )?),
+        None => RecordStore::Memory(MemoryRecords::new(retention, Arc::clone(clock))),
+    };
+    Ok(IssuerState {
+        issuer: Issuer::new(
+            key,
+            config.token.issuer.clone(),
+            config.token.audience.clone(),
+            Arc::clone(clock),
+        ),
+        directory: Arc::new(directory),
+        catalogue,
+        records,
+        revocations,
+        auth: AuthSettings {
+            mode: config.issuer.auth,
+            user_header: config.issuer.user_header.clone(),
+            proxy_secret_header: config.issuer.proxy_secret_header.clone(),
+            proxy_secret: zeroize::Zeroizing::new(config.issuer.proxy_secret.clone()),
+        },
+        failed_signins: RateLimiter::new(
+            config.issuer.failed_signins_per_minute,
+            Duration::from_mins(1),
+        ),
+        mints: RateLimiter::new(config.issuer.mints_per_hour, Duration::from_hours(1)),
+    })
+}
+
+/// The development directory: `demo` in tenant `demo`, admin, every permission, with a fresh
+/// random password (returned so the banner can show it once).
+async fn demo_directory(
+    catalogue: &crate::permissions::Catalogue,
+) -> Result<(Directory, zeroize::Zeroizing<String>), StartError> {
+    let mut secret = [0u8; 18];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut secret);
+    let password = zeroize::Zeroizing::new(crate::token::b64(&secret));
+    let to_hash = password.clone();
+    let hash = tokio::task::spawn_blocking(move || hash_password(&to_hash))
+        .await
+        .map_err(|e| StartError::Other(e.to_string()))?
+        .map_err(|e| StartError::Other(e.to_string()))?;
+    let demo = |s: &str| Subject::new(s).map_err(|e| StartError::Other(e.to_string()));
+    let tenant = TenantId::new("demo").map_err(|e| StartError::Other(e.to_string()))?;
+    let membership = Membership {
+        permissions: crate::permissions::Scope::from_permissions(catalogue.all_permissions()),
+        admin: true,
+    };
+    let user = User::new(
+        demo("demo")?,
+        Some(hash),
+        BTreeMap::from([(tenant, membership)]),
+    );
+    Ok((Directory::from_users([user]), password))
+}

@@ -1,0 +1,553 @@
+//! The issuer API (SPEC §4): mint, list and revoke tokens; tenant-admin revocations; RFC 7009
+//! self-revocation; the permission catalogue; the JWKS; and the OpenAPI document describing
+//! all of them, generated from these handlers.
+//!
+//! Audit: every mint and revoke logs one event on the `audit` target with who, tenant, token
+//! id, permissions and outcome. No event, response (other than the mint response) or record
+//! ever contains a raw token.
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use utoipa::{OpenApi, ToSchema};
+
+use super::error::{ApiError, ErrorChain};
+use super::extract::{JsonBody, Person, body_bytes};
+use super::{AppState, IssuerState};
+use crate::permissions::{PermissionError, READ_ALL, READ_WRITE_ALL};
+use crate::records::TokenRecord;
+use crate::revocation::{Revocation, RevocationCheck as _, RevocationStatus, StoreError};
+use crate::token::{Lifetime, MintRequest, Rejection, Requirement, Subject, TenantId};
+
+pub(super) fn router() -> Router<AppState> {
+    Router::new()
+        .route(
+            "/v1/tenants/{tenant}/tokens",
+            post(mint_token).get(list_tokens),
+        )
+        .route("/v1/tenants/{tenant}/tokens/{id}", delete(revoke_token))
+        .route("/v1/tenants/{tenant}/revocations", post(revoke_many))
+        .route("/v1/revoke", post(revoke_presented))
+        .route("/v1/permissions", get(permissions))
+        .route("/.well-known/jwks.json", get(jwks))
+        .route("/openapi.json", get(openapi))
+}
+
+/// The OpenAPI document of the issuer API, generated from the handlers below.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "edgetoken issuer", description = "Mint, list and revoke short-lived tokens (SPEC §4)."),
+    paths(mint_token, list_tokens, revoke_token, revoke_many, revoke_presented, permissions, jwks),
+    components(schemas(MintBody, MintedBody, TokenList, TokenView, RevocationsBody, ErrorBody, PermissionsBody)),
+    tags((name = "issuer"))
+)]
+pub(super) struct IssuerApi;
+
+async fn openapi() -> impl IntoResponse {
+    Json(IssuerApi::openapi())
+}
+
+/// The error shape of every non-2xx response.
+#[derive(Serialize, ToSchema)]
+struct ErrorBody {
+    /// A `snake_case` code.
+    error: String,
+    /// A sentence for people.
+    message: String,
+}
+
+/// The longest token name, in characters (SPEC §4).
+const MAX_NAME_CHARS: usize = 100;
+
+/// Body of a mint request.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct MintBody {
+    /// Optional, 1-100 characters, no control characters.
+    name: Option<String>,
+    /// `1h` (default), `4h`, `8h`, `12h` or `max`.
+    duration: Option<String>,
+    /// Permissions (`CATEGORY:read|write`) or one of the shortcuts `read-all`,
+    /// `read-write-all`.
+    permissions: Vec<String>,
+}
+
+/// A freshly minted token. The only response that ever contains the raw token.
+#[derive(Serialize, ToSchema)]
+struct MintedBody {
+    id: String,
+    /// The raw token: shown once, stored nowhere.
+    token: String,
+    name: Option<String>,
+    tenant: String,
+    permissions: Vec<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    expires_at: OffsetDateTime,
+}
+
+fn tenant_id(raw: &str) -> Result<TenantId, ApiError> {
+    TenantId::new(raw).map_err(|e| ApiError::bad_request("invalid_request", e.to_string()))
+}
+
+fn validate_name(name: Option<String>) -> Result<Option<String>, ApiError> {
+    let Some(name) = name else { return Ok(None) };
+    let chars = name.chars().count();
+    if chars == 0 || chars > MAX_NAME_CHARS || name.chars().any(char::is_control) {
+        return Err(ApiError::bad_request(
+            "bad_name",
+            "name must be 1-100 characters without control characters",
+        ));
+    }
+    Ok(Some(name))
+}
+
+fn store_error(error: StoreError) -> ApiError {
+    if error.is_unavailable() {
+        ApiError::StoreUnavailable(Box::new(error))
+    } else {
+        ApiError::Internal(Box::new(error))
+    }
+}
+
+/// Mint a token for yourself in a tenant you belong to.
+#[utoipa::path(
+    post, path = "/v1/tenants/{tenant}/tokens", tag = "issuer",
+    params(("tenant" = String, Path, description = "Tenant slug")),
+    request_body = MintBody,
+    responses(
+        (status = 201, description = "Minted; the raw token is in this response only", body = MintedBody),
+        (status = 400, description = "Unknown field, bad duration, unknown permission or bad name", body = ErrorBody),
+        (status = 401, description = "Not signed in, or a token offered as credential", body = ErrorBody),
+        (status = 403, description = "Not a member, or a permission you do not hold", body = ErrorBody),
+        (status = 413, body = ErrorBody), (status = 429, body = ErrorBody), (status = 503, body = ErrorBody),
+    ),
+    security(("basic" = []))
+)]
+async fn mint_token(
+    State(state): State<AppState>,
+    Path(tenant): Path<String>,
+    Person(person): Person,
+    JsonBody(body): JsonBody<MintBody>,
+) -> Result<Response, ApiError> {
+    let issuer = state.issuer()?;
+    let tenant = tenant_id(&tenant)?;
+    let name = validate_name(body.name)?;
+    let lifetime = body
+        .duration
+        .as_deref()
+        .unwrap_or("1h")
+        .parse::<Lifetime>()
+        .map_err(|e| ApiError::bad_request("bad_duration", e.to_string()))?;
+    let scope = issuer
+        .catalogue
+        .expand(&body.permissions)
+        .map_err(|e| match e {
+            PermissionError::Empty => ApiError::bad_request("invalid_request", e.to_string()),
+            _ => ApiError::bad_request("unknown_permission", e.to_string()),
+        })?;
+    let membership = person.membership(&tenant).ok_or_else(|| {
+        ApiError::forbidden(
+            "not_a_member",
+            format!("you are not a member of tenant {tenant}"),
+        )
+    })?;
+    let missing = scope.missing_from(&membership.permissions);
+    if !missing.is_empty() {
+        let names: Vec<String> = missing.iter().map(ToString::to_string).collect();
+        audit_mint(
+            &person.id,
+            &tenant,
+            None,
+            &scope.to_claim(),
+            "permission_not_held",
+        );
+        return Err(ApiError::forbidden(
+            "permission_not_held",
+            format!("you do not hold: {}", names.join(", ")),
+        ));
+    }
+    issuer
+        .mints
+        .acquire(person.id.as_str())
+        .map_err(|retry_after| ApiError::RateLimited { retry_after })?;
+
+    let minted = issuer
+        .issuer
+        .mint(&MintRequest {
+            subject: person.id.clone(),
+            tenant: tenant.clone(),
+            scope,
+            lifetime,
+        })
+        .map_err(|e| ApiError::Internal(Box::new(e)))?;
+    let claims = &minted.claims;
+    // The record is written before the token is handed out: every token that exists can be
+    // listed and revoked. If this fails the token is dropped unseen.
+    if let Err(error) = issuer
+        .records
+        .put(&TokenRecord::of(claims, name.clone()))
+        .await
+    {
+        state.metrics.record_mint("store_unavailable");
+        audit_mint(
+            &person.id,
+            &tenant,
+            Some(claims.token_id.as_str()),
+            &claims.scope.to_claim(),
+            "store_unavailable",
+        );
+        return Err(store_error(error));
+    }
+    state.metrics.record_mint("ok");
+    audit_mint(
+        &person.id,
+        &tenant,
+        Some(claims.token_id.as_str()),
+        &claims.scope.to_claim(),
+        "ok",
+    );
+    let body = MintedBody {
+        id: claims.token_id.as_str().to_owned(),
+        token: minted.token.expose().to_owned(),
+        name,
+        tenant: tenant.as_str().to_owned(),
+        permissions: claims.scope.iter().map(ToString::to_string).collect(),
+        created_at: claims.issued_at,
+        expires_at: claims.expires_at,
+    };
+    let mut response = (StatusCode::CREATED, Json(body)).into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    Ok(response)
+}
+
+fn audit_mint(
+    user: &Subject,
+    tenant: &TenantId,
+    jti: Option<&str>,
+    permissions: &str,
+    outcome: &str,
+) {
+    tracing::info!(
+        target: "audit",
+        event = "mint",
+        user = %user,
+        tenant = %tenant,
+        jti = jti.unwrap_or("-"),
+        permissions,
+        outcome,
+    );
+}
+
+fn audit_revoke(user: &Subject, tenant: &str, kind: &str, target: &str, outcome: &str) {
+    tracing::info!(target: "audit", event = "revoke", user = %user, tenant, kind, target, outcome);
+}
+
+/// Your tokens in a tenant.
+#[derive(Serialize, ToSchema)]
+struct TokenList {
+    tokens: Vec<TokenView>,
+}
+
+/// One token's metadata; never the token itself.
+#[derive(Serialize, ToSchema)]
+struct TokenView {
+    id: String,
+    name: Option<String>,
+    permissions: Vec<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    expires_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    revoked_at: Option<OffsetDateTime>,
+    /// `active`, `expired` or `revoked`.
+    status: &'static str,
+}
+
+/// List your tokens in a tenant (metadata only).
+#[utoipa::path(
+    get, path = "/v1/tenants/{tenant}/tokens", tag = "issuer",
+    params(("tenant" = String, Path, description = "Tenant slug")),
+    responses((status = 200, body = TokenList), (status = 401, body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("basic" = []))
+)]
+async fn list_tokens(
+    State(state): State<AppState>,
+    Path(tenant): Path<String>,
+    Person(person): Person,
+) -> Result<Json<TokenList>, ApiError> {
+    let issuer = state.issuer()?;
+    let tenant = tenant_id(&tenant)?;
+    let records = issuer
+        .records
+        .list(&tenant, &person.id)
+        .await
+        .map_err(store_error)?;
+    let now = state.clock.now();
+    let tokens = records
+        .into_iter()
+        .map(|record| {
+            // A token revoked by a user, tenant or key watermark has no revoked_at of its
+            // own; the mirror knows it is revoked all the same.
+            let revoked = record.revoked_at.is_some()
+                || state.mirror.status(&record.facts()) == RevocationStatus::Revoked;
+            let status = if revoked {
+                "revoked"
+            } else if now >= record.expires_at {
+                "expired"
+            } else {
+                "active"
+            };
+            TokenView {
+                id: record.id.as_str().to_owned(),
+                name: record.name,
+                permissions: record.permissions,
+                created_at: record.created_at,
+                expires_at: record.expires_at,
+                revoked_at: record.revoked_at,
+                status,
+            }
+        })
+        .collect();
+    Ok(Json(TokenList { tokens }))
+}
+
+/// Revoke one of your tokens. Idempotent; a token that is not yours is 404.
+#[utoipa::path(
+    delete, path = "/v1/tenants/{tenant}/tokens/{id}", tag = "issuer",
+    params(("tenant" = String, Path), ("id" = String, Path, description = "Token id (jti)")),
+    responses((status = 204, description = "Revoked"), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("basic" = []))
+)]
+async fn revoke_token(
+    State(state): State<AppState>,
+    Path((tenant, id)): Path<(String, String)>,
+    Person(person): Person,
+) -> Result<StatusCode, ApiError> {
+    let issuer = state.issuer()?;
+    let tenant = tenant_id(&tenant)?;
+    let record = issuer
+        .records
+        .get(&tenant, &id)
+        .await
+        .map_err(store_error)?
+        .filter(|record| record.user == person.id)
+        .ok_or(ApiError::NotFound)?;
+    revoke(
+        &state,
+        issuer,
+        &person.id,
+        Revocation::Token {
+            jti: record.id.as_str().to_owned(),
+            expires_at: record.expires_at.unix_timestamp(),
+        },
+    )
+    .await?;
+    mark_record_revoked(&state, issuer, &tenant, record.id.as_str()).await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Commits a revocation, with metrics and an audit event. Nothing is acknowledged unless the
+/// store accepted it.
+async fn revoke(
+    state: &AppState,
+    issuer: &IssuerState,
+    by: &Subject,
+    revocation: Revocation,
+) -> Result<(), ApiError> {
+    let (kind, tenant, target) = match &revocation {
+        Revocation::Token { jti, .. } => ("token", "-".to_owned(), jti.clone()),
+        Revocation::User {
+            tenant, subject, ..
+        } => ("user", tenant.clone(), subject.clone()),
+        Revocation::Tenant { tenant, .. } => ("tenant", tenant.clone(), tenant.clone()),
+        Revocation::Key { kid, .. } => ("key", "-".to_owned(), kid.clone()),
+    };
+    match issuer.revocations.revoke(revocation).await {
+        Ok(()) => {
+            state.metrics.record_revoke(kind, "ok");
+            audit_revoke(by, &tenant, kind, &target, "ok");
+            Ok(())
+        }
+        Err(error) => {
+            state.metrics.record_revoke(kind, "store_unavailable");
+            audit_revoke(by, &tenant, kind, &target, "store_unavailable");
+            Err(store_error(error))
+        }
+    }
+}
+
+/// Best effort after the revocation is committed: the listing shows the revocation time. If
+/// this write fails the token is still revoked (the mirror says so); only the time is missing.
+async fn mark_record_revoked(state: &AppState, issuer: &IssuerState, tenant: &TenantId, id: &str) {
+    if let Err(error) = issuer
+        .records
+        .mark_revoked(tenant, id, state.clock.now())
+        .await
+    {
+        tracing::warn!(error = %ErrorChain(&error), jti = id, "could not note the revocation time on the token record");
+    }
+}
+
+/// A tenant admin's revocation: every token of one user in the tenant, or all of them.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct RevocationsBody {
+    /// Revoke every token of this user in the tenant.
+    user: Option<String>,
+    /// `true`: revoke every token of the tenant.
+    all: Option<bool>,
+}
+
+/// Revoke every token of a user in the tenant, or of the whole tenant. Tenant admins only.
+#[utoipa::path(
+    post, path = "/v1/tenants/{tenant}/revocations", tag = "issuer",
+    params(("tenant" = String, Path)),
+    request_body = RevocationsBody,
+    responses((status = 204, description = "Revoked"), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("basic" = []))
+)]
+async fn revoke_many(
+    State(state): State<AppState>,
+    Path(tenant): Path<String>,
+    Person(person): Person,
+    JsonBody(body): JsonBody<RevocationsBody>,
+) -> Result<StatusCode, ApiError> {
+    let issuer = state.issuer()?;
+    let tenant = tenant_id(&tenant)?;
+    if !person.membership(&tenant).is_some_and(|m| m.admin) {
+        return Err(ApiError::forbidden(
+            "not_tenant_admin",
+            format!("only admins of tenant {tenant} may do this"),
+        ));
+    }
+    let before = state.clock.unix_now();
+    let revocation = match (body.user, body.all) {
+        (Some(user), None) => Revocation::User {
+            tenant: tenant.as_str().to_owned(),
+            subject: Subject::new(&user)
+                .map_err(|e| ApiError::bad_request("invalid_request", e.to_string()))?
+                .as_str()
+                .to_owned(),
+            before,
+        },
+        (None, Some(true)) => Revocation::Tenant {
+            tenant: tenant.as_str().to_owned(),
+            before,
+        },
+        _ => {
+            return Err(ApiError::bad_request(
+                "invalid_request",
+                r#"give exactly one of {"user": "ID"} or {"all": true}"#,
+            ));
+        }
+    };
+    revoke(&state, issuer, &person.id, revocation).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Form of an RFC 7009 revocation request.
+#[derive(Debug, Deserialize)]
+struct PresentedToken {
+    token: String,
+    #[serde(rename = "token_type_hint")]
+    _hint: Option<String>,
+}
+
+/// RFC 7009: the holder of a token revokes it by presenting it
+/// (`application/x-www-form-urlencoded`, `token=...`). Answers 200 for any token that is not
+/// valid, as RFC 7009 §2.2 asks, so the endpoint reveals nothing about tokens.
+#[utoipa::path(
+    post, path = "/v1/revoke", tag = "issuer",
+    request_body(content = String, content_type = "application/x-www-form-urlencoded", description = "token=<the token>"),
+    responses((status = 200, description = "Revoked, or not a valid token"), (status = 400, body = ErrorBody), (status = 503, body = ErrorBody))
+)]
+async fn revoke_presented(
+    State(state): State<AppState>,
+    request: Request,
+) -> Result<StatusCode, ApiError> {
+    let issuer = state.issuer()?;
+    let bytes = body_bytes(request, &()).await?;
+    let form: PresentedToken = serde_urlencoded::from_bytes(&bytes)
+        .map_err(|e| ApiError::bad_request("invalid_request", e.to_string()))?;
+    let claims = match state.verifier.verify(&form.token, &Requirement::any()) {
+        Ok(claims) => claims,
+        Err(Rejection::Unavailable) => return Err(ApiError::Token(Rejection::Unavailable)),
+        Err(rejection) => {
+            tracing::debug!(
+                reason = rejection.code(),
+                "revocation request for an invalid token"
+            );
+            return Ok(StatusCode::OK);
+        }
+    };
+    revoke(
+        &state,
+        issuer,
+        &claims.subject,
+        Revocation::Token {
+            jti: claims.token_id.as_str().to_owned(),
+            expires_at: claims.expires_at.unix_timestamp(),
+        },
+    )
+    .await?;
+    mark_record_revoked(&state, issuer, &claims.tenant, claims.token_id.as_str()).await;
+    Ok(StatusCode::OK)
+}
+
+/// The permission catalogue and shortcuts.
+#[derive(Serialize, ToSchema)]
+struct PermissionsBody {
+    categories: Vec<String>,
+    permissions: Vec<String>,
+    /// Each shortcut and what it expands to today.
+    shortcuts: std::collections::BTreeMap<String, Vec<String>>,
+}
+
+/// The permission catalogue.
+#[utoipa::path(get, path = "/v1/permissions", tag = "issuer", responses((status = 200, body = PermissionsBody)))]
+async fn permissions(State(state): State<AppState>) -> Result<Json<PermissionsBody>, ApiError> {
+    let catalogue = &state.issuer()?.catalogue;
+    let expand = |shortcut: &str| {
+        catalogue
+            .expand(&[shortcut])
+            .map(|scope| scope.iter().map(ToString::to_string).collect())
+            .unwrap_or_default()
+    };
+    Ok(Json(PermissionsBody {
+        categories: catalogue
+            .categories()
+            .map(|c| c.as_str().to_owned())
+            .collect(),
+        permissions: catalogue.all_permissions().map(|p| p.to_string()).collect(),
+        shortcuts: [READ_ALL, READ_WRITE_ALL]
+            .into_iter()
+            .map(|s| (s.to_owned(), expand(s)))
+            .collect(),
+    }))
+}
+
+/// Every trusted public key (never a private one).
+#[utoipa::path(get, path = "/.well-known/jwks.json", tag = "issuer", responses((status = 200, description = "JWKS (RFC 7517)")))]
+async fn jwks(State(state): State<AppState>) -> Response {
+    let max_age = state.config.issuer.jwks_max_age_secs;
+    let mut response = Json(state.verifier.keys().jwks()).into_response();
+    if let Ok(value) = HeaderValue::from_str(&format!("public, max-age={max_age}")) {
+        response.headers_mut().insert(header::CACHE_CONTROL, value);
+    }
+    response
+}

@@ -1,0 +1,154 @@
+//! The HTTP shell (SPEC §4, §5): state, routers and the server loop.
+//!
+//! Handlers extract, call one core method and map the result; [`error::ApiError`] is the only
+//! place that picks a status. Each service module has a `router()` that [`router`] merges
+//! according to the role. [`serve`] takes its listener and shutdown future from the caller, so
+//! tests bind `127.0.0.1:0` and shut down deterministically.
+
+pub mod boot;
+pub mod error;
+pub mod extract;
+mod issuer;
+pub mod limits;
+mod ops;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use tokio::net::TcpListener;
+
+pub use self::error::ApiError;
+use self::limits::RateLimiter;
+use crate::clock::Clock;
+use crate::config::{AuthMode, Config, Role};
+use crate::directory::Directory;
+use crate::metrics::{Metrics, StateSample};
+use crate::permissions::Catalogue;
+use crate::records::RecordStore;
+use crate::revocation::{Mirror, RevocationStore};
+use crate::token::{Issuer, Verifier};
+
+/// Everything a request handler may need, shared by all of them.
+pub type AppState = Arc<Services>;
+
+/// The running services of one process.
+#[derive(Debug)]
+pub struct Services {
+    /// The validated configuration.
+    pub config: Arc<Config>,
+    /// Which services are served.
+    pub role: Role,
+    /// Time.
+    pub clock: Arc<dyn Clock>,
+    /// Verifies tokens (both roles: the issuer checks tokens presented for self-revocation).
+    pub verifier: Arc<Verifier>,
+    /// This process's revocation mirror.
+    pub mirror: Arc<Mirror>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// The issuer's parts, when the role includes it.
+    pub issuer: Option<IssuerState>,
+}
+
+/// How the issuer authenticates people.
+#[derive(Clone)]
+pub struct AuthSettings {
+    /// Directory or trusted header.
+    pub mode: AuthMode,
+    /// Trusted-header mode: the user id header.
+    pub user_header: String,
+    /// Trusted-header mode: the secret header.
+    pub proxy_secret_header: String,
+    /// Trusted-header mode: the secret.
+    pub proxy_secret: zeroize::Zeroizing<String>,
+}
+
+impl std::fmt::Debug for AuthSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthSettings")
+            .field("mode", &self.mode)
+            .field("user_header", &self.user_header)
+            .field("proxy_secret_header", &self.proxy_secret_header)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The issuer's parts.
+#[derive(Debug)]
+pub struct IssuerState {
+    /// Signs tokens.
+    pub issuer: Issuer,
+    /// People.
+    pub directory: Arc<Directory>,
+    /// The permission catalogue.
+    pub catalogue: Catalogue,
+    /// Token metadata.
+    pub records: RecordStore,
+    /// Where revocations are written.
+    pub revocations: Arc<dyn RevocationStore>,
+    /// How people sign in.
+    pub auth: AuthSettings,
+    /// Failed sign-ins per user id.
+    pub failed_signins: RateLimiter,
+    /// Mints per person.
+    pub mints: RateLimiter,
+}
+
+impl Services {
+    /// The issuer's parts, or 404 when this process does not run the issuer.
+    ///
+    /// # Errors
+    ///
+    /// [`ApiError::NotFound`] in the verifier role.
+    pub fn issuer(&self) -> Result<&IssuerState, ApiError> {
+        self.issuer.as_ref().ok_or(ApiError::NotFound)
+    }
+
+    /// What `/metrics` and `/readyz` report about state.
+    pub fn sample(&self) -> StateSample {
+        StateSample {
+            cache: self.verifier.cache_stats(),
+            mirror_entries: u64::try_from(self.mirror.size().total()).unwrap_or(u64::MAX),
+            staleness: self.mirror.is_ready().then(|| self.mirror.staleness()),
+            ready: self.mirror.is_ready() && self.mirror.is_fresh(),
+        }
+    }
+
+    /// Whether revocation lookups can currently be answered (fresh, or stale but configured
+    /// to serve).
+    pub fn is_ready(&self) -> bool {
+        self.mirror.is_ready() && self.mirror.is_fresh() && !self.verifier.keys().is_empty()
+    }
+}
+
+/// The router for `state.role`.
+pub fn router(state: AppState) -> Router {
+    let mut router = ops::router();
+    if state.role.has_issuer() {
+        router = router.merge(issuer::router());
+    }
+    router
+        .layer(DefaultBodyLimit::max(state.config.server.max_body_bytes))
+        .with_state(state)
+}
+
+/// Serves `router` on `listener` until `shutdown` completes, then drains in-flight requests.
+///
+/// # Errors
+///
+/// I/O errors of the listener.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+}

@@ -1,0 +1,54 @@
+//! Operations endpoints (SPEC §5): `/healthz` (alive), `/readyz` (keys loaded and revocation
+//! state fresh), `/metrics` (Prometheus text).
+
+use axum::Json;
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+
+use super::AppState;
+
+pub(super) fn router() -> Router<AppState> {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+}
+
+async fn healthz() -> impl IntoResponse {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    let sample = state.sample();
+    let keys = state.verifier.keys().len();
+    let ready = state.is_ready();
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = serde_json::json!({
+        "ready": ready,
+        "keys": keys,
+        "revocation": {
+            "ready": state.mirror.is_ready(),
+            "fresh": state.mirror.is_fresh(),
+            "staleness_seconds": sample.staleness.map(|s| s.as_secs_f64()),
+            "entries": sample.mirror_entries,
+        },
+    });
+    (status, Json(body))
+}
+
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.render(state.sample()),
+    )
+}

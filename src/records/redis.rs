@@ -1,0 +1,221 @@
+//! Token records in Redis.
+//!
+//! # Key layout
+//!
+//! Keys share the hash tag `{P}` of the deployment's `key_prefix` (like the revocation keys):
+//!
+//! | Key | Type | Content | Expiry |
+//! |---|---|---|---|
+//! | `{P}:rec:<tenant>:<jti>` | string | the record as JSON | token `exp` + retention |
+//! | `{P}:recu:<tenant>:<sub>` | sorted set | the user's jtis in the tenant, score `exp` | pushed to the latest `exp` + retention |
+//!
+//! A record and its index entry are written in one `MULTI`, so a failed write leaves neither;
+//! index entries past `exp + retention` are trimmed when the index is read.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::AsyncCommands as _;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use time::OffsetDateTime;
+use tokio::sync::Mutex;
+
+use super::TokenRecord;
+use crate::clock::Clock;
+use crate::revocation::StoreError;
+use crate::token::{Subject, TenantId};
+
+/// Records in Redis, shared by every issuer of a deployment.
+#[derive(Clone)]
+pub struct RedisRecords {
+    client: redis::Client,
+    conn: Arc<Mutex<Option<ConnectionManager>>>,
+    prefix: String,
+    retention: Duration,
+    timeout: Duration,
+    clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for RedisRecords {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The client holds the URL, which may hold a password.
+        f.debug_struct("RedisRecords")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+fn redis_error(operation: &'static str) -> impl FnOnce(redis::RedisError) -> StoreError {
+    move |source| StoreError::Redis { operation, source }
+}
+
+impl RedisRecords {
+    /// A store on `url` (connected lazily, reconnecting after failures).
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::RedisUrl`] when the URL does not parse.
+    pub fn new(
+        url: &str,
+        prefix: &str,
+        retention: Duration,
+        timeout: Duration,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, StoreError> {
+        Ok(Self {
+            client: redis::Client::open(url).map_err(StoreError::RedisUrl)?,
+            conn: Arc::default(),
+            prefix: prefix.to_owned(),
+            retention,
+            timeout,
+            clock,
+        })
+    }
+
+    async fn conn(&self) -> Result<ConnectionManager, StoreError> {
+        let mut slot = self.conn.lock().await;
+        if let Some(conn) = slot.as_ref() {
+            return Ok(conn.clone());
+        }
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.timeout))
+            .set_response_timeout(Some(self.timeout))
+            .set_number_of_retries(1);
+        let conn = tokio::time::timeout(
+            self.timeout,
+            ConnectionManager::new_with_config(self.client.clone(), config),
+        )
+        .await
+        .map_err(|_| StoreError::Timeout {
+            operation: "connect for token records",
+            timeout: self.timeout,
+        })?
+        .map_err(redis_error("connect for token records"))?;
+        *slot = Some(conn.clone());
+        Ok(conn)
+    }
+
+    fn record_key(&self, tenant: &TenantId, id: &str) -> String {
+        format!("{{{}}}:rec:{tenant}:{id}", self.prefix)
+    }
+
+    fn index_key(&self, tenant: &TenantId, user: &Subject) -> String {
+        format!("{{{}}}:recu:{tenant}:{user}", self.prefix)
+    }
+
+    fn keep_until(&self, expires_at: OffsetDateTime) -> i64 {
+        (expires_at + self.retention).unix_timestamp()
+    }
+
+    pub(super) async fn put(&self, record: &TokenRecord) -> Result<(), StoreError> {
+        let json = serde_json::to_string(record).map_err(|e| StoreError::Protocol {
+            operation: "encode a token record",
+            detail: e.to_string(),
+        })?;
+        let until = self.keep_until(record.expires_at);
+        let index = self.index_key(&record.tenant, &record.user);
+        let mut conn = self.conn().await?;
+        let () = redis::pipe()
+            .atomic()
+            .set(self.record_key(&record.tenant, record.id.as_str()), json)
+            .arg("EXAT")
+            .arg(until)
+            .ignore()
+            .zadd(
+                &index,
+                record.id.as_str(),
+                record.expires_at.unix_timestamp(),
+            )
+            .ignore()
+            .cmd("EXPIREAT")
+            .arg(&index)
+            .arg(until)
+            .arg("GT")
+            .ignore()
+            .cmd("EXPIREAT")
+            .arg(&index)
+            .arg(until)
+            .arg("NX")
+            .ignore()
+            .query_async(&mut conn)
+            .await
+            .map_err(redis_error("store a token record"))?;
+        Ok(())
+    }
+
+    pub(super) async fn get(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+    ) -> Result<Option<TokenRecord>, StoreError> {
+        let mut conn = self.conn().await?;
+        let json: Option<String> = conn
+            .get(self.record_key(tenant, id))
+            .await
+            .map_err(redis_error("read a token record"))?;
+        json.map(|j| decode(&j)).transpose()
+    }
+
+    pub(super) async fn list(
+        &self,
+        tenant: &TenantId,
+        user: &Subject,
+    ) -> Result<Vec<TokenRecord>, StoreError> {
+        let index = self.index_key(tenant, user);
+        let horizon = (self.clock.now() - self.retention).unix_timestamp();
+        let mut conn = self.conn().await?;
+        let (_, ids): (i64, Vec<String>) = redis::pipe()
+            .zrembyscore(&index, "-inf", format!("({horizon}"))
+            .zrange(&index, 0, -1)
+            .query_async(&mut conn)
+            .await
+            .map_err(redis_error("list token records"))?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = ids.iter().map(|id| self.record_key(tenant, id)).collect();
+        let found: Vec<Option<String>> = redis::cmd("MGET")
+            .arg(&keys)
+            .query_async(&mut conn)
+            .await
+            .map_err(redis_error("read token records"))?;
+        found.into_iter().flatten().map(|j| decode(&j)).collect()
+    }
+
+    pub(super) async fn mark_revoked(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+        at: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        let Some(mut record) = self.get(tenant, id).await? else {
+            return Ok(());
+        };
+        if record.revoked_at.is_some() {
+            return Ok(());
+        }
+        record.revoked_at = Some(at);
+        let json = serde_json::to_string(&record).map_err(|e| StoreError::Protocol {
+            operation: "encode a token record",
+            detail: e.to_string(),
+        })?;
+        let mut conn = self.conn().await?;
+        // KEEPTTL keeps the record's expiry; XX never resurrects a record that aged out.
+        let _: Option<String> = redis::cmd("SET")
+            .arg(self.record_key(tenant, id))
+            .arg(json)
+            .arg("KEEPTTL")
+            .arg("XX")
+            .query_async(&mut conn)
+            .await
+            .map_err(redis_error("mark a token record revoked"))?;
+        Ok(())
+    }
+}
+
+fn decode(json: &str) -> Result<TokenRecord, StoreError> {
+    serde_json::from_str(json).map_err(|e| StoreError::Protocol {
+        operation: "decode a token record",
+        detail: e.to_string(),
+    })
+}
