@@ -13,9 +13,11 @@
 )]
 
 mod golden;
+mod issuer;
 mod minting;
 mod mutations;
 mod revocation;
+mod serve;
 mod support;
 mod token_rejections;
 mod vectors;

@@ -1,0 +1,818 @@
+//! The issuer API over HTTP, as a client uses it (SPEC §4; issue "Issuer service").
+//!
+//! Each test starts the real router on a real socket; tests that concern shared state run
+//! against their own `redis-server`.
+
+use edgetoken::revocation::RevocationCheck as _;
+use edgetoken::token::{Rejection, Requirement, TenantId};
+use serde_json::json;
+
+use crate::support::issuer::{ALICE, BOB, Options, TestIssuer, assert_error};
+use crate::support::redis::RedisServer;
+
+fn tenant(name: &str) -> Requirement {
+    Requirement::any().tenant(TenantId::new(name).unwrap())
+}
+
+async fn with_redis() -> (RedisServer, TestIssuer) {
+    let redis = RedisServer::start();
+    let issuer = TestIssuer::start(Options {
+        redis_url: Some(redis.url()),
+        ..Options::default()
+    })
+    .await;
+    (redis, issuer)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_lives_from_mint_to_revocation() {
+    let (_redis, issuer) = with_redis().await;
+    let minted = ALICE
+        .mint(
+            &issuer,
+            "acme",
+            json!({"name": "ci script", "duration": "4h", "permissions": ["runs:read"]}),
+        )
+        .await;
+    let token = minted["token"].as_str().unwrap().to_owned();
+    let id = minted["id"].as_str().unwrap().to_owned();
+    assert_eq!(minted["tenant"], "acme");
+    assert_eq!(minted["permissions"], json!(["runs:read"]));
+    assert_eq!(minted["name"], "ci script");
+
+    // It opens acme at the verifier.
+    let claims = issuer
+        .services
+        .verifier
+        .verify(&token, &tenant("acme"))
+        .unwrap();
+    assert_eq!(claims.subject.as_str(), "alice");
+    assert_eq!(
+        (claims.expires_at - claims.issued_at).whole_hours(),
+        4,
+        "4h lifetime"
+    );
+
+    // Listed, by metadata only.
+    let listing = ALICE.list(&issuer, "acme").await;
+    let text = listing.to_string();
+    assert!(!text.contains(&token), "the raw token must never be listed");
+    assert!(
+        !text.contains(token.split('.').nth(2).unwrap()),
+        "nor its signature"
+    );
+    assert_eq!(listing["tokens"][0]["id"], id.as_str());
+    assert_eq!(listing["tokens"][0]["status"], "active");
+    assert!(listing["tokens"][0]["revoked_at"].is_null());
+
+    // Revoked: 204, idempotent, rejected on the next verification, listed as revoked.
+    for _ in 0..2 {
+        let response = ALICE
+            .delete(issuer.url(&format!("/v1/tenants/acme/tokens/{id}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 204);
+    }
+    assert_eq!(
+        issuer
+            .services
+            .verifier
+            .verify(&token, &tenant("acme"))
+            .unwrap_err(),
+        Rejection::Revoked
+    );
+    let listing = ALICE.list(&issuer, "acme").await;
+    assert_eq!(listing["tokens"][0]["status"], "revoked");
+    assert!(listing["tokens"][0]["revoked_at"].is_string());
+    issuer.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_offered_duration_mints_its_lifetime() {
+    let issuer = TestIssuer::start(Options::default()).await;
+    for (duration, hours) in [("1h", 1), ("4h", 4), ("8h", 8), ("12h", 12), ("max", 12)] {
+        let minted = ALICE
+            .mint(
+                &issuer,
+                "acme",
+                json!({"duration": duration, "permissions": ["runs:read"]}),
+            )
+            .await;
+        let claims = issuer
+            .services
+            .verifier
+            .verify(minted["token"].as_str().unwrap(), &Requirement::any())
+            .unwrap();
+        assert_eq!(
+            (claims.expires_at - claims.issued_at).whole_hours(),
+            hours,
+            "{duration}"
+        );
+    }
+    // No duration: the default hour.
+    let minted = ALICE
+        .mint(&issuer, "acme", json!({"permissions": ["runs:read"]}))
+        .await;
+    let claims = issuer
+        .services
+        .verifier
+        .verify(minted["token"].as_str().unwrap(), &Requirement::any())
+        .unwrap();
+    assert_eq!((claims.expires_at - claims.issued_at).whole_hours(), 1);
+    issuer.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mint_response_is_never_cached() {
+    let issuer = TestIssuer::start(Options::default()).await;
+    let response = ALICE
+        .post(issuer.url("/v1/tenants/acme/tokens"))
+        .json(&json!({"permissions": ["runs:read"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    assert_eq!(response.headers()["cache-control"], "no-store");
+    issuer.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shortcuts_expand_to_what_the_catalogue_holds() {
+    let issuer = TestIssuer::start(Options::default()).await;
+    let minted = ALICE
+        .mint(&issuer, "globex", json!({"permissions": ["read-all"]}))
+        .await;
+    assert_eq!(
+        minted["permissions"],
+        json!([
+            "detections:read",
+            "members:read",
+            "policies:read",
+            "runs:read"
+        ])
+    );
+    issuer.stop().await;
+}
+
+async fn mint_refused(
+    issuer: &TestIssuer,
+    tenant: &str,
+    body: serde_json::Value,
+    status: u16,
+    code: &str,
+) {
+    let response = ALICE
+        .post(issuer.url(&format!("/v1/tenants/{tenant}/tokens")))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_error(response, status, code).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mint_refuses_lifetimes_beyond_twelve_hours() {
+    let issuer = TestIssuer::start(Options::default()).await;
+    for duration in ["13h", "forever", "24h", "0h", "1H", ""] {
+        mint_refused(
+            &issuer,
+            "acme",
+            json!({"duration": duration, "permissions": ["runs:read"]}),
+            400,
+            "bad_duration",
+        )
+        .await;
+    }
+    issuer.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mint_refuses_unknown_permissions_and_fields() {
+    let issuer = TestIssuer::start(Options::default()).await;
+    mint_refused(
+        &issuer,
+        "acme",
+        json!({"permissions": ["runs:admin"]}),
+        400,
+        "unknown_permission",
+    )
+    .await;
+    mint_refused(
+        &issuer,
+        "acme",
+        json!({"permissions": ["billing:read"]}),
+        400,
+        "unknown_permission",
+    )
+    .await;
+    mint_refused(
+        &issuer,
+        "acme",
+        json!({"permissions": ["runs:read"], "lifetime": "12h"}),
+        400,
+        "unknown_field",
+    )
+    .await;
+    issuer.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mint_refuses_a_permission_the_person_does_not_hold_and_names_it() {
+    let issuer = TestIssuer::start(Options::default()).await;
+    let response = ALICE
+        .post(issuer.url("/v1/tenants/acme/tokens"))
+        .json(&json!({"permissions": ["runs:read", "policies:write", "members:read"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 403);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"], "permission_not_held");
+    let message = body["message"].as_str().unwrap();
+    assert!(
+        message.contains("policies:write") && message.contains("members:read"),
+        "{message}"
+    );
+    assert!(!message.contains("runs:read"), "{message}");
+    // read-write-all is more than alice holds in acme.
+    mint_refused(
+        &issuer,
+        "acme",
+        json!({"permissions": ["read-write-all"]}),
+        403,
+        "permission_not_held",
+    )
+    .await;
+    issuer.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mint_refuses_a_tenant_the_person_does_not_belong_to() {
+    let issuer = TestIssuer::start(Options::default()).await;
+    mint_refused(
+        &issuer,
+        "initech",
+        json!({"permissions": ["runs:read"]}),
+        403,
+        "not_a_member",
+    )
+    .await;
+    issuer.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mint_refuses_names_over_one_hundred_characters() {
+    let issuer = TestIssuer::start(Options::default()).await;
+    let long = "n".repeat(101);
+    mint_refused(
+        &issuer,
+        "acme",
+        json!({"name": long, "permissions": ["runs:read"]}),
+        400,
+        "bad_name",
+    )
+    .await;
+    mint_refused(
+        &issuer,
+        "acme",
+        json!({"name": "", "permissions": ["runs:read"]}),
+        400,
+        "bad_name",
+    )
+    .await;
+    mint_refused(
+        &issuer,
+        "acme",
+        json!({"name": "a\nb", "permissions": ["runs:read"]}),
+        400,
+        "bad_name",
+    )
+    .await;
+    // Exactly 100 characters (multi-byte ones count once) is fine.
+    ALICE
+        .mint(
+            &issuer,
+            "acme",
+            json!({"name": "é".repeat(100), "permissions": ["runs:read"]}),
+        )
+        .await;
+    issuer.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mint_refuses_a_one_megabyte_body() {
+    let issuer = TestIssuer::start(Options::default()).await;
+    let body = format!(
+        r#"{{"permissions":["runs:read"],"name":"{}"}}"#,
+        "x".repeat(1 << 20)
+    );
+    let response = ALICE
+        .post(issuer.url("/v1/tenants/acme/tokens"))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_error(response, 413, "body_too_large").await;
+    issuer.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mint_refuses_a_wrong_password_and_no_credentials() {
+    let issuer = TestIssuer::start(Options::default()).await;
+    let response = reqwest::Client::new()
+        .post(issuer.url("/v1/tenants/acme/tokens"))
+        .basic_auth("alice", Some("not-her-password"))
+        .json(&json!({"permissions": ["runs:read"]}))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        response.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .starts_with("Basic")
+    );
+    assert_error(response, 401, "unauthenticated").await;
+    let response = reqwest::Client::new()
+        .post(issuer.url("/v1/tenants/acme/tokens"))
+        .json(&json!({"permissions": ["runs:read"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_error(response, 401, "unauthenticated").await;
+    issuer.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_is_never_a_credential_for_minting() {
+    let issuer = TestIssuer::start(Options::default()).await;
+    let minted = ALICE
+        .mint(&issuer, "acme", json!({"permissions": ["runs:write"]}))
+        .await;
+    let token = minted["token"].as_str().unwrap();
+    for path in ["/v1/tenants/acme/tokens", "/v1/tenants/acme/revocations"] {
+        let response = reqwest::Client::new()
+            .post(issuer.url(path))
+            .bearer_auth(token)
+            .json(&json!({"permissions": ["runs:read"]}))
+            .send()
+            .await
+            .unwrap();
+        assert_error(response, 401, "token_not_accepted").await;
+    }
+    let response = reqwest::Client::new()
+        .get(issuer.url("/v1/tenants/acme/tokens"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_error(response, 401, "token_not_accepted").await;
+    issuer.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mint_refuses_a_non_json_content_type() {
+    let issuer = TestIssuer::start(Options::default()).await;
+    let response = ALICE
+        .post(issuer.url("/v1/tenants/acme/tokens"))
+        .header("content-type", "text/plain")
+        .body(r#"{"permissions":["runs:read"]}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_error(response, 400, "invalid_request").await;
+    issuer.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoking_someone_elses_token_is_not_found() {
+    let issuer = TestIssuer::start(Options::default()).await;
+    let minted = ALICE
+        .mint(&issuer, "acme", json!({"permissions": ["runs:read"]}))
+        .await;
+    let id = minted["id"].as_str().unwrap();
+    let response = BOB
+        .delete(issuer.url(&format!("/v1/tenants/acme/tokens/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_error(response, 404, "not_found").await;
+    let response = ALICE
+        .delete(issuer.url("/v1/tenants/acme/tokens/AAAAAAAAAAAAAAAAAAAAAA"))
+        .send()
+        .await
+        .unwrap();
+    assert_error(response, 404, "not_found").await;
+    // Still valid: bob's attempt changed nothing.
+    assert!(
+        issuer
+            .services
+            .verifier
+            .verify(minted["token"].as_str().unwrap(), &Requirement::any())
+            .is_ok()
+    );
+    issuer.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listing_shows_only_the_callers_tokens_in_that_tenant() {
+    let issuer = TestIssuer::start(Options::default()).await;
+    let alice_acme = ALICE
+        .mint(&issuer, "acme", json!({"permissions": ["runs:read"]}))
+        .await;
+    ALICE
+        .mint(&issuer, "globex", json!({"permissions": ["runs:read"]}))
+        .await;
+    BOB.mint(&issuer, "acme", json!({"permissions": ["runs:read"]}))
+        .await;
+    let listing = ALICE.list(&issuer, "acme").await;
+    let tokens = listing["tokens"].as_array().unwrap();
+    assert_eq!(tokens.len(), 1);
+    assert_eq!(tokens[0]["id"], alice_acme["id"]);
+    issuer.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_never_opens_another_tenant() {
+    let issuer = TestIssuer::start(Options::default()).await;
+    let minted = ALICE
+        .mint(&issuer, "acme", json!({"permissions": ["runs:read"]}))
+        .await;
+    let token = minted["token"].as_str().unwrap();
+    assert!(
+        issuer
+            .services
+            .verifier
+            .verify(token, &tenant("acme"))
+            .is_ok()
+    );
+    assert_eq!(
+        issuer
+            .services
+            .verifier
+            .verify(token, &tenant("globex"))
+            .unwrap_err(),
+        Rejection::WrongTenant
+    );
+    issuer.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoking_a_user_in_one_tenant_leaves_their_other_tenants_working() {
+    let (_redis, issuer) = with_redis().await;
+    let acme = ALICE
+        .mint(&issuer, "acme", json!({"permissions": ["runs:read"]}))
+        .await;
+    let globex = ALICE
+        .mint(&issuer, "globex", json!({"permissions": ["runs:read"]}))
+        .await;
+    let bobs = BOB
+        .mint(&issuer, "acme", json!({"permissions": ["runs:read"]}))
+        .await;
+    let response = ALICE
+        .post(issuer.url("/v1/tenants/acme/revocations"))
+        .json(&json!({"user": "alice"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 204);
+    let verify = |t: &serde_json::Value| {
+        issuer
+            .services
+            .verifier
+            .verify(t["token"].as_str().unwrap(), &Requirement::any())
+    };
+    assert_eq!(verify(&acme).unwrap_err(), Rejection::Revoked);
+    assert!(
+        verify(&globex).is_ok(),
+        "alice's globex token keeps working"
+    );
+    assert!(verify(&bobs).is_ok(), "bob's acme token keeps working");
+    assert_eq!(
+        ALICE.list(&issuer, "acme").await["tokens"][0]["status"],
+        "revoked"
+    );
+
+    // A token minted in a later second is not covered by the watermark.
+    issuer.clock.advance(1);
+    let fresh = ALICE
+        .mint(&issuer, "acme", json!({"permissions": ["runs:read"]}))
+        .await;
+    assert!(verify(&fresh).is_ok());
+    issuer.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_admin_revokes_every_token_of_the_tenant() {
+    let (_redis, issuer) = with_redis().await;
+    let a = ALICE
+        .mint(&issuer, "acme", json!({"permissions": ["runs:read"]}))
+        .await;
+    let b = BOB
+        .mint(&issuer, "acme", json!({"permissions": ["runs:read"]}))
+        .await;
+    let other = ALICE
+        .mint(&issuer, "globex", json!({"permissions": ["runs:read"]}))
+        .await;
+    let response = ALICE
+        .post(issuer.url("/v1/tenants/acme/revocations"))
+        .json(&json!({"all": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 204);
+    for (token, revoked) in [(&a, true), (&b, true), (&other, false)] {
+        let result = issuer
+            .services
+            .verifier
+            .verify(token["token"].as_str().unwrap(), &Requirement::any());
+        assert_eq!(result.is_err(), revoked);
+    }
+    issuer.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_tenant_admins_revoke_others_and_bodies_are_checked() {
+    let issuer = TestIssuer::start(Options::default()).await;
+    let response = BOB
+        .post(issuer.url("/v1/tenants/acme/revocations"))
+        .json(&json!({"user": "alice"}))
+        .send()
+        .await
+        .unwrap();
+    assert_error(response, 403, "not_tenant_admin").await;
+    // alice administers acme, not globex.
+    let response = ALICE
+        .post(issuer.url("/v1/tenants/globex/revocations"))
+        .json(&json!({"all": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_error(response, 403, "not_tenant_admin").await;
+    for body in [
+        json!({}),
+        json!({"all": false}),
+        json!({"user": "bob", "all": true}),
+        json!({"user": "a b"}),
+    ] {
+        let response = ALICE
+            .post(issuer.url("/v1/tenants/acme/revocations"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_error(response, 400, "invalid_request").await;
+    }
+    issuer.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_holder_revokes_a_token_by_presenting_it() {
+    let issuer = TestIssuer::start(Options::default()).await;
+    let minted = ALICE
+        .mint(&issuer, "acme", json!({"permissions": ["runs:read"]}))
+        .await;
+    let token = minted["token"].as_str().unwrap();
+    let revoke = |form: Vec<(&'static str, String)>| {
+        reqwest::Client::new()
+            .post(issuer.url("/v1/revoke"))
+            .form(&form)
+            .send()
+    };
+    let response = revoke(vec![
+        ("token", token.to_owned()),
+        ("token_type_hint", "access_token".into()),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        issuer
+            .services
+            .verifier
+            .verify(token, &Requirement::any())
+            .unwrap_err(),
+        Rejection::Revoked
+    );
+    // RFC 7009 §2.2: an invalid token is not an error, and reveals nothing.
+    let response = revoke(vec![("token", "garbage".into())]).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let response = revoke(vec![]).await.unwrap();
+    assert_error(response, 400, "invalid_request").await;
+    issuer.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn minting_is_rate_limited_per_person() {
+    let issuer = TestIssuer::start(Options {
+        extra: "mints_per_hour = 2\n".into(),
+        ..Options::default()
+    })
+    .await;
+    for _ in 0..2 {
+        ALICE
+            .mint(&issuer, "acme", json!({"permissions": ["runs:read"]}))
+            .await;
+    }
+    let response = ALICE
+        .post(issuer.url("/v1/tenants/acme/tokens"))
+        .json(&json!({"permissions": ["runs:read"]}))
+        .send()
+        .await
+        .unwrap();
+    let retry_after: u64 = response.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=3600).contains(&retry_after));
+    assert_error(response, 429, "rate_limited").await;
+    // Bob has his own allowance.
+    BOB.mint(&issuer, "acme", json!({"permissions": ["runs:read"]}))
+        .await;
+    issuer.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_sign_ins_are_rate_limited_per_user() {
+    let issuer = TestIssuer::start(Options {
+        extra: "failed_signins_per_minute = 3\n".into(),
+        ..Options::default()
+    })
+    .await;
+    let attempt = |password: &'static str| {
+        reqwest::Client::new()
+            .get(issuer.url("/v1/tenants/acme/tokens"))
+            .basic_auth("alice", Some(password))
+            .send()
+    };
+    for _ in 0..3 {
+        assert_error(attempt("wrong").await.unwrap(), 401, "unauthenticated").await;
+    }
+    // Even the right password waits now: the limit is checked before any argon2 work.
+    let response = attempt(crate::support::issuer::ALICE_PASSWORD)
+        .await
+        .unwrap();
+    assert!(response.headers().contains_key("retry-after"));
+    assert_error(response, 429, "rate_limited").await;
+    // Another user is unaffected.
+    assert_eq!(
+        BOB.get(issuer.url("/v1/tenants/acme/tokens"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    issuer.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_stopped_mint_and_revoke_answer_503_and_change_nothing() {
+    let (mut redis, issuer) = with_redis().await;
+    let kept = ALICE
+        .mint(&issuer, "acme", json!({"permissions": ["runs:read"]}))
+        .await;
+    let id = kept["id"].as_str().unwrap().to_owned();
+    redis.kill();
+
+    let response = ALICE
+        .post(issuer.url("/v1/tenants/acme/tokens"))
+        .json(&json!({"permissions": ["runs:read"]}))
+        .send()
+        .await
+        .unwrap();
+    let body = response.text().await.unwrap();
+    assert!(body.contains("store_unavailable"), "{body}");
+    assert!(
+        !body.contains("eyJ"),
+        "no token may leave a failed mint: {body}"
+    );
+    let response = ALICE
+        .delete(issuer.url(&format!("/v1/tenants/acme/tokens/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_error(response, 503, "store_unavailable").await;
+    let response = ALICE
+        .post(issuer.url("/v1/tenants/acme/revocations"))
+        .json(&json!({"all": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_error(response, 503, "store_unavailable").await;
+
+    redis.restart();
+    issuer.wait_ready().await;
+    // Nothing was half written: one token listed, still active, still valid.
+    let listing = ALICE.list(&issuer, "acme").await;
+    let tokens = listing["tokens"].as_array().unwrap();
+    assert_eq!(tokens.len(), 1, "{listing}");
+    assert_eq!(tokens[0]["status"], "active");
+    assert!(
+        issuer
+            .services
+            .verifier
+            .verify(kept["token"].as_str().unwrap(), &Requirement::any())
+            .is_ok()
+    );
+    // And it works again.
+    let response = ALICE
+        .delete(issuer.url(&format!("/v1/tenants/acme/tokens/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 204);
+    ALICE
+        .mint(&issuer, "acme", json!({"permissions": ["runs:read"]}))
+        .await;
+    assert_eq!(
+        issuer
+            .services
+            .mirror
+            .status(&edgetoken::revocation::TokenFacts {
+                jti: &id,
+                subject: "alice",
+                tenant: "acme",
+                kid: "-",
+                issued_at: 0,
+                expires_at: i64::MAX / 2,
+            }),
+        edgetoken::revocation::RevocationStatus::Revoked
+    );
+    issuer.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwks_publishes_public_keys_only_with_a_max_age() {
+    let issuer = TestIssuer::start(Options::default()).await;
+    let response = reqwest::get(issuer.url("/.well-known/jwks.json"))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(
+        response.headers()["cache-control"]
+            .to_str()
+            .unwrap()
+            .contains("max-age=300")
+    );
+    let jwks: serde_json::Value = response.json().await.unwrap();
+    let key = &jwks["keys"][0];
+    assert_eq!(key["kty"], "OKP");
+    assert_eq!(key["crv"], "Ed25519");
+    assert_eq!(key["alg"], "EdDSA");
+    assert!(key.get("d").is_none(), "never a private key");
+    issuer.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn permissions_list_the_catalogue_and_shortcuts() {
+    let issuer = TestIssuer::start(Options::default()).await;
+    let body: serde_json::Value = reqwest::get(issuer.url("/v1/permissions"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        body["categories"],
+        json!(["detections", "members", "policies", "runs"])
+    );
+    assert_eq!(body["shortcuts"]["read-all"].as_array().unwrap().len(), 4);
+    assert!(
+        body["permissions"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("runs:write"))
+    );
+    issuer.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openapi_document_describes_every_issuer_route() {
+    let issuer = TestIssuer::start(Options::default()).await;
+    let doc: serde_json::Value = reqwest::get(issuer.url("/openapi.json"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let paths = doc["paths"].as_object().unwrap();
+    for (path, method) in [
+        ("/v1/tenants/{tenant}/tokens", "post"),
+        ("/v1/tenants/{tenant}/tokens", "get"),
+        ("/v1/tenants/{tenant}/tokens/{id}", "delete"),
+        ("/v1/tenants/{tenant}/revocations", "post"),
+        ("/v1/revoke", "post"),
+        ("/v1/permissions", "get"),
+        ("/.well-known/jwks.json", "get"),
+    ] {
+        assert!(
+            paths.get(path).and_then(|p| p.get(method)).is_some(),
+            "{method} {path} missing"
+        );
+    }
+    issuer.stop().await;
+}
