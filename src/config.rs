@@ -653,6 +653,34 @@ mod tests {
     }
 
     #[test]
+    fn trusted_header_mode_needs_a_long_proxy_secret_and_a_directory() {
+        let err = Config::from_toml(
+            "[issuer]\nauth = \"trusted-header\"\nproxy_secret = \"short\"\ndirectory = \"u.toml\"\n",
+        )
+        .unwrap_err();
+        assert!(
+            matches!(err, ConfigError::Field { ref field, .. } if field == "issuer.proxy_secret")
+        );
+        let err = Config::from_toml(&format!(
+            "[issuer]\nauth = \"trusted-header\"\nproxy_secret = \"{}\"\n",
+            "s".repeat(32)
+        ))
+        .unwrap_err();
+        assert!(matches!(err, ConfigError::Field { ref field, .. } if field == "issuer.directory"));
+    }
+
+    #[test]
+    fn redis_password_is_redacted_in_debug() {
+        let config = Config::from_toml(
+            "[revocation]\nredis_url = \"redis://:s3cret@redis.internal:6379/0\"\n",
+        )
+        .unwrap();
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("s3cret"), "{debug}");
+        assert!(debug.contains("redis.internal"), "{debug}");
+    }
+
+    #[test]
     fn bad_category_is_named() {
         let err = Config::from_toml("[permissions]\ncategories = [\"Runs\"]\n").unwrap_err();
         assert!(

@@ -67,11 +67,19 @@ impl SigningKey {
 
     /// The PKCS#8 PEM encoding of the private key; zeroized when dropped.
     ///
+    /// Written as a version 1 `PrivateKeyInfo` holding the seed only (RFC 8410 §7), the form
+    /// every PKCS#8 reader accepts; OpenSSL 4 / pyca refuse the version 2 form with the public
+    /// key appended. The public key is always derived from the seed on load anyway.
+    ///
     /// # Errors
     ///
     /// [`KeyError::Format`] if encoding fails (it does not for valid keys).
     pub fn to_pkcs8_pem(&self) -> Result<Zeroizing<String>, KeyError> {
-        self.inner
+        let seed_only = ed25519_dalek::pkcs8::KeypairBytes {
+            secret_key: self.inner.to_bytes(),
+            public_key: None,
+        };
+        seed_only
             .to_pkcs8_pem(ed25519_dalek::pkcs8::spki::der::pem::LineEnding::LF)
             .map_err(|e| KeyError::Format {
                 path: std::path::PathBuf::from("<memory>"),

@@ -816,3 +816,72 @@ async fn openapi_document_describes_every_issuer_route() {
     }
     issuer.stop().await;
 }
+
+const PROXY_SECRET: &str = "a-shared-proxy-secret-of-at-least-32-chars";
+
+async fn trusted_header_issuer() -> TestIssuer {
+    TestIssuer::start(Options {
+        extra: format!("auth = \"trusted-header\"\nproxy_secret = \"{PROXY_SECRET}\"\n"),
+        ..Options::default()
+    })
+    .await
+}
+
+fn behind_proxy(issuer: &TestIssuer, user: &str, secret: Option<&str>) -> reqwest::RequestBuilder {
+    let mut request = reqwest::Client::new()
+        .post(issuer.url("/v1/tenants/acme/tokens"))
+        .header("X-Forwarded-User", user)
+        .json(&json!({"permissions": ["runs:read"]}));
+    if let Some(secret) = secret {
+        request = request.header("X-Edgetoken-Proxy-Secret", secret);
+    }
+    request
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trusted_header_mode_accepts_the_user_header_only_with_the_proxy_secret() {
+    let issuer = trusted_header_issuer().await;
+    let response = behind_proxy(&issuer, "bob", Some(PROXY_SECRET))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let body: serde_json::Value = response.json().await.unwrap();
+    let claims = issuer
+        .services
+        .verifier
+        .verify(body["token"].as_str().unwrap(), &Requirement::any())
+        .unwrap();
+    assert_eq!(claims.subject.as_str(), "bob");
+
+    let missing = behind_proxy(&issuer, "bob", None).send().await.unwrap();
+    assert_error(missing, 401, "unauthenticated").await;
+    let wrong = behind_proxy(
+        &issuer,
+        "bob",
+        Some("a-shared-proxy-secret-of-at-least-32-chaRs"),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_error(wrong, 401, "unauthenticated").await;
+    let unknown = behind_proxy(&issuer, "mallory", Some(PROXY_SECRET))
+        .send()
+        .await
+        .unwrap();
+    assert_error(unknown, 401, "unauthenticated").await;
+    issuer.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trusted_header_mode_ignores_basic_credentials() {
+    let issuer = trusted_header_issuer().await;
+    let response = ALICE
+        .post(issuer.url("/v1/tenants/acme/tokens"))
+        .json(&json!({"permissions": ["runs:read"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_error(response, 401, "unauthenticated").await;
+    issuer.stop().await;
+}

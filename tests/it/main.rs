@@ -13,6 +13,7 @@
 )]
 
 mod golden;
+mod interop;
 mod issuer;
 mod minting;
 mod mutations;
