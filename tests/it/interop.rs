@@ -124,7 +124,7 @@ fn pyjwt_refuses_an_edgetoken_token_whose_payload_was_changed() {
             .join("\n")
     );
     let mut parts: Vec<String> = token.trim().split('.').map(str::to_owned).collect();
-    parts[1] = parts[1].replacen("e", "f", 1);
+    parts[1] = parts[1].replacen('e', "f", 1);
     let out = python(&script, &[&parts.join("."), &jwks]);
     assert!(out.starts_with("refused"), "{out}");
 }
