@@ -13,8 +13,9 @@ use clap::{Parser, Subcommand};
 use edgetoken::clock::SystemClock;
 use edgetoken::config::{Config, DEFAULT_CONFIG_FILE, ENV_CONFIG_FILE, Role};
 use edgetoken::keys::KeyDir;
-use edgetoken::revocation::MemoryRevocations;
-use edgetoken::token::{Issuer, Lifetime, MintRequest, Requirement, Subject, TenantId, Verifier};
+use edgetoken::revocation::{MemoryRevocations, RedisStore, Revocation, RevocationStore as _};
+use edgetoken::clock::Clock as _;
+use edgetoken::token::{TokenId, Issuer, Lifetime, MintRequest, Requirement, Subject, TenantId, Verifier};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -90,6 +91,26 @@ enum Command {
     /// Read a password from standard input and print its argon2id hash (PHC string) for the
     /// user directory.
     HashPassword,
+    /// Revoke tokens through the Redis store (`revocation.redis_url`): one token by id, every
+    /// token of a user in a tenant, or every token of a tenant.
+    Revoke {
+        /// One token, by id (`jti`).
+        #[arg(long, conflicts_with_all = ["user", "all"])]
+        token_id: Option<String>,
+        /// With --token-id: the token's `exp` (Unix seconds), so the entry is pruned once the
+        /// token is dead. Default: now + 12 h, the longest any token can live.
+        #[arg(long, requires = "token_id")]
+        expires_at: Option<i64>,
+        /// The tenant (with --user or --all).
+        #[arg(long, required_unless_present = "token_id")]
+        tenant: Option<String>,
+        /// Every token of this user in --tenant.
+        #[arg(long, requires = "tenant", conflicts_with = "all")]
+        user: Option<String>,
+        /// Every token of --tenant.
+        #[arg(long, requires = "tenant")]
+        all: bool,
+    },
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -126,6 +147,15 @@ enum KeysCommand {
     },
     /// Print the JWKS (public keys only) of every trusted key.
     Jwks {
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Revoke every token signed by KID (through the Redis store, so every verifier rejects
+    /// them at once) and retire the key's files to `keys/retired/`. The active key cannot be
+    /// revoked: rotate first.
+    Revoke {
+        /// The key id.
+        kid: String,
         #[arg(long)]
         dir: Option<PathBuf>,
     },
@@ -172,7 +202,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 if active { " (active)" } else { "" }
             ))
         }
-        Command::Keys { command } => keys(command, key_dir),
+        Command::Keys { command } => keys(&config, command, key_dir),
+        Command::Revoke {
+            token_id,
+            expires_at,
+            tenant,
+            user,
+            all,
+        } => revoke_tokens(&config, token_id, expires_at, tenant, user, all),
         Command::Serve { role } => {
             let development = cli.config.is_none() && !Path::new(DEFAULT_CONFIG_FILE).exists();
             let role = role.map_or(config.server.role, Role::from);
@@ -303,7 +340,65 @@ async fn shutdown_signal() {
     }
 }
 
-fn keys(command: KeysCommand, key_dir: impl Fn(Option<PathBuf>) -> KeyDir) -> anyhow::Result<()> {
+/// Commits one revocation through the Redis store and waits for Redis to acknowledge it.
+fn commit_revocation(config: &Config, revocation: Revocation) -> anyhow::Result<()> {
+    let settings = config.revocation_settings();
+    if settings.redis_url.is_none() {
+        bail!(
+            "revoking from the command line needs revocation.redis_url: without a shared store \
+             no running verifier would learn of it"
+        );
+    }
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async {
+        let store = RedisStore::open(&settings).await?;
+        store.revoke(revocation).await
+    })?;
+    Ok(())
+}
+
+fn revoke_tokens(
+    config: &Config,
+    token_id: Option<String>,
+    expires_at: Option<i64>,
+    tenant: Option<String>,
+    user: Option<String>,
+    all: bool,
+) -> anyhow::Result<()> {
+    let now = SystemClock.unix_now();
+    let (revocation, what) = match (token_id, tenant, user, all) {
+        (Some(jti), None, None, false) => {
+            let jti = TokenId::new(&jti).context("--token-id")?;
+            let expires_at =
+                expires_at.unwrap_or(now + edgetoken::token::MAX_LIFETIME_SECS + 300);
+            let what = format!("token {jti}");
+            (Revocation::Token { jti: jti.to_string(), expires_at }, what)
+        }
+        (None, Some(tenant), Some(user), false) => {
+            let tenant = TenantId::new(&tenant).context("--tenant")?;
+            let user = Subject::new(&user).context("--user")?;
+            let what = format!("every token of {user} in {tenant} issued until now");
+            (
+                Revocation::User { tenant: tenant.to_string(), subject: user.to_string(), before: now },
+                what,
+            )
+        }
+        (None, Some(tenant), None, true) => {
+            let tenant = TenantId::new(&tenant).context("--tenant")?;
+            let what = format!("every token of tenant {tenant} issued until now");
+            (Revocation::Tenant { tenant: tenant.to_string(), before: now }, what)
+        }
+        _ => bail!("give --token-id, or --tenant with --user or --all"),
+    };
+    commit_revocation(config, revocation)?;
+    print(&format!("revoked {what}"))
+}
+
+fn keys(
+    config: &Config,
+    command: KeysCommand,
+    key_dir: impl Fn(Option<PathBuf>) -> KeyDir,
+) -> anyhow::Result<()> {
     match command {
         KeysCommand::List { dir, json } => {
             let list = key_dir(dir).list()?;
@@ -326,6 +421,22 @@ fn keys(command: KeysCommand, key_dir: impl Fn(Option<PathBuf>) -> KeyDir) -> an
         KeysCommand::Rotate { dir } => {
             let key = key_dir(dir).generate(true)?;
             print(&format!("{} (active)", key.kid()))
+        }
+        KeysCommand::Revoke { kid, dir } => {
+            let keys = key_dir(dir);
+            if keys.active_kid()?.as_deref() == Some(kid.as_str()) {
+                bail!("{kid} is the active signing key; run `edgetoken keys rotate` first");
+            }
+            if !keys.list()?.iter().any(|k| k.kid == kid) {
+                bail!("no key {kid} in {}", keys.path().display());
+            }
+            let revocation = Revocation::Key {
+                kid: kid.clone(),
+                before: SystemClock.unix_now(),
+            };
+            commit_revocation(config, revocation)?;
+            keys.retire(&kid)?;
+            print(&format!("revoked every token signed by {kid}; key files moved to retired/"))
         }
         KeysCommand::Jwks { dir } => {
             let ring = key_dir(dir).load_ring()?;

@@ -210,6 +210,34 @@ impl KeyDir {
         Ok(ring)
     }
 
+    /// Moves `kid`'s files to `retired/` inside the directory, so nothing loads or trusts
+    /// the key any more (a verifier reading this directory drops it on its next load).
+    ///
+    /// # Errors
+    ///
+    /// [`KeyError::UnknownKid`] for a kid that is not here, [`KeyError::Io`] on file errors.
+    pub fn retire(&self, kid: &str) -> Result<(), KeyError> {
+        if !is_kid_shaped(kid) {
+            return Err(KeyError::UnknownKid(kid.to_owned()));
+        }
+        let retired = self.dir.join("retired");
+        fs::create_dir_all(&retired).map_err(self.io(&retired))?;
+        let mut moved = false;
+        for suffix in [PRIVATE_SUFFIX, PUBLIC_SUFFIX] {
+            let name = format!("{kid}{suffix}");
+            let from = self.dir.join(&name);
+            if from.exists() {
+                fs::rename(&from, retired.join(&name)).map_err(self.io(&from))?;
+                moved = true;
+            }
+        }
+        if moved {
+            Ok(())
+        } else {
+            Err(KeyError::UnknownKid(kid.to_owned()))
+        }
+    }
+
     /// Lists the keys in the directory, sorted by kid.
     ///
     /// # Errors
