@@ -16,7 +16,8 @@ from pathlib import Path
 
 # (group, id, what it measures)
 ROWS = [
-    ("cold_vs_verify_strict", "bare_verify_strict", "ed25519-dalek `verify_strict` alone"),
+    ("cold_vs_verify_strict", "bare_verify_strict", "ed25519-dalek `verify_strict`, one token"),
+    ("cold_vs_verify_strict", "bare_verify_strict_pool", "ed25519-dalek `verify_strict`, pool"),
     ("cold_vs_verify_strict", "cold_verify", "cold `Verifier::verify`, cache on"),
     ("cold_vs_verify_strict", "cold_no_cache", "cold `Verifier::verify`, cache off"),
     ("cold_vs_verify_strict", "jsonwebtoken_decode", "jsonwebtoken 11 `decode` (reference)"),
@@ -33,6 +34,7 @@ ROWS = [
 # (label, group, numerator id, denominator id, target or None)
 RATIOS = [
     ("cold / bare", "cold_vs_verify_strict", "cold_verify", "bare_verify_strict", 1.10),
+    ("cold / bare (pool)", "cold_vs_verify_strict", "cold_verify", "bare_verify_strict_pool", 1.10),
     ("cold (no cache) / bare", "cold_vs_verify_strict", "cold_no_cache", "bare_verify_strict", 1.10),
     ("jsonwebtoken / bare", "cold_vs_verify_strict", "jsonwebtoken_decode", "bare_verify_strict", None),
     ("warm / cold", "warm_vs_cold", "warm_verify", "cold_verify", 0.02),
