@@ -51,6 +51,10 @@ pub struct CacheStats {
     pub entries: u64,
 }
 
+/// Where a token lives in the cache; see [`VerifiedCache::slot`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Slot(u64);
+
 #[derive(Debug)]
 pub(crate) struct VerifiedCache {
     entries: moka::sync::Cache<u64, Arc<Entry>>,
@@ -79,15 +83,19 @@ impl VerifiedCache {
         })
     }
 
-    fn key(&self, token: &[u8]) -> u64 {
-        self.hasher.hash_one(token)
+    /// The slot of `token`: its keyed hash, computed once per verify and used for both the
+    /// lookup and, on a miss, the insert (hashing a ~450-byte token is a few percent of the
+    /// cold path's own work). A slot used with the wrong token is harmless: a lookup always
+    /// confirms the whole token, so it can only miss.
+    pub(crate) fn slot(&self, token: &str) -> Slot {
+        Slot(self.hasher.hash_one(token.as_bytes()))
     }
 
-    /// The cached claims of exactly `token`, if present.
-    pub(crate) fn get(&self, token: &str) -> Option<Arc<Claims>> {
+    /// The cached claims of exactly `token` (whose slot is `slot`), if present.
+    pub(crate) fn get(&self, slot: Slot, token: &str) -> Option<Arc<Claims>> {
         let found = self
             .entries
-            .get(&self.key(token.as_bytes()))
+            .get(&slot.0)
             // Confirm the whole token, so a hash collision can never return another token's
             // claims. Constant time, so the comparison does not reveal a cached token prefix.
             .filter(|entry| ct_eq_bytes(&entry.token, token.as_bytes()))
@@ -101,7 +109,7 @@ impl VerifiedCache {
         found
     }
 
-    pub(crate) fn insert(&self, token: &str, claims: Arc<Claims>) {
+    pub(crate) fn insert(&self, slot: Slot, token: &str, claims: Arc<Claims>) {
         if token.len() > self.max_token_bytes {
             return;
         }
@@ -109,8 +117,7 @@ impl VerifiedCache {
             token: token.as_bytes().into(),
             claims,
         };
-        self.entries
-            .insert(self.key(token.as_bytes()), Arc::new(entry));
+        self.entries.insert(slot.0, Arc::new(entry));
     }
 
     pub(crate) fn stats(&self) -> CacheStats {
