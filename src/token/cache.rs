@@ -51,6 +51,9 @@ pub struct CacheStats {
     pub entries: u64,
 }
 
+/// How many trailing bytes of a token pick its slot: 64 of a signature's 86 characters.
+const SLOT_BYTES: usize = 64;
+
 /// Where a token lives in the cache; see [`VerifiedCache::slot`].
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Slot(u64);
@@ -84,11 +87,21 @@ impl VerifiedCache {
     }
 
     /// The slot of `token`: its keyed hash, computed once per verify and used for both the
-    /// lookup and, on a miss, the insert (hashing a ~450-byte token is a few percent of the
-    /// cold path's own work). A slot used with the wrong token is harmless: a lookup always
-    /// confirms the whole token, so it can only miss.
+    /// lookup and, on a miss, the insert. A slot used with the wrong token is harmless: a
+    /// lookup always confirms the whole token, so it can only miss.
+    ///
+    /// Only the last [`SLOT_BYTES`] bytes are hashed. In a token those are signature
+    /// characters, and Ed25519 signatures of different claims differ, so they tell cached
+    /// tokens apart as well as the whole token would, for a sixth of the hashing, which every
+    /// call pays, hit, miss or rejection. Tokens that share a tail only share a slot: the full
+    /// comparison turns them away, and only signed tokens are ever inserted, so an attacker
+    /// cannot crowd a slot with junk.
     pub(crate) fn slot(&self, token: &str) -> Slot {
-        Slot(self.hasher.hash_one(token.as_bytes()))
+        let tail = token.len().saturating_sub(SLOT_BYTES);
+        Slot(
+            self.hasher
+                .hash_one(token.as_bytes().get(tail..).unwrap_or_default()),
+        )
     }
 
     /// The cached claims of exactly `token` (whose slot is `slot`), if present.
@@ -152,6 +165,43 @@ fn ct_eq_bytes(a: &[u8], b: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn claims() -> Arc<Claims> {
+        let at = time::OffsetDateTime::UNIX_EPOCH;
+        Arc::new(Claims {
+            issuer: "iss".into(),
+            audience: "aud".into(),
+            subject: "alice".parse().expect("subject"),
+            tenant: "acme".parse().expect("tenant"),
+            scope: crate::permissions::Scope::parse_claim("runs:read").expect("scope"),
+            issued_at: at,
+            not_before: at,
+            expires_at: at,
+            token_id: "A".repeat(22).parse().expect("jti"),
+            kid: crate::keys::thumbprint(&[9; 32]),
+        })
+    }
+
+    #[test]
+    fn a_token_sharing_a_cached_tokens_slot_is_a_miss() {
+        let cache = VerifiedCache::new(CacheSettings::default()).expect("enabled");
+        let cached = format!("{}.{}", "a".repeat(300), "s".repeat(86));
+        let forged = format!("{}.{}", "b".repeat(300), "s".repeat(86));
+        let slot = cache.slot(&cached);
+        cache.insert(slot, &cached, claims());
+        assert!(cache.get(cache.slot(&cached), &cached).is_some());
+        assert!(cache.get(cache.slot(&forged), &forged).is_none());
+        // Even a slot computed from another token cannot return this one's claims.
+        assert!(cache.get(slot, &forged).is_none());
+    }
+
+    #[test]
+    fn short_tokens_have_a_slot_too() {
+        let cache = VerifiedCache::new(CacheSettings::default()).expect("enabled");
+        cache.insert(cache.slot("a.b.c"), "a.b.c", claims());
+        assert!(cache.get(cache.slot("a.b.c"), "a.b.c").is_some());
+        assert!(cache.get(cache.slot(""), "").is_none());
+    }
 
     #[test]
     fn ct_eq_bytes_compares_every_byte_and_the_length() {
