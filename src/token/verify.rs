@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use time::OffsetDateTime;
 
-use super::cache::{CacheSettings, CacheStats, VerifiedCache};
+use super::cache::{CacheSettings, CacheStats, Slot, VerifiedCache};
 use super::claims::{Claims, Subject, TenantId, TokenId, WireClaims};
 use super::encoding::{strict_b64_decode, strict_json_object};
 use super::mint::MAX_LIFETIME_SECS;
@@ -193,14 +193,17 @@ impl Verifier {
             return Err(Malformed::TooLong.into());
         }
         let now = self.clock.unix_now();
-        let claims = if let Some(claims) = self.cached(token) {
+        // The token is hashed once, for the lookup and the insert alike.
+        let cache = self.cache.as_ref().map(|cache| (cache, cache.slot(token)));
+        let hit = cache.and_then(|(cache, slot)| self.cached(cache, slot, token));
+        let claims = if let Some(claims) = hit {
             claims
         } else {
             let claims = Arc::new(self.verify_signed(token)?);
             // Only live tokens are worth a cache slot.
             self.check_time(&claims, now)?;
-            if let Some(cache) = &self.cache {
-                cache.insert(token, Arc::clone(&claims));
+            if let Some((cache, slot)) = cache {
+                cache.insert(slot, token, Arc::clone(&claims));
             }
             claims
         };
@@ -235,8 +238,8 @@ impl Verifier {
 
     /// A cache hit, provided the signing key is still trusted: removing a key from the ring
     /// must stop its tokens at once, cached or not.
-    fn cached(&self, token: &str) -> Option<Arc<Claims>> {
-        let claims = self.cache.as_ref()?.get(token)?;
+    fn cached(&self, cache: &VerifiedCache, slot: Slot, token: &str) -> Option<Arc<Claims>> {
+        let claims = cache.get(slot, token)?;
         let keys = self.keys.read().unwrap_or_else(PoisonError::into_inner);
         keys.contains(claims.kid.as_str()).then_some(claims)
     }
