@@ -6,7 +6,7 @@
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use serde::de::DeserializeOwned;
+use serde::Deserialize;
 
 /// Decodes strict base64url: URL alphabet only, no `=` padding, no whitespace, and zero
 /// unused bits in the last character (RFC 4648 §3.5, RFC 7515 §2). `None` on any deviation.
@@ -27,7 +27,7 @@ pub(crate) fn b64_encode(bytes: &[u8]) -> String {
 /// unknown members and wrong types, where a `serde_json::Value` would silently keep the last
 /// duplicate. On top of that the text must start with `{` and end with `}`: no BOM, no
 /// whitespace around the object and nothing after it.
-pub(crate) fn strict_json_object<T: DeserializeOwned>(bytes: &[u8]) -> Option<T> {
+pub(crate) fn strict_json_object<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Option<T> {
     if bytes.first() != Some(&b'{') || bytes.last() != Some(&b'}') {
         return None;
     }

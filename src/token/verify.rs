@@ -1,10 +1,11 @@
 //! Verification: every rule of SPEC §1, in the order of THREATS §0.
 //!
 //! 1. length cap, before any split or decode;
-//! 2. exactly three non-empty parts, each strict base64url;
-//! 3. the header: a strict JSON object of exactly `alg`, `typ`, `kid` (so `crit`, `jku`,
-//!    `x5u`, `x5c`, `jwk`, `b64`, `cty`, `zip` are refused, never followed);
-//! 4. `alg` is `EdDSA` and `typ` is `at+jwt`, byte for byte;
+//! 2. exactly three non-empty parts;
+//! 3. the header: strict base64url holding a strict JSON object of exactly `alg`, `typ`, `kid`
+//!    (so `crit`, `jku`, `x5u`, `x5c`, `jwk`, `b64`, `cty`, `zip` are refused, never followed);
+//! 4. `alg` is `EdDSA` and `typ` is `at+jwt`, byte for byte; then the payload and the signature
+//!    are strict base64url and the signature is 64 bytes;
 //! 5. `kid` is looked up in the in-memory key ring, nowhere else;
 //! 6. ed25519-dalek `verify_strict` over the received `header.payload` bytes;
 //! 7. only then the claims: strict JSON into a typed struct, then value rules;
@@ -14,6 +15,7 @@
 //! Steps 1-7 are pure functions of the token bytes and the key ring, so their result is cached
 //! (see `cache.rs`); steps 8-9 run on every call.
 
+use std::borrow::Cow;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
@@ -255,17 +257,18 @@ impl Verifier {
         if header_b64.is_empty() || payload_b64.is_empty() || signature_b64.is_empty() {
             return Err(Malformed::Segments.into());
         }
+        // The header first, alone: it is short, and most junk dies here, before the longer
+        // payload and signature are decoded at all.
         let header = strict_b64_decode(header_b64.as_bytes()).ok_or(Malformed::Base64)?;
-        let payload = strict_b64_decode(payload_b64.as_bytes()).ok_or(Malformed::Base64)?;
-        let signature = strict_b64_decode(signature_b64.as_bytes()).ok_or(Malformed::Base64)?;
-
-        let header: WireHeader = strict_json_object(&header).ok_or(Malformed::Header)?;
+        let header: WireHeader<'_> = strict_json_object(&header).ok_or(Malformed::Header)?;
         if header.alg != TOKEN_ALGORITHM {
             return Err(Malformed::Algorithm.into());
         }
         if header.typ != TOKEN_TYPE {
             return Err(Malformed::Type.into());
         }
+        let payload = strict_b64_decode(payload_b64.as_bytes()).ok_or(Malformed::Base64)?;
+        let signature = strict_b64_decode(signature_b64.as_bytes()).ok_or(Malformed::Base64)?;
         if signature.len() != 64 {
             return Err(Malformed::SignatureLength.into());
         }
@@ -309,12 +312,18 @@ impl Verifier {
     }
 }
 
+/// The protected header, borrowed from the decoded bytes: no allocation on the path every
+/// rejection of a bad header takes (a value written with JSON escapes is unescaped into an
+/// owned string, and then compared like any other).
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
-struct WireHeader {
-    alg: String,
-    typ: String,
-    kid: String,
+struct WireHeader<'a> {
+    #[serde(borrow)]
+    alg: Cow<'a, str>,
+    #[serde(borrow)]
+    typ: Cow<'a, str>,
+    #[serde(borrow)]
+    kid: Cow<'a, str>,
 }
 
 /// Step 7's value rules. `None` means [`Malformed::ClaimValue`]. The 12-hour cap is not a
