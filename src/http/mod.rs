@@ -17,8 +17,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, MatchedPath};
 use tokio::net::TcpListener;
+use tower_http::trace::TraceLayer;
 
 pub use self::error::ApiError;
 use self::limits::RateLimiter;
@@ -132,6 +133,18 @@ pub fn router(state: AppState) -> Router {
     }
     router
         .layer(DefaultBodyLimit::max(state.config.server.max_body_bytes))
+        .layer(
+            TraceLayer::new_for_http()
+                // The span names the matched route, never the raw URI: paths and queries
+                // may carry tenant names or, from careless clients, tokens.
+                .make_span_with(|request: &axum::extract::Request| {
+                    let route = request
+                        .extensions()
+                        .get::<MatchedPath>()
+                        .map_or("<unmatched>", MatchedPath::as_str);
+                    tracing::debug_span!("http", method = %request.method(), route)
+                }),
+        )
         .with_state(state)
 }
 
