@@ -60,6 +60,16 @@ pub enum Role {
     All,
 }
 
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Issuer => "issuer",
+            Self::Verifier => "verifier",
+            Self::All => "all",
+        })
+    }
+}
+
 impl Role {
     /// Whether the issuer endpoints are served.
     pub fn has_issuer(self) -> bool {

@@ -10,12 +10,14 @@ use std::sync::Arc;
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
+use edgetoken::clock::Clock as _;
 use edgetoken::clock::SystemClock;
 use edgetoken::config::{Config, DEFAULT_CONFIG_FILE, ENV_CONFIG_FILE, Role};
 use edgetoken::keys::KeyDir;
 use edgetoken::revocation::{MemoryRevocations, RedisStore, Revocation, RevocationStore as _};
-use edgetoken::clock::Clock as _;
-use edgetoken::token::{TokenId, Issuer, Lifetime, MintRequest, Requirement, Subject, TenantId, Verifier};
+use edgetoken::token::{
+    Issuer, Lifetime, MintRequest, Requirement, Subject, TenantId, TokenId, Verifier,
+};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -302,14 +304,14 @@ async fn serve(config: Config, role: Role, development: bool) -> anyhow::Result<
     // The banner goes to standard output, not the log: in development it holds the demo
     // password, which must never reach a log file.
     let mut banner = format!(
-        "edgetoken {} serving {role:?} on http://{address}",
+        "edgetoken {} serving {role} on http://{address}",
         env!("CARGO_PKG_VERSION")
     );
     for line in &started.banner {
         let _ = write!(banner, "\n  {line}");
     }
     print(&banner)?;
-    tracing::info!(%address, ?role, "listening");
+    tracing::info!(%address, %role, "listening");
     let router = edgetoken::http::router(Arc::clone(&started.services));
     edgetoken::http::serve(listener, router, shutdown_signal())
         .await
@@ -369,24 +371,39 @@ fn revoke_tokens(
     let (revocation, what) = match (token_id, tenant, user, all) {
         (Some(jti), None, None, false) => {
             let jti = TokenId::new(&jti).context("--token-id")?;
-            let expires_at =
-                expires_at.unwrap_or(now + edgetoken::token::MAX_LIFETIME_SECS + 300);
+            let expires_at = expires_at.unwrap_or(now + edgetoken::token::MAX_LIFETIME_SECS + 300);
             let what = format!("token {jti}");
-            (Revocation::Token { jti: jti.to_string(), expires_at }, what)
+            (
+                Revocation::Token {
+                    jti: jti.to_string(),
+                    expires_at,
+                },
+                what,
+            )
         }
         (None, Some(tenant), Some(user), false) => {
             let tenant = TenantId::new(&tenant).context("--tenant")?;
             let user = Subject::new(&user).context("--user")?;
             let what = format!("every token of {user} in {tenant} issued until now");
             (
-                Revocation::User { tenant: tenant.to_string(), subject: user.to_string(), before: now },
+                Revocation::User {
+                    tenant: tenant.to_string(),
+                    subject: user.to_string(),
+                    before: now,
+                },
                 what,
             )
         }
         (None, Some(tenant), None, true) => {
             let tenant = TenantId::new(&tenant).context("--tenant")?;
             let what = format!("every token of tenant {tenant} issued until now");
-            (Revocation::Tenant { tenant: tenant.to_string(), before: now }, what)
+            (
+                Revocation::Tenant {
+                    tenant: tenant.to_string(),
+                    before: now,
+                },
+                what,
+            )
         }
         _ => bail!("give --token-id, or --tenant with --user or --all"),
     };
@@ -436,7 +453,9 @@ fn keys(
             };
             commit_revocation(config, revocation)?;
             keys.retire(&kid)?;
-            print(&format!("revoked every token signed by {kid}; key files moved to retired/"))
+            print(&format!(
+                "revoked every token signed by {kid}; key files moved to retired/"
+            ))
         }
         KeysCommand::Jwks { dir } => {
             let ring = key_dir(dir).load_ring()?;
