@@ -22,7 +22,7 @@ use super::{AppState, IssuerState};
 use crate::permissions::{PermissionError, READ_ALL, READ_WRITE_ALL};
 use crate::records::TokenRecord;
 use crate::revocation::{Revocation, RevocationCheck as _, RevocationStatus, StoreError};
-use crate::token::{Lifetime, MintRequest, Rejection, Requirement, Subject, TenantId};
+use crate::token::{Lifetime, MintRequest, Rejection, Requirement, Subject, TenantId, TokenId};
 
 pub(super) fn router() -> Router<AppState> {
     Router::new()
@@ -340,9 +340,12 @@ async fn revoke_token(
 ) -> Result<StatusCode, ApiError> {
     let issuer = state.issuer()?;
     let tenant = tenant_id(&tenant)?;
+    // Only a well-formed token id can name a record; anything else is simply not found, and
+    // never reaches a Redis key.
+    let id = TokenId::new(&id).map_err(|_| ApiError::NotFound)?;
     let record = issuer
         .records
-        .get(&tenant, &id)
+        .get(&tenant, id.as_str())
         .await
         .map_err(store_error)?
         .filter(|record| record.user == person.id)
