@@ -12,6 +12,7 @@
     reason = "test code: a failed setup or assertion must fail the test loudly, with context"
 )]
 
+mod cli;
 mod golden;
 mod interop;
 mod issuer;

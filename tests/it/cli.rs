@@ -1,0 +1,258 @@
+//! The command line as a user runs it: bad input anywhere gives a clear message and a non-zero
+//! exit (1 for a rejected token, 2 for everything else), never a panic.
+
+use std::io::Write as _;
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::Path;
+use std::process::{Output, Stdio};
+
+use crate::support::process::edgetoken;
+
+fn run(dir: &Path, args: &[&str], stdin: &str) -> Output {
+    let mut child = edgetoken(dir)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// Asserts exit status `code` and that stderr mentions `needle`, without a panic.
+fn assert_fails(output: &Output, code: i32, needle: &str) {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(code), "stderr: {stderr}");
+    assert!(stderr.contains(needle), "expected {needle:?} in: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+fn keygen(dir: &Path) -> String {
+    let output = run(dir, &["keygen"], "");
+    assert!(output.status.success());
+    String::from_utf8(output.stdout)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
+#[test]
+fn keygen_then_list_shows_the_active_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let kid = keygen(dir.path());
+    let output = run(dir.path(), &["keys", "list", "--json"], "");
+    let list: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(list[0]["kid"], kid.as_str());
+    assert_eq!(list[0]["active"], true);
+    let mode = std::fs::metadata(dir.path().join(format!("keys/{kid}.key.pem")))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+}
+
+#[test]
+fn mint_refuses_bad_arguments_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    keygen(dir.path());
+    let mint = |extra: &[&str]| {
+        let mut args = vec![
+            "mint",
+            "--tenant",
+            "acme",
+            "--subject",
+            "alice",
+            "-p",
+            "runs:read",
+        ];
+        args.extend_from_slice(extra);
+        run(dir.path(), &args, "")
+    };
+    assert_fails(&mint(&["--duration", "13h"]), 2, "--duration");
+    assert_fails(&mint(&["-p", "runs:admin"]), 2, "--permission");
+    assert_fails(&mint(&["-p", "billing:read"]), 2, "unknown permission");
+    let output = run(
+        dir.path(),
+        &[
+            "mint",
+            "--tenant",
+            "Acme Corp",
+            "--subject",
+            "alice",
+            "-p",
+            "runs:read",
+        ],
+        "",
+    );
+    assert_fails(&output, 2, "--tenant");
+}
+
+#[test]
+fn verify_names_the_rejection_reason_and_exits_one() {
+    let dir = tempfile::tempdir().unwrap();
+    keygen(dir.path());
+    assert_fails(
+        &run(dir.path(), &["verify"], "not.a.token\n"),
+        1,
+        "malformed",
+    );
+    assert_fails(
+        &run(dir.path(), &["verify"], &"x".repeat(20_000)),
+        1,
+        "malformed",
+    );
+}
+
+#[test]
+fn a_group_readable_private_key_is_refused_with_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let kid = keygen(dir.path());
+    let pem = dir.path().join(format!("keys/{kid}.key.pem"));
+    std::fs::set_permissions(&pem, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let output = run(
+        dir.path(),
+        &[
+            "mint",
+            "--tenant",
+            "acme",
+            "--subject",
+            "alice",
+            "-p",
+            "runs:read",
+        ],
+        "",
+    );
+    assert_fails(&output, 2, "chmod 600");
+}
+
+#[test]
+fn a_corrupt_private_key_is_refused_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let kid = keygen(dir.path());
+    let pem = dir.path().join(format!("keys/{kid}.key.pem"));
+    std::fs::write(
+        &pem,
+        "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&pem, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let output = run(dir.path(), &["keys", "jwks"], "");
+    assert_fails(&output, 2, &format!("{kid}.key.pem"));
+}
+
+#[test]
+fn a_bad_config_file_is_refused_naming_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("edgetoken.toml"),
+        "[token]\nleeway_secs = 600\n",
+    )
+    .unwrap();
+    assert_fails(
+        &run(dir.path(), &["keys", "list"], ""),
+        2,
+        "token.leeway_secs",
+    );
+    std::fs::write(dir.path().join("edgetoken.toml"), "[token\n").unwrap();
+    assert_fails(&run(dir.path(), &["keys", "list"], ""), 2, "edgetoken.toml");
+    std::fs::write(dir.path().join("edgetoken.toml"), "[tokens]\n").unwrap();
+    assert_fails(&run(dir.path(), &["keys", "list"], ""), 2, "tokens");
+}
+
+#[test]
+fn serve_with_a_config_but_no_key_says_how_to_make_one() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("edgetoken.toml"),
+        "[server]\nlisten = \"127.0.0.1:0\"\n",
+    )
+    .unwrap();
+    assert_fails(&run(dir.path(), &["serve"], ""), 2, "edgetoken keygen");
+}
+
+#[test]
+fn hash_password_refuses_empty_input() {
+    let dir = tempfile::tempdir().unwrap();
+    assert_fails(
+        &run(dir.path(), &["hash-password"], "\n"),
+        2,
+        "empty password",
+    );
+    let output = run(dir.path(), &["hash-password"], "s3cret\n");
+    assert!(String::from_utf8_lossy(&output.stdout).starts_with("$argon2id$"));
+}
+
+#[test]
+fn revoking_from_the_command_line_needs_a_shared_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = run(dir.path(), &["revoke", "--tenant", "acme", "--all"], "");
+    assert_fails(&output, 2, "revocation.redis_url");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoke_from_the_command_line_reaches_every_mirror() {
+    use edgetoken::clock::SystemClock;
+    use edgetoken::revocation::{
+        RedisFeed, RevocationCheck as _, RevocationSettings, RevocationStatus, TokenFacts,
+    };
+
+    let redis = crate::support::redis::RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let output = edgetoken(dir.path())
+        .args(["revoke", "--tenant", "acme", "--user", "alice"])
+        .env("EDGETOKEN_REVOCATION__REDIS_URL", redis.url())
+        .env("EDGETOKEN_REVOCATION__KEY_PREFIX", "cli-test")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("revoked every token of alice in acme")
+    );
+
+    let settings = RevocationSettings {
+        redis_url: Some(redis.url()),
+        key_prefix: "cli-test".into(),
+        ..RevocationSettings::default()
+    };
+    let feed = RedisFeed::start(&settings, std::sync::Arc::new(SystemClock))
+        .await
+        .unwrap();
+    let mut health = feed.mirror().health();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        health.wait_for(|h| h.ready && h.fresh),
+    )
+    .await
+    .expect("mirror ready in 10 s")
+    .unwrap();
+    let now = edgetoken::clock::Clock::unix_now(&SystemClock);
+    let facts = |subject| TokenFacts {
+        jti: "AAAAAAAAAAAAAAAAAAAAAA",
+        subject,
+        tenant: "acme",
+        kid: "k",
+        issued_at: now - 60,
+        expires_at: now + 3600,
+    };
+    assert_eq!(
+        feed.mirror().status(&facts("alice")),
+        RevocationStatus::Revoked
+    );
+    assert_eq!(
+        feed.mirror().status(&facts("bob")),
+        RevocationStatus::NotRevoked
+    );
+    feed.shutdown().await;
+}
