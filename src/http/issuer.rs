@@ -44,9 +44,27 @@ pub(super) fn router() -> Router<AppState> {
     info(title = "edgetoken issuer", description = "Mint, list and revoke short-lived tokens (SPEC §4)."),
     paths(mint_token, list_tokens, revoke_token, revoke_many, revoke_presented, permissions, jwks),
     components(schemas(MintBody, MintedBody, TokenList, TokenView, RevocationsBody, ErrorBody, PermissionsBody)),
-    tags((name = "issuer"))
+    tags((name = "issuer")),
+    modifiers(&BasicAuthScheme)
 )]
 pub(super) struct IssuerApi;
+
+/// Declares the `basic` security scheme the paths refer to (HTTP Basic against the directory;
+/// in trusted-header mode the proxy authenticates instead).
+struct BasicAuthScheme;
+
+impl utoipa::Modify for BasicAuthScheme {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        openapi
+            .components
+            .get_or_insert_with(Default::default)
+            .add_security_scheme(
+                "basic",
+                SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Basic).build()),
+            );
+    }
+}
 
 async fn openapi() -> impl IntoResponse {
     Json(IssuerApi::openapi())
