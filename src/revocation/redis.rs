@@ -385,6 +385,9 @@ where
 
 /// Parses a sorted-set score that we wrote as whole seconds.
 pub(crate) fn parse_score(score: &str) -> Option<i64> {
+    if let Ok(whole) = score.parse::<i64>() {
+        return Some(whole);
+    }
     let value: f64 = score.parse().ok()?;
     if !value.is_finite() || value.abs() > 9.0e15 {
         return None;
@@ -486,6 +489,7 @@ mod tests {
     #[test]
     fn parse_score_accepts_whole_seconds_only_in_range() {
         assert_eq!(parse_score("1767229140"), Some(1_767_229_140));
+        assert_eq!(parse_score("1.76722914e9"), Some(1_767_229_140));
         assert_eq!(parse_score("inf"), None);
         assert_eq!(parse_score("x"), None);
     }

@@ -117,12 +117,18 @@ impl StoreError {
 
 /// Checks what every store requires of a revocation before writing it.
 ///
+/// Identifiers are 1-128 bytes without control characters; a `jti` is also restricted to
+/// visible ASCII (`!`..`~`), which every `jti` we mint satisfies (base64url), so nothing odd
+/// reaches logs, keys or the feed.
+///
 /// # Errors
-/// [`StoreError::InvalidRevocation`] for an empty or over-long identifier.
+/// [`StoreError::InvalidRevocation`] for an empty, over-long or ill-formed identifier.
 pub(crate) fn validate(revocation: &Revocation) -> Result<(), StoreError> {
-    let ok = |id: &str| !id.is_empty() && id.len() <= MAX_ID_LEN;
+    let ok =
+        |id: &str| !id.is_empty() && id.len() <= MAX_ID_LEN && !id.chars().any(char::is_control);
+    let visible = |id: &str| ok(id) && id.bytes().all(|b| b.is_ascii_graphic());
     let valid = match revocation {
-        Revocation::Token { jti, .. } => ok(jti),
+        Revocation::Token { jti, .. } => visible(jti),
         Revocation::User {
             tenant, subject, ..
         } => ok(tenant) && ok(subject),
@@ -133,7 +139,7 @@ pub(crate) fn validate(revocation: &Revocation) -> Result<(), StoreError> {
         Ok(())
     } else {
         Err(StoreError::InvalidRevocation(
-            "identifiers must be 1-128 bytes",
+            "identifiers must be 1-128 bytes without control characters, a jti visible ASCII",
         ))
     }
 }

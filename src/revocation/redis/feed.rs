@@ -29,8 +29,11 @@ use crate::revocation::settings::RevocationSettings;
 
 /// Entries per `XRANGE` page while catching up.
 const LOG_PAGE: usize = 1000;
-/// Members per `ZSCAN` page during a full resync.
+/// Members per `ZSCAN` page of a watermark set during a full resync.
 const SCAN_PAGE: usize = 10_000;
+/// Token entries per page during a full resync, and pages requested ahead.
+const TOKEN_PAGE: u64 = 20_000;
+const PAGES_IN_FLIGHT: usize = 4;
 /// Members per `ZADD` while re-seeding, and `ZADD`s per pipeline.
 const SEED_BATCH: usize = 1000;
 const SEED_PIPELINE: usize = 50;
@@ -412,14 +415,7 @@ impl Worker {
         generation: String,
         seq: u64,
     ) -> Result<(), FeedError> {
-        let tokens = self.keys.tokens.clone();
-        self.scan(conn, &tokens, |mirror, page| {
-            let entries = page
-                .chunks_exact(2)
-                .filter_map(|pair| Some((pair[0].as_str(), parse_score(&pair[1])?)));
-            mirror.merge_tokens(entries);
-        })
-        .await?;
+        self.load_tokens(conn).await?;
         for set in [
             self.keys.users.clone(),
             self.keys.tenants.clone(),
@@ -450,6 +446,51 @@ impl Worker {
         self.generation = Some(generation);
         self.last_seq = seq;
         self.needs_full = false;
+        Ok(())
+    }
+
+    /// Loads the token set in pages by rank from the highest score, keeping a few pages in
+    /// flight so Redis builds the next while this one is merged. Ranks counted from the top
+    /// are stable under pruning, which only removes the lowest scores; entries added or
+    /// raised meanwhile are in the log after the head read before the load.
+    async fn load_tokens(&self, conn: &mut MultiplexedConnection) -> Result<(), FeedError> {
+        let timeout = self.settings.command_timeout;
+        let total: usize = timed(
+            timeout,
+            "count the revocation state",
+            ::redis::cmd("ZCARD")
+                .arg(&self.keys.tokens)
+                .query_async(conn),
+        )
+        .await?;
+        self.mirror.reserve_tokens(total);
+        let (keys, base) = (&self.keys, &*conn);
+        let mut pages = futures_util::stream::iter(0_u64..)
+            .map(|page| {
+                let mut conn = base.clone();
+                async move {
+                    let first = page * TOKEN_PAGE;
+                    timed(
+                        timeout,
+                        "read the revocation state",
+                        ::redis::cmd("ZRANGE")
+                            .arg(&keys.tokens)
+                            .arg(first)
+                            .arg(first + TOKEN_PAGE - 1)
+                            .arg("REV")
+                            .arg("WITHSCORES")
+                            .query_async::<Vec<::redis::Value>>(&mut conn),
+                    )
+                    .await
+                }
+            })
+            .buffered(PAGES_IN_FLIGHT);
+        while let Some(page) = pages.next().await {
+            let merged = merge_page(&self.mirror, &page?)?;
+            if merged < TOKEN_PAGE {
+                return Ok(());
+            }
+        }
         Ok(())
     }
 
@@ -636,6 +677,39 @@ impl Worker {
         .await?;
         Ok(())
     }
+}
+
+/// A reply element as text.
+fn text(v: &::redis::Value) -> Option<&str> {
+    match v {
+        ::redis::Value::BulkString(b) => std::str::from_utf8(b).ok(),
+        ::redis::Value::SimpleString(s) => Some(s.as_str()),
+        _ => None,
+    }
+}
+
+/// Merges one `ZRANGE … WITHSCORES` page into the mirror; returns how many entries it held.
+fn merge_page(mirror: &Mirror, page: &[::redis::Value]) -> Result<u64, FeedError> {
+    let malformed = |detail: &str| StoreError::Protocol {
+        operation: "read the revocation state",
+        detail: detail.to_owned(),
+    };
+    let mut entries = Vec::with_capacity(page.len() / 2);
+    for pair in page.chunks(2) {
+        let [member, score] = pair else {
+            return Err(malformed("odd number of fields").into());
+        };
+        let member = text(member).ok_or_else(|| malformed("jti not a string"))?;
+        let score = match score {
+            ::redis::Value::Double(d) => parse_score(&d.to_string()),
+            other => text(other).and_then(parse_score),
+        }
+        .ok_or_else(|| malformed("score not a number"))?;
+        entries.push((member, score));
+    }
+    let count = entries.len() as u64;
+    mirror.merge_tokens(entries);
+    Ok(count)
 }
 
 fn queue_zadd(pipe: &mut ::redis::Pipeline, set: &str, pending: &mut Vec<(i64, String)>) {
