@@ -18,10 +18,14 @@
 //! # Never forgetful
 //!
 //! A generation id (random, stored in `gen`) names the data set. When a mirror finds it missing
-//! or changed (Redis restarted empty, was flushed, or failed over to a replica without it), or
-//! finds the sequence behind what it already applied (a restart lost its last writes), it:
-//! 1. adopts the current generation, creating a new one if there is none (compare-and-set, so
-//!    concurrent mirrors agree on one);
+//! or changed (Redis restarted empty, was flushed, or failed over to a replica without it),
+//! finds the sequence behind what it already applied, or reconnects to a Redis whose `run_id`
+//! changed (any restart or failover may have lost the last writes: AOF `everysec` loses up to a
+//! second, replication is asynchronous; and new writes could reuse the lost sequence numbers),
+//! it:
+//! 1. moves to a new generation (compare-and-set from the one it knew, so concurrent mirrors
+//!    agree on one, and sequence numbers from before and after never mix), or adopts the one
+//!    another mirror already set;
 //! 2. writes every entry it holds back into the state sets (`ZADD GT`, idempotent);
 //! 3. publishes a `resync` event, so every other mirror reloads the union;
 //! 4. resyncs in full itself. The mirror only ever merges, so it never shrinks on such an
@@ -321,6 +325,26 @@ where
             policy: policy.to_owned(),
         })
     }
+}
+
+/// The `run_id` Redis reports in `INFO server`: it changes on every restart.
+pub(crate) async fn server_run_id<C>(conn: &mut C, timeout: Duration) -> Result<String, StoreError>
+where
+    C: ::redis::aio::ConnectionLike + Send,
+{
+    let info: String = timed(
+        timeout,
+        "read INFO server",
+        ::redis::cmd("INFO").arg("server").query_async(conn),
+    )
+    .await?;
+    info.lines()
+        .find_map(|line| line.trim().strip_prefix("run_id:"))
+        .map(str::to_owned)
+        .ok_or_else(|| StoreError::Protocol {
+            operation: "read INFO server",
+            detail: "no run_id line".to_owned(),
+        })
 }
 
 /// Runs the `EVENT` script for `body`, writing `entry` (set, member, score) if given.

@@ -363,11 +363,11 @@ async fn expired_entries_are_pruned_from_redis_but_live_ones_stay() {
 
 /// Revokes until Redis accepts: right after a restart the first command may still meet the
 /// old, dead connection.
-async fn revoke_when_back(store: &RedisStore, revocation: &Revocation) {
+async fn revoke_when_back(store: &RedisStore, revocation: &Revocation) -> u64 {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         match store.revoke_with_seq(revocation).await {
-            Ok(_) => return,
+            Ok(seq) => return seq,
             Err(err) if tokio::time::Instant::now() < deadline => {
                 assert!(err.is_unavailable(), "{err}");
                 tokio::task::yield_now().await;
@@ -406,8 +406,9 @@ async fn f2_kill_and_restart_with_aof_keeps_revocations_and_fails_revokes_meanwh
     let after = random_id();
     revoke_when_back(&store, &token(&after)).await;
     wait_revoked(m, &after).await;
-    wait_until(m, "reconnect counted", |_, h| {
-        h.disconnects >= 1 && h.connected
+    // The restart is noticed (new run_id) and the store re-seeded, in case it lost writes.
+    wait_until(m, "restart handled", |_, h| {
+        h.disconnects >= 1 && h.connected && h.resets >= 1
     })
     .await;
     assert_eq!(m.status(&facts(&before)), RevocationStatus::Revoked);
@@ -475,56 +476,6 @@ async fn f3_empty_restart_is_detected_and_redis_is_reseeded_from_mirrors() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn f4_killing_the_feed_connection_loses_no_revocation() {
-    let server = RedisServer::start();
-    let settings = settings(&server.url());
-    let feed = RedisFeed::start(&settings, clock()).await.unwrap();
-    let m = feed.mirror();
-    let store = Arc::new(RedisStore::open(&settings).await.unwrap());
-    wait_ready(m).await;
-
-    let (progress, mut acked) = tokio::sync::mpsc::unbounded_channel();
-    let writer = {
-        let store = Arc::clone(&store);
-        tokio::spawn(async move {
-            let mut jtis = Vec::with_capacity(TOTAL);
-            for i in 0..TOTAL {
-                let jti = random_id();
-                store.revoke_with_seq(&token(&jti)).await.unwrap();
-                jtis.push(jti);
-                let _ = progress.send(i + 1);
-            }
-            jtis
-        })
-    };
-    let mut admin = server.admin();
-    let mut kills = 0;
-    while let Some(done) = acked.recv().await {
-        if done % 100 == 50 {
-            let killed: i64 = redis::cmd("CLIENT")
-                .arg("KILL")
-                .arg("TYPE")
-                .arg("pubsub")
-                .query(&mut admin)
-                .unwrap();
-            kills += killed;
-        }
-    }
-    let jtis = writer.await.unwrap();
-    assert!(kills >= 1, "no feed connection was killed");
-    wait_until(m, "every revocation", |m, _| m.size().tokens == TOTAL).await;
-    for jti in &jtis {
-        assert_eq!(m.status(&facts(jti)), RevocationStatus::Revoked);
-    }
-    let health = m.health().borrow().clone();
-    assert!(health.disconnects >= 1, "{health:?}");
-    assert_eq!(
-        mirror_state(m),
-        store_state(&mut admin, &settings.key_prefix)
-    );
-}
-
 /// A verifier whose whole runtime can be frozen, like a stopped or starved process: the feed,
 /// the pub/sub driver and the heartbeat all stop reading until resumed.
 struct FreezableVerifier {
@@ -589,6 +540,107 @@ impl Drop for FreezableVerifier {
             let _ = thread.join();
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_that_lost_acknowledged_writes_is_reseeded_and_reused_sequence_numbers_apply() {
+    let mut server = RedisServer::start();
+    let settings = settings(&server.url());
+    let verifiers = [
+        FreezableVerifier::start(&settings),
+        FreezableVerifier::start(&settings),
+    ];
+    let store = RedisStore::open(&settings).await.unwrap();
+    for v in &verifiers {
+        wait_ready(&v.mirror).await;
+    }
+    let kept = random_id();
+    store.revoke_with_seq(&token(&kept)).await.unwrap();
+    server.save_data();
+    // Acknowledged and seen by both mirrors, then lost by Redis.
+    let lost = random_id();
+    let lost_seq = store.revoke_with_seq(&token(&lost)).await.unwrap();
+    for v in &verifiers {
+        wait_revoked(&v.mirror, &lost).await;
+    }
+
+    // The verifiers are frozen through the restart, so Redis hands out `lost_seq` again, to a
+    // different revocation, before they reconnect: a mirror trusting sequence numbers alone
+    // would take it for a duplicate and never apply it.
+    let resume: Vec<_> = verifiers.iter().map(FreezableVerifier::freeze).collect();
+    server.restart_with_saved_data();
+    let reused = random_id();
+    revoke_when_back(&store, &token(&reused)).await;
+    let reused_seq = store.revoke_with_seq(&token(&reused)).await.unwrap();
+    assert_eq!(
+        reused_seq,
+        lost_seq + 1,
+        "Redis was expected to reuse the lost number"
+    );
+    drop(resume);
+
+    for v in &verifiers {
+        wait_revoked(&v.mirror, &reused).await;
+        wait_until(&v.mirror, "reset after restart", |_, h| {
+            h.resets >= 1 && h.fresh
+        })
+        .await;
+        assert_eq!(v.mirror.status(&facts(&lost)), RevocationStatus::Revoked);
+    }
+    // The lost revocation is back in Redis, next to the kept and the new one.
+    let stored = store_state(&mut server.admin(), &settings.key_prefix);
+    assert!(stored.iter().any(|e| e.contains(&lost)), "{stored:?}");
+    assert_eq!(stored.len(), 3, "{stored:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f4_killing_the_feed_connection_loses_no_revocation() {
+    let server = RedisServer::start();
+    let settings = settings(&server.url());
+    let feed = RedisFeed::start(&settings, clock()).await.unwrap();
+    let m = feed.mirror();
+    let store = Arc::new(RedisStore::open(&settings).await.unwrap());
+    wait_ready(m).await;
+
+    let (progress, mut acked) = tokio::sync::mpsc::unbounded_channel();
+    let writer = {
+        let store = Arc::clone(&store);
+        tokio::spawn(async move {
+            let mut jtis = Vec::with_capacity(TOTAL);
+            for i in 0..TOTAL {
+                let jti = random_id();
+                store.revoke_with_seq(&token(&jti)).await.unwrap();
+                jtis.push(jti);
+                let _ = progress.send(i + 1);
+            }
+            jtis
+        })
+    };
+    let mut admin = server.admin();
+    let mut kills = 0;
+    while let Some(done) = acked.recv().await {
+        if done % 100 == 50 {
+            let killed: i64 = redis::cmd("CLIENT")
+                .arg("KILL")
+                .arg("TYPE")
+                .arg("pubsub")
+                .query(&mut admin)
+                .unwrap();
+            kills += killed;
+        }
+    }
+    let jtis = writer.await.unwrap();
+    assert!(kills >= 1, "no feed connection was killed");
+    wait_until(m, "every revocation", |m, _| m.size().tokens == TOTAL).await;
+    for jti in &jtis {
+        assert_eq!(m.status(&facts(jti)), RevocationStatus::Revoked);
+    }
+    let health = m.health().borrow().clone();
+    assert!(health.disconnects >= 1, "{health:?}");
+    assert_eq!(
+        mirror_state(m),
+        store_state(&mut admin, &settings.key_prefix)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

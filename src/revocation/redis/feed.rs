@@ -20,7 +20,8 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use super::{
     Change, Event, Keys, LogFields, RESYNC_BODY, Scripts, check_eviction_policy, client,
-    command_connection, fresh_generation, parse_score, prune, timed, watermark, write_event,
+    command_connection, fresh_generation, parse_score, prune, server_run_id, timed, watermark,
+    write_event,
 };
 use crate::clock::Clock;
 use crate::revocation::StoreError;
@@ -32,8 +33,8 @@ const LOG_PAGE: usize = 1000;
 /// Members per `ZSCAN` page of a watermark set during a full resync.
 const SCAN_PAGE: usize = 10_000;
 /// Token entries per page during a full resync, and pages requested ahead.
-const TOKEN_PAGE: u64 = 20_000;
-const PAGES_IN_FLIGHT: usize = 4;
+const TOKEN_PAGE: u64 = 10_000;
+const PAGES_IN_FLIGHT: usize = 3;
 /// Members per `ZADD` while re-seeding, and `ZADD`s per pipeline.
 const SEED_BATCH: usize = 1000;
 const SEED_PIPELINE: usize = 50;
@@ -107,6 +108,8 @@ impl RedisFeed {
             generation: None,
             last_seq: 0,
             needs_full: false,
+            run_id: None,
+            restarted: false,
         };
         let tasks = vec![
             tokio::spawn(worker.run(probe, shutdown_rx.clone())),
@@ -157,6 +160,19 @@ enum FeedError {
     NoProgress,
 }
 
+/// Why the store is re-seeded.
+#[derive(Debug, Clone, Copy)]
+enum Reason {
+    /// The generation key is gone: Redis restarted empty or was flushed.
+    Emptied,
+    /// Another generation: a different data set (failover, restore).
+    Replaced,
+    /// Same generation, but the sequence is behind what this mirror applied.
+    RolledBack,
+    /// Redis restarted (new `run_id`) and may have lost its last writes.
+    Restarted,
+}
+
 /// What a catch-up from the log achieved.
 enum CatchUp {
     /// Everything up to the head is applied.
@@ -180,6 +196,10 @@ struct Worker {
     last_seq: u64,
     /// A `resync` event or a trimmed log asked for a full resync.
     needs_full: bool,
+    /// `run_id` of the Redis process last connected to.
+    run_id: Option<String>,
+    /// Redis restarted since the last session: it may have lost acknowledged writes.
+    restarted: bool,
 }
 
 impl Worker {
@@ -236,6 +256,11 @@ impl Worker {
             None => command_connection(&self.client, timeout).await?,
         };
         check_eviction_policy(&mut conn, timeout).await?;
+        let run_id = server_run_id(&mut conn, timeout).await?;
+        if self.generation.is_some() && self.run_id.as_ref().is_some_and(|prev| *prev != run_id) {
+            self.restarted = true;
+        }
+        self.run_id = Some(run_id);
         let mut pubsub = timed(
             timeout,
             "open the feed connection",
@@ -344,6 +369,13 @@ impl Worker {
     async fn sync(&mut self, conn: &mut MultiplexedConnection) -> Result<(), FeedError> {
         for _ in 0..MAX_SYNC_ROUNDS {
             let (head_generation, head_seq) = self.read_head(conn).await?;
+            if self.restarted {
+                if self.generation.is_some() {
+                    self.reset(conn, Reason::Restarted, head_seq).await?;
+                }
+                self.restarted = false;
+                continue;
+            }
             match (&self.generation, head_generation) {
                 (None, None) => {
                     // A data set nobody wrote yet: name it, then sync it.
@@ -366,8 +398,12 @@ impl Worker {
                     }
                 }
                 (Some(ours), observed) => {
-                    let regressed = observed.as_deref() == Some(ours.as_str());
-                    self.reset(conn, regressed, head_seq).await?;
+                    let reason = match observed {
+                        None => Reason::Emptied,
+                        Some(theirs) if theirs == *ours => Reason::RolledBack,
+                        Some(_) => Reason::Replaced,
+                    };
+                    self.reset(conn, reason, head_seq).await?;
                 }
             }
         }
@@ -587,19 +623,20 @@ impl Worker {
     async fn reset(
         &mut self,
         conn: &mut MultiplexedConnection,
-        regressed: bool,
+        reason: Reason,
         head_seq: u64,
     ) -> Result<(), FeedError> {
         tracing::warn!(
-            regressed,
+            ?reason,
             head_seq,
             applied_seq = self.last_seq,
-            "revocation store was emptied, replaced or rolled back; re-seeding it from this mirror"
+            "revocation store may have lost revocations; re-seeding it from this mirror"
         );
-        let expected = if regressed {
-            self.generation.clone().unwrap_or_default()
-        } else {
-            String::new()
+        // Move off the generation we knew (compare-and-set: the first mirror wins, the others
+        // adopt its choice); one somebody else already replaced stays.
+        let expected = match reason {
+            Reason::RolledBack | Reason::Restarted => self.generation.clone().unwrap_or_default(),
+            Reason::Emptied | Reason::Replaced => String::new(),
         };
         let generation = self.rollover(conn, &expected).await?;
         let written = self.reseed(conn).await?;

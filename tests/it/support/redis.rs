@@ -23,6 +23,8 @@ pub(crate) struct RedisServer {
     port: u16,
     dir: TempDir,
     child: Option<Child>,
+    /// A copy of the data dir taken by [`RedisServer::save_data`].
+    saved: Option<TempDir>,
 }
 
 /// Either this test's own server or the externally provided `REDIS_URL`.
@@ -88,6 +90,7 @@ impl RedisServer {
                 .tempdir()
                 .expect("create a temp dir for redis-server"),
             child: None,
+            saved: None,
         }
     }
 
@@ -120,6 +123,29 @@ impl RedisServer {
     /// Starts the server again on the same port with its data dir wiped: an empty restart.
     pub(crate) fn restart_empty(&mut self) {
         self.kill();
+        self.wipe_data();
+        self.spawn().expect("restart redis-server empty");
+    }
+
+    /// Copies the persisted data (the AOF, fsynced on every write) aside, to restore later.
+    pub(crate) fn save_data(&mut self) {
+        let saved = tempfile::tempdir().expect("temp dir for saved redis data");
+        copy_data(self.dir.path(), saved.path());
+        self.saved = Some(saved);
+    }
+
+    /// `kill -9`, then starts again from the data saved by [`RedisServer::save_data`]: a
+    /// restart that lost every write made since, like AOF `everysec` losing its last second or
+    /// a failover to a lagging replica.
+    pub(crate) fn restart_with_saved_data(&mut self) {
+        self.kill();
+        self.wipe_data();
+        let saved = self.saved.take().expect("save_data first");
+        copy_data(saved.path(), self.dir.path());
+        self.spawn().expect("restart redis-server from saved data");
+    }
+
+    fn wipe_data(&self) {
         for entry in std::fs::read_dir(self.dir.path()).expect("read redis data dir") {
             let path = entry.expect("dir entry").path();
             if path.extension().is_some_and(|e| e == "log") {
@@ -131,7 +157,6 @@ impl RedisServer {
                 std::fs::remove_file(&path).expect("remove data file");
             }
         }
-        self.spawn().expect("restart redis-server empty");
     }
 
     fn log_path(&self) -> PathBuf {
@@ -196,6 +221,20 @@ impl RedisServer {
                 ));
             }
             std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// Copies the data files of `from` (not the log) into `to`, recursively.
+fn copy_data(from: &std::path::Path, to: &std::path::Path) {
+    for entry in std::fs::read_dir(from).expect("read data dir") {
+        let path = entry.expect("dir entry").path();
+        let target = to.join(path.file_name().expect("file name"));
+        if path.is_dir() {
+            std::fs::create_dir_all(&target).expect("create data subdir");
+            copy_data(&path, &target);
+        } else if path.extension().is_none_or(|e| e != "log") {
+            std::fs::copy(&path, &target).expect("copy data file");
         }
     }
 }
