@@ -9,7 +9,10 @@
 //! - freshness: whether the first full sync completed (readiness) and when Redis was last
 //!   heard from (staleness), with the `on_stale` policy applied in `status`;
 //! - pruning: an entry is removed only once no token it covers can still be valid, which is
-//!   `exp + leeway` for a token and `before + 12 h + leeway` for a watermark.
+//!   `exp + leeway` for a token and `before + 12 h + leeway` for a watermark. It reads this
+//!   verifier's own [`Clock`], the same one that decides whether the token has expired, so a
+//!   skewed clock prunes an entry exactly when that verifier stops accepting its token anyway
+//!   (Redis prunes its copy on its own clock).
 //!
 //! It leaves out where changes come from: the Redis feed (`redis` module) or the in-process
 //! store ([`MemoryRevocations`](super::MemoryRevocations)) call [`Mirror::apply`].
