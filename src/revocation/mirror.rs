@@ -299,6 +299,8 @@ pub struct MirrorHealth {
     pub resets: u64,
     /// Entries written back into Redis after a reset.
     pub reseeded: u64,
+    /// Entries pruned because no token they cover can still be valid.
+    pub pruned: u64,
     /// The last error the feed met, for operators.
     pub last_error: Option<String>,
 }
@@ -513,6 +515,10 @@ impl Mirror {
         if set.tokens.len() * 4 < set.tokens.capacity() {
             let target = set.tokens.len() * 2;
             set.tokens.shrink_to(target);
+        }
+        drop(set);
+        if removed > 0 {
+            self.health.send_modify(|h| h.pruned += removed as u64);
         }
         removed
     }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use edgetoken::clock::{Clock, SystemClock};
+use edgetoken::clock::{Clock, ManualClock, SystemClock};
 use edgetoken::revocation::{
     Mirror, MirrorHealth, OnStale, RedisFeed, RedisStore, Revocation, RevocationCheck,
     RevocationEngine, RevocationSettings, RevocationStatus, RevocationStore, StoreError, StoreKind,
@@ -356,6 +356,45 @@ async fn expired_entries_are_pruned_from_redis_but_live_ones_stay() {
     let remaining = store_state(&mut admin, &settings.key_prefix);
     let expected: BTreeSet<String> = live.iter().map(|r| format!("{r:?}")).collect();
     assert_eq!(remaining, expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirror_prunes_an_entry_once_its_token_can_no_longer_be_valid() {
+    let redis = TestRedis::shared_or_own();
+    let settings = RevocationSettings {
+        prune_interval: Duration::from_millis(100),
+        ..settings(&redis.url())
+    };
+    let t = now();
+    let clock = Arc::new(ManualClock::at(t));
+    let feed = RedisFeed::start(&settings, clock.clone()).await.unwrap();
+    let m = feed.mirror();
+    let store = RedisStore::open(&settings).await.unwrap();
+    wait_ready(m).await;
+    let short = random_id();
+    let long = random_id();
+    for (jti, expires_at) in [(&short, t + 60), (&long, t + 3600)] {
+        store
+            .revoke_with_seq(&Revocation::Token {
+                jti: jti.clone(),
+                expires_at,
+            })
+            .await
+            .unwrap();
+    }
+    wait_revoked(m, &short).await;
+    wait_revoked(m, &long).await;
+    // One second before `exp + leeway` the entry must stay; at it, it goes.
+    let leeway = i64::try_from(settings.leeway.as_secs()).unwrap();
+    clock.set(t + 60 + leeway - 1);
+    assert_eq!(m.prune(), 0);
+    clock.set(t + 60 + leeway);
+    wait_until(m, "the feed's periodic prune", |_, h| h.pruned >= 1).await;
+    let mut expired = facts(&short);
+    expired.expires_at = t + 60;
+    assert_eq!(m.status(&expired), RevocationStatus::NotRevoked);
+    assert_eq!(m.status(&facts(&long)), RevocationStatus::Revoked);
+    assert_eq!(m.size().tokens, 1);
 }
 
 // ---------------------------------------------------------------------------------------------
