@@ -1,7 +1,7 @@
 //! The Redis revocation store and the change feed that keeps every mirror in sync (SPEC §3).
 //!
 //! [`RedisStore`] writes revocations; [`RedisFeed`] runs in every verifier and keeps its
-//! [`Mirror`](super::Mirror) equal to Redis. This module owns the Redis data layout, the Lua
+//! [`Mirror`](crate::revocation::Mirror) equal to Redis. This module owns the Redis data layout, the Lua
 //! scripts and the feed protocol; the in-memory lookup lives in `mirror`.
 //!
 //! # Design: pub/sub is a hint, the log and the state are the truth
@@ -65,7 +65,7 @@
 //! ```
 //!
 //! where `<seq>` is the decimal sequence number, `<gen>` the generation id, and `<body>`
-//! either the JSON of a [`Revocation`](super::Revocation) (for example
+//! either the JSON of a [`Revocation`] (for example
 //! `{"kind":"token","jti":"…","expires_at":1767229140}`) or the word `resync`, which asks
 //! every mirror to reload from the state sets. Log entries carry the same `gen` and `body`.
 

@@ -7,6 +7,12 @@
 //! replay what was published while it was down (THREATS §3.1), so the task owns reconnection:
 //! when either connection fails, both are dropped, reopened with backoff, the channel is
 //! subscribed *before* the state is read, and the mirror catches up by sequence number.
+//!
+//! Buffering: redis-rs reads the pub/sub socket eagerly into an unbounded queue, so messages
+//! that arrive while the task is busy (a catch-up or a full resync) wait in memory, bounded by
+//! the revocation rate times that duration. A process that stops reading altogether (stalled or
+//! starved) is dropped by Redis' `client-output-buffer-limit pubsub` instead, and recovers
+//! through the log or a full resync when it runs again (THREATS F6).
 
 use std::sync::Arc;
 use std::time::Duration;
