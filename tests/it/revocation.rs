@@ -39,6 +39,13 @@ fn now() -> i64 {
     SystemClock.unix_now()
 }
 
+/// [`settings`] for `redis`, cleaned up afterwards if `redis` is shared.
+fn settings_for(redis: &TestRedis) -> RevocationSettings {
+    let settings = settings(&redis.url());
+    redis.track_prefix(&settings.key_prefix);
+    settings
+}
+
 /// Settings with small timings so fault tests stay fast, and a fresh prefix.
 fn settings(url: &str) -> RevocationSettings {
     RevocationSettings {
@@ -148,7 +155,7 @@ fn mirror_state(mirror: &Mirror) -> BTreeSet<String> {
 fn admin_for(redis: &TestRedis) -> redis::Connection {
     match redis {
         TestRedis::Own(server) => server.admin(),
-        TestRedis::External(url) => redis::Client::open(url.as_str())
+        TestRedis::External(url, _) => redis::Client::open(url.as_str())
             .and_then(|c| c.get_connection())
             .expect("connect to REDIS_URL"),
     }
@@ -160,7 +167,7 @@ fn admin_for(redis: &TestRedis) -> redis::Connection {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_granularity_revokes_exactly_its_tokens() {
     let redis = TestRedis::shared_or_own();
-    let settings = settings(&redis.url());
+    let settings = settings_for(&redis);
     let feed = RedisFeed::start(&settings, clock()).await.unwrap();
     let store = RedisStore::open(&settings).await.unwrap();
     let m = feed.mirror();
@@ -258,7 +265,7 @@ async fn each_granularity_revokes_exactly_its_tokens() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revocation_reaches_three_mirrors_after_revoke_returns() {
     let redis = TestRedis::shared_or_own();
-    let settings = settings(&redis.url());
+    let settings = settings_for(&redis);
     let mut feeds = Vec::new();
     for _ in 0..3 {
         feeds.push(RedisFeed::start(&settings, clock()).await.unwrap());
@@ -287,7 +294,7 @@ async fn revocation_reaches_three_mirrors_after_revoke_returns() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoking_process_rejects_at_once_through_its_local_mirror() {
     let redis = TestRedis::shared_or_own();
-    let engine = RevocationEngine::start(&settings(&redis.url()), clock())
+    let engine = RevocationEngine::start(&settings_for(&redis), clock())
         .await
         .unwrap();
     assert_eq!(engine.kind(), StoreKind::Redis);
@@ -323,7 +330,7 @@ async fn engine_without_redis_url_runs_the_in_process_store() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_entries_are_pruned_from_redis_but_live_ones_stay() {
     let redis = TestRedis::shared_or_own();
-    let settings = settings(&redis.url());
+    let settings = settings_for(&redis);
     let store = RedisStore::open(&settings).await.unwrap();
     let leeway = i64::try_from(settings.leeway.as_secs()).unwrap();
     let retention = 12 * 3600 + leeway;
@@ -363,7 +370,7 @@ async fn mirror_prunes_an_entry_once_its_token_can_no_longer_be_valid() {
     let redis = TestRedis::shared_or_own();
     let settings = RevocationSettings {
         prune_interval: Duration::from_millis(100),
-        ..settings(&redis.url())
+        ..settings_for(&redis)
     };
     let t = now();
     let clock = Arc::new(ManualClock::at(t));
@@ -886,7 +893,7 @@ async fn f11_full_redis_refuses_revocations_and_evicts_none() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn f15_duplicate_reordered_and_forged_events_leave_mirror_equal_to_store() {
     let redis = TestRedis::shared_or_own();
-    let settings = settings(&redis.url());
+    let settings = settings_for(&redis);
     let feed = RedisFeed::start(&settings, clock()).await.unwrap();
     let m = feed.mirror();
     let store = RedisStore::open(&settings).await.unwrap();

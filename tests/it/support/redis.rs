@@ -32,15 +32,15 @@ pub(crate) struct RedisServer {
 pub(crate) enum TestRedis {
     /// A server this test started.
     Own(RedisServer),
-    /// `REDIS_URL`.
-    External(String),
+    /// `REDIS_URL`, and the key prefixes the test used there, deleted on drop.
+    External(String, std::sync::Mutex<Vec<String>>),
 }
 
 impl TestRedis {
     /// `REDIS_URL` when set (tests isolate by key prefix), else a private server.
     pub(crate) fn shared_or_own() -> Self {
         match std::env::var("REDIS_URL") {
-            Ok(url) if !url.is_empty() => Self::External(url),
+            Ok(url) if !url.is_empty() => Self::External(url, std::sync::Mutex::default()),
             _ => Self::Own(RedisServer::start()),
         }
     }
@@ -49,7 +49,40 @@ impl TestRedis {
     pub(crate) fn url(&self) -> String {
         match self {
             Self::Own(server) => server.url(),
-            Self::External(url) => url.clone(),
+            Self::External(url, _) => url.clone(),
+        }
+    }
+
+    /// Records that the test writes keys tagged `{prefix}`, so a shared Redis is left clean.
+    pub(crate) fn track_prefix(&self, prefix: &str) {
+        if let Self::External(_, prefixes) = self {
+            prefixes
+                .lock()
+                .expect("prefix list")
+                .push(prefix.to_owned());
+        }
+    }
+}
+
+impl Drop for TestRedis {
+    fn drop(&mut self) {
+        let Self::External(url, prefixes) = self else {
+            return;
+        };
+        let Ok(mut conn) = redis::Client::open(url.as_str()).and_then(|c| c.get_connection())
+        else {
+            return;
+        };
+        let prefixes = std::mem::take(prefixes.get_mut().expect("prefix list"));
+        for prefix in prefixes {
+            let pattern = format!("{{{prefix}}}:*");
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg(&pattern)
+                .query(&mut conn)
+                .unwrap_or_default();
+            if !keys.is_empty() {
+                let _ = redis::cmd("DEL").arg(&keys).exec(&mut conn);
+            }
         }
     }
 }
