@@ -105,12 +105,16 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    /// Whether this is the store being unreachable or slow, which the HTTP layer answers
-    /// with 503 (SPEC §3), rather than a bad request or a configuration error.
+    /// Whether the store cannot take writes now (unreachable, slow, full, or configured to
+    /// evict), which the HTTP layer answers with 503 (SPEC §3), as opposed to a malformed
+    /// revocation or bad settings.
     pub fn is_unavailable(&self) -> bool {
         matches!(
             self,
-            Self::Redis { .. } | Self::Timeout { .. } | Self::Protocol { .. }
+            Self::Redis { .. }
+                | Self::Timeout { .. }
+                | Self::Protocol { .. }
+                | Self::EvictionPolicy { .. }
         )
     }
 }
