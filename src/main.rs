@@ -316,9 +316,7 @@ async fn serve(config: Config, role: Role, development: bool) -> anyhow::Result<
     edgetoken::http::serve(listener, router, shutdown_signal())
         .await
         .context("server failed")?;
-    if let Some(feed) = started.feed {
-        feed.shutdown().await;
-    }
+    started.revocation.shutdown().await;
     tracing::info!("stopped");
     Ok(())
 }

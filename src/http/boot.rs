@@ -18,9 +18,7 @@ use crate::directory::{Directory, Membership, User, hash_password};
 use crate::keys::{KeyDir, KeyError, SigningKey};
 use crate::metrics::Metrics;
 use crate::records::{MemoryRecords, RecordStore, RedisRecords};
-use crate::revocation::{
-    MemoryRevocations, Mirror, RedisFeed, RedisStore, RevocationStore, StoreError,
-};
+use crate::revocation::{RevocationEngine, RevocationStore, StoreError, StoreKind};
 use crate::token::{Issuer, Subject, TenantId, Verifier};
 
 /// Why the service could not start.
@@ -49,8 +47,8 @@ pub enum StartError {
 pub struct Started {
     /// Shared state for the router.
     pub services: Arc<Services>,
-    /// The Redis change feed, if any.
-    pub feed: Option<RedisFeed>,
+    /// The revocation engine (its Redis feed runs until [`RevocationEngine::shutdown`]).
+    pub revocation: RevocationEngine,
     /// Lines for the start-up banner (printed once by `main`; may hold the demo password).
     pub banner: Vec<String>,
 }
@@ -87,14 +85,16 @@ pub async fn start(
         Verifier::new(
             config.verifier_settings(),
             ring,
-            Arc::clone(&revocation.mirror) as Arc<dyn crate::revocation::RevocationCheck>,
+            revocation.check(),
             Arc::clone(&clock),
         )
         .map_err(|e| StartError::Other(e.to_string()))?
         .with_cache(config.cache_settings()),
     );
     let issuer = match signing_key {
-        Some(key) => Some(issuer_state(&config, key, revocation.store, &clock, &mut banner).await?),
+        Some(key) => {
+            Some(issuer_state(&config, key, revocation.store(), &clock, &mut banner).await?)
+        }
         None => None,
     };
     Ok(Started {
@@ -103,11 +103,11 @@ pub async fn start(
             role,
             clock,
             verifier,
-            mirror: revocation.mirror,
+            mirror: Arc::clone(revocation.mirror()),
             metrics: Arc::new(Metrics::new()),
             issuer,
         }),
-        feed: revocation.feed,
+        revocation,
         banner,
     })
 }
@@ -136,51 +136,27 @@ fn signing_key(
     Ok(key_dir.load_signing()?)
 }
 
-/// The revocation parts: the mirror every verification reads, the store revokes write, and
-/// the Redis feed that keeps the mirror current (none in-process).
-struct Revocation {
-    mirror: Arc<Mirror>,
-    store: Arc<dyn RevocationStore>,
-    feed: Option<RedisFeed>,
-}
-
+/// Starts the revocation engine and says in the banner which store it runs on.
 async fn open_revocation(
     config: &Config,
     clock: &Arc<dyn Clock>,
     banner: &mut Vec<String>,
-) -> Result<Revocation, StartError> {
+) -> Result<RevocationEngine, StartError> {
     let settings = config.revocation_settings();
-    if settings.redis_url.is_none() {
-        let memory = Arc::new(MemoryRevocations::with_settings(
-            &settings,
-            Arc::clone(clock),
-        ));
-        banner.push(
-            "revocation store: IN-PROCESS (no revocation.redis_url): one process only, \
-             nothing survives a restart"
-                .into(),
-        );
-        return Ok(Revocation {
-            mirror: Arc::clone(memory.mirror()),
-            store: memory,
-            feed: None,
-        });
-    }
-    let feed = RedisFeed::start(&settings, Arc::clone(clock)).await?;
-    let mirror = Arc::clone(feed.mirror());
-    let store = RedisStore::open_with_local_mirror(&settings, Arc::clone(&mirror)).await?;
-    banner.push(format!(
-        "revocation store: Redis {} (prefix {}), max staleness {:?}, on stale: {:?}",
-        crate::config::redact_url(&config.revocation.redis_url),
-        settings.key_prefix,
-        settings.max_staleness,
-        settings.on_stale,
-    ));
-    Ok(Revocation {
-        mirror,
-        store: Arc::new(store),
-        feed: Some(feed),
-    })
+    let engine = RevocationEngine::start(&settings, Arc::clone(clock)).await?;
+    banner.push(match engine.kind() {
+        StoreKind::InProcess => "revocation store: IN-PROCESS (no revocation.redis_url): one \
+                                 process only, nothing survives a restart"
+            .to_owned(),
+        StoreKind::Redis => format!(
+            "revocation store: Redis {} (prefix {}), max staleness {:?}, on stale: {:?}",
+            crate::config::redact_url(&config.revocation.redis_url),
+            settings.key_prefix,
+            settings.max_staleness,
+            settings.on_stale,
+        ),
+    });
+    Ok(engine)
 }
 
 /// The issuer's parts: signer, directory (the demo one in development), records, limits.

@@ -12,6 +12,7 @@
 //! A record and its index entry are written in one `MULTI`, so a failed write leaves neither;
 //! index entries past `exp + retention` are trimmed when the index is read.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -95,6 +96,23 @@ impl RedisRecords {
         Ok(conn)
     }
 
+    /// Runs one idempotent operation, once more on a fresh connection if the first attempt
+    /// found the connection dropped (Redis restarted since the last call): the manager
+    /// reconnects, but only after failing the command that noticed.
+    async fn run<T, F, Fut>(&self, operation: &'static str, op: F) -> Result<T, StoreError>
+    where
+        F: Fn(ConnectionManager) -> Fut,
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
+        let first = op(self.conn().await?).await;
+        match first {
+            Err(e) if e.is_connection_dropped() || e.is_io_error() => {
+                op(self.conn().await?).await.map_err(redis_error(operation))
+            }
+            other => other.map_err(redis_error(operation)),
+        }
+    }
+
     fn record_key(&self, tenant: &TenantId, id: &str) -> String {
         format!("{{{}}}:rec:{tenant}:{id}", self.prefix)
     }
@@ -148,11 +166,13 @@ impl RedisRecords {
         tenant: &TenantId,
         id: &str,
     ) -> Result<Option<TokenRecord>, StoreError> {
-        let mut conn = self.conn().await?;
-        let json: Option<String> = conn
-            .get(self.record_key(tenant, id))
-            .await
-            .map_err(redis_error("read a token record"))?;
+        let key = self.record_key(tenant, id);
+        let json: Option<String> = self
+            .run("read a token record", |mut conn| {
+                let key = key.clone();
+                async move { conn.get(key).await }
+            })
+            .await?;
         json.map(|j| decode(&j)).transpose()
     }
 
@@ -163,22 +183,25 @@ impl RedisRecords {
     ) -> Result<Vec<TokenRecord>, StoreError> {
         let index = self.index_key(tenant, user);
         let horizon = (self.clock.now() - self.retention).unix_timestamp();
-        let mut conn = self.conn().await?;
-        let (_, ids): (i64, Vec<String>) = redis::pipe()
-            .zrembyscore(&index, "-inf", format!("({horizon}"))
-            .zrange(&index, 0, -1)
-            .query_async(&mut conn)
-            .await
-            .map_err(redis_error("list token records"))?;
+        let mut pipe = redis::pipe();
+        pipe.zrembyscore(&index, "-inf", format!("({horizon}"))
+            .zrange(&index, 0, -1);
+        let (_, ids): (i64, Vec<String>) = self
+            .run("list token records", |mut conn| {
+                let pipe = pipe.clone();
+                async move { pipe.query_async(&mut conn).await }
+            })
+            .await?;
         if ids.is_empty() {
             return Ok(Vec::new());
         }
         let keys: Vec<String> = ids.iter().map(|id| self.record_key(tenant, id)).collect();
-        let found: Vec<Option<String>> = redis::cmd("MGET")
-            .arg(&keys)
-            .query_async(&mut conn)
-            .await
-            .map_err(redis_error("read token records"))?;
+        let found: Vec<Option<String>> = self
+            .run("read token records", |mut conn| {
+                let mget = redis::cmd("MGET").arg(&keys).clone();
+                async move { mget.query_async(&mut conn).await }
+            })
+            .await?;
         found.into_iter().flatten().map(|j| decode(&j)).collect()
     }
 
@@ -199,16 +222,19 @@ impl RedisRecords {
             operation: "encode a token record",
             detail: e.to_string(),
         })?;
-        let mut conn = self.conn().await?;
         // KEEPTTL keeps the record's expiry; XX never resurrects a record that aged out.
-        let _: Option<String> = redis::cmd("SET")
+        let set = redis::cmd("SET")
             .arg(self.record_key(tenant, id))
             .arg(json)
             .arg("KEEPTTL")
             .arg("XX")
-            .query_async(&mut conn)
-            .await
-            .map_err(redis_error("mark a token record revoked"))?;
+            .clone();
+        let _: Option<String> = self
+            .run("mark a token record revoked", |mut conn| {
+                let set = set.clone();
+                async move { set.query_async(&mut conn).await }
+            })
+            .await?;
         Ok(())
     }
 }

@@ -12,7 +12,7 @@ use super::mirror::Mirror;
 use super::settings::RevocationSettings;
 use super::store::{self, RevocationStore, StoreError, StoreFuture, StoreKind};
 use super::{Revocation, RevocationCheck, RevocationStatus, TokenFacts};
-use crate::clock::{Clock, SystemClock};
+use crate::clock::{Clock, ManualClock};
 
 /// An in-process revocation store and check, shared behind an `Arc`.
 #[derive(Debug)]
@@ -31,9 +31,15 @@ impl Default for MemoryRevocations {
 }
 
 impl MemoryRevocations {
-    /// An empty store with the default settings and the system clock.
+    /// An empty store that keeps every revocation forever and never prunes, whatever the
+    /// tokens' expiry: for tests and the offline CLI, where the clock of the tokens (often a
+    /// `ManualClock`) is not the wall clock. Services use [`MemoryRevocations::with_settings`].
     pub fn new() -> Self {
-        Self::with_settings(&RevocationSettings::default(), Arc::new(SystemClock))
+        // A clock stuck at the earliest instant: nothing is ever past its prune time.
+        Self::with_settings(
+            &RevocationSettings::default(),
+            Arc::new(ManualClock::at(i64::MIN)),
+        )
     }
 
     /// An empty store using `settings.leeway` and `settings.prune_interval`, reading `clock`.
@@ -147,6 +153,20 @@ mod tests {
         .unwrap_err();
         assert!(matches!(err, StoreError::InvalidRevocation(_)));
         assert_eq!(store.mirror().size().total(), 0);
+    }
+
+    #[test]
+    fn new_store_keeps_revocations_of_tokens_from_any_time() {
+        let store = MemoryRevocations::new();
+        store.revoke(&Revocation::Token {
+            jti: "ancient".into(),
+            expires_at: 1_000,
+        });
+        let mut token = facts("ancient");
+        token.issued_at = 0;
+        token.expires_at = 1_000;
+        assert_eq!(store.status(&token), RevocationStatus::Revoked);
+        assert_eq!(store.mirror().prune(), 0);
     }
 
     #[test]

@@ -9,7 +9,10 @@
 //! - freshness: whether the first full sync completed (readiness) and when Redis was last
 //!   heard from (staleness), with the `on_stale` policy applied in `status`;
 //! - pruning: an entry is removed only once no token it covers can still be valid, which is
-//!   `exp + leeway` for a token and `before + 12 h + leeway` for a watermark.
+//!   `exp + leeway` for a token and `before + 12 h + leeway` for a watermark. It reads this
+//!   verifier's own [`Clock`], the same one that decides whether the token has expired, so a
+//!   skewed clock prunes an entry exactly when that verifier stops accepting its token anyway
+//!   (Redis prunes its copy on its own clock).
 //!
 //! It leaves out where changes come from: the Redis feed (`redis` module) or the in-process
 //! store ([`MemoryRevocations`](super::MemoryRevocations)) call [`Mirror::apply`].
@@ -40,20 +43,42 @@ const COMPACT_JTI_LEN: usize = 22;
 /// full resync or a large prune never stalls lookups for long.
 const BULK_CHUNK: usize = 4096;
 
+/// base64url alphabet → sextet, 0xFF for anything else.
+const SEXTETS: [u8; 256] = {
+    let mut table = [0xFF_u8; 256];
+    let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut i: u8 = 0;
+    while i < 64 {
+        table[alphabet[i as usize] as usize] = i;
+        i += 1;
+    }
+    table
+};
+
 /// The 16 bytes behind a canonical 22-character base64url `jti`, or `None` for any other `jti`.
 ///
-/// Strict decoding (no padding, zero trailing bits) makes this injective on strings: two
-/// different strings never map to the same key, so the compact map keeps the exact-match
-/// semantics of `jti` (THREATS 1F #40).
+/// Strict decoding (URL alphabet, no padding, the 4 unused trailing bits zero) makes this
+/// injective on strings: two different strings never map to the same key, so the compact map
+/// keeps the exact-match semantics of `jti` (THREATS 1F #40). Hand-rolled because it sits on
+/// the lookup path; a test checks it against the `base64` crate's strict decoder.
 fn compact_jti(jti: &str) -> Option<[u8; 16]> {
-    if jti.len() != COMPACT_JTI_LEN {
+    let bytes: &[u8; COMPACT_JTI_LEN] = jti.as_bytes().try_into().ok()?;
+    let (last, head) = bytes.split_last()?;
+    let mut acc: u128 = 0;
+    for &b in head {
+        let sextet = SEXTETS[usize::from(b)];
+        if sextet == 0xFF {
+            return None;
+        }
+        acc = (acc << 6) | u128::from(sextet);
+    }
+    // 21 sextets carry 126 bits; the last character adds 2 and must leave its low 4 bits zero.
+    let sextet = SEXTETS[usize::from(*last)];
+    if sextet == 0xFF || sextet & 0x0F != 0 {
         return None;
     }
-    let mut key = [0_u8; 16];
-    match URL_SAFE_NO_PAD.decode_slice(jti.as_bytes(), &mut key) {
-        Ok(16) => Some(key),
-        _ => None,
-    }
+    acc = (acc << 2) | u128::from(sextet >> 4);
+    Some(acc.to_be_bytes())
 }
 
 fn expand_jti(key: &[u8; 16]) -> String {
@@ -274,6 +299,8 @@ pub struct MirrorHealth {
     pub resets: u64,
     /// Entries written back into Redis after a reset.
     pub reseeded: u64,
+    /// Entries pruned because no token they cover can still be valid.
+    pub pruned: u64,
     /// The last error the feed met, for operators.
     pub last_error: Option<String>,
 }
@@ -415,6 +442,14 @@ impl Mirror {
         changed
     }
 
+    /// Makes room for `total` token entries at once, so a full resync does not rehash the
+    /// table while it grows.
+    pub(crate) fn reserve_tokens(&self, total: usize) {
+        let mut set = self.write();
+        let additional = total.saturating_sub(set.tokens.len());
+        set.tokens.reserve(additional);
+    }
+
     /// Removes every entry that can no longer matter at the clock's current time. Returns how
     /// many were removed.
     ///
@@ -480,6 +515,10 @@ impl Mirror {
         if set.tokens.len() * 4 < set.tokens.capacity() {
             let target = set.tokens.len() * 2;
             set.tokens.shrink_to(target);
+        }
+        drop(set);
+        if removed > 0 {
+            self.health.send_modify(|h| h.pruned += removed as u64);
         }
         removed
     }
@@ -854,6 +893,16 @@ mod tests {
     }
 
     proptest::proptest! {
+        #[test]
+        fn compact_jti_agrees_with_strict_base64(bytes in proptest::prelude::any::<[u8; 16]>(),
+                                                 noise in "[A-Za-z0-9_=+/-]{22}") {
+            let canonical = URL_SAFE_NO_PAD.encode(bytes);
+            proptest::prop_assert_eq!(compact_jti(&canonical), Some(bytes));
+            let strict = URL_SAFE_NO_PAD.decode(noise.as_bytes()).ok()
+                .and_then(|v| <[u8; 16]>::try_from(v).ok());
+            proptest::prop_assert_eq!(compact_jti(&noise), strict);
+        }
+
         #[test]
         fn apply_order_and_duplicates_do_not_change_the_result(
             ops in proptest::collection::vec((0_u8..4, 0_u8..4, -50_i64..50), 0..40),

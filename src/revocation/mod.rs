@@ -9,11 +9,29 @@
 //! down) revokes every matching token whose `iat <= T`. Rounding down and comparing with `<=`
 //! errs on the side of revoking: a token minted in the same second as the revocation is
 //! revoked too, while one minted in any later second keeps working.
+//!
+//! # The engine
+//!
+//! - [`Mirror`]: each process's in-memory copy of the whole live revocation state; implements
+//!   [`RevocationCheck`], and reports readiness, staleness, size and [`MirrorHealth`] for
+//!   `/readyz` and metrics. Past `max_staleness` it answers
+//!   [`RevocationStatus::Unavailable`] unless `on_stale = serve` ([`OnStale`]).
+//! - [`RevocationStore`]: where revoke calls go; acknowledged only once committed.
+//!   [`RedisStore`] writes to Redis; [`MemoryRevocations`] is the in-process store (one
+//!   process, nothing survives a restart).
+//! - [`RedisFeed`]: keeps a mirror equal to Redis through an ordered, replayable change feed
+//!   that survives lost pub/sub messages, disconnects and Redis restarting empty. The Redis key
+//!   layout and message format are documented in [`redis`].
+//! - [`RevocationEngine`]: wires the three from [`RevocationSettings`].
+//!
+//! Typical wiring: `let engine = RevocationEngine::start(&settings, clock).await?;` then hand
+//! `engine.check()` to the verifier and `engine.store()` to the revoke handlers; `/readyz` is
+//! `engine.mirror().is_fresh()`; metrics read `engine.mirror().size()` and `.staleness()`.
 
 mod engine;
 mod memory;
 mod mirror;
-mod redis;
+pub mod redis;
 mod settings;
 mod store;
 

@@ -1,7 +1,7 @@
 //! The Redis revocation store and the change feed that keeps every mirror in sync (SPEC §3).
 //!
 //! [`RedisStore`] writes revocations; [`RedisFeed`] runs in every verifier and keeps its
-//! [`Mirror`](super::Mirror) equal to Redis. This module owns the Redis data layout, the Lua
+//! [`Mirror`](crate::revocation::Mirror) equal to Redis. This module owns the Redis data layout, the Lua
 //! scripts and the feed protocol; the in-memory lookup lives in `mirror`.
 //!
 //! # Design: pub/sub is a hint, the log and the state are the truth
@@ -18,10 +18,14 @@
 //! # Never forgetful
 //!
 //! A generation id (random, stored in `gen`) names the data set. When a mirror finds it missing
-//! or changed (Redis restarted empty, was flushed, or failed over to a replica without it), or
-//! finds the sequence behind what it already applied (a restart lost its last writes), it:
-//! 1. adopts the current generation, creating a new one if there is none (compare-and-set, so
-//!    concurrent mirrors agree on one);
+//! or changed (Redis restarted empty, was flushed, or failed over to a replica without it),
+//! finds the sequence behind what it already applied, or reconnects to a Redis whose `run_id`
+//! changed (any restart or failover may have lost the last writes: AOF `everysec` loses up to a
+//! second, replication is asynchronous; and new writes could reuse the lost sequence numbers),
+//! it:
+//! 1. moves to a new generation (compare-and-set from the one it knew, so concurrent mirrors
+//!    agree on one, and sequence numbers from before and after never mix), or adopts the one
+//!    another mirror already set;
 //! 2. writes every entry it holds back into the state sets (`ZADD GT`, idempotent);
 //! 3. publishes a `resync` event, so every other mirror reloads the union;
 //! 4. resyncs in full itself. The mirror only ever merges, so it never shrinks on such an
@@ -61,7 +65,7 @@
 //! ```
 //!
 //! where `<seq>` is the decimal sequence number, `<gen>` the generation id, and `<body>`
-//! either the JSON of a [`Revocation`](super::Revocation) (for example
+//! either the JSON of a [`Revocation`] (for example
 //! `{"kind":"token","jti":"…","expires_at":1767229140}`) or the word `resync`, which asks
 //! every mirror to reload from the state sets. Log entries carry the same `gen` and `body`.
 
@@ -323,6 +327,26 @@ where
     }
 }
 
+/// The `run_id` Redis reports in `INFO server`: it changes on every restart.
+pub(crate) async fn server_run_id<C>(conn: &mut C, timeout: Duration) -> Result<String, StoreError>
+where
+    C: ::redis::aio::ConnectionLike + Send,
+{
+    let info: String = timed(
+        timeout,
+        "read INFO server",
+        ::redis::cmd("INFO").arg("server").query_async(conn),
+    )
+    .await?;
+    info.lines()
+        .find_map(|line| line.trim().strip_prefix("run_id:"))
+        .map(str::to_owned)
+        .ok_or_else(|| StoreError::Protocol {
+            operation: "read INFO server",
+            detail: "no run_id line".to_owned(),
+        })
+}
+
 /// Runs the `EVENT` script for `body`, writing `entry` (set, member, score) if given.
 /// Returns the sequence number and generation of the change.
 pub(crate) async fn write_event<C>(
@@ -385,6 +409,9 @@ where
 
 /// Parses a sorted-set score that we wrote as whole seconds.
 pub(crate) fn parse_score(score: &str) -> Option<i64> {
+    if let Ok(whole) = score.parse::<i64>() {
+        return Some(whole);
+    }
     let value: f64 = score.parse().ok()?;
     if !value.is_finite() || value.abs() > 9.0e15 {
         return None;
@@ -486,6 +513,7 @@ mod tests {
     #[test]
     fn parse_score_accepts_whole_seconds_only_in_range() {
         assert_eq!(parse_score("1767229140"), Some(1_767_229_140));
+        assert_eq!(parse_score("1.76722914e9"), Some(1_767_229_140));
         assert_eq!(parse_score("inf"), None);
         assert_eq!(parse_score("x"), None);
     }

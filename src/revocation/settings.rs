@@ -209,6 +209,15 @@ mod tests {
     }
 
     #[test]
+    fn validate_refuses_a_redis_url_that_does_not_parse() {
+        let settings = RevocationSettings {
+            redis_url: Some("http://cache:6379".to_owned()),
+            ..RevocationSettings::default()
+        };
+        assert!(matches!(settings.validate(), Err(StoreError::RedisUrl(_))));
+    }
+
+    #[test]
     fn debug_redacts_redis_password() {
         let settings = RevocationSettings {
             redis_url: Some("redis://user:hunter2@cache:6380/0".to_owned()),

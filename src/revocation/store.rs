@@ -105,24 +105,34 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    /// Whether this is the store being unreachable or slow, which the HTTP layer answers
-    /// with 503 (SPEC §3), rather than a bad request or a configuration error.
+    /// Whether the store cannot take writes now (unreachable, slow, full, or configured to
+    /// evict), which the HTTP layer answers with 503 (SPEC §3), as opposed to a malformed
+    /// revocation or bad settings.
     pub fn is_unavailable(&self) -> bool {
         matches!(
             self,
-            Self::Redis { .. } | Self::Timeout { .. } | Self::Protocol { .. }
+            Self::Redis { .. }
+                | Self::Timeout { .. }
+                | Self::Protocol { .. }
+                | Self::EvictionPolicy { .. }
         )
     }
 }
 
 /// Checks what every store requires of a revocation before writing it.
 ///
+/// Identifiers are 1-128 bytes without control characters; a `jti` is also restricted to
+/// visible ASCII (`!`..`~`), which every `jti` we mint satisfies (base64url), so nothing odd
+/// reaches logs, keys or the feed.
+///
 /// # Errors
-/// [`StoreError::InvalidRevocation`] for an empty or over-long identifier.
+/// [`StoreError::InvalidRevocation`] for an empty, over-long or ill-formed identifier.
 pub(crate) fn validate(revocation: &Revocation) -> Result<(), StoreError> {
-    let ok = |id: &str| !id.is_empty() && id.len() <= MAX_ID_LEN;
+    let ok =
+        |id: &str| !id.is_empty() && id.len() <= MAX_ID_LEN && !id.chars().any(char::is_control);
+    let visible = |id: &str| ok(id) && id.bytes().all(|b| b.is_ascii_graphic());
     let valid = match revocation {
-        Revocation::Token { jti, .. } => ok(jti),
+        Revocation::Token { jti, .. } => visible(jti),
         Revocation::User {
             tenant, subject, ..
         } => ok(tenant) && ok(subject),
@@ -133,7 +143,7 @@ pub(crate) fn validate(revocation: &Revocation) -> Result<(), StoreError> {
         Ok(())
     } else {
         Err(StoreError::InvalidRevocation(
-            "identifiers must be 1-128 bytes",
+            "identifiers must be 1-128 bytes without control characters, a jti visible ASCII",
         ))
     }
 }

@@ -801,7 +801,10 @@ async fn openapi_document_describes_every_issuer_route() {
         .json()
         .await
         .unwrap();
-    assert_eq!(doc["components"]["securitySchemes"]["basic"]["scheme"], "basic");
+    assert_eq!(
+        doc["components"]["securitySchemes"]["basic"]["scheme"],
+        "basic"
+    );
     let paths = doc["paths"].as_object().unwrap();
     for (path, method) in [
         ("/v1/tenants/{tenant}/tokens", "post"),

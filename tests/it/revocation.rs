@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use edgetoken::clock::{Clock, SystemClock};
+use edgetoken::clock::{Clock, ManualClock, SystemClock};
 use edgetoken::revocation::{
     Mirror, MirrorHealth, OnStale, RedisFeed, RedisStore, Revocation, RevocationCheck,
     RevocationEngine, RevocationSettings, RevocationStatus, RevocationStore, StoreError, StoreKind,
@@ -37,6 +37,13 @@ fn random_id() -> String {
 
 fn now() -> i64 {
     SystemClock.unix_now()
+}
+
+/// [`settings`] for `redis`, cleaned up afterwards if `redis` is shared.
+fn settings_for(redis: &TestRedis) -> RevocationSettings {
+    let settings = settings(&redis.url());
+    redis.track_prefix(&settings.key_prefix);
+    settings
 }
 
 /// Settings with small timings so fault tests stay fast, and a fresh prefix.
@@ -148,7 +155,7 @@ fn mirror_state(mirror: &Mirror) -> BTreeSet<String> {
 fn admin_for(redis: &TestRedis) -> redis::Connection {
     match redis {
         TestRedis::Own(server) => server.admin(),
-        TestRedis::External(url) => redis::Client::open(url.as_str())
+        TestRedis::External(url, _) => redis::Client::open(url.as_str())
             .and_then(|c| c.get_connection())
             .expect("connect to REDIS_URL"),
     }
@@ -160,7 +167,7 @@ fn admin_for(redis: &TestRedis) -> redis::Connection {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_granularity_revokes_exactly_its_tokens() {
     let redis = TestRedis::shared_or_own();
-    let settings = settings(&redis.url());
+    let settings = settings_for(&redis);
     let feed = RedisFeed::start(&settings, clock()).await.unwrap();
     let store = RedisStore::open(&settings).await.unwrap();
     let m = feed.mirror();
@@ -258,7 +265,7 @@ async fn each_granularity_revokes_exactly_its_tokens() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revocation_reaches_three_mirrors_after_revoke_returns() {
     let redis = TestRedis::shared_or_own();
-    let settings = settings(&redis.url());
+    let settings = settings_for(&redis);
     let mut feeds = Vec::new();
     for _ in 0..3 {
         feeds.push(RedisFeed::start(&settings, clock()).await.unwrap());
@@ -287,7 +294,7 @@ async fn revocation_reaches_three_mirrors_after_revoke_returns() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoking_process_rejects_at_once_through_its_local_mirror() {
     let redis = TestRedis::shared_or_own();
-    let engine = RevocationEngine::start(&settings(&redis.url()), clock())
+    let engine = RevocationEngine::start(&settings_for(&redis), clock())
         .await
         .unwrap();
     assert_eq!(engine.kind(), StoreKind::Redis);
@@ -323,7 +330,7 @@ async fn engine_without_redis_url_runs_the_in_process_store() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_entries_are_pruned_from_redis_but_live_ones_stay() {
     let redis = TestRedis::shared_or_own();
-    let settings = settings(&redis.url());
+    let settings = settings_for(&redis);
     let store = RedisStore::open(&settings).await.unwrap();
     let leeway = i64::try_from(settings.leeway.as_secs()).unwrap();
     let retention = 12 * 3600 + leeway;
@@ -358,16 +365,55 @@ async fn expired_entries_are_pruned_from_redis_but_live_ones_stay() {
     assert_eq!(remaining, expected);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirror_prunes_an_entry_once_its_token_can_no_longer_be_valid() {
+    let redis = TestRedis::shared_or_own();
+    let settings = RevocationSettings {
+        prune_interval: Duration::from_millis(100),
+        ..settings_for(&redis)
+    };
+    let t = now();
+    let clock = Arc::new(ManualClock::at(t));
+    let feed = RedisFeed::start(&settings, clock.clone()).await.unwrap();
+    let m = feed.mirror();
+    let store = RedisStore::open(&settings).await.unwrap();
+    wait_ready(m).await;
+    let short = random_id();
+    let long = random_id();
+    for (jti, expires_at) in [(&short, t + 60), (&long, t + 3600)] {
+        store
+            .revoke_with_seq(&Revocation::Token {
+                jti: jti.clone(),
+                expires_at,
+            })
+            .await
+            .unwrap();
+    }
+    wait_revoked(m, &short).await;
+    wait_revoked(m, &long).await;
+    // One second before `exp + leeway` the entry must stay; at it, it goes.
+    let leeway = i64::try_from(settings.leeway.as_secs()).unwrap();
+    clock.set(t + 60 + leeway - 1);
+    assert_eq!(m.prune(), 0);
+    clock.set(t + 60 + leeway);
+    wait_until(m, "the feed's periodic prune", |_, h| h.pruned >= 1).await;
+    let mut expired = facts(&short);
+    expired.expires_at = t + 60;
+    assert_eq!(m.status(&expired), RevocationStatus::NotRevoked);
+    assert_eq!(m.status(&facts(&long)), RevocationStatus::Revoked);
+    assert_eq!(m.size().tokens, 1);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Faults (THREATS §4)
 
 /// Revokes until Redis accepts: right after a restart the first command may still meet the
 /// old, dead connection.
-async fn revoke_when_back(store: &RedisStore, revocation: &Revocation) {
+async fn revoke_when_back(store: &RedisStore, revocation: &Revocation) -> u64 {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         match store.revoke_with_seq(revocation).await {
-            Ok(_) => return,
+            Ok(seq) => return seq,
             Err(err) if tokio::time::Instant::now() < deadline => {
                 assert!(err.is_unavailable(), "{err}");
                 tokio::task::yield_now().await;
@@ -406,8 +452,9 @@ async fn f2_kill_and_restart_with_aof_keeps_revocations_and_fails_revokes_meanwh
     let after = random_id();
     revoke_when_back(&store, &token(&after)).await;
     wait_revoked(m, &after).await;
-    wait_until(m, "reconnect counted", |_, h| {
-        h.disconnects >= 1 && h.connected
+    // The restart is noticed (new run_id) and the store re-seeded, in case it lost writes.
+    wait_until(m, "restart handled", |_, h| {
+        h.disconnects >= 1 && h.connected && h.resets >= 1
     })
     .await;
     assert_eq!(m.status(&facts(&before)), RevocationStatus::Revoked);
@@ -475,56 +522,6 @@ async fn f3_empty_restart_is_detected_and_redis_is_reseeded_from_mirrors() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn f4_killing_the_feed_connection_loses_no_revocation() {
-    let server = RedisServer::start();
-    let settings = settings(&server.url());
-    let feed = RedisFeed::start(&settings, clock()).await.unwrap();
-    let m = feed.mirror();
-    let store = Arc::new(RedisStore::open(&settings).await.unwrap());
-    wait_ready(m).await;
-
-    let (progress, mut acked) = tokio::sync::mpsc::unbounded_channel();
-    let writer = {
-        let store = Arc::clone(&store);
-        tokio::spawn(async move {
-            let mut jtis = Vec::with_capacity(TOTAL);
-            for i in 0..TOTAL {
-                let jti = random_id();
-                store.revoke_with_seq(&token(&jti)).await.unwrap();
-                jtis.push(jti);
-                let _ = progress.send(i + 1);
-            }
-            jtis
-        })
-    };
-    let mut admin = server.admin();
-    let mut kills = 0;
-    while let Some(done) = acked.recv().await {
-        if done % 100 == 50 {
-            let killed: i64 = redis::cmd("CLIENT")
-                .arg("KILL")
-                .arg("TYPE")
-                .arg("pubsub")
-                .query(&mut admin)
-                .unwrap();
-            kills += killed;
-        }
-    }
-    let jtis = writer.await.unwrap();
-    assert!(kills >= 1, "no feed connection was killed");
-    wait_until(m, "every revocation", |m, _| m.size().tokens == TOTAL).await;
-    for jti in &jtis {
-        assert_eq!(m.status(&facts(jti)), RevocationStatus::Revoked);
-    }
-    let health = m.health().borrow().clone();
-    assert!(health.disconnects >= 1, "{health:?}");
-    assert_eq!(
-        mirror_state(m),
-        store_state(&mut admin, &settings.key_prefix)
-    );
-}
-
 /// A verifier whose whole runtime can be frozen, like a stopped or starved process: the feed,
 /// the pub/sub driver and the heartbeat all stop reading until resumed.
 struct FreezableVerifier {
@@ -589,6 +586,107 @@ impl Drop for FreezableVerifier {
             let _ = thread.join();
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_that_lost_acknowledged_writes_is_reseeded_and_reused_sequence_numbers_apply() {
+    let mut server = RedisServer::start();
+    let settings = settings(&server.url());
+    let verifiers = [
+        FreezableVerifier::start(&settings),
+        FreezableVerifier::start(&settings),
+    ];
+    let store = RedisStore::open(&settings).await.unwrap();
+    for v in &verifiers {
+        wait_ready(&v.mirror).await;
+    }
+    let kept = random_id();
+    store.revoke_with_seq(&token(&kept)).await.unwrap();
+    server.save_data();
+    // Acknowledged and seen by both mirrors, then lost by Redis.
+    let lost = random_id();
+    let lost_seq = store.revoke_with_seq(&token(&lost)).await.unwrap();
+    for v in &verifiers {
+        wait_revoked(&v.mirror, &lost).await;
+    }
+
+    // The verifiers are frozen through the restart, so Redis hands out `lost_seq` again, to a
+    // different revocation, before they reconnect: a mirror trusting sequence numbers alone
+    // would take it for a duplicate and never apply it.
+    let resume: Vec<_> = verifiers.iter().map(FreezableVerifier::freeze).collect();
+    server.restart_with_saved_data();
+    let reused = random_id();
+    revoke_when_back(&store, &token(&reused)).await;
+    let reused_seq = store.revoke_with_seq(&token(&reused)).await.unwrap();
+    assert_eq!(
+        reused_seq,
+        lost_seq + 1,
+        "Redis was expected to reuse the lost number"
+    );
+    drop(resume);
+
+    for v in &verifiers {
+        wait_revoked(&v.mirror, &reused).await;
+        wait_until(&v.mirror, "reset after restart", |_, h| {
+            h.resets >= 1 && h.fresh
+        })
+        .await;
+        assert_eq!(v.mirror.status(&facts(&lost)), RevocationStatus::Revoked);
+    }
+    // The lost revocation is back in Redis, next to the kept and the new one.
+    let stored = store_state(&mut server.admin(), &settings.key_prefix);
+    assert!(stored.iter().any(|e| e.contains(&lost)), "{stored:?}");
+    assert_eq!(stored.len(), 3, "{stored:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f4_killing_the_feed_connection_loses_no_revocation() {
+    let server = RedisServer::start();
+    let settings = settings(&server.url());
+    let feed = RedisFeed::start(&settings, clock()).await.unwrap();
+    let m = feed.mirror();
+    let store = Arc::new(RedisStore::open(&settings).await.unwrap());
+    wait_ready(m).await;
+
+    let (progress, mut acked) = tokio::sync::mpsc::unbounded_channel();
+    let writer = {
+        let store = Arc::clone(&store);
+        tokio::spawn(async move {
+            let mut jtis = Vec::with_capacity(TOTAL);
+            for i in 0..TOTAL {
+                let jti = random_id();
+                store.revoke_with_seq(&token(&jti)).await.unwrap();
+                jtis.push(jti);
+                let _ = progress.send(i + 1);
+            }
+            jtis
+        })
+    };
+    let mut admin = server.admin();
+    let mut kills = 0;
+    while let Some(done) = acked.recv().await {
+        if done % 100 == 50 {
+            let killed: i64 = redis::cmd("CLIENT")
+                .arg("KILL")
+                .arg("TYPE")
+                .arg("pubsub")
+                .query(&mut admin)
+                .unwrap();
+            kills += killed;
+        }
+    }
+    let jtis = writer.await.unwrap();
+    assert!(kills >= 1, "no feed connection was killed");
+    wait_until(m, "every revocation", |m, _| m.size().tokens == TOTAL).await;
+    for jti in &jtis {
+        assert_eq!(m.status(&facts(jti)), RevocationStatus::Revoked);
+    }
+    let health = m.health().borrow().clone();
+    assert!(health.disconnects >= 1, "{health:?}");
+    assert_eq!(
+        mirror_state(m),
+        store_state(&mut admin, &settings.key_prefix)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -795,7 +893,7 @@ async fn f11_full_redis_refuses_revocations_and_evicts_none() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn f15_duplicate_reordered_and_forged_events_leave_mirror_equal_to_store() {
     let redis = TestRedis::shared_or_own();
-    let settings = settings(&redis.url());
+    let settings = settings_for(&redis);
     let feed = RedisFeed::start(&settings, clock()).await.unwrap();
     let m = feed.mirror();
     let store = RedisStore::open(&settings).await.unwrap();

@@ -7,6 +7,12 @@
 //! replay what was published while it was down (THREATS §3.1), so the task owns reconnection:
 //! when either connection fails, both are dropped, reopened with backoff, the channel is
 //! subscribed *before* the state is read, and the mirror catches up by sequence number.
+//!
+//! Buffering: redis-rs reads the pub/sub socket eagerly into an unbounded queue, so messages
+//! that arrive while the task is busy (a catch-up or a full resync) wait in memory, bounded by
+//! the revocation rate times that duration. A process that stops reading altogether (stalled or
+//! starved) is dropped by Redis' `client-output-buffer-limit pubsub` instead, and recovers
+//! through the log or a full resync when it runs again (THREATS F6).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,7 +26,8 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use super::{
     Change, Event, Keys, LogFields, RESYNC_BODY, Scripts, check_eviction_policy, client,
-    command_connection, fresh_generation, parse_score, prune, timed, watermark, write_event,
+    command_connection, fresh_generation, parse_score, prune, server_run_id, timed, watermark,
+    write_event,
 };
 use crate::clock::Clock;
 use crate::revocation::StoreError;
@@ -29,8 +36,11 @@ use crate::revocation::settings::RevocationSettings;
 
 /// Entries per `XRANGE` page while catching up.
 const LOG_PAGE: usize = 1000;
-/// Members per `ZSCAN` page during a full resync.
+/// Members per `ZSCAN` page of a watermark set during a full resync.
 const SCAN_PAGE: usize = 10_000;
+/// Token entries per page during a full resync, and pages requested ahead.
+const TOKEN_PAGE: u64 = 10_000;
+const PAGES_IN_FLIGHT: usize = 3;
 /// Members per `ZADD` while re-seeding, and `ZADD`s per pipeline.
 const SEED_BATCH: usize = 1000;
 const SEED_PIPELINE: usize = 50;
@@ -104,6 +114,8 @@ impl RedisFeed {
             generation: None,
             last_seq: 0,
             needs_full: false,
+            run_id: None,
+            restarted: false,
         };
         let tasks = vec![
             tokio::spawn(worker.run(probe, shutdown_rx.clone())),
@@ -154,6 +166,19 @@ enum FeedError {
     NoProgress,
 }
 
+/// Why the store is re-seeded.
+#[derive(Debug, Clone, Copy)]
+enum Reason {
+    /// The generation key is gone: Redis restarted empty or was flushed.
+    Emptied,
+    /// Another generation: a different data set (failover, restore).
+    Replaced,
+    /// Same generation, but the sequence is behind what this mirror applied.
+    RolledBack,
+    /// Redis restarted (new `run_id`) and may have lost its last writes.
+    Restarted,
+}
+
 /// What a catch-up from the log achieved.
 enum CatchUp {
     /// Everything up to the head is applied.
@@ -177,6 +202,10 @@ struct Worker {
     last_seq: u64,
     /// A `resync` event or a trimmed log asked for a full resync.
     needs_full: bool,
+    /// `run_id` of the Redis process last connected to.
+    run_id: Option<String>,
+    /// Redis restarted since the last session: it may have lost acknowledged writes.
+    restarted: bool,
 }
 
 impl Worker {
@@ -233,6 +262,11 @@ impl Worker {
             None => command_connection(&self.client, timeout).await?,
         };
         check_eviction_policy(&mut conn, timeout).await?;
+        let run_id = server_run_id(&mut conn, timeout).await?;
+        if self.generation.is_some() && self.run_id.as_ref().is_some_and(|prev| *prev != run_id) {
+            self.restarted = true;
+        }
+        self.run_id = Some(run_id);
         let mut pubsub = timed(
             timeout,
             "open the feed connection",
@@ -252,8 +286,10 @@ impl Worker {
 
         let started = Instant::now();
         self.sync(&mut conn).await?;
-        self.mirror.mark_ready();
+        // Heard first, then ready: whoever sees `ready` must also see a fresh mirror, or a
+        // caller waking on readiness would find it answering Unavailable for an instant.
         self.mirror.mark_heard(started);
+        self.mirror.mark_ready();
 
         let heartbeat = self.settings.heartbeat;
         let mut beat = tokio::time::interval_at(Instant::now() + heartbeat, heartbeat);
@@ -341,6 +377,13 @@ impl Worker {
     async fn sync(&mut self, conn: &mut MultiplexedConnection) -> Result<(), FeedError> {
         for _ in 0..MAX_SYNC_ROUNDS {
             let (head_generation, head_seq) = self.read_head(conn).await?;
+            if self.restarted {
+                if self.generation.is_some() {
+                    self.reset(conn, Reason::Restarted, head_seq).await?;
+                }
+                self.restarted = false;
+                continue;
+            }
             match (&self.generation, head_generation) {
                 (None, None) => {
                     // A data set nobody wrote yet: name it, then sync it.
@@ -363,8 +406,12 @@ impl Worker {
                     }
                 }
                 (Some(ours), observed) => {
-                    let regressed = observed.as_deref() == Some(ours.as_str());
-                    self.reset(conn, regressed, head_seq).await?;
+                    let reason = match observed {
+                        None => Reason::Emptied,
+                        Some(theirs) if theirs == *ours => Reason::RolledBack,
+                        Some(_) => Reason::Replaced,
+                    };
+                    self.reset(conn, reason, head_seq).await?;
                 }
             }
         }
@@ -412,14 +459,7 @@ impl Worker {
         generation: String,
         seq: u64,
     ) -> Result<(), FeedError> {
-        let tokens = self.keys.tokens.clone();
-        self.scan(conn, &tokens, |mirror, page| {
-            let entries = page
-                .chunks_exact(2)
-                .filter_map(|pair| Some((pair[0].as_str(), parse_score(&pair[1])?)));
-            mirror.merge_tokens(entries);
-        })
-        .await?;
+        self.load_tokens(conn).await?;
         for set in [
             self.keys.users.clone(),
             self.keys.tenants.clone(),
@@ -450,6 +490,51 @@ impl Worker {
         self.generation = Some(generation);
         self.last_seq = seq;
         self.needs_full = false;
+        Ok(())
+    }
+
+    /// Loads the token set in pages by rank from the highest score, keeping a few pages in
+    /// flight so Redis builds the next while this one is merged. Ranks counted from the top
+    /// are stable under pruning, which only removes the lowest scores; entries added or
+    /// raised meanwhile are in the log after the head read before the load.
+    async fn load_tokens(&self, conn: &mut MultiplexedConnection) -> Result<(), FeedError> {
+        let timeout = self.settings.command_timeout;
+        let total: usize = timed(
+            timeout,
+            "count the revocation state",
+            ::redis::cmd("ZCARD")
+                .arg(&self.keys.tokens)
+                .query_async(conn),
+        )
+        .await?;
+        self.mirror.reserve_tokens(total);
+        let (keys, base) = (&self.keys, &*conn);
+        let mut pages = futures_util::stream::iter(0_u64..)
+            .map(|page| {
+                let mut conn = base.clone();
+                async move {
+                    let first = page * TOKEN_PAGE;
+                    timed(
+                        timeout,
+                        "read the revocation state",
+                        ::redis::cmd("ZRANGE")
+                            .arg(&keys.tokens)
+                            .arg(first)
+                            .arg(first + TOKEN_PAGE - 1)
+                            .arg("REV")
+                            .arg("WITHSCORES")
+                            .query_async::<Vec<::redis::Value>>(&mut conn),
+                    )
+                    .await
+                }
+            })
+            .buffered(PAGES_IN_FLIGHT);
+        while let Some(page) = pages.next().await {
+            let merged = merge_page(&self.mirror, &page?)?;
+            if merged < TOKEN_PAGE {
+                return Ok(());
+            }
+        }
         Ok(())
     }
 
@@ -546,19 +631,20 @@ impl Worker {
     async fn reset(
         &mut self,
         conn: &mut MultiplexedConnection,
-        regressed: bool,
+        reason: Reason,
         head_seq: u64,
     ) -> Result<(), FeedError> {
         tracing::warn!(
-            regressed,
+            ?reason,
             head_seq,
             applied_seq = self.last_seq,
-            "revocation store was emptied, replaced or rolled back; re-seeding it from this mirror"
+            "revocation store may have lost revocations; re-seeding it from this mirror"
         );
-        let expected = if regressed {
-            self.generation.clone().unwrap_or_default()
-        } else {
-            String::new()
+        // Move off the generation we knew (compare-and-set: the first mirror wins, the others
+        // adopt its choice); one somebody else already replaced stays.
+        let expected = match reason {
+            Reason::RolledBack | Reason::Restarted => self.generation.clone().unwrap_or_default(),
+            Reason::Emptied | Reason::Replaced => String::new(),
         };
         let generation = self.rollover(conn, &expected).await?;
         let written = self.reseed(conn).await?;
@@ -636,6 +722,39 @@ impl Worker {
         .await?;
         Ok(())
     }
+}
+
+/// A reply element as text.
+fn text(v: &::redis::Value) -> Option<&str> {
+    match v {
+        ::redis::Value::BulkString(b) => std::str::from_utf8(b).ok(),
+        ::redis::Value::SimpleString(s) => Some(s.as_str()),
+        _ => None,
+    }
+}
+
+/// Merges one `ZRANGE … WITHSCORES` page into the mirror; returns how many entries it held.
+fn merge_page(mirror: &Mirror, page: &[::redis::Value]) -> Result<u64, FeedError> {
+    let malformed = |detail: &str| StoreError::Protocol {
+        operation: "read the revocation state",
+        detail: detail.to_owned(),
+    };
+    let mut entries = Vec::with_capacity(page.len() / 2);
+    for pair in page.chunks(2) {
+        let [member, score] = pair else {
+            return Err(malformed("odd number of fields").into());
+        };
+        let member = text(member).ok_or_else(|| malformed("jti not a string"))?;
+        let score = match score {
+            ::redis::Value::Double(d) => parse_score(&d.to_string()),
+            other => text(other).and_then(parse_score),
+        }
+        .ok_or_else(|| malformed("score not a number"))?;
+        entries.push((member, score));
+    }
+    let count = entries.len() as u64;
+    mirror.merge_tokens(entries);
+    Ok(count)
 }
 
 fn queue_zadd(pipe: &mut ::redis::Pipeline, set: &str, pending: &mut Vec<(i64, String)>) {

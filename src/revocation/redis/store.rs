@@ -146,15 +146,34 @@ impl Shared {
         })?;
         let (set, member, score) = self.keys.entry(revocation);
         let mut conn = self.connection().await?.clone();
-        let (seq, _generation) = write_event(
+        let entry = Some((set, member.as_str(), score));
+        let written = write_event(
             &mut conn,
             &self.keys,
             &self.scripts,
             &self.settings,
             &body,
-            Some((set, &member, score)),
+            entry,
         )
-        .await?;
+        .await;
+        // A connection that died since the last command (Redis restarted) fails once while the
+        // manager reconnects; one retry hides that. Safe: a change applied twice is a no-op.
+        let (seq, _generation) = match written {
+            Err(StoreError::Redis { source, .. })
+                if source.is_connection_dropped() || source.is_io_error() =>
+            {
+                write_event(
+                    &mut conn,
+                    &self.keys,
+                    &self.scripts,
+                    &self.settings,
+                    &body,
+                    entry,
+                )
+                .await?
+            }
+            other => other?,
+        };
         // Only now, with Redis' acknowledgement, may local state change.
         if let Some(mirror) = &self.local {
             mirror.apply(revocation);

@@ -55,7 +55,7 @@ pub(crate) struct TestIssuer {
     _dir: TempDir,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<()>>,
-    feed: Option<edgetoken::revocation::RedisFeed>,
+    revocation: Option<edgetoken::revocation::RevocationEngine>,
 }
 
 /// Options for [`TestIssuer::start`].
@@ -91,10 +91,13 @@ impl TestIssuer {
         std::fs::write(&path, &text).unwrap();
         let config = Config::load(Some(&path), std::iter::empty()).unwrap();
         let clock = Arc::new(ManualClock::at(SystemClock.unix_now()));
-        let Started { services, feed, .. } =
-            boot::start(config, Role::All, false, clock.clone() as Arc<dyn Clock>)
-                .await
-                .unwrap();
+        let Started {
+            services,
+            revocation,
+            ..
+        } = boot::start(config, Role::All, false, clock.clone() as Arc<dyn Clock>)
+            .await
+            .unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let (tx, rx) = oneshot::channel();
@@ -113,7 +116,7 @@ impl TestIssuer {
             _dir: dir,
             shutdown: Some(tx),
             server: Some(server),
-            feed,
+            revocation: Some(revocation),
         };
         issuer.wait_ready().await;
         issuer
@@ -151,8 +154,8 @@ impl TestIssuer {
         if let Some(server) = self.server.take() {
             let _ = server.await;
         }
-        if let Some(feed) = self.feed.take() {
-            feed.shutdown().await;
+        if let Some(revocation) = self.revocation.take() {
+            revocation.shutdown().await;
         }
     }
 }

@@ -23,6 +23,8 @@ pub(crate) struct RedisServer {
     port: u16,
     dir: TempDir,
     child: Option<Child>,
+    /// A copy of the data dir taken by [`RedisServer::save_data`].
+    saved: Option<TempDir>,
 }
 
 /// Either this test's own server or the externally provided `REDIS_URL`.
@@ -30,15 +32,15 @@ pub(crate) struct RedisServer {
 pub(crate) enum TestRedis {
     /// A server this test started.
     Own(RedisServer),
-    /// `REDIS_URL`.
-    External(String),
+    /// `REDIS_URL`, and the key prefixes the test used there, deleted on drop.
+    External(String, std::sync::Mutex<Vec<String>>),
 }
 
 impl TestRedis {
     /// `REDIS_URL` when set (tests isolate by key prefix), else a private server.
     pub(crate) fn shared_or_own() -> Self {
         match std::env::var("REDIS_URL") {
-            Ok(url) if !url.is_empty() => Self::External(url),
+            Ok(url) if !url.is_empty() => Self::External(url, std::sync::Mutex::default()),
             _ => Self::Own(RedisServer::start()),
         }
     }
@@ -47,7 +49,40 @@ impl TestRedis {
     pub(crate) fn url(&self) -> String {
         match self {
             Self::Own(server) => server.url(),
-            Self::External(url) => url.clone(),
+            Self::External(url, _) => url.clone(),
+        }
+    }
+
+    /// Records that the test writes keys tagged `{prefix}`, so a shared Redis is left clean.
+    pub(crate) fn track_prefix(&self, prefix: &str) {
+        if let Self::External(_, prefixes) = self {
+            prefixes
+                .lock()
+                .expect("prefix list")
+                .push(prefix.to_owned());
+        }
+    }
+}
+
+impl Drop for TestRedis {
+    fn drop(&mut self) {
+        let Self::External(url, prefixes) = self else {
+            return;
+        };
+        let Ok(mut conn) = redis::Client::open(url.as_str()).and_then(|c| c.get_connection())
+        else {
+            return;
+        };
+        let prefixes = std::mem::take(prefixes.get_mut().expect("prefix list"));
+        for prefix in prefixes {
+            let pattern = format!("{{{prefix}}}:*");
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg(&pattern)
+                .query(&mut conn)
+                .unwrap_or_default();
+            if !keys.is_empty() {
+                let _ = redis::cmd("DEL").arg(&keys).exec(&mut conn);
+            }
         }
     }
 }
@@ -88,6 +123,7 @@ impl RedisServer {
                 .tempdir()
                 .expect("create a temp dir for redis-server"),
             child: None,
+            saved: None,
         }
     }
 
@@ -120,6 +156,29 @@ impl RedisServer {
     /// Starts the server again on the same port with its data dir wiped: an empty restart.
     pub(crate) fn restart_empty(&mut self) {
         self.kill();
+        self.wipe_data();
+        self.spawn().expect("restart redis-server empty");
+    }
+
+    /// Copies the persisted data (the AOF, fsynced on every write) aside, to restore later.
+    pub(crate) fn save_data(&mut self) {
+        let saved = tempfile::tempdir().expect("temp dir for saved redis data");
+        copy_data(self.dir.path(), saved.path());
+        self.saved = Some(saved);
+    }
+
+    /// `kill -9`, then starts again from the data saved by [`RedisServer::save_data`]: a
+    /// restart that lost every write made since, like AOF `everysec` losing its last second or
+    /// a failover to a lagging replica.
+    pub(crate) fn restart_with_saved_data(&mut self) {
+        self.kill();
+        self.wipe_data();
+        let saved = self.saved.take().expect("save_data first");
+        copy_data(saved.path(), self.dir.path());
+        self.spawn().expect("restart redis-server from saved data");
+    }
+
+    fn wipe_data(&self) {
         for entry in std::fs::read_dir(self.dir.path()).expect("read redis data dir") {
             let path = entry.expect("dir entry").path();
             if path.extension().is_some_and(|e| e == "log") {
@@ -131,7 +190,6 @@ impl RedisServer {
                 std::fs::remove_file(&path).expect("remove data file");
             }
         }
-        self.spawn().expect("restart redis-server empty");
     }
 
     fn log_path(&self) -> PathBuf {
@@ -196,6 +254,20 @@ impl RedisServer {
                 ));
             }
             std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// Copies the data files of `from` (not the log) into `to`, recursively.
+fn copy_data(from: &std::path::Path, to: &std::path::Path) {
+    for entry in std::fs::read_dir(from).expect("read data dir") {
+        let path = entry.expect("dir entry").path();
+        let target = to.join(path.file_name().expect("file name"));
+        if path.is_dir() {
+            std::fs::create_dir_all(&target).expect("create data subdir");
+            copy_data(&path, &target);
+        } else if path.extension().is_none_or(|e| e != "log") {
+            std::fs::copy(&path, &target).expect("copy data file");
         }
     }
 }
