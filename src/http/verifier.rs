@@ -8,8 +8,8 @@
 //!   (Traefik), else `X-Original-Method` + `X-Original-URI` (nginx `auth_request`), else the
 //!   path after `/v1/verify/` with the request's own method (Envoy `ext_authz` with
 //!   `path_prefix: /v1/verify`). These are honoured only from a peer in
-//!   `verifier.trusted_proxies`; from anyone else they are ignored. Query parameters are
-//!   ignored in route mode.
+//!   `verifier.trusted_proxies`; from anyone else they are ignored. Both header pairs at once
+//!   is ambiguous and counts as no answer. Query parameters are ignored in route mode.
 //! - **Query mode** (no routes): `GET /v1/verify?tenant=T&permission=P`, on exactly
 //!   `/v1/verify` (never on the Envoy form, whose query is the client's). An unknown or
 //!   repeated parameter is refused (400).
@@ -198,20 +198,31 @@ fn single<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     value.to_str().ok()
 }
 
-/// The original method and request target, from the first forwarded pair present. A pair
-/// with one half missing or repeated is no answer at all (never mixed with another pair).
+/// The original method and request target from the forwarded pair present. Both pairs at
+/// once, or a pair with one half missing or repeated, is no answer at all: a proxy that passes
+/// a client's own `X-Forwarded-*` next to its `X-Original-*` must not let the client choose.
 fn forwarded_request(parts: &Parts) -> Option<(String, String)> {
-    for (method, uri) in FORWARDED_PAIRS {
-        if parts.headers.contains_key(method) || parts.headers.contains_key(uri) {
+    let present: Vec<_> = FORWARDED_PAIRS
+        .iter()
+        .filter(|(m, u)| parts.headers.contains_key(*m) || parts.headers.contains_key(*u))
+        .collect();
+    match present.as_slice() {
+        [] => {
+            let original = parts.uri.path().strip_prefix(VERIFY_PATH)?;
+            let target = parts.uri.path_and_query().map_or(original, |pq| {
+                pq.as_str().get(VERIFY_PATH.len()..).unwrap_or(original)
+            });
+            original
+                .starts_with('/')
+                .then(|| (parts.method.as_str().to_owned(), target.to_owned()))
+        }
+        [(method, uri)] => {
             let method = single(&parts.headers, method)?;
             let uri = single(&parts.headers, uri)?;
-            return Some((method.to_owned(), uri.to_owned()));
+            Some((method.to_owned(), uri.to_owned()))
         }
+        _ => None,
     }
-    let original = parts.uri.path().strip_prefix(VERIFY_PATH)?;
-    original
-        .starts_with('/')
-        .then(|| (parts.method.as_str().to_owned(), original.to_owned()))
 }
 
 #[derive(Deserialize)]

@@ -19,3 +19,4 @@ mod revocation;
 mod support;
 mod token_rejections;
 mod vectors;
+mod verifier;
