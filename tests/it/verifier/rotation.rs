@@ -72,6 +72,81 @@ async fn wait_refused(
     }
 }
 
+/// Four tasks verifying tokens from a shared pool at every verifier, round robin.
+struct Load {
+    stop: Arc<AtomicBool>,
+    checked: Arc<AtomicU64>,
+    refused: Arc<AtomicU64>,
+    workers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(
+        client: &reqwest::Client,
+        pool: &Arc<RwLock<Vec<String>>>,
+        verifiers: &Arc<Vec<EdgetokenProcess>>,
+    ) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (checked, refused) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let workers = (0..4_usize)
+            .map(|worker| {
+                let (client, pool, verifiers) =
+                    (client.clone(), Arc::clone(pool), Arc::clone(verifiers));
+                let (stop, checked, refused) = (
+                    Arc::clone(&stop),
+                    Arc::clone(&checked),
+                    Arc::clone(&refused),
+                );
+                tokio::spawn(async move {
+                    let mut n = worker;
+                    while !stop.load(Ordering::Relaxed) {
+                        let token = {
+                            let pool = pool.read().await;
+                            pool[n % pool.len()].clone()
+                        };
+                        let status = client
+                            .get(verifiers[n % verifiers.len()].url(REQUIREMENT))
+                            .bearer_auth(&token)
+                            .send()
+                            .await
+                            .unwrap()
+                            .status();
+                        checked.fetch_add(1, Ordering::Relaxed);
+                        if status != StatusCode::OK {
+                            refused.fetch_add(1, Ordering::Relaxed);
+                        }
+                        n += 1;
+                    }
+                })
+            })
+            .collect();
+        Self {
+            stop,
+            checked,
+            refused,
+            workers,
+        }
+    }
+
+    /// Lets at least `more` further verifications happen (or [`WAIT`] pass), then stops the
+    /// load: `(verifications, refusals)` in all.
+    async fn run_for(self, more: u64) -> (u64, u64) {
+        let target = self.checked.load(Ordering::Relaxed) + more;
+        let deadline = Instant::now() + WAIT;
+        while self.checked.load(Ordering::Relaxed) < target && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.stop.store(true, Ordering::Relaxed);
+        for worker in self.workers {
+            worker.await.unwrap();
+        }
+        (
+            self.checked.load(Ordering::Relaxed),
+            self.refused.load(Ordering::Relaxed),
+        )
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotation_under_load_refuses_no_valid_token_and_retired_keys_fail_everywhere() {
     let deployment = Deployment::new();
@@ -94,42 +169,7 @@ async fn rotation_under_load_refuses_no_valid_token_and_retired_keys_fail_everyw
         .collect();
     let pool = Arc::new(RwLock::new(old_tokens.clone()));
 
-    // The load: verify tokens from the pool at both verifiers until told to stop.
-    let stop = Arc::new(AtomicBool::new(false));
-    let (checked, refused) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let workers: Vec<_> = (0..4_usize)
-        .map(|worker| {
-            let (client, pool, verifiers) =
-                (client.clone(), Arc::clone(&pool), Arc::clone(&verifiers));
-            let (stop, checked, refused) = (
-                Arc::clone(&stop),
-                Arc::clone(&checked),
-                Arc::clone(&refused),
-            );
-            tokio::spawn(async move {
-                let mut n = worker;
-                while !stop.load(Ordering::Relaxed) {
-                    let token = {
-                        let pool = pool.read().await;
-                        pool[n % pool.len()].clone()
-                    };
-                    let verifier = &verifiers[n % verifiers.len()];
-                    let status = client
-                        .get(verifier.url(REQUIREMENT))
-                        .bearer_auth(&token)
-                        .send()
-                        .await
-                        .unwrap()
-                        .status();
-                    checked.fetch_add(1, Ordering::Relaxed);
-                    if status != StatusCode::OK {
-                        refused.fetch_add(1, Ordering::Relaxed);
-                    }
-                    n += 1;
-                }
-            })
-        })
-        .collect();
+    let load = Load::start(&client, &pool, &verifiers);
 
     // Rotate: add k2 to the key directory, publish it, wait for every verifier to trust it,
     // then sign with it.
@@ -144,19 +184,7 @@ async fn rotation_under_load_refuses_no_valid_token_and_retired_keys_fail_everyw
         .map(|_| mint(&new_issuer, "alice", "acme", "runs:read"))
         .collect();
     pool.write().await.extend(new_tokens.iter().cloned());
-    let target = checked.load(Ordering::Relaxed) + 400;
-    let deadline = Instant::now() + WAIT;
-    while checked.load(Ordering::Relaxed) < target && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    stop.store(true, Ordering::Relaxed);
-    for worker in workers {
-        worker.await.unwrap();
-    }
-    let (checked, refused) = (
-        checked.load(Ordering::Relaxed),
-        refused.load(Ordering::Relaxed),
-    );
+    let (checked, refused) = load.run_for(400).await;
     eprintln!("rotation under load: {checked} verifications, {refused} refused");
     assert!(checked >= 400, "too little load: {checked}");
     assert_eq!(refused, 0, "valid tokens refused during the overlap");
