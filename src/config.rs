@@ -45,6 +45,8 @@ pub struct Config {
     pub revocation: RevocationConfig,
     /// The issuer service: how people sign in, limits, records.
     pub issuer: IssuerConfig,
+    /// The verifier service: where keys come from, forward-auth route policy, introspection.
+    pub verifier: VerifierConfig,
 }
 
 /// Which services one process runs (SPEC §7 `--role`).
@@ -231,6 +233,94 @@ impl Default for IssuerConfig {
             records_retention_secs: 86_400,
             jwks_max_age_secs: 300,
         }
+    }
+}
+
+/// `[verifier]`: the verifier service (SPEC §5, §8).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VerifierConfig {
+    /// The issuer's JWKS URL (`https://issuer.example/.well-known/jwks.json`). Empty (the
+    /// default) reads trusted keys from `keys.dir` instead. Only for `--role verifier`: the
+    /// issuer trusts its own key directory.
+    pub jwks_url: String,
+    /// How often the JWKS is fetched again, in seconds. Default 300.
+    pub jwks_refresh_secs: u64,
+    /// A token naming an unknown `kid` triggers a background refetch, at most once per this
+    /// many seconds (the token itself is rejected `unknown_key`). Default 30.
+    pub jwks_min_refetch_secs: u64,
+    /// Longest wait for one JWKS fetch, in milliseconds. Default 5000.
+    pub jwks_timeout_ms: u64,
+    /// Largest JWKS document accepted, in bytes; a larger one is refused whole. Default 65536.
+    pub jwks_max_bytes: usize,
+    /// Peers (IP addresses or CIDR blocks) whose `X-Forwarded-*`/`X-Original-*` headers are
+    /// honoured by `/v1/verify`. Default loopback only: `["127.0.0.1/32", "::1/128"]`.
+    pub trusted_proxies: Vec<String>,
+    /// What a request that no route matches gets: `deny` (default, 403 `no_route`) or
+    /// `allow_authenticated` (any valid token passes, with no tenant or permission check).
+    pub unmatched: crate::policy::Unmatched,
+    /// The route policy: `[[verifier.routes]]` with `method`, `path` and `permission`. First
+    /// match wins. Default none (then `/v1/verify` takes its requirement from the `tenant` and
+    /// `permission` query parameters).
+    pub routes: Vec<crate::policy::RouteSpec>,
+    /// Callers allowed to use `/v1/introspect` (RFC 7662), by HTTP Basic `id:secret`. Default
+    /// none: the endpoint answers 404.
+    pub introspection_clients: Vec<IntrospectionClient>,
+}
+
+impl std::fmt::Debug for VerifierConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VerifierConfig")
+            .field("jwks_url", &self.jwks_url)
+            .field("jwks_refresh_secs", &self.jwks_refresh_secs)
+            .field("jwks_min_refetch_secs", &self.jwks_min_refetch_secs)
+            .field("jwks_timeout_ms", &self.jwks_timeout_ms)
+            .field("jwks_max_bytes", &self.jwks_max_bytes)
+            .field("trusted_proxies", &self.trusted_proxies)
+            .field("unmatched", &self.unmatched)
+            .field("routes", &self.routes)
+            .field("introspection_clients", &self.introspection_clients)
+            .finish()
+    }
+}
+
+impl Default for VerifierConfig {
+    fn default() -> Self {
+        Self {
+            jwks_url: String::new(),
+            jwks_refresh_secs: 300,
+            jwks_min_refetch_secs: 30,
+            jwks_timeout_ms: 5000,
+            jwks_max_bytes: 64 * 1024,
+            trusted_proxies: vec!["127.0.0.1/32".into(), "::1/128".into()],
+            unmatched: crate::policy::Unmatched::Deny,
+            routes: Vec::new(),
+            introspection_clients: Vec::new(),
+        }
+    }
+}
+
+/// One `[[verifier.introspection_clients]]` entry.
+///
+/// # Security
+///
+/// `Debug` redacts the secret; set it through the environment
+/// (`EDGETOKEN_VERIFIER__INTROSPECTION_CLIENTS='[{id="gw",secret="..."}]'`) rather than a file.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IntrospectionClient {
+    /// The client id: 1-64 of `A-Z a-z 0-9 - _ .`.
+    pub id: String,
+    /// The client secret, at least 32 characters; compared in constant time.
+    pub secret: String,
+}
+
+impl std::fmt::Debug for IntrospectionClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IntrospectionClient")
+            .field("id", &self.id)
+            .field("secret", &"<redacted>")
+            .finish()
     }
 }
 
@@ -464,7 +554,110 @@ impl Config {
                 "failed_signins_per_minute and mints_per_hour must be above 0",
             ));
         }
+        self.validate_verifier()
+    }
+
+    fn validate_verifier(&self) -> Result<(), ConfigError> {
+        let v = &self.verifier;
+        if !v.jwks_url.is_empty() {
+            let rest = v
+                .jwks_url
+                .strip_prefix("https://")
+                .or_else(|| v.jwks_url.strip_prefix("http://"));
+            if rest.is_none_or(|rest| rest.is_empty() || rest.starts_with('/')) {
+                return Err(ConfigError::field(
+                    "verifier.jwks_url",
+                    "must be an http:// or https:// URL with a host",
+                ));
+            }
+        }
+        if v.jwks_min_refetch_secs == 0 {
+            return Err(ConfigError::field(
+                "verifier.jwks_min_refetch_secs",
+                "must be above 0",
+            ));
+        }
+        if v.jwks_refresh_secs < v.jwks_min_refetch_secs {
+            return Err(ConfigError::field(
+                "verifier.jwks_refresh_secs",
+                "must be at least verifier.jwks_min_refetch_secs",
+            ));
+        }
+        if !(100..=60_000).contains(&v.jwks_timeout_ms) {
+            return Err(ConfigError::field(
+                "verifier.jwks_timeout_ms",
+                "must be between 100 and 60000",
+            ));
+        }
+        if !(1024..=1024 * 1024).contains(&v.jwks_max_bytes) {
+            return Err(ConfigError::field(
+                "verifier.jwks_max_bytes",
+                "must be between 1024 and 1048576",
+            ));
+        }
+        self.trusted_proxies()?;
+        self.route_policy()?;
+        let mut ids = std::collections::BTreeSet::new();
+        for (index, client) in v.introspection_clients.iter().enumerate() {
+            let field = |name: &str| format!("verifier.introspection_clients[{index}].{name}");
+            let id_ok = (1..=64).contains(&client.id.len())
+                && client
+                    .id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+            if !id_ok {
+                return Err(ConfigError::field(
+                    &field("id"),
+                    "must be 1-64 of A-Z a-z 0-9 - _ .",
+                ));
+            }
+            if !ids.insert(client.id.as_str()) {
+                return Err(ConfigError::field(&field("id"), "duplicate client id"));
+            }
+            if client.secret.chars().count() < 32 {
+                return Err(ConfigError::field(
+                    &field("secret"),
+                    "must be at least 32 characters",
+                ));
+            }
+        }
         Ok(())
+    }
+
+    /// The forward-auth route policy from `[verifier]` routes and `unmatched`.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Field`] naming `verifier.routes[N].FIELD`.
+    pub fn route_policy(&self) -> Result<crate::policy::RoutePolicy, ConfigError> {
+        crate::policy::RoutePolicy::new(
+            &self.verifier.routes,
+            self.verifier.unmatched,
+            &self.catalogue()?,
+        )
+        .map_err(|e| {
+            ConfigError::field(
+                &format!("verifier.routes[{}].{}", e.index, e.field),
+                e.message,
+            )
+        })
+    }
+
+    /// The peers whose forwarded headers `/v1/verify` honours.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Field`] naming `verifier.trusted_proxies[N]`.
+    pub fn trusted_proxies(&self) -> Result<crate::proxies::TrustedProxies, ConfigError> {
+        crate::proxies::TrustedProxies::parse(&self.verifier.trusted_proxies).map_err(|e| {
+            ConfigError::field(
+                &format!("verifier.trusted_proxies[{}]", e.index),
+                format!(
+                    "`{}` is not an IP address or CIDR block ({})",
+                    e.entry, e.reason
+                ),
+            )
+        })
     }
 
     /// The revocation engine's settings from `[revocation]` and `[token]`.
@@ -688,6 +881,57 @@ mod tests {
         let debug = format!("{config:?}");
         assert!(!debug.contains("s3cret"), "{debug}");
         assert!(debug.contains("redis.internal"), "{debug}");
+    }
+
+    #[test]
+    fn verifier_routes_are_validated_with_their_index() {
+        let err = Config::from_toml(
+            "[[verifier.routes]]\nmethod = \"GET\"\npath = \"/a\"\n\
+             [[verifier.routes]]\nmethod = \"GET\"\npath = \"/b\"\npermission = \"billing:read\"\n",
+        )
+        .unwrap_err();
+        assert!(
+            matches!(err, ConfigError::Field { ref field, .. } if field == "verifier.routes[1].permission"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn verifier_options_are_validated_by_name() {
+        for (toml, name) in [
+            ("[verifier]\njwks_url = \"ftp://x\"\n", "verifier.jwks_url"),
+            (
+                "[verifier]\njwks_min_refetch_secs = 0\n",
+                "verifier.jwks_min_refetch_secs",
+            ),
+            (
+                "[verifier]\njwks_refresh_secs = 10\n",
+                "verifier.jwks_refresh_secs",
+            ),
+            (
+                "[verifier]\ntrusted_proxies = [\"10.0.0.1/8\"]\n",
+                "verifier.trusted_proxies[0]",
+            ),
+            (
+                "[[verifier.introspection_clients]]\nid = \"gw\"\nsecret = \"short\"\n",
+                "verifier.introspection_clients[0].secret",
+            ),
+        ] {
+            let err = Config::from_toml(toml).unwrap_err();
+            assert!(
+                matches!(err, ConfigError::Field { ref field, .. } if field == name),
+                "{toml}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn introspection_secret_is_redacted_in_debug() {
+        let config = Config::from_toml(
+            "[[verifier.introspection_clients]]\nid = \"gw\"\nsecret = \"s3cr3t-s3cr3t-s3cr3t-s3cr3t-s3cr3t\"\n",
+        )
+        .unwrap();
+        assert!(!format!("{config:?}").contains("s3cr3t"));
     }
 
     #[test]

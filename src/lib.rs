@@ -55,6 +55,8 @@ pub mod directory;
 pub mod http;
 pub mod keys;
 pub mod permissions;
+pub mod policy;
+pub mod proxies;
 pub mod records;
 pub mod revocation;
 pub mod token;

@@ -316,6 +316,9 @@ async fn serve(config: Config, role: Role, development: bool) -> anyhow::Result<
     edgetoken::http::serve(listener, router, shutdown_signal())
         .await
         .context("server failed")?;
+    if let Some(jwks) = &started.services.jwks {
+        jwks.shutdown().await;
+    }
     started.revocation.shutdown().await;
     tracing::info!("stopped");
     Ok(())

@@ -40,7 +40,17 @@ pub struct StateSample {
     pub staleness: Option<Duration>,
     /// Whether the mirror is fresh enough to answer.
     pub ready: bool,
+    /// Public keys the verifier trusts now.
+    pub trusted_keys: u64,
+    /// Time since the JWKS was last fetched successfully: `None` without a JWKS URL,
+    /// `Duration::MAX` before the first success.
+    pub jwks_age: Option<Duration>,
 }
+
+/// Outcomes of a forward-auth or layer decision that happen before a token is verified, or
+/// after it verified: pre-registered next to the rejection codes.
+pub const DECISION_OUTCOMES: [&str; 4] =
+    ["ok", "missing_token", "malformed_authorization", "no_route"];
 
 /// The process's metrics.
 pub struct Metrics {
@@ -55,6 +65,9 @@ pub struct Metrics {
     mirror_entries: Gauge<u64, AtomicU64>,
     staleness: Gauge<f64, AtomicU64>,
     ready: Gauge<u64, AtomicU64>,
+    jwks_fetches: Family<OutcomeLabel, Counter>,
+    trusted_keys: Gauge<u64, AtomicU64>,
+    jwks_age: Gauge<f64, AtomicU64>,
 }
 
 impl fmt::Debug for Metrics {
@@ -87,6 +100,9 @@ impl Metrics {
             mirror_entries: Gauge::default(),
             staleness: Gauge::default(),
             ready: Gauge::default(),
+            jwks_fetches: Family::default(),
+            trusted_keys: Gauge::default(),
+            jwks_age: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -135,7 +151,22 @@ impl Metrics {
             "1 when the revocation mirror is fresh enough to answer",
             metrics.ready.clone(),
         );
-        for code in Rejection::CODES.iter().chain(&["ok"]) {
+        registry.register(
+            "jwks_fetches",
+            "JWKS fetches by outcome (ok, or why the document was refused and the last good set kept)",
+            metrics.jwks_fetches.clone(),
+        );
+        registry.register(
+            "trusted_keys",
+            "Public keys this process trusts now",
+            metrics.trusted_keys.clone(),
+        );
+        registry.register(
+            "jwks_age_seconds",
+            "Seconds since the JWKS was last fetched successfully (+Inf if never; 0 without a JWKS URL)",
+            metrics.jwks_age.clone(),
+        );
+        for code in Rejection::CODES.iter().chain(&DECISION_OUTCOMES) {
             // Pre-register every label so dashboards see zeros, not gaps.
             let _ = metrics
                 .verify
@@ -153,8 +184,21 @@ impl Metrics {
             Ok(()) => "ok",
             Err(rejection) => rejection.code(),
         };
+        self.record_decision(outcome, elapsed);
+    }
+
+    /// Records one access decision by its outcome code: `ok`, a rejection code, or one of
+    /// [`DECISION_OUTCOMES`].
+    pub fn record_decision(&self, outcome: &'static str, elapsed: Duration) {
         self.verify.get_or_create(&OutcomeLabel { outcome }).inc();
         self.verify_latency.observe(elapsed.as_secs_f64());
+    }
+
+    /// Records one JWKS fetch: `ok` or the reason the document was refused.
+    pub fn record_jwks_fetch(&self, outcome: &'static str) {
+        self.jwks_fetches
+            .get_or_create(&OutcomeLabel { outcome })
+            .inc();
     }
 
     /// Records a mint attempt (`ok`, or the error code).
@@ -188,6 +232,14 @@ impl Metrics {
         self.staleness
             .set(state.staleness.map_or(f64::INFINITY, |s| s.as_secs_f64()));
         self.ready.set(u64::from(state.ready));
+        self.trusted_keys.set(state.trusted_keys);
+        self.jwks_age.set(state.jwks_age.map_or(0.0, |age| {
+            if age == Duration::MAX {
+                f64::INFINITY
+            } else {
+                age.as_secs_f64()
+            }
+        }));
         let mut text = String::new();
         // Encoding into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);

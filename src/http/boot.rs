@@ -10,12 +10,15 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::bearer::Decider;
+use super::jwks::{JwksRefresher, JwksSettings};
 use super::limits::RateLimiter;
+use super::verifier::{IntrospectionClients, VerifierApi};
 use super::{AuthSettings, IssuerState, Services};
 use crate::clock::Clock;
 use crate::config::{Config, Role};
 use crate::directory::{Directory, Membership, User, hash_password};
-use crate::keys::{KeyDir, KeyError, SigningKey};
+use crate::keys::{KeyDir, KeyError, KeyRing, SigningKey};
 use crate::metrics::Metrics;
 use crate::records::{MemoryRecords, RecordStore, RedisRecords};
 use crate::revocation::{RevocationEngine, RevocationStore, StoreError, StoreKind};
@@ -73,13 +76,28 @@ pub async fn start(
     } else {
         None
     };
-    let ring = key_dir.load_ring()?;
-    if ring.is_empty() {
-        return Err(StartError::Other(format!(
-            "no trusted keys in {}; copy the issuer's public keys (*.jwk.json) there",
-            config.keys.dir.display()
-        )));
+    let jwks_url = config.verifier.jwks_url.clone();
+    if !jwks_url.is_empty() && role.has_issuer() {
+        return Err(StartError::Other(
+            "verifier.jwks_url is for --role verifier; the issuer trusts its own key directory"
+                .into(),
+        ));
     }
+    let ring = if jwks_url.is_empty() {
+        let ring = key_dir.load_ring()?;
+        if ring.is_empty() {
+            return Err(StartError::Other(format!(
+                "no trusted keys in {}; copy the issuer's public keys (*.jwk.json) there, \
+                 or set verifier.jwks_url",
+                config.keys.dir.display()
+            )));
+        }
+        ring
+    } else {
+        // Filled by the first JWKS fetch; until then nothing verifies and /readyz says so.
+        KeyRing::new()
+    };
+    let metrics = Arc::new(Metrics::new());
     let revocation = open_revocation(&config, &clock, &mut banner).await?;
     let verifier = Arc::new(
         Verifier::new(
@@ -91,6 +109,32 @@ pub async fn start(
         .map_err(|e| StartError::Other(e.to_string()))?
         .with_cache(config.cache_settings()),
     );
+    let jwks = if jwks_url.is_empty() {
+        None
+    } else {
+        let refresher = JwksRefresher::start(
+            jwks_settings(&config),
+            Arc::clone(&verifier),
+            Some(Arc::clone(&metrics)),
+        )
+        .await
+        .map_err(|e| StartError::Other(e.to_string()))?;
+        banner.push(format!(
+            "trusted keys from {jwks_url} ({}), refreshed every {} s",
+            if refresher.is_loaded() {
+                format!("{} keys loaded", verifier.keys().len())
+            } else {
+                "NOT YET REACHABLE: not ready until it answers".to_owned()
+            },
+            config.verifier.jwks_refresh_secs
+        ));
+        Some(Arc::new(refresher))
+    };
+    let verifier_api = if role.has_verifier() {
+        Some(verifier_api(&config, &verifier, &metrics, jwks.as_ref())?)
+    } else {
+        None
+    };
     let issuer = match signing_key {
         Some(key) => {
             Some(issuer_state(&config, key, revocation.store(), &clock, &mut banner).await?)
@@ -104,11 +148,44 @@ pub async fn start(
             clock,
             verifier,
             mirror: Arc::clone(revocation.mirror()),
-            metrics: Arc::new(Metrics::new()),
+            metrics,
             issuer,
+            verifier_api,
+            jwks,
         }),
         revocation,
         banner,
+    })
+}
+
+fn jwks_settings(config: &Config) -> JwksSettings {
+    let v = &config.verifier;
+    JwksSettings {
+        url: v.jwks_url.clone(),
+        refresh: Duration::from_secs(v.jwks_refresh_secs),
+        min_refetch: Duration::from_secs(v.jwks_min_refetch_secs),
+        timeout: Duration::from_millis(v.jwks_timeout_ms),
+        max_bytes: v.jwks_max_bytes,
+    }
+}
+
+/// The verifier API: route policy, trusted proxies, introspection clients, and a decider that
+/// records metrics and asks the JWKS refresher for unknown kids.
+fn verifier_api(
+    config: &Config,
+    verifier: &Arc<Verifier>,
+    metrics: &Arc<Metrics>,
+    jwks: Option<&Arc<JwksRefresher>>,
+) -> Result<VerifierApi, StartError> {
+    let mut decider = Decider::new(Arc::clone(verifier)).with_metrics(Arc::clone(metrics));
+    if let Some(jwks) = jwks {
+        decider = decider.with_jwks(Arc::clone(jwks));
+    }
+    Ok(VerifierApi {
+        decider,
+        policy: config.route_policy()?,
+        trusted_proxies: config.trusted_proxies()?,
+        introspection: IntrospectionClients::new(&config.verifier.introspection_clients),
     })
 }
 

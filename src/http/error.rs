@@ -35,6 +35,17 @@ pub enum ApiError {
     /// 401/403/503: a token was refused; the status follows the rejection.
     #[error("{0}")]
     Token(Rejection),
+    /// 401: no bearer token was presented (RFC 6750 §3.1: the challenge carries no error).
+    #[error("a bearer token is required")]
+    MissingToken,
+    /// 401: the `Authorization` header is not exactly one `Bearer` token (another scheme, two
+    /// headers, extra parts). RFC 6750 suggests 400 here; 401 is used because edge proxies
+    /// only relay 401 and 403 from an authorisation check.
+    #[error("the Authorization header must be exactly `Bearer <token>`")]
+    MalformedAuthorization,
+    /// 403: no route of the policy matches the request, and unmatched requests are denied.
+    #[error("no route of the policy allows this request")]
+    NoRoute,
     /// 403: authenticated, but not allowed; `code` names why.
     #[error("{message}")]
     Forbidden {
@@ -84,9 +95,12 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
-            Self::Unauthenticated | Self::TokenNotAccepted => StatusCode::UNAUTHORIZED,
+            Self::Unauthenticated
+            | Self::TokenNotAccepted
+            | Self::MissingToken
+            | Self::MalformedAuthorization => StatusCode::UNAUTHORIZED,
             Self::Token(rejection) => rejection_status(*rejection),
-            Self::Forbidden { .. } => StatusCode::FORBIDDEN,
+            Self::Forbidden { .. } | Self::NoRoute => StatusCode::FORBIDDEN,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -102,6 +116,9 @@ impl ApiError {
             Self::Unauthenticated => "unauthenticated",
             Self::TokenNotAccepted => "token_not_accepted",
             Self::Token(rejection) => rejection.code(),
+            Self::MissingToken => "missing_token",
+            Self::MalformedAuthorization => "malformed_authorization",
+            Self::NoRoute => "no_route",
             Self::NotFound => "not_found",
             Self::PayloadTooLarge => "body_too_large",
             Self::RateLimited { .. } => "rate_limited",
@@ -159,6 +176,28 @@ impl IntoResponse for ApiError {
                 if let Some(challenge) = bearer_challenge(*rejection) {
                     headers.insert(header::WWW_AUTHENTICATE, challenge);
                 }
+            }
+            Self::MissingToken => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static(r#"Bearer realm="edgetoken""#),
+                );
+            }
+            Self::MalformedAuthorization => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static(
+                        r#"Bearer error="invalid_request", error_description="malformed_authorization""#,
+                    ),
+                );
+            }
+            Self::NoRoute => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static(
+                        r#"Bearer error="insufficient_scope", error_description="no_route""#,
+                    ),
+                );
             }
             Self::Unauthenticated | Self::TokenNotAccepted => {
                 headers.insert(

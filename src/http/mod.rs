@@ -5,12 +5,16 @@
 //! according to the role. [`serve`] takes its listener and shutdown future from the caller, so
 //! tests bind `127.0.0.1:0` and shut down deterministically.
 
+pub mod bearer;
 pub mod boot;
 pub mod error;
 pub mod extract;
 mod issuer;
+pub mod jwks;
+pub mod layer;
 pub mod limits;
 mod ops;
+pub mod verifier;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -22,7 +26,9 @@ use tokio::net::TcpListener;
 use tower_http::trace::TraceLayer;
 
 pub use self::error::ApiError;
+use self::jwks::JwksRefresher;
 use self::limits::RateLimiter;
+use self::verifier::VerifierApi;
 use crate::clock::Clock;
 use crate::config::{AuthMode, Config, Role};
 use crate::directory::Directory;
@@ -52,6 +58,10 @@ pub struct Services {
     pub metrics: Arc<Metrics>,
     /// The issuer's parts, when the role includes it.
     pub issuer: Option<IssuerState>,
+    /// The verifier API's parts, when the role includes it.
+    pub verifier_api: Option<VerifierApi>,
+    /// Keeps the trusted keys equal to the issuer's JWKS, when keys come from a URL.
+    pub jwks: Option<Arc<JwksRefresher>>,
 }
 
 /// How the issuer authenticates people.
@@ -108,6 +118,15 @@ impl Services {
         self.issuer.as_ref().ok_or(ApiError::NotFound)
     }
 
+    /// The verifier API's parts, or 404 when this process does not run the verifier.
+    ///
+    /// # Errors
+    ///
+    /// [`ApiError::NotFound`] in the issuer role.
+    pub fn verifier_api(&self) -> Result<&VerifierApi, ApiError> {
+        self.verifier_api.as_ref().ok_or(ApiError::NotFound)
+    }
+
     /// What `/metrics` and `/readyz` report about state.
     pub fn sample(&self) -> StateSample {
         StateSample {
@@ -115,11 +134,18 @@ impl Services {
             mirror_entries: u64::try_from(self.mirror.size().total()).unwrap_or(u64::MAX),
             staleness: self.mirror.is_ready().then(|| self.mirror.staleness()),
             ready: self.mirror.is_ready() && self.mirror.is_fresh(),
+            trusted_keys: u64::try_from(self.verifier.keys().len()).unwrap_or(u64::MAX),
+            jwks_age: self.jwks.as_ref().map(|jwks| {
+                jwks.status()
+                    .last_success
+                    .map_or(std::time::Duration::MAX, |at| at.elapsed())
+            }),
         }
     }
 
-    /// Whether revocation lookups can currently be answered (fresh, or stale but configured
-    /// to serve).
+    /// Ready to decide: at least one trusted key (from the directory, or a JWKS fetched at
+    /// least once; a later failed fetch keeps the last good keys and readiness), and the
+    /// revocation mirror synced and fresh.
     pub fn is_ready(&self) -> bool {
         self.mirror.is_ready() && self.mirror.is_fresh() && !self.verifier.keys().is_empty()
     }
@@ -130,6 +156,9 @@ pub fn router(state: AppState) -> Router {
     let mut router = ops::router();
     if state.role.has_issuer() {
         router = router.merge(issuer::router());
+    }
+    if state.role.has_verifier() {
+        router = router.merge(verifier::router());
     }
     router
         .layer(DefaultBodyLimit::max(state.config.server.max_body_bytes))

@@ -33,6 +33,16 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     let body = serde_json::json!({
         "ready": ready,
         "keys": keys,
+        "jwks": state.jwks.as_ref().map(|jwks| {
+            let status = jwks.status();
+            serde_json::json!({
+                "url": jwks.url(),
+                "loaded": status.successes > 0,
+                "fetches": status.attempts,
+                "age_seconds": status.last_success.map(|at| at.elapsed().as_secs_f64()),
+                "last_error": status.last_error,
+            })
+        }),
         "revocation": {
             "ready": state.mirror.is_ready(),
             "fresh": state.mirror.is_fresh(),

@@ -23,3 +23,4 @@ mod serve;
 mod support;
 mod token_rejections;
 mod vectors;
+mod verifier;

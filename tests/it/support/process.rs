@@ -1,8 +1,197 @@
-//! The real `edgetoken` binary as a child process, its output captured to files.
+//! edgetoken services for the tests: the binary as a user runs it ([`ServeProcess`], output
+//! captured to files), in-process on a real socket ([`Served`]) or as real
+//! processes of the built binary ([`EdgetokenProcess`]), each with its own port and, for
+//! processes, its own config file in a temp dir. Everything is stopped on drop, even when the
+//! test panics.
 
+use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use edgetoken::clock::SystemClock;
+use edgetoken::config::{Config, Role};
+use edgetoken::http::Services;
+use edgetoken::http::boot::{self, Started};
+use edgetoken::revocation::RevocationEngine;
+use tempfile::TempDir;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// How long a service gets to report ready.
+pub(crate) const READY_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A loopback port nobody listens on right now.
+pub(crate) fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    listener.local_addr().expect("local addr").port()
+}
+
+/// A service started in this process, serving on a real loopback socket.
+#[derive(Debug)]
+pub(crate) struct Served {
+    pub(crate) addr: SocketAddr,
+    pub(crate) services: Arc<Services>,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+    _revocation: RevocationEngine,
+}
+
+impl Served {
+    /// Starts `role` from `config` on `127.0.0.1:0`.
+    pub(crate) async fn start(config: Config, role: Role) -> Self {
+        let Started {
+            services,
+            revocation,
+            ..
+        } = boot::start(config, role, false, Arc::new(SystemClock))
+            .await
+            .expect("start the service");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let (tx, rx) = oneshot::channel::<()>();
+        let router = edgetoken::http::router(Arc::clone(&services));
+        let task = tokio::spawn(async move {
+            let _ = edgetoken::http::serve(listener, router, async {
+                let _ = rx.await;
+            })
+            .await;
+        });
+        let served = Self {
+            addr,
+            services,
+            shutdown: Some(tx),
+            task,
+            _revocation: revocation,
+        };
+        wait_ready(&served.url(""), || None).await;
+        served
+    }
+
+    /// `http://ADDR` + `path`.
+    pub(crate) fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        self.task.abort();
+    }
+}
+
+/// Polls `/readyz` until it answers 200; panics with `diagnose()` after [`READY_TIMEOUT`].
+pub(crate) async fn wait_ready(base: &str, diagnose: impl Fn() -> Option<String>) {
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        if let Ok(response) = client.get(format!("{base}/readyz")).send().await
+            && response.status() == 200
+        {
+            return;
+        }
+        if let Some(problem) = diagnose() {
+            panic!("{base} will not get ready: {problem}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{base} not ready within {READY_TIMEOUT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A real `edgetoken serve` process with its own config file, port and log files.
+#[derive(Debug)]
+pub(crate) struct EdgetokenProcess {
+    child: Option<Child>,
+    dir: TempDir,
+    pub(crate) port: u16,
+}
+
+impl EdgetokenProcess {
+    /// Writes `config` plus `[server] listen` on a free port to a temp dir and runs
+    /// `edgetoken serve --config FILE --role ROLE`, waiting for `/readyz`.
+    pub(crate) async fn start(config: &str, role: &str) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("edgetoken-proc-")
+            .tempdir()
+            .expect("temp dir");
+        let port = free_port();
+        let file = dir.path().join("edgetoken.toml");
+        std::fs::write(
+            &file,
+            format!("{config}\n[server]\nlisten = \"127.0.0.1:{port}\"\n"),
+        )
+        .expect("write config");
+        let log =
+            |name: &str| std::fs::File::create(dir.path().join(name)).expect("create log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_edgetoken"))
+            .arg("serve")
+            .arg("--config")
+            .arg(&file)
+            .args(["--role", role])
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(log("stdout.log"))
+            .stderr(log("stderr.log"))
+            .spawn()
+            .expect("spawn edgetoken");
+        let mut process = Self {
+            child: Some(child),
+            dir,
+            port,
+        };
+        let url = process.url("");
+        let stderr = process.dir.path().join("stderr.log");
+        let child = process.child.as_mut().expect("child");
+        let exited = std::sync::Mutex::new(child);
+        wait_ready(&url, || {
+            let mut child = exited.lock().expect("lock");
+            match child.try_wait() {
+                Ok(Some(status)) => Some(format!(
+                    "exited with {status}; stderr:\n{}",
+                    std::fs::read_to_string(&stderr).unwrap_or_default()
+                )),
+                _ => None,
+            }
+        })
+        .await;
+        process
+    }
+
+    /// `http://127.0.0.1:PORT` + `path`.
+    pub(crate) fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// The process's standard error so far.
+    #[expect(dead_code, reason = "kept for debugging failing process tests")]
+    pub(crate) fn stderr(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
+    }
+
+    /// The temp dir holding the config and logs.
+    #[expect(dead_code, reason = "kept for debugging failing process tests")]
+    pub(crate) fn dir(&self) -> PathBuf {
+        self.dir.path().to_owned()
+    }
+}
+
+impl Drop for EdgetokenProcess {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
 
 /// A running `edgetoken serve`, killed on drop.
 #[derive(Debug)]

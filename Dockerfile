@@ -1,0 +1,18 @@
+# edgetoken: one image for the issuer and the verifiers (`edgetoken serve --role ...`).
+FROM rust:1.95-bookworm AS build
+WORKDIR /src
+COPY Cargo.toml Cargo.lock ./
+COPY src ./src
+COPY benches ./benches
+COPY examples ./examples
+RUN cargo build --release --locked --bin edgetoken
+
+FROM debian:bookworm-slim
+RUN useradd --system --uid 10001 --home-dir /var/lib/edgetoken edgetoken \
+    && mkdir -p /keys /etc/edgetoken \
+    && chown edgetoken /keys
+COPY --from=build /src/target/release/edgetoken /usr/local/bin/edgetoken
+USER edgetoken
+# JWKS over https uses the bundled webpki roots (rustls); no system CA bundle is needed.
+ENTRYPOINT ["edgetoken"]
+CMD ["serve"]

@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# HTTP load benchmark (SPEC §9): forward-auth RPS and p99 against bare axum, measured in the
+# same run, on the same machine, with the same tool and settings.
+#
+#   warm:  GET /v1/verify?tenant=acme&permission=runs:read with a pool of 100 valid tokens
+#          (verified-token cache hits; revocation, time and requirement still checked)
+#          vs bare axum GET /ok (returns 200, nothing else)
+#   cold:  the same /v1/verify, every request a token never seen before
+#          vs bare axum GET /strict doing one ed25519 verify_strict per request on the same
+#          kind of never-seen token
+#
+# Usage: benches/load/run.sh   (env: DURATION=10s CONNECTIONS=32 THREADS=2 COLD_TOKENS=400000)
+# Needs wrk and a Rust toolchain; builds in release. Prints a Markdown table.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+DURATION=${DURATION:-10s}
+CONNECTIONS=${CONNECTIONS:-32}
+THREADS=${THREADS:-2}
+COLD_TOKENS=${COLD_TOKENS:-400000}
+VERIFIER_PORT=${VERIFIER_PORT:-18481}
+BARE_PORT=${BARE_PORT:-18482}
+
+command -v wrk >/dev/null || { echo "wrk is not installed (apt-get install wrk)" >&2; exit 2; }
+cargo build --release --quiet --bin edgetoken --example bare_axum --example mint_many
+bin=target/release
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    [ -n "${KEEP_WORK:-}" ] || rm -rf "$work"
+}
+trap cleanup EXIT
+
+"$bin/edgetoken" keygen --dir "$work/keys" >/dev/null
+cat >"$work/edgetoken.toml" <<TOML
+[token]
+issuer = "https://issuer.bench"
+audience = "bench"
+[keys]
+dir = "$work/keys"
+[server]
+listen = "127.0.0.1:$VERIFIER_PORT"
+TOML
+
+echo "minting $COLD_TOKENS cold tokens and 100 warm ones..." >&2
+"$bin/examples/mint_many" "$work/edgetoken.toml" "$work/cold.txt" "$COLD_TOKENS"
+"$bin/examples/mint_many" "$work/edgetoken.toml" "$work/warm.txt" 100
+
+RUST_LOG=warn "$bin/edgetoken" serve --config "$work/edgetoken.toml" --role verifier \
+    >"$work/verifier.log" 2>&1 &
+pids+=($!)
+"$bin/examples/bare_axum" "127.0.0.1:$BARE_PORT" "$work/keys" >"$work/bare.log" 2>&1 &
+pids+=($!)
+for url in "http://127.0.0.1:$VERIFIER_PORT/readyz" "http://127.0.0.1:$BARE_PORT/ok"; do
+    for _ in $(seq 100); do curl -fs -o /dev/null "$url" && break; sleep 0.1; done
+    curl -fs -o /dev/null "$url" || { echo "$url never answered" >&2; cat "$work"/*.log >&2; exit 1; }
+done
+
+verify="http://127.0.0.1:$VERIFIER_PORT/v1/verify?tenant=acme&permission=runs:read"
+# Sanity: each side answers 200 to what it will be measured on.
+warm_token=$(head -1 "$work/warm.txt")
+for url in "$verify" "http://127.0.0.1:$BARE_PORT/strict"; do
+    code=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $warm_token" "$url")
+    [ "$code" = 200 ] || { echo "$url answered $code, not 200" >&2; exit 1; }
+done
+
+# run NAME URL [TOKEN_FILE]: prints "RPS P99_MS NON2XX"
+run() {
+    local args=(-t "$THREADS" -c "$CONNECTIONS" -d "$DURATION" --latency)
+    if [ -n "${3:-}" ]; then
+        args+=(-s benches/load/tokens.lua "$2" -- "$3" "$THREADS")
+    else
+        args+=("$2")
+    fi
+    wrk "${args[@]}" >"$work/wrk-$1.out"
+    local rps p99 non2xx
+    rps=$(awk '/^Requests\/sec:/ {print $2}' "$work/wrk-$1.out")
+    p99=$(awk '$1 == "99%" {v=$2; if (v ~ /us$/) {sub(/us/,"",v); v=v/1000} else if (v ~ /ms$/) {sub(/ms/,"",v)} else if (v ~ /s$/) {sub(/s/,"",v); v=v*1000}; print v}' "$work/wrk-$1.out")
+    non2xx=$(awk '/Non-2xx/ {print $5}' "$work/wrk-$1.out")
+    local requests
+    requests=$(awk '/requests in/ {print $1}' "$work/wrk-$1.out")
+    echo "$rps $p99 ${non2xx:-0} $requests"
+}
+
+read -r bare_rps bare_p99 bare_bad _ < <(run bare-ok "http://127.0.0.1:$BARE_PORT/ok" "$work/warm.txt")
+read -r warm_rps warm_p99 warm_bad _ < <(run warm "$verify" "$work/warm.txt")
+read -r strict_rps strict_p99 strict_bad strict_n < <(run bare-strict "http://127.0.0.1:$BARE_PORT/strict" "$work/cold.txt")
+read -r cold_rps cold_p99 cold_bad cold_n < <(run cold "$verify" "$work/cold.txt")
+
+echo "verifier outcomes after all runs:" >&2
+curl -s "http://127.0.0.1:$VERIFIER_PORT/metrics" | grep '^edgetoken_verify_total' | grep -v ' 0$' >&2 || true
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / b}'; }
+cat <<TABLE
+| run | requests/s | p99 (ms) | non-2xx |
+| --- | ---: | ---: | ---: |
+| bare axum \`/ok\` | $bare_rps | $bare_p99 | $bare_bad |
+| warm forward-auth \`/v1/verify\` | $warm_rps | $warm_p99 | $warm_bad |
+| bare axum \`/strict\` (one verify_strict) | $strict_rps | $strict_p99 | $strict_bad |
+| cold forward-auth \`/v1/verify\` | $cold_rps | $cold_p99 | $cold_bad |
+
+warm / bare 200: $(ratio "$warm_rps" "$bare_rps") (target >= 0.90)
+cold / bare verify_strict: $(ratio "$cold_rps" "$strict_rps") (target >= 0.90)
+settings: wrk -t $THREADS -c $CONNECTIONS -d $DURATION, $(nproc) cores; cold tokens: $COLD_TOKENS minted, $strict_n and $cold_n requests sent (more requests than tokens means some were repeats)
+TABLE

@@ -1,0 +1,62 @@
+//! The comparison server of the HTTP load benchmark (SPEC §9, `benches/load/run.sh`): bare
+//! axum on the same runtime and settings as edgetoken, with
+//!
+//! - `GET /ok`: returns 200 and nothing else (the floor for warm forward-auth);
+//! - `GET /strict`: one ed25519-dalek `verify_strict` of the bearer token's signature over its
+//!   `header.payload`, with the key named by its `kid`, and nothing else: no claims, time or
+//!   revocation (the floor for cold forward-auth).
+//!
+//! Usage: `bare_axum LISTEN_ADDR KEY_DIR`.
+
+use std::error::Error;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::routing::get;
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use edgetoken::keys::{KeyDir, KeyRing};
+
+async fn ok() -> StatusCode {
+    StatusCode::OK
+}
+
+async fn strict(State(ring): State<Arc<KeyRing>>, headers: HeaderMap) -> StatusCode {
+    let verified = (|| {
+        let token = headers
+            .get(header::AUTHORIZATION)?
+            .to_str()
+            .ok()?
+            .strip_prefix("Bearer ")?;
+        let (signed, signature) = token.rsplit_once('.')?;
+        let (header_b64, _) = signed.split_once('.')?;
+        let header: serde_json::Value =
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(header_b64).ok()?).ok()?;
+        let key = ring.get(header.get("kid")?.as_str()?)?;
+        let signature = URL_SAFE_NO_PAD.decode(signature).ok()?;
+        Some(key.verify(signed.as_bytes(), &signature))
+    })();
+    if verified == Some(true) {
+        StatusCode::OK
+    } else {
+        StatusCode::UNAUTHORIZED
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn Error>> {
+    let mut args = std::env::args().skip(1);
+    let (Some(listen), Some(keys)) = (args.next(), args.next()) else {
+        return Err("usage: bare_axum LISTEN_ADDR KEY_DIR".into());
+    };
+    let ring = Arc::new(KeyDir::new(keys).load_ring()?);
+    let app = Router::new()
+        .route("/ok", get(ok))
+        .route("/strict", get(strict))
+        .with_state(ring);
+    let listener = tokio::net::TcpListener::bind(&listen).await?;
+    axum::serve(listener, app).await?;
+    Ok(())
+}

@@ -1,0 +1,212 @@
+//! The access decision shared by forward-auth (`/v1/verify`) and the in-process layer
+//! (SPEC §5, §6): read exactly one bearer token, verify it against a requirement, record the
+//! outcome, and ask for a JWKS refetch when the `kid` is unknown.
+//!
+//! # Security
+//!
+//! The token and the `Authorization` header are never logged; decisions log `jti`, `kid`,
+//! `tenant` and `reason` at debug level, and metrics count every outcome.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::http::{HeaderMap, header};
+
+use super::error::ApiError;
+use super::jwks::JwksRefresher;
+use crate::metrics::Metrics;
+use crate::token::{Claims, Rejection, Requirement, Verifier};
+
+/// The bearer token of `headers`: exactly one `Authorization` header, scheme `Bearer` in any
+/// case, one or more spaces, then one token of RFC 6750 `b64token` characters and nothing
+/// else.
+///
+/// # Errors
+///
+/// [`ApiError::MissingToken`] without an `Authorization` header;
+/// [`ApiError::MalformedAuthorization`] for two headers, another scheme, an empty or
+/// space-separated token, or bytes outside `b64token`.
+pub fn bearer_token(headers: &HeaderMap) -> Result<&str, ApiError> {
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
+    let value = values.next().ok_or(ApiError::MissingToken)?;
+    if values.next().is_some() {
+        return Err(ApiError::MalformedAuthorization);
+    }
+    let text = value
+        .to_str()
+        .map_err(|_| ApiError::MalformedAuthorization)?;
+    let (scheme, rest) = text
+        .split_once(' ')
+        .ok_or(ApiError::MalformedAuthorization)?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(ApiError::MalformedAuthorization);
+    }
+    let token = rest.trim_start_matches(' ');
+    let is_b64token =
+        |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/');
+    let body = token.trim_end_matches('=');
+    if body.is_empty() || !body.bytes().all(is_b64token) {
+        return Err(ApiError::MalformedAuthorization);
+    }
+    Ok(token)
+}
+
+/// Verifies tokens for HTTP callers: the verifier plus what surrounds a decision.
+#[derive(Debug, Clone)]
+pub struct Decider {
+    verifier: Arc<Verifier>,
+    metrics: Option<Arc<Metrics>>,
+    jwks: Option<Arc<JwksRefresher>>,
+}
+
+impl Decider {
+    /// Decides with `verifier`; add metrics and a JWKS refresher with the builders.
+    pub fn new(verifier: Arc<Verifier>) -> Self {
+        Self {
+            verifier,
+            metrics: None,
+            jwks: None,
+        }
+    }
+
+    /// Records every decision in `metrics`.
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Requests a refetch from `jwks` whenever a token names an unknown `kid`.
+    #[must_use]
+    pub fn with_jwks(mut self, jwks: Arc<JwksRefresher>) -> Self {
+        self.jwks = Some(jwks);
+        self
+    }
+
+    /// The verifier.
+    pub fn verifier(&self) -> &Arc<Verifier> {
+        &self.verifier
+    }
+
+    /// Verifies `token` against `requirement`, recording the outcome. `None` means no
+    /// requirement could be found and the request is denied: the token is still verified
+    /// first, so a bad token answers 401 and only a good one 403 `no_route`.
+    ///
+    /// # Errors
+    ///
+    /// [`ApiError::Token`] with the rejection (401, 403 or 503), or [`ApiError::NoRoute`].
+    pub fn decide(
+        &self,
+        token: &str,
+        requirement: Option<&Requirement>,
+    ) -> Result<Arc<Claims>, ApiError> {
+        let started = Instant::now();
+        let any = Requirement::any();
+        let result = self.verifier.verify(token, requirement.unwrap_or(&any));
+        let outcome = match &result {
+            Ok(claims) => {
+                tracing::debug!(
+                    jti = claims.token_id.as_str(),
+                    kid = claims.kid.as_str(),
+                    tenant = claims.tenant.as_str(),
+                    reason = if requirement.is_some() {
+                        "ok"
+                    } else {
+                        "no_route"
+                    },
+                    "access decided"
+                );
+                if requirement.is_some() {
+                    "ok"
+                } else {
+                    "no_route"
+                }
+            }
+            Err(rejection) => {
+                tracing::debug!(reason = rejection.code(), "token rejected");
+                if *rejection == Rejection::UnknownKey
+                    && let Some(jwks) = &self.jwks
+                {
+                    jwks.request_refetch();
+                }
+                rejection.code()
+            }
+        };
+        if let Some(metrics) = &self.metrics {
+            metrics.record_decision(outcome, started.elapsed());
+        }
+        match result {
+            Ok(_) if requirement.is_none() => Err(ApiError::NoRoute),
+            Ok(claims) => Ok(claims),
+            Err(rejection) => Err(ApiError::Token(rejection)),
+        }
+    }
+
+    /// Records an outcome decided without (or after) verification: one of
+    /// [`crate::metrics::DECISION_OUTCOMES`].
+    pub fn record(&self, error: &ApiError, started: Instant) {
+        if let Some(metrics) = &self.metrics {
+            metrics.record_decision(error.code(), started.elapsed());
+        }
+        tracing::debug!(reason = error.code(), "request refused");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn headers(values: &[&str]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for value in values {
+            headers.append(header::AUTHORIZATION, HeaderValue::from_str(value).unwrap());
+        }
+        headers
+    }
+
+    #[test]
+    fn scheme_is_case_insensitive() {
+        for value in [
+            "Bearer abc.def.ghi",
+            "bearer abc.def.ghi",
+            "BEARER  abc.def.ghi",
+        ] {
+            assert_eq!(bearer_token(&headers(&[value])).unwrap(), "abc.def.ghi");
+        }
+    }
+
+    #[test]
+    fn missing_header_is_missing_token() {
+        assert!(matches!(
+            bearer_token(&headers(&[])),
+            Err(ApiError::MissingToken)
+        ));
+    }
+
+    #[test]
+    fn anything_but_exactly_one_bearer_token_is_malformed() {
+        for value in [
+            "Basic dXNlcjpwYXNz",
+            "Bearer",
+            "Bearer ",
+            "Bearer a b",
+            "Bearer a,b",
+            "Bearerabc",
+            "Bearer abc ",
+            "Bearer a\"b",
+        ] {
+            assert!(
+                matches!(
+                    bearer_token(&headers(&[value])),
+                    Err(ApiError::MalformedAuthorization)
+                ),
+                "{value}"
+            );
+        }
+        assert!(matches!(
+            bearer_token(&headers(&["Bearer a", "Bearer b"])),
+            Err(ApiError::MalformedAuthorization)
+        ));
+    }
+}

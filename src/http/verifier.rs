@@ -1,0 +1,419 @@
+//! The verifier API (SPEC §5): `/v1/verify` forward-auth for edge proxies and
+//! `POST /v1/introspect` (RFC 7662).
+//!
+//! # Where the requirement comes from
+//!
+//! - **Route mode** (`verifier.routes` is not empty): the route policy decides, from the
+//!   original method and path the proxy forwards: `X-Forwarded-Method` + `X-Forwarded-Uri`
+//!   (Traefik), else `X-Original-Method` + `X-Original-URI` (nginx `auth_request`), else the
+//!   path after `/v1/verify/` with the request's own method (Envoy `ext_authz` with
+//!   `path_prefix: /v1/verify`). These are honoured only from a peer in
+//!   `verifier.trusted_proxies`; from anyone else they are ignored. Both header pairs at once
+//!   is ambiguous and counts as no answer. Query parameters are ignored in route mode.
+//! - **Query mode** (no routes): `GET /v1/verify?tenant=T&permission=P`, on exactly
+//!   `/v1/verify` (never on the Envoy form, whose query is the client's). An unknown or
+//!   repeated parameter is refused (400).
+//!
+//! When neither gives a requirement (no route matches, the path is refused as ambiguous, the
+//! headers are missing, duplicated or untrusted, or no query parameter is set), the request is
+//! *unmatched*: with `unmatched = "deny"` (the default) a valid token gets 403 `no_route`,
+//! with `allow_authenticated` any valid token passes. The token is verified first either way,
+//! so a bad token is always 401.
+//!
+//! Introspection callers authenticate with HTTP Basic `client_id:client_secret`; only SHA-256
+//! digests of the secrets are kept, compared in constant time. Every inactive answer is
+//! exactly `{"active": false}`: it never says why.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, post};
+use base64::Engine as _;
+use serde::Deserialize;
+use sha2::{Digest as _, Sha256};
+use subtle::ConstantTimeEq as _;
+
+use super::AppState;
+use super::bearer::{Decider, bearer_token};
+use super::error::ApiError;
+use super::extract::body_bytes;
+use crate::config::IntrospectionClient;
+use crate::permissions::Permission;
+use crate::policy::{RoutePolicy, Unmatched};
+use crate::proxies::TrustedProxies;
+use crate::token::{Claims, Requirement, TenantId};
+
+/// The path forward-auth answers on.
+pub const VERIFY_PATH: &str = "/v1/verify";
+
+pub(super) fn router() -> Router<AppState> {
+    Router::new()
+        .route(VERIFY_PATH, any(forward_auth))
+        .route("/v1/verify/{*original}", any(forward_auth))
+        .route("/v1/introspect", post(introspect))
+}
+
+/// The verifier API's parts.
+#[derive(Debug)]
+pub struct VerifierApi {
+    /// Verifies and records.
+    pub decider: Decider,
+    /// The route policy.
+    pub policy: RoutePolicy,
+    /// Peers whose forwarded headers are honoured.
+    pub trusted_proxies: TrustedProxies,
+    /// Who may introspect.
+    pub introspection: IntrospectionClients,
+}
+
+/// Introspection callers: ids with SHA-256 digests of their secrets.
+#[derive(Clone, Default)]
+pub struct IntrospectionClients {
+    clients: Vec<(String, [u8; 32])>,
+}
+
+impl std::fmt::Debug for IntrospectionClients {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.clients.iter().map(|(id, _)| id))
+            .finish()
+    }
+}
+
+impl IntrospectionClients {
+    /// From the configuration; the secrets themselves are not kept.
+    pub fn new(clients: &[IntrospectionClient]) -> Self {
+        Self {
+            clients: clients
+                .iter()
+                .map(|c| (c.id.clone(), Sha256::digest(c.secret.as_bytes()).into()))
+                .collect(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.clients.is_empty()
+    }
+
+    /// Whether `authorization` is HTTP Basic for a known client and its secret. Every
+    /// configured secret is compared (in constant time, on digests, so neither the length nor
+    /// the position of a difference shows in timing).
+    fn authenticate(&self, authorization: Option<&HeaderValue>) -> bool {
+        let Some(encoded) = authorization
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("basic"))
+            .map(|(_, rest)| rest.trim())
+        else {
+            return false;
+        };
+        let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(encoded) else {
+            return false;
+        };
+        let decoded = zeroize::Zeroizing::new(decoded);
+        let Some(colon) = decoded.iter().position(|b| *b == b':') else {
+            return false;
+        };
+        let (id, secret) = (&decoded[..colon], &decoded[colon + 1..]);
+        let digest: [u8; 32] = Sha256::digest(secret).into();
+        let mut matched = subtle::Choice::from(0);
+        for (known_id, known_digest) in &self.clients {
+            let same_id = subtle::Choice::from(u8::from(known_id.as_bytes() == id));
+            matched |= same_id & digest.ct_eq(known_digest);
+        }
+        matched.into()
+    }
+}
+
+impl VerifierApi {
+    /// The requirement of this request, or `None` when it is unmatched (see the module docs).
+    fn requirement(&self, parts: &Parts) -> Result<Option<Requirement>, ApiError> {
+        let found = if self.policy.has_routes() {
+            self.route_requirement(parts)
+        } else if parts.uri.path() == VERIFY_PATH {
+            query_requirement(parts.uri.query())?
+        } else {
+            None
+        };
+        Ok(found.or_else(|| match self.policy.unmatched() {
+            Unmatched::Deny => None,
+            Unmatched::AllowAuthenticated => Some(Requirement::any()),
+        }))
+    }
+
+    fn route_requirement(&self, parts: &Parts) -> Option<Requirement> {
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(address)| address.ip());
+        if !peer.is_some_and(|ip| self.trusted_proxies.contains(ip)) {
+            if has_forwarded_headers(&parts.headers) {
+                tracing::debug!(
+                    peer = ?peer,
+                    "forwarded headers from a peer outside verifier.trusted_proxies ignored"
+                );
+            }
+            return None;
+        }
+        let (method, target) = forwarded_request(parts)?;
+        match self.policy.requirement(&method, &target) {
+            Ok(Some(matched)) => {
+                tracing::debug!(route = matched.pattern, "route matched");
+                Some(matched.requirement)
+            }
+            Ok(None) => None,
+            Err(error) => {
+                tracing::debug!(reason = error.code(), "forwarded path refused");
+                None
+            }
+        }
+    }
+}
+
+const FORWARDED_PAIRS: [(&str, &str); 2] = [
+    ("x-forwarded-method", "x-forwarded-uri"),
+    ("x-original-method", "x-original-uri"),
+];
+
+fn has_forwarded_headers(headers: &HeaderMap) -> bool {
+    FORWARDED_PAIRS
+        .iter()
+        .any(|(m, u)| headers.contains_key(*m) || headers.contains_key(*u))
+}
+
+/// The one value of `name`, or `None` when absent, repeated or not visible ASCII.
+fn single<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    let mut values = headers.get_all(name).iter();
+    let value = values.next()?;
+    if values.next().is_some() {
+        return None;
+    }
+    value.to_str().ok()
+}
+
+/// The original method and request target from the forwarded pair present. Both pairs at
+/// once, or a pair with one half missing or repeated, is no answer at all: a proxy that passes
+/// a client's own `X-Forwarded-*` next to its `X-Original-*` must not let the client choose.
+fn forwarded_request(parts: &Parts) -> Option<(String, String)> {
+    let present: Vec<_> = FORWARDED_PAIRS
+        .iter()
+        .filter(|(m, u)| parts.headers.contains_key(*m) || parts.headers.contains_key(*u))
+        .collect();
+    match present.as_slice() {
+        [] => {
+            let original = parts.uri.path().strip_prefix(VERIFY_PATH)?;
+            let target = parts.uri.path_and_query().map_or(original, |pq| {
+                pq.as_str().get(VERIFY_PATH.len()..).unwrap_or(original)
+            });
+            original
+                .starts_with('/')
+                .then(|| (parts.method.as_str().to_owned(), target.to_owned()))
+        }
+        [(method, uri)] => {
+            let method = single(&parts.headers, method)?;
+            let uri = single(&parts.headers, uri)?;
+            Some((method.to_owned(), uri.to_owned()))
+        }
+        _ => None,
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VerifyQuery {
+    tenant: Option<String>,
+    permission: Option<String>,
+}
+
+fn query_requirement(query: Option<&str>) -> Result<Option<Requirement>, ApiError> {
+    let Some(query) = query.filter(|q| !q.is_empty()) else {
+        return Ok(None);
+    };
+    let invalid = |message: String| ApiError::bad_request("invalid_request", message);
+    let params: VerifyQuery =
+        serde_urlencoded::from_str(query).map_err(|e| invalid(format!("query: {e}")))?;
+    if params.tenant.is_none() && params.permission.is_none() {
+        return Ok(None);
+    }
+    let mut requirement = Requirement::any();
+    if let Some(tenant) = params.tenant {
+        requirement = requirement
+            .tenant(TenantId::new(&tenant).map_err(|e| invalid(format!("tenant: {e}")))?);
+    }
+    if let Some(permission) = params.permission {
+        let permission: Permission = permission
+            .parse()
+            .map_err(|e| invalid(format!("permission: {e}")))?;
+        requirement = requirement.permission(permission);
+    }
+    Ok(Some(requirement))
+}
+
+/// Forward-auth: 200 with the `X-Auth-*` headers, or the refusal.
+async fn forward_auth(State(state): State<AppState>, request: Request) -> Response {
+    let started = Instant::now();
+    let (parts, _body) = request.into_parts();
+    let result = state
+        .verifier_api()
+        .and_then(|api| decide(api, &parts, started));
+    match result {
+        Ok(claims) => allowed(&claims).unwrap_or_else(IntoResponse::into_response),
+        Err(error) => error.into_response(),
+    }
+}
+
+fn decide(api: &VerifierApi, parts: &Parts, started: Instant) -> Result<Arc<Claims>, ApiError> {
+    let refused = |error: ApiError| {
+        api.decider.record(&error, started);
+        error
+    };
+    let token = bearer_token(&parts.headers).map_err(refused)?;
+    let requirement = api.requirement(parts).map_err(refused)?;
+    api.decider.decide(token, requirement.as_ref())
+}
+
+/// The `X-Auth-*` headers a proxy copies to the upstream.
+pub const AUTH_HEADERS: [&str; 5] = [
+    "x-auth-subject",
+    "x-auth-tenant",
+    "x-auth-scope",
+    "x-auth-token-id",
+    "x-auth-expires",
+];
+
+fn allowed(claims: &Claims) -> Result<Response, ApiError> {
+    let values = [
+        claims.subject.as_str().to_owned(),
+        claims.tenant.as_str().to_owned(),
+        claims.scope.to_claim(),
+        claims.token_id.as_str().to_owned(),
+        claims.expires_at.unix_timestamp().to_string(),
+    ];
+    let mut response = StatusCode::OK.into_response();
+    let headers = response.headers_mut();
+    for (name, value) in AUTH_HEADERS.into_iter().zip(values) {
+        // Every claim was validated to a header-safe alphabet; a failure here is a bug.
+        let value = HeaderValue::from_str(&value).map_err(|e| ApiError::Internal(Box::new(e)))?;
+        headers.insert(HeaderName::from_static(name), value);
+    }
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
+}
+
+#[derive(Deserialize)]
+struct IntrospectForm {
+    token: String,
+    #[serde(rename = "token_type_hint")]
+    _hint: Option<String>,
+}
+
+/// RFC 7662 token introspection for authenticated clients.
+async fn introspect(State(state): State<AppState>, request: Request) -> Result<Response, ApiError> {
+    let api = state.verifier_api()?;
+    if api.introspection.is_empty() {
+        return Err(ApiError::NotFound);
+    }
+    if !api
+        .introspection
+        .authenticate(request.headers().get(header::AUTHORIZATION))
+    {
+        return Err(ApiError::Unauthenticated);
+    }
+    let is_form = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| {
+            v.trim()
+                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        });
+    let bytes = body_bytes(request, &()).await?;
+    if !is_form {
+        return Err(ApiError::bad_request(
+            "invalid_request",
+            "Content-Type must be application/x-www-form-urlencoded",
+        ));
+    }
+    let form: IntrospectForm = serde_urlencoded::from_bytes(&bytes)
+        .map_err(|e| ApiError::bad_request("invalid_request", e.to_string()))?;
+    let body = match api.decider.decide(&form.token, Some(&Requirement::any())) {
+        Ok(claims) => serde_json::json!({
+            "active": true,
+            "sub": claims.subject.as_str(),
+            "tenant": claims.tenant.as_str(),
+            "scope": claims.scope.to_claim(),
+            "exp": claims.expires_at.unix_timestamp(),
+            "iat": claims.issued_at.unix_timestamp(),
+            "nbf": claims.not_before.unix_timestamp(),
+            "jti": claims.token_id.as_str(),
+            "iss": claims.issuer,
+            "aud": claims.audience,
+            "token_type": "access_token",
+        }),
+        Err(_) => serde_json::json!({ "active": false }),
+    };
+    let mut response = Json(body).into_response();
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn clients() -> IntrospectionClients {
+        IntrospectionClients::new(&[IntrospectionClient {
+            id: "gw".into(),
+            secret: "a".repeat(32),
+        }])
+    }
+
+    fn basic(text: &str) -> HeaderValue {
+        let encoded = base64::engine::general_purpose::STANDARD.encode(text);
+        HeaderValue::from_str(&format!("Basic {encoded}")).unwrap()
+    }
+
+    #[test]
+    fn introspection_client_needs_its_own_id_and_secret() {
+        let clients = clients();
+        assert!(clients.authenticate(Some(&basic(&format!("gw:{}", "a".repeat(32))))));
+        assert!(!clients.authenticate(Some(&basic(&format!("gw:{}", "b".repeat(32))))));
+        assert!(!clients.authenticate(Some(&basic(&format!("other:{}", "a".repeat(32))))));
+        assert!(!clients.authenticate(Some(&basic("gw"))));
+        assert!(!clients.authenticate(None));
+        assert!(!clients.authenticate(Some(&HeaderValue::from_static("Bearer x"))));
+    }
+
+    #[test]
+    fn debug_shows_ids_only() {
+        let text = format!("{:?}", clients());
+        assert!(text.contains("gw") && !text.contains("aaaa"));
+    }
+
+    #[test]
+    fn query_requirement_parses_tenant_and_permission_strictly() {
+        let need = query_requirement(Some("tenant=acme&permission=runs:read"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(need.tenant.unwrap().as_str(), "acme");
+        assert!(query_requirement(None).unwrap().is_none());
+        for bad in [
+            "tenant=Acme",
+            "permission=runs",
+            "scope=x",
+            "tenant=a&tenant=b",
+        ] {
+            assert!(query_requirement(Some(bad)).is_err(), "{bad}");
+        }
+    }
+}

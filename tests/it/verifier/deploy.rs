@@ -1,0 +1,58 @@
+//! The deployment files in `deploy/` stay valid: the configurations docker-compose mounts,
+//! with the environment overrides it sets, load; the demo directory loads against the
+//! catalogue.
+
+use std::path::Path;
+
+use edgetoken::config::Config;
+use edgetoken::directory::Directory;
+
+fn deploy(name: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("deploy")
+        .join(name)
+}
+
+fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+#[test]
+fn compose_verifier_configuration_loads_with_its_environment() {
+    let config = Config::load(
+        Some(&deploy("verifier.toml")),
+        env(&[
+            ("EDGETOKEN_SERVER__LISTEN", "0.0.0.0:8080"),
+            ("EDGETOKEN_REVOCATION__REDIS_URL", "redis://redis:6379/"),
+            (
+                "EDGETOKEN_VERIFIER__JWKS_URL",
+                "http://issuer:8080/.well-known/jwks.json",
+            ),
+            ("EDGETOKEN_VERIFIER__TRUSTED_PROXIES", r#"["172.28.0.10"]"#),
+        ]),
+    )
+    .unwrap();
+    assert!(config.route_policy().unwrap().has_routes());
+    assert_eq!(config.verifier.trusted_proxies, ["172.28.0.10"]);
+}
+
+#[test]
+fn compose_issuer_configuration_and_demo_directory_load() {
+    let config = Config::load(
+        Some(&deploy("issuer.toml")),
+        env(&[
+            ("EDGETOKEN_SERVER__LISTEN", "0.0.0.0:8080"),
+            ("EDGETOKEN_REVOCATION__REDIS_URL", "redis://redis:6379/"),
+        ]),
+    )
+    .unwrap();
+    let verifier = Config::load(Some(&deploy("verifier.toml")), env(&[])).unwrap();
+    assert_eq!(
+        config.token, verifier.token,
+        "issuer and verifiers must agree on iss/aud"
+    );
+    Directory::load(&deploy("users.toml"), &config.catalogue().unwrap()).unwrap();
+}

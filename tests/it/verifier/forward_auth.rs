@@ -1,0 +1,350 @@
+//! `/v1/verify` decisions over a real socket (SPEC §5): where the requirement comes from
+//! (route policy with trusted forwarded headers, the Envoy path form, query parameters), what
+//! an untrusted peer's headers are worth, the `Authorization` rules, the 200 headers, metrics,
+//! and 503 once the revocation state is too stale.
+
+use edgetoken::config::Role;
+use reqwest::StatusCode;
+
+use crate::support::deployment::{Deployment, ROUTES, mint};
+use crate::support::process::Served;
+use crate::support::redis::RedisServer;
+
+async fn verifier(deployment: &Deployment, extra: &str) -> Served {
+    Served::start(
+        deployment.config(&format!("{extra}\n{ROUTES}")),
+        Role::Verifier,
+    )
+    .await
+}
+
+fn challenge(response: &reqwest::Response) -> &str {
+    response
+        .headers()
+        .get("www-authenticate")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+}
+
+async fn forwarded(served: &Served, token: &str, headers: &[(&str, &str)]) -> reqwest::Response {
+    let mut request = reqwest::Client::new()
+        .get(served.url("/v1/verify"))
+        .bearer_auth(token);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    request.send().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_answers_200_with_auth_headers_for_a_matching_route() {
+    let deployment = Deployment::new();
+    let served = verifier(&deployment, "").await;
+    let token = mint(
+        &deployment.offline_issuer(),
+        "alice",
+        "acme",
+        "runs:read members:read",
+    );
+    let response = forwarded(
+        &served,
+        &token,
+        &[
+            ("X-Forwarded-Method", "GET"),
+            ("X-Forwarded-Uri", "/api/acme/runs/9?page=2"),
+        ],
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let header = |name: &str| response.headers()[name].to_str().unwrap().to_owned();
+    assert_eq!(header("x-auth-subject"), "alice");
+    assert_eq!(header("x-auth-tenant"), "acme");
+    assert_eq!(header("x-auth-scope"), "members:read runs:read");
+    assert_eq!(header("x-auth-token-id").len(), 22);
+    assert!(header("x-auth-expires").parse::<i64>().unwrap() > 0);
+    assert_eq!(header("cache-control"), "no-store");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nginx_style_original_headers_select_the_route_too() {
+    let deployment = Deployment::new();
+    let served = verifier(&deployment, "").await;
+    let token = mint(&deployment.offline_issuer(), "alice", "acme", "runs:read");
+    let ok = forwarded(
+        &served,
+        &token,
+        &[
+            ("X-Original-Method", "GET"),
+            ("X-Original-URI", "/api/acme/runs"),
+        ],
+    )
+    .await;
+    assert_eq!(ok.status(), StatusCode::OK);
+    let write = forwarded(
+        &served,
+        &token,
+        &[
+            ("X-Original-Method", "POST"),
+            ("X-Original-URI", "/api/acme/runs"),
+        ],
+    )
+    .await;
+    assert_eq!(write.status(), StatusCode::FORBIDDEN);
+    assert_eq!(
+        challenge(&write),
+        r#"Bearer error="insufficient_scope", error_description="insufficient_scope""#
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_headers_from_an_untrusted_peer_are_ignored_and_the_request_denied() {
+    let deployment = Deployment::new();
+    // Loopback (the test client) is not a trusted proxy here.
+    let served = verifier(
+        &deployment,
+        "[verifier]\ntrusted_proxies = [\"10.0.0.0/8\"]",
+    )
+    .await;
+    let token = mint(&deployment.offline_issuer(), "alice", "acme", "runs:read");
+    let response = forwarded(
+        &served,
+        &token,
+        &[
+            ("X-Forwarded-Method", "GET"),
+            ("X-Forwarded-Uri", "/api/acme/runs/1"),
+        ],
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    assert_eq!(
+        challenge(&response),
+        r#"Bearer error="insufficient_scope", error_description="no_route""#
+    );
+    // A bad token is still 401, not 403: authentication is decided first.
+    let bad = forwarded(&served, "a.b.c", &[]).await;
+    assert_eq!(bad.status(), StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_forwarded_header_pairs_at_once_are_ambiguous_and_denied() {
+    let deployment = Deployment::new();
+    let served = verifier(&deployment, "").await;
+    let token = mint(&deployment.offline_issuer(), "alice", "acme", "runs:read");
+    let response = forwarded(
+        &served,
+        &token,
+        &[
+            ("X-Forwarded-Method", "GET"),
+            ("X-Forwarded-Uri", "/api/acme/runs/1"),
+            ("X-Original-Method", "POST"),
+            ("X-Original-URI", "/api/acme/runs"),
+        ],
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unmatched_allow_authenticated_lets_any_valid_token_through() {
+    let deployment = Deployment::new();
+    let served = verifier(
+        &deployment,
+        "[verifier]\nunmatched = \"allow_authenticated\"",
+    )
+    .await;
+    let token = mint(&deployment.offline_issuer(), "bob", "globex", "runs:read");
+    let response = forwarded(
+        &served,
+        &token,
+        &[
+            ("X-Forwarded-Method", "GET"),
+            ("X-Forwarded-Uri", "/elsewhere"),
+        ],
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    // A matching route still applies its requirement.
+    let routed = forwarded(
+        &served,
+        &token,
+        &[
+            ("X-Forwarded-Method", "GET"),
+            ("X-Forwarded-Uri", "/api/acme/runs/1"),
+        ],
+    )
+    .await;
+    assert_eq!(routed.status(), StatusCode::FORBIDDEN);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_path_prefix_form_matches_the_original_path_and_method() {
+    let deployment = Deployment::new();
+    let served = verifier(&deployment, "").await;
+    let token = mint(&deployment.offline_issuer(), "alice", "acme", "runs:read");
+    let client = reqwest::Client::new();
+    let ok = client
+        .get(served.url("/v1/verify/api/acme/runs/3"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), StatusCode::OK);
+    let other_tenant = client
+        .get(served.url("/v1/verify/api/globex/runs/3"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other_tenant.status(), StatusCode::FORBIDDEN);
+    let write = client
+        .post(served.url("/v1/verify/api/acme/runs"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(write.status(), StatusCode::FORBIDDEN);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_routes_the_query_parameters_give_the_requirement() {
+    let deployment = Deployment::new();
+    let served = Served::start(deployment.config(""), Role::Verifier).await;
+    let token = mint(&deployment.offline_issuer(), "alice", "acme", "runs:read");
+    let client = reqwest::Client::new();
+    let get = |query: &str| {
+        client
+            .get(served.url(&format!("/v1/verify{query}")))
+            .bearer_auth(&token)
+            .send()
+    };
+    assert_eq!(
+        get("?tenant=acme&permission=runs:read")
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(get("?tenant=globex").await.unwrap().status(), 403);
+    assert_eq!(get("?permission=runs:write").await.unwrap().status(), 403);
+    // Nothing asked: unmatched, denied by default.
+    let unmatched = get("").await.unwrap();
+    assert_eq!(unmatched.status(), 403);
+    assert_eq!(
+        challenge(&unmatched),
+        r#"Bearer error="insufficient_scope", error_description="no_route""#
+    );
+    // An unknown or malformed parameter is refused, never ignored.
+    assert_eq!(get("?tenant=acme&role=admin").await.unwrap().status(), 400);
+    assert_eq!(get("?permission=runs").await.unwrap().status(), 400);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authorization_must_be_exactly_one_bearer_token() {
+    let deployment = Deployment::new();
+    let served = Served::start(
+        deployment.config("[verifier]\nunmatched = \"allow_authenticated\""),
+        Role::Verifier,
+    )
+    .await;
+    let token = mint(&deployment.offline_issuer(), "alice", "acme", "runs:read");
+    let client = reqwest::Client::new();
+    let send = |values: Vec<String>| {
+        let mut request = client.get(served.url("/v1/verify"));
+        for value in values {
+            request = request.header("authorization", value);
+        }
+        request.send()
+    };
+    assert_eq!(
+        send(vec![format!("bEaReR {token}")])
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    for values in [
+        vec![format!("Basic {token}")],
+        vec![format!("Bearer {token} {token}")],
+        vec![format!("Bearer {token}"), format!("Bearer {token}")],
+    ] {
+        let response = send(values.clone()).await.unwrap();
+        assert_eq!(response.status(), 401);
+        assert_eq!(
+            challenge(&response),
+            r#"Bearer error="invalid_request", error_description="malformed_authorization""#
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_decision_is_counted_in_metrics_by_outcome() {
+    let deployment = Deployment::new();
+    let served = verifier(&deployment, "").await;
+    let token = mint(&deployment.offline_issuer(), "alice", "acme", "runs:read");
+    let route = [
+        ("X-Forwarded-Method", "GET"),
+        ("X-Forwarded-Uri", "/api/acme/runs/1"),
+    ];
+    for _ in 0..2 {
+        assert_eq!(forwarded(&served, &token, &route).await.status(), 200);
+    }
+    assert_eq!(forwarded(&served, "x.y.z", &route).await.status(), 401);
+    let missing = reqwest::get(served.url("/v1/verify")).await.unwrap();
+    assert_eq!(missing.status(), 401);
+    let text = reqwest::get(served.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        r#"edgetoken_verify_total{outcome="ok"} 2"#,
+        r#"edgetoken_verify_total{outcome="malformed"} 1"#,
+        r#"edgetoken_verify_total{outcome="missing_token"} 1"#,
+        "edgetoken_verify_duration_seconds_count 4",
+        "edgetoken_cache_hits 1",
+        "edgetoken_revocation_ready 1",
+        "edgetoken_trusted_keys 1",
+    ] {
+        assert!(text.contains(line), "missing `{line}` in:\n{text}");
+    }
+    assert!(text.contains("edgetoken_cache_hit_ratio"), "{text}");
+    assert!(
+        text.contains("edgetoken_revocation_staleness_seconds"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_answers_503_once_the_revocation_state_is_too_stale() {
+    let deployment = Deployment::new();
+    let mut redis = RedisServer::start();
+    let config = deployment.config("[verifier]\nunmatched = \"allow_authenticated\"");
+    let config = edgetoken::config::Config {
+        revocation: edgetoken::config::RevocationConfig {
+            redis_url: redis.url(),
+            max_staleness_secs: 1,
+            ..config.revocation.clone()
+        },
+        ..config
+    };
+    let served = Served::start(config, Role::Verifier).await;
+    let token = mint(&deployment.offline_issuer(), "alice", "acme", "runs:read");
+    let send = || {
+        reqwest::Client::new()
+            .get(served.url("/v1/verify"))
+            .bearer_auth(&token)
+            .send()
+    };
+    assert_eq!(send().await.unwrap().status(), 200);
+    redis.kill();
+    let mut health = served.services.mirror.health();
+    tokio::time::timeout(super::WAIT, health.wait_for(|h| !h.fresh))
+        .await
+        .expect("mirror turned stale in time")
+        .unwrap();
+    let response = send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let ready = reqwest::get(served.url("/readyz")).await.unwrap();
+    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+}

@@ -1,0 +1,112 @@
+//! `POST /v1/introspect` (RFC 7662): only configured clients may ask, an active token is
+//! described, and anything else is exactly `{"active": false}`.
+
+use edgetoken::config::Role;
+use reqwest::StatusCode;
+
+use crate::support::deployment::{Deployment, mint};
+use crate::support::process::Served;
+
+const SECRET: &str = "introspection-secret-0123456789-abcdef";
+
+async fn introspect(
+    served: &Served,
+    credentials: Option<(&str, &str)>,
+    token: &str,
+) -> reqwest::Response {
+    let mut request = reqwest::Client::new()
+        .post(served.url("/v1/introspect"))
+        .form(&[("token", token)]);
+    if let Some((id, secret)) = credentials {
+        request = request.basic_auth(id, Some(secret));
+    }
+    request.send().await.unwrap()
+}
+
+async fn verifier(deployment: &Deployment) -> Served {
+    let extra =
+        format!("[[verifier.introspection_clients]]\nid = \"gateway\"\nsecret = \"{SECRET}\"\n");
+    Served::start(deployment.config(&extra), Role::Verifier).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn introspection_describes_an_active_token_to_an_authenticated_client() {
+    let deployment = Deployment::new();
+    let served = verifier(&deployment).await;
+    let token = mint(&deployment.offline_issuer(), "alice", "acme", "runs:read");
+    let response = introspect(&served, Some(("gateway", SECRET)), &token).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["cache-control"], "no-store");
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["active"], true);
+    assert_eq!(body["sub"], "alice");
+    assert_eq!(body["tenant"], "acme");
+    assert_eq!(body["scope"], "runs:read");
+    assert_eq!(body["token_type"], "access_token");
+    assert_eq!(body["iss"], crate::support::deployment::ISSUER);
+    assert_eq!(body["aud"], crate::support::deployment::AUDIENCE);
+    for claim in ["exp", "iat", "jti"] {
+        assert!(!body[claim].is_null(), "{claim} missing: {body}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn introspection_of_anything_but_an_active_token_says_only_inactive() {
+    let deployment = Deployment::new();
+    let served = verifier(&deployment).await;
+    let token = mint(&deployment.offline_issuer(), "alice", "acme", "runs:read");
+    let tampered = format!("{token}x");
+    for token in ["", "garbage", "a.b.c", tampered.as_str()] {
+        let response = introspect(&served, Some(("gateway", SECRET)), token).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(
+            response.text().await.unwrap(),
+            r#"{"active":false}"#,
+            "{token}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn introspection_refuses_unknown_clients_and_wrong_secrets() {
+    let deployment = Deployment::new();
+    let served = verifier(&deployment).await;
+    let token = mint(&deployment.offline_issuer(), "alice", "acme", "runs:read");
+    for credentials in [
+        None,
+        Some(("gateway", "not-the-secret-not-the-secret-not-the")),
+        Some(("other", SECRET)),
+    ] {
+        let response = introspect(&served, credentials, &token).await;
+        assert_eq!(
+            response.status(),
+            StatusCode::UNAUTHORIZED,
+            "{credentials:?}"
+        );
+        assert!(
+            response.headers()["www-authenticate"]
+                .to_str()
+                .unwrap()
+                .starts_with("Basic")
+        );
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert!(body.get("active").is_none(), "{body}");
+    }
+    // A bearer token is no client credential.
+    let response = reqwest::Client::new()
+        .post(served.url("/v1/introspect"))
+        .bearer_auth(&token)
+        .form(&[("token", token.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn introspection_is_off_without_configured_clients() {
+    let deployment = Deployment::new();
+    let served = Served::start(deployment.config(""), Role::Verifier).await;
+    let response = introspect(&served, Some(("gateway", SECRET)), "x").await;
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+}
