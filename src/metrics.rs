@@ -56,6 +56,8 @@ pub const DECISION_OUTCOMES: [&str; 4] =
 pub struct Metrics {
     registry: Registry,
     verify: Family<OutcomeLabel, Counter>,
+    /// `verify{outcome="ok"}`, resolved once.
+    verify_ok: Counter,
     verify_latency: Histogram,
     mints: Family<OutcomeLabel, Counter>,
     revokes: Family<RevokeLabels, Counter>,
@@ -87,10 +89,12 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("edgetoken");
         let verify = Family::<OutcomeLabel, Counter>::default();
+        let verify_ok = verify.get_or_create(&OutcomeLabel { outcome: "ok" }).clone();
         // 1 µs to ~65 ms: cache hits sit at the bottom, cold verifies near 50 µs.
         let verify_latency = Histogram::new(exponential_buckets(1e-6, 2.0, 17));
         let metrics = Self {
             verify,
+            verify_ok,
             verify_latency,
             mints: Family::default(),
             revokes: Family::default(),
@@ -190,7 +194,13 @@ impl Metrics {
     /// Records one access decision by its outcome code: `ok`, a rejection code, or one of
     /// [`DECISION_OUTCOMES`].
     pub fn record_decision(&self, outcome: &'static str, elapsed: Duration) {
-        self.verify.get_or_create(&OutcomeLabel { outcome }).inc();
+        // The allowed outcome is most requests: its counter is resolved once, at start,
+        // rather than looked up in the family (a lock and a hash) on every request.
+        if outcome == "ok" {
+            self.verify_ok.inc();
+        } else {
+            self.verify.get_or_create(&OutcomeLabel { outcome }).inc();
+        }
         self.verify_latency.observe(elapsed.as_secs_f64());
     }
 

@@ -216,12 +216,16 @@ impl Scope {
 
     /// The `scope` claim text: permissions in sorted order, separated by spaces.
     pub fn to_claim(&self) -> String {
-        let mut text = String::new();
+        // Built in place, without a String per permission: verifiers write this into the
+        // `X-Auth-Scope` header of every allowed request.
+        let mut text = String::with_capacity(self.permissions.len() * 16);
         for permission in &self.permissions {
             if !text.is_empty() {
                 text.push(' ');
             }
-            text.push_str(&permission.to_string());
+            text.push_str(permission.category.as_str());
+            text.push(':');
+            text.push_str(permission.access.as_str());
         }
         text
     }

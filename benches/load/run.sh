@@ -9,7 +9,11 @@
 #          vs bare axum GET /strict doing one ed25519 verify_strict per request on the same
 #          kind of never-seen token
 #
-# Usage: benches/load/run.sh   (env: DURATION=10s CONNECTIONS=32 THREADS=2 COLD_TOKENS=400000)
+# Usage: benches/load/run.sh   (env: DURATION=10s CONNECTIONS=32 THREADS=2 COLD_TOKENS=400000
+#                                    PIN=1)
+# With PIN=1 (the default on a machine with 2 or more cores) the servers run on CPU 1 and wrk
+# on CPU 0 (taskset), so the load generator never steals the servers' core and the two sides
+# of each ratio get the same, whole CPU; without pinning, runs on 2 cores vary by +-20%.
 # Needs wrk and a Rust toolchain; builds in release. Prints a Markdown table.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -18,6 +22,14 @@ DURATION=${DURATION:-10s}
 CONNECTIONS=${CONNECTIONS:-32}
 THREADS=${THREADS:-2}
 COLD_TOKENS=${COLD_TOKENS:-400000}
+if [ "$(nproc)" -ge 2 ] && command -v taskset >/dev/null; then PIN=${PIN:-1}; else PIN=0; fi
+server_cpu=() client_cpu=()
+if [ "$PIN" = 1 ]; then
+    server_cpu=(taskset -c 1); client_cpu=(taskset -c 0)
+    # One core for the servers, so one tokio worker each: two workers time-sharing a core only
+    # add preemption inside locks (the verified-token cache has some; bare axum has none).
+    export TOKIO_WORKER_THREADS=1
+fi
 VERIFIER_PORT=${VERIFIER_PORT:-18481}
 BARE_PORT=${BARE_PORT:-18482}
 
@@ -49,10 +61,10 @@ echo "minting $COLD_TOKENS cold tokens and 100 warm ones..." >&2
 "$bin/examples/mint_many" "$work/edgetoken.toml" "$work/cold.txt" "$COLD_TOKENS"
 "$bin/examples/mint_many" "$work/edgetoken.toml" "$work/warm.txt" 100
 
-RUST_LOG=warn "$bin/edgetoken" serve --config "$work/edgetoken.toml" --role verifier \
+RUST_LOG=warn "${server_cpu[@]}" "$bin/edgetoken" serve --config "$work/edgetoken.toml" --role verifier \
     >"$work/verifier.log" 2>&1 &
 pids+=($!)
-"$bin/examples/bare_axum" "127.0.0.1:$BARE_PORT" "$work/keys" >"$work/bare.log" 2>&1 &
+"${server_cpu[@]}" "$bin/examples/bare_axum" "127.0.0.1:$BARE_PORT" "$work/keys" >"$work/bare.log" 2>&1 &
 pids+=($!)
 for url in "http://127.0.0.1:$VERIFIER_PORT/readyz" "http://127.0.0.1:$BARE_PORT/ok"; do
     for _ in $(seq 100); do curl -fs -o /dev/null "$url" && break; sleep 0.1; done
@@ -75,7 +87,7 @@ run() {
     else
         args+=("$2")
     fi
-    wrk "${args[@]}" >"$work/wrk-$1.out"
+    "${client_cpu[@]}" wrk "${args[@]}" >"$work/wrk-$1.out"
     local rps p99 non2xx
     rps=$(awk '/^Requests\/sec:/ {print $2}' "$work/wrk-$1.out")
     p99=$(awk '$1 == "99%" {v=$2; if (v ~ /us$/) {sub(/us/,"",v); v=v/1000} else if (v ~ /ms$/) {sub(/ms/,"",v)} else if (v ~ /s$/) {sub(/s/,"",v); v=v*1000}; print v}' "$work/wrk-$1.out")
@@ -104,5 +116,5 @@ cat <<TABLE
 
 warm / bare 200: $(ratio "$warm_rps" "$bare_rps") (target >= 0.90)
 cold / bare verify_strict: $(ratio "$cold_rps" "$strict_rps") (target >= 0.90)
-settings: wrk -t $THREADS -c $CONNECTIONS -d $DURATION, $(nproc) cores; cold tokens: $COLD_TOKENS minted, $strict_n and $cold_n requests sent (more requests than tokens means some were repeats)
+settings: wrk -t $THREADS -c $CONNECTIONS -d $DURATION, $(nproc) cores, pinned: $PIN; cold tokens: $COLD_TOKENS minted, $strict_n and $cold_n requests sent (more requests than tokens means some were repeats)
 TABLE

@@ -32,22 +32,27 @@ pub fn bearer_token(headers: &HeaderMap) -> Result<&str, ApiError> {
     if values.next().is_some() {
         return Err(ApiError::MalformedAuthorization);
     }
-    let text = value
-        .to_str()
-        .map_err(|_| ApiError::MalformedAuthorization)?;
-    let (scheme, rest) = text
-        .split_once(' ')
+    // One pass over the bytes: the scheme, then the RFC 6750 `b64token` alphabet (which is
+    // visible ASCII, so the text needs no separate `to_str` check).
+    let bytes = value.as_bytes();
+    let space = bytes
+        .iter()
+        .position(|b| *b == b' ')
         .ok_or(ApiError::MalformedAuthorization)?;
-    if !scheme.eq_ignore_ascii_case("bearer") {
+    let (scheme, rest) = bytes.split_at(space);
+    if !scheme.eq_ignore_ascii_case(b"bearer") {
         return Err(ApiError::MalformedAuthorization);
     }
-    let token = rest.trim_start_matches(' ');
+    let start = rest.iter().take_while(|b| **b == b' ').count();
+    let token = rest.get(start..).unwrap_or_default();
+    let padding = token.iter().rev().take_while(|b| **b == b'=').count();
+    let body = token.get(..token.len() - padding).unwrap_or_default();
     let is_b64token =
-        |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/');
-    let body = token.trim_end_matches('=');
-    if body.is_empty() || !body.bytes().all(is_b64token) {
+        |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/');
+    if body.is_empty() || !body.iter().all(is_b64token) {
         return Err(ApiError::MalformedAuthorization);
     }
+    let token = std::str::from_utf8(token).map_err(|_| ApiError::MalformedAuthorization)?;
     Ok(token)
 }
 
@@ -100,7 +105,21 @@ impl Decider {
         token: &str,
         requirement: Option<&Requirement>,
     ) -> Result<Arc<Claims>, ApiError> {
-        let started = Instant::now();
+        self.decide_since(token, requirement, Instant::now())
+    }
+
+    /// As [`Decider::decide`], timing the decision from `started` (when the caller already
+    /// read the clock for this request).
+    ///
+    /// # Errors
+    ///
+    /// As [`Decider::decide`].
+    pub fn decide_since(
+        &self,
+        token: &str,
+        requirement: Option<&Requirement>,
+        started: Instant,
+    ) -> Result<Arc<Claims>, ApiError> {
         let any = Requirement::any();
         let result = self.verifier.verify(token, requirement.unwrap_or(&any));
         let outcome = match &result {
@@ -195,6 +214,8 @@ mod tests {
             "Bearerabc",
             "Bearer abc ",
             "Bearer a\"b",
+            "Bearer \tabc",
+            "Bearer\tabc",
         ] {
             assert!(
                 matches!(

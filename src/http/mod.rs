@@ -157,23 +157,26 @@ pub fn router(state: AppState) -> Router {
     if state.role.has_issuer() {
         router = router.merge(issuer::router());
     }
+    router = router.layer(
+        TraceLayer::new_for_http()
+            // The span names the matched route, never the raw URI: paths and queries may
+            // carry tenant names or, from careless clients, tokens.
+            .make_span_with(|request: &axum::extract::Request| {
+                let route = request
+                    .extensions()
+                    .get::<MatchedPath>()
+                    .map_or("<unmatched>", MatchedPath::as_str);
+                tracing::debug_span!("http", method = %request.method(), route)
+            }),
+    );
     if state.role.has_verifier() {
+        // Merged after the trace layer, so forward-auth (tens of thousands of requests a
+        // second, each already counted in metrics and logged at debug with its reason) does
+        // not pay for a span per request.
         router = router.merge(verifier::router());
     }
     router
         .layer(DefaultBodyLimit::max(state.config.server.max_body_bytes))
-        .layer(
-            TraceLayer::new_for_http()
-                // The span names the matched route, never the raw URI: paths and queries
-                // may carry tenant names or, from careless clients, tokens.
-                .make_span_with(|request: &axum::extract::Request| {
-                    let route = request
-                        .extensions()
-                        .get::<MatchedPath>()
-                        .map_or("<unmatched>", MatchedPath::as_str);
-                    tracing::debug_span!("http", method = %request.method(), route)
-                }),
-        )
         .with_state(state)
 }
 

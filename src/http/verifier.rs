@@ -276,7 +276,7 @@ fn decide(api: &VerifierApi, parts: &Parts, started: Instant) -> Result<Arc<Clai
     };
     let token = bearer_token(&parts.headers).map_err(refused)?;
     let requirement = api.requirement(parts).map_err(refused)?;
-    api.decider.decide(token, requirement.as_ref())
+    api.decider.decide_since(token, requirement.as_ref(), started)
 }
 
 /// The `X-Auth-*` headers a proxy copies to the upstream.
@@ -289,18 +289,21 @@ pub const AUTH_HEADERS: [&str; 5] = [
 ];
 
 fn allowed(claims: &Claims) -> Result<Response, ApiError> {
+    let scope = claims.scope.to_claim();
+    let expires = claims.expires_at.unix_timestamp().to_string();
     let values = [
-        claims.subject.as_str().to_owned(),
-        claims.tenant.as_str().to_owned(),
-        claims.scope.to_claim(),
-        claims.token_id.as_str().to_owned(),
-        claims.expires_at.unix_timestamp().to_string(),
+        claims.subject.as_str(),
+        claims.tenant.as_str(),
+        scope.as_str(),
+        claims.token_id.as_str(),
+        expires.as_str(),
     ];
     let mut response = StatusCode::OK.into_response();
     let headers = response.headers_mut();
+    headers.reserve(AUTH_HEADERS.len() + 1);
     for (name, value) in AUTH_HEADERS.into_iter().zip(values) {
         // Every claim was validated to a header-safe alphabet; a failure here is a bug.
-        let value = HeaderValue::from_str(&value).map_err(|e| ApiError::Internal(Box::new(e)))?;
+        let value = HeaderValue::from_str(value).map_err(|e| ApiError::Internal(Box::new(e)))?;
         headers.insert(HeaderName::from_static(name), value);
     }
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
