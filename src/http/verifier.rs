@@ -276,7 +276,8 @@ fn decide(api: &VerifierApi, parts: &Parts, started: Instant) -> Result<Arc<Clai
     };
     let token = bearer_token(&parts.headers).map_err(refused)?;
     let requirement = api.requirement(parts).map_err(refused)?;
-    api.decider.decide_since(token, requirement.as_ref(), started)
+    api.decider
+        .decide_since(token, requirement.as_ref(), started)
 }
 
 /// The `X-Auth-*` headers a proxy copies to the upstream.
