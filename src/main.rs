@@ -369,6 +369,8 @@ fn revoke_tokens(
     all: bool,
 ) -> anyhow::Result<()> {
     let now = SystemClock.unix_now();
+    // Watermarks a leeway ahead, as the issuer sets them (see `revocation`'s watermark rule).
+    let before = now.saturating_add(i64::try_from(config.token.leeway_secs).unwrap_or(0));
     let (revocation, what) = match (token_id, tenant, user, all) {
         (Some(jti), None, None, false) => {
             let jti = TokenId::new(&jti).context("--token-id")?;
@@ -390,7 +392,7 @@ fn revoke_tokens(
                 Revocation::User {
                     tenant: tenant.to_string(),
                     subject: user.to_string(),
-                    before: now,
+                    before,
                 },
                 what,
             )
@@ -401,7 +403,7 @@ fn revoke_tokens(
             (
                 Revocation::Tenant {
                     tenant: tenant.to_string(),
-                    before: now,
+                    before,
                 },
                 what,
             )

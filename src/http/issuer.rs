@@ -456,7 +456,10 @@ async fn revoke_many(
             format!("only admins of tenant {tenant} may do this"),
         ));
     }
-    let before = state.clock.unix_now();
+    // A leeway ahead: tokens minted by an issuer whose clock runs up to a leeway fast carry
+    // `iat` from that clock, and must be covered too (see `revocation`'s watermark rule).
+    let leeway = i64::try_from(state.config.token.leeway_secs).unwrap_or(0);
+    let before = state.clock.unix_now().saturating_add(leeway);
     let revocation = match (body.user, body.all) {
         (Some(user), None) => Revocation::User {
             tenant: tenant.as_str().to_owned(),

@@ -146,7 +146,9 @@ impl RevocationSet {
         };
         by_id
             || covered(self.tenants.get(token.tenant))
-            || covered(self.keys.get(token.kid))
+            // A revoked key stops all its tokens, not only those minted before (see the
+            // module docs of `revocation`).
+            || self.keys.contains_key(token.kid)
             || covered(
                 self.users
                     .get(token.tenant)

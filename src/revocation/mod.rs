@@ -5,10 +5,16 @@
 //! every token, cached or not. [`Revocation`] is one acknowledged revocation at any of the four
 //! granularities SPEC §3 names.
 //!
-//! Watermark rule: a user, tenant or key revocation made at time `T` (whole seconds, rounded
-//! down) revokes every matching token whose `iat <= T`. Rounding down and comparing with `<=`
-//! errs on the side of revoking: a token minted in the same second as the revocation is
-//! revoked too, while one minted in any later second keeps working.
+//! Watermark rule: a user or tenant revocation with watermark `T` (whole seconds) revokes every
+//! matching token whose `iat <= T`; tokens minted later keep working. Callers set `T` a leeway
+//! *after* the moment of revocation, so a token minted just before it by an issuer whose clock
+//! runs up to a leeway ahead is still covered (its `iat` comes from that other clock).
+//!
+//! A key revocation is not a watermark: it revokes every token signed by the key, whenever
+//! minted, for as long as it is held (until `T + 12 h + leeway`). A revoked key may be in an
+//! attacker's hands, and its tokens minted after the revocation are exactly the ones to stop;
+//! by the time the entry is pruned the key has left every key ring (`edgetoken keys revoke`
+//! retires its files, key directories are reloaded and JWKS verifiers follow the issuer).
 //!
 //! # The engine
 //!
@@ -113,7 +119,7 @@ pub enum Revocation {
         /// Watermark, seconds since the epoch.
         before: i64,
     },
-    /// Every token signed by key `kid` issued at or before `before`.
+    /// Every token signed by key `kid`, whenever minted; held until `before + 12 h + leeway`.
     Key {
         /// The key id (RFC 7638 thumbprint).
         kid: String,
@@ -133,7 +139,7 @@ impl Revocation {
                 before,
             } => tenant == token.tenant && subject == token.subject && token.issued_at <= *before,
             Self::Tenant { tenant, before } => tenant == token.tenant && token.issued_at <= *before,
-            Self::Key { kid, before } => kid == token.kid && token.issued_at <= *before,
+            Self::Key { kid, .. } => kid == token.kid,
         }
     }
 }
