@@ -354,12 +354,17 @@ impl Default for TokenConfig {
 pub struct KeysConfig {
     /// Directory of PKCS#8 private keys (mode 0600), public JWKs and `ACTIVE`. Default `keys`.
     pub dir: PathBuf,
+    /// How often a running service reloads the trusted public keys from `dir`, in seconds, so
+    /// a key added or retired (`edgetoken keys revoke`) takes effect without a restart.
+    /// Default 30; 0 never reloads. A directory that fails to load keeps the last good keys.
+    pub reload_secs: u64,
 }
 
 impl Default for KeysConfig {
     fn default() -> Self {
         Self {
             dir: PathBuf::from("keys"),
+            reload_secs: 30,
         }
     }
 }

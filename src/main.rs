@@ -319,6 +319,9 @@ async fn serve(config: Config, role: Role, development: bool) -> anyhow::Result<
     if let Some(jwks) = &started.services.jwks {
         jwks.shutdown().await;
     }
+    if let Some(reload) = &started.key_reload {
+        reload.abort();
+    }
     started.revocation.shutdown().await;
     tracing::info!("stopped");
     Ok(())

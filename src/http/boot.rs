@@ -52,6 +52,8 @@ pub struct Started {
     pub services: Arc<Services>,
     /// The revocation engine (its Redis feed runs until [`RevocationEngine::shutdown`]).
     pub revocation: RevocationEngine,
+    /// The key directory reload task, if any; abort it at shutdown.
+    pub key_reload: Option<tokio::task::JoinHandle<()>>,
     /// Lines for the start-up banner (printed once by `main`; may hold the demo password).
     pub banner: Vec<String>,
 }
@@ -130,6 +132,13 @@ pub async fn start(
         ));
         Some(Arc::new(refresher))
     };
+    let key_reload = (jwks_url.is_empty() && config.keys.reload_secs > 0).then(|| {
+        spawn_key_reload(
+            key_dir.clone(),
+            Arc::clone(&verifier),
+            Duration::from_secs(config.keys.reload_secs),
+        )
+    });
     let verifier_api = if role.has_verifier() {
         Some(verifier_api(&config, &verifier, &metrics, jwks.as_ref())?)
     } else {
@@ -154,7 +163,52 @@ pub async fn start(
             jwks,
         }),
         revocation,
+        key_reload,
         banner,
+    })
+}
+
+/// Reloads the trusted public keys from `key_dir` every `period`, so keys added or retired
+/// on disk take effect without a restart (the issuer's JWKS follows, and with it every
+/// JWKS-fed verifier). A directory that fails to load, or holds no key, keeps the last good
+/// ring: a half-edited directory must not stop every token.
+fn spawn_key_reload(
+    key_dir: KeyDir,
+    verifier: Arc<Verifier>,
+    period: Duration,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(period);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticks.tick().await;
+        loop {
+            ticks.tick().await;
+            let dir = key_dir.clone();
+            let loaded = tokio::task::spawn_blocking(move || dir.load_ring()).await;
+            match loaded {
+                Ok(Ok(ring)) if !ring.is_empty() => {
+                    let kids = |ring: &KeyRing| -> Vec<String> {
+                        ring.keys().iter().map(|k| k.kid().to_string()).collect()
+                    };
+                    let (before, after) = (kids(&verifier.keys()), kids(&ring));
+                    if before != after {
+                        tracing::info!(
+                            ?before,
+                            ?after,
+                            "trusted keys reloaded from the key directory"
+                        );
+                        verifier.set_keys(ring);
+                    }
+                }
+                Ok(Ok(_)) => {
+                    tracing::warn!("key directory holds no key now; keeping the last good keys");
+                }
+                Ok(Err(error)) => {
+                    tracing::warn!(%error, "key directory reload failed; keeping the last good keys");
+                }
+                Err(error) => tracing::warn!(%error, "key directory reload task failed"),
+            }
+        }
     })
 }
 

@@ -891,3 +891,78 @@ async fn trusted_header_mode_ignores_basic_credentials() {
     assert_error(response, 401, "unauthenticated").await;
     issuer.stop().await;
 }
+
+async fn jwks_kids(issuer: &TestIssuer) -> Vec<String> {
+    let jwks: serde_json::Value = reqwest::get(issuer.url("/.well-known/jwks.json"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Polls the JWKS until `done` holds, for at most 10 s (the reload runs every second).
+async fn wait_for_jwks(issuer: &TestIssuer, done: impl Fn(&[String]) -> bool) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !done(&jwks_kids(issuer).await) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "key reload not seen in 10 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_added_and_retired_on_disk_take_effect_without_a_restart() {
+    let issuer = TestIssuer::start(Options {
+        key_reload_secs: Some(1),
+        ..Options::default()
+    })
+    .await;
+    let keys = edgetoken::keys::KeyDir::new(issuer.key_dir());
+    let second = keys.generate(false).unwrap();
+    let kid = second.kid().to_string();
+    wait_for_jwks(&issuer, |kids| kids.contains(&kid)).await;
+
+    // A token of the new key verifies; once its files are retired it no longer does.
+    let signer = edgetoken::token::Issuer::new(
+        second,
+        "http://127.0.0.1:8080",
+        "edgetoken",
+        issuer.clock.clone(),
+    );
+    let minted = signer
+        .mint(&edgetoken::token::MintRequest {
+            subject: "alice".parse().unwrap(),
+            tenant: "acme".parse().unwrap(),
+            scope: edgetoken::permissions::Scope::parse_claim("runs:read").unwrap(),
+            lifetime: edgetoken::token::Lifetime::OneHour,
+        })
+        .unwrap();
+    let token = minted.token.expose();
+    assert!(
+        issuer
+            .services
+            .verifier
+            .verify(token, &Requirement::any())
+            .is_ok()
+    );
+    keys.retire(&kid).unwrap();
+    wait_for_jwks(&issuer, |kids| !kids.contains(&kid)).await;
+    assert_eq!(
+        issuer
+            .services
+            .verifier
+            .verify(token, &Requirement::any())
+            .unwrap_err(),
+        Rejection::UnknownKey
+    );
+    issuer.stop().await;
+}

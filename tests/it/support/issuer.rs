@@ -52,7 +52,7 @@ pub(crate) struct TestIssuer {
     pub(crate) base: String,
     pub(crate) services: Arc<Services>,
     pub(crate) clock: Arc<ManualClock>,
-    _dir: TempDir,
+    dir: TempDir,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<()>>,
     revocation: Option<edgetoken::revocation::RevocationEngine>,
@@ -63,8 +63,10 @@ pub(crate) struct TestIssuer {
 pub(crate) struct Options {
     /// Redis URL; none runs the in-process store.
     pub(crate) redis_url: Option<String>,
-    /// Extra TOML appended to the generated config.
+    /// Extra TOML appended to the generated config (inside `[issuer]`).
     pub(crate) extra: String,
+    /// `keys.reload_secs` (default: the service default).
+    pub(crate) key_reload_secs: Option<u64>,
 }
 
 impl TestIssuer {
@@ -75,8 +77,11 @@ impl TestIssuer {
         let directory = dir.path().join("users.toml");
         std::fs::write(&directory, directory_text()).unwrap();
         let prefix = format!("it-{}", unique());
+        let reload = options
+            .key_reload_secs
+            .map_or(String::new(), |secs| format!("reload_secs = {secs}\n"));
         let mut text = format!(
-            "[keys]\ndir = \"{}\"\n[issuer]\ndirectory = \"{}\"\n{extra}\n",
+            "[keys]\ndir = \"{}\"\n{reload}[issuer]\ndirectory = \"{}\"\n{extra}\n",
             keys.display(),
             directory.display(),
             extra = options.extra
@@ -113,7 +118,7 @@ impl TestIssuer {
             base,
             services,
             clock,
-            _dir: dir,
+            dir,
             shutdown: Some(tx),
             server: Some(server),
             revocation: Some(revocation),
@@ -141,6 +146,11 @@ impl TestIssuer {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// The issuer's key directory.
+    pub(crate) fn key_dir(&self) -> PathBuf {
+        self.dir.path().join("keys")
     }
 
     pub(crate) fn url(&self, path: &str) -> String {
