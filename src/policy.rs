@@ -91,6 +91,10 @@ pub enum PathError {
     /// `%`, or a control character.
     #[error("ambiguous character in a segment")]
     Ambiguous,
+    /// A route matched but its `{tenant}` segment is not a tenant slug. Refused rather than
+    /// passed on to later routes, which may be looser.
+    #[error("tenant segment is not a tenant slug")]
+    InvalidTenant,
 }
 
 impl PathError {
@@ -102,6 +106,7 @@ impl PathError {
             Self::BadEncoding => "bad_encoding",
             Self::DotSegment => "dot_segment",
             Self::Ambiguous => "ambiguous",
+            Self::InvalidTenant => "invalid_tenant",
         }
     }
 }
@@ -223,47 +228,59 @@ impl RoutePolicy {
     ///
     /// # Errors
     ///
-    /// [`PathError`] for a path that cannot be matched safely; treat it as unmatched.
+    /// [`PathError`] for a path that cannot be matched safely, or whose first matching route
+    /// captures something that is not a tenant. Callers deny such a request outright, whatever
+    /// `unmatched` says: `allow_authenticated` is for paths no route describes, not for paths
+    /// an attacker bent so no route would recognise them.
     pub fn requirement(
         &self,
         method: &str,
         target: &str,
     ) -> Result<Option<RouteMatch<'_>>, PathError> {
         let segments = decode_path(target)?;
-        Ok(self.routes.iter().find_map(|route| {
-            route
-                .matches(method, &segments)
-                .map(|requirement| RouteMatch {
+        for route in &self.routes {
+            if let Some(requirement) = route.matches(method, &segments)? {
+                return Ok(Some(RouteMatch {
                     pattern: &route.pattern,
                     requirement,
-                })
-        }))
+                }));
+            }
+        }
+        Ok(None)
     }
 }
 
 impl Route {
     /// The requirement if the route matches (with the captured tenant, if any).
-    fn matches(&self, method: &str, path: &[String]) -> Option<Requirement> {
+    ///
+    /// # Errors
+    ///
+    /// [`PathError::InvalidTenant`] when every literal segment matches but the `{tenant}`
+    /// segment is not a tenant slug.
+    fn matches(&self, method: &str, path: &[String]) -> Result<Option<Requirement>, PathError> {
         if let MethodMatch::Exactly(expected) = &self.method
             && expected != method
         {
-            return None;
+            return Ok(None);
         }
         if path.len() < self.segments.len() || (!self.rest && path.len() != self.segments.len()) {
-            return None;
+            return Ok(None);
         }
-        let mut tenant = None;
+        let mut captured = None;
         for (segment, actual) in self.segments.iter().zip(path) {
             match segment {
                 Segment::Literal(literal) if literal == actual => {}
-                Segment::Literal(_) => return None,
-                Segment::Tenant => tenant = Some(TenantId::new(actual).ok()?),
+                Segment::Literal(_) => return Ok(None),
+                Segment::Tenant => captured = Some(actual),
             }
         }
-        Some(Requirement {
+        let tenant = captured
+            .map(|t| TenantId::new(t).map_err(|_| PathError::InvalidTenant))
+            .transpose()?;
+        Ok(Some(Requirement {
             tenant,
             permission: self.permission.clone(),
-        })
+        }))
     }
 
     /// Whether every request `later` matches is matched by `self` first.
@@ -434,6 +451,24 @@ mod tests {
     }
 
     #[test]
+    fn an_invalid_tenant_segment_is_refused_not_passed_to_a_looser_route() {
+        let policy = policy(&[
+            spec("GET", "/api/{tenant}/runs/*", Some("runs:read")),
+            spec("*", "/api/*", None),
+        ]);
+        assert_eq!(
+            policy.requirement("GET", "/api/ACME/runs/1").unwrap_err(),
+            PathError::InvalidTenant
+        );
+        assert!(
+            policy
+                .requirement("GET", "/api/acme/runs/1")
+                .unwrap()
+                .is_some()
+        );
+    }
+
+    #[test]
     fn tenant_capture_and_permission_make_the_requirement() {
         let need = need(&runs(), "GET", "/api/acme/runs/42?x=1").unwrap();
         assert_eq!(need.tenant.unwrap().as_str(), "acme");
@@ -475,7 +510,10 @@ mod tests {
     fn comparison_is_case_sensitive_and_tenant_must_be_a_slug() {
         let policy = runs();
         assert!(need(&policy, "GET", "/API/acme/runs").is_none());
-        assert!(need(&policy, "GET", "/api/Acme/runs").is_none());
+        assert_eq!(
+            policy.requirement("GET", "/api/Acme/runs").unwrap_err(),
+            PathError::InvalidTenant
+        );
     }
 
     #[test]

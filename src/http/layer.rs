@@ -134,10 +134,13 @@ impl Guard {
                     .map_or("/", |target| target.as_str());
                 match policy.requirement(request.method().as_str(), target) {
                     Ok(Some(matched)) => Some(matched.requirement),
-                    Ok(None) | Err(_) => match policy.unmatched() {
+                    Ok(None) => match policy.unmatched() {
                         Unmatched::Deny => None,
                         Unmatched::AllowAuthenticated => Some(Requirement::any()),
                     },
+                    // A path no route can be trusted to judge is denied outright, whatever
+                    // `unmatched` says (see `RoutePolicy::requirement`).
+                    Err(_) => None,
                 }
             }
         };

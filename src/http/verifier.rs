@@ -133,22 +133,26 @@ impl IntrospectionClients {
 }
 
 impl VerifierApi {
-    /// The requirement of this request, or `None` when it is unmatched (see the module docs).
+    /// The requirement of this request, or `None` when it is denied (see the module docs).
     fn requirement(&self, parts: &Parts) -> Result<Option<Requirement>, ApiError> {
-        let found = if self.policy.has_routes() {
+        let lookup = if self.policy.has_routes() {
             self.route_requirement(parts)
         } else if parts.uri.path() == VERIFY_PATH {
-            query_requirement(parts.uri.query())?
+            query_requirement(parts.uri.query())?.map_or(Lookup::Unmatched, Lookup::Found)
         } else {
-            None
+            Lookup::Unmatched
         };
-        Ok(found.or_else(|| match self.policy.unmatched() {
-            Unmatched::Deny => None,
-            Unmatched::AllowAuthenticated => Some(Requirement::any()),
-        }))
+        Ok(match lookup {
+            Lookup::Found(requirement) => Some(requirement),
+            Lookup::Unmatched => match self.policy.unmatched() {
+                Unmatched::Deny => None,
+                Unmatched::AllowAuthenticated => Some(Requirement::any()),
+            },
+            Lookup::Refused => None,
+        })
     }
 
-    fn route_requirement(&self, parts: &Parts) -> Option<Requirement> {
+    fn route_requirement(&self, parts: &Parts) -> Lookup {
         let peer = parts
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
@@ -160,21 +164,35 @@ impl VerifierApi {
                     "forwarded headers from a peer outside verifier.trusted_proxies ignored"
                 );
             }
-            return None;
+            return Lookup::Unmatched;
         }
-        let (method, target) = forwarded_request(parts)?;
+        let Some((method, target)) = forwarded_request(parts) else {
+            return Lookup::Unmatched;
+        };
         match self.policy.requirement(&method, &target) {
             Ok(Some(matched)) => {
                 tracing::debug!(route = matched.pattern, "route matched");
-                Some(matched.requirement)
+                Lookup::Found(matched.requirement)
             }
-            Ok(None) => None,
+            Ok(None) => Lookup::Unmatched,
             Err(error) => {
                 tracing::debug!(reason = error.code(), "forwarded path refused");
-                None
+                Lookup::Refused
             }
         }
     }
+}
+
+/// Where a request's requirement came from.
+enum Lookup {
+    /// A route or the query named it.
+    Found(Requirement),
+    /// Nothing describes this request: `verifier.unmatched` decides.
+    Unmatched,
+    /// The path is one no route may be trusted to judge (a dot segment, an encoded slash, a
+    /// bad tenant segment): denied whatever `unmatched` says, so `allow_authenticated` cannot
+    /// be reached by bending a protected path.
+    Refused,
 }
 
 const FORWARDED_PAIRS: [(&str, &str); 2] = [

@@ -174,6 +174,22 @@ async fn unmatched_allow_authenticated_lets_any_valid_token_through() {
     )
     .await;
     assert_eq!(routed.status(), StatusCode::FORBIDDEN);
+    // A protected path bent so no route would recognise it is denied, not let through as
+    // unmatched: dot segments, encoded slashes, a tenant segment that is no tenant.
+    for bent in [
+        "/api/acme/../globex/runs/1",
+        "/api/acme/%2e%2e/globex/runs/1",
+        "/api/globex%2fruns/1",
+        "/api/GLOBEX/runs/1",
+    ] {
+        let response = forwarded(
+            &served,
+            &token,
+            &[("X-Forwarded-Method", "GET"), ("X-Forwarded-Uri", bent)],
+        )
+        .await;
+        assert_eq!(response.status(), StatusCode::FORBIDDEN, "{bent}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
