@@ -340,6 +340,9 @@ async fn issuer_state(
             proxy_secret_header: config.issuer.proxy_secret_header.clone(),
             proxy_secret: zeroize::Zeroizing::new(config.issuer.proxy_secret.clone()),
         },
+        password_checks: Arc::new(tokio::sync::Semaphore::new(
+            std::thread::available_parallelism().map_or(2, std::num::NonZero::get),
+        )),
         failed_signins: RateLimiter::new(
             config.issuer.failed_signins_per_minute,
             Duration::from_mins(1),

@@ -7,6 +7,7 @@
 //! credential here: tokens cannot beget tokens.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
@@ -20,6 +21,9 @@ use super::error::ApiError;
 use super::{AppState, IssuerState};
 use crate::config::AuthMode;
 use crate::directory::User;
+
+/// How long a sign-in waits for a free password-check slot before 429.
+const PASSWORD_CHECK_WAIT: Duration = Duration::from_secs(5);
 
 /// A person who proved who they are to the issuer.
 #[derive(Debug, Clone)]
@@ -60,10 +64,23 @@ async fn basic(authorization: Option<&str>, issuer: &IssuerState) -> Result<Pers
     let decoded = zeroize::Zeroizing::new(decoded);
     let text = std::str::from_utf8(&decoded).map_err(|_| ApiError::Unauthenticated)?;
     let (user, password) = text.split_once(':').ok_or(ApiError::Unauthenticated)?;
+    // The attempt is counted before the argon2 work and refunded on success: checking first
+    // and counting only failures let any number of concurrent guesses through the limit.
     issuer
         .failed_signins
-        .check(user)
+        .acquire(user)
         .map_err(|retry_after| ApiError::RateLimited { retry_after })?;
+    // At most as many argon2 hashes (19 MiB each) at once as there are cores; the rest wait a
+    // little, then get 429, so a flood of sign-ins cannot exhaust memory or blocking threads.
+    let _permit = tokio::time::timeout(
+        PASSWORD_CHECK_WAIT,
+        Arc::clone(&issuer.password_checks).acquire_owned(),
+    )
+    .await
+    .map_err(|_| ApiError::RateLimited {
+        retry_after: Duration::from_secs(1),
+    })?
+    .map_err(|e| ApiError::Internal(Box::new(e)))?;
     let directory = Arc::clone(&issuer.directory);
     let (user_id, password) = (
         user.to_owned(),
@@ -75,9 +92,9 @@ async fn basic(authorization: Option<&str>, issuer: &IssuerState) -> Result<Pers
             .await
             .map_err(|e| ApiError::Internal(Box::new(e)))?;
     if let Some(user) = found {
+        issuer.failed_signins.refund(&user_id);
         return Ok(Person(user));
     }
-    issuer.failed_signins.record(&user_id);
     // Debug formatting escapes the attacker-chosen id, so it cannot forge log lines.
     tracing::info!(target: "audit", event = "sign_in", user = ?user_id, outcome = "failed");
     Err(ApiError::Unauthenticated)
@@ -92,9 +109,15 @@ fn trusted_header(parts: &Parts, issuer: &IssuerState) -> Result<Person, ApiErro
     if !bool::from(secret.ct_eq(issuer.auth.proxy_secret.as_bytes())) {
         return Err(ApiError::Unauthenticated);
     }
-    let user = parts
+    // Exactly one user header: a proxy that appends rather than replaces would otherwise let
+    // a client-sent value ride along, and which one wins must not be left to chance.
+    let mut users = parts
         .headers
-        .get(issuer.auth.user_header.as_str())
+        .get_all(issuer.auth.user_header.as_str())
+        .iter();
+    let (first, second) = (users.next(), users.next());
+    let user = first
+        .filter(|_| second.is_none())
         .and_then(|v| v.to_str().ok())
         .and_then(|id| issuer.directory.user(id))
         .ok_or(ApiError::Unauthenticated)?;

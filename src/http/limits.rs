@@ -63,6 +63,15 @@ impl RateLimiter {
         entry.1 = entry.1.saturating_add(1);
     }
 
+    /// Gives back one event counted for `key` in its current window (an attempt that turned
+    /// out not to count, such as a successful sign-in).
+    pub fn refund(&self, key: &str) {
+        let mut windows = self.windows.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((_, count)) = windows.get_mut(key) {
+            *count = count.saturating_sub(1);
+        }
+    }
+
     /// Checks and, if allowed, counts one event.
     ///
     /// # Errors
@@ -87,6 +96,12 @@ mod tests {
         let retry = limiter.acquire("a").unwrap_err();
         assert!(retry <= Duration::from_mins(1));
         assert!(limiter.acquire("b").is_ok());
+        limiter.refund("a");
+        assert!(
+            limiter.acquire("a").is_ok(),
+            "a refunded event frees its slot"
+        );
+        assert!(limiter.acquire("a").is_err());
         tokio::time::advance(Duration::from_secs(61)).await;
         assert!(limiter.acquire("a").is_ok());
     }

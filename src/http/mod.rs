@@ -104,6 +104,8 @@ pub struct IssuerState {
     pub auth: AuthSettings,
     /// Failed sign-ins per user id.
     pub failed_signins: RateLimiter,
+    /// Password checks (argon2id, 19 MiB each) allowed at once.
+    pub password_checks: Arc<tokio::sync::Semaphore>,
     /// Mints per person.
     pub mints: RateLimiter,
 }

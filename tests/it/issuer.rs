@@ -966,3 +966,31 @@ async fn keys_added_and_retired_on_disk_take_effect_without_a_restart() {
     );
     issuer.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_password_guesses_cannot_outrun_the_sign_in_limit() {
+    let issuer = TestIssuer::start(Options {
+        extra: "failed_signins_per_minute = 3\n".into(),
+        ..Options::default()
+    })
+    .await;
+    let guesses = (0..12).map(|i| {
+        reqwest::Client::new()
+            .get(issuer.url("/v1/tenants/acme/tokens"))
+            .basic_auth("alice", Some(format!("guess-{i}")))
+            .send()
+    });
+    let statuses: Vec<u16> = futures_util::future::join_all(guesses)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap().status().as_u16())
+        .collect();
+    let checked = statuses.iter().filter(|s| **s == 401).count();
+    let limited = statuses.iter().filter(|s| **s == 429).count();
+    assert_eq!(
+        checked, 3,
+        "only the allowance reaches a password check: {statuses:?}"
+    );
+    assert_eq!(limited, 9, "{statuses:?}");
+    issuer.stop().await;
+}
