@@ -34,6 +34,7 @@ VERIFIER_PORT=${VERIFIER_PORT:-18481}
 BARE_PORT=${BARE_PORT:-18482}
 
 command -v wrk >/dev/null || { echo "wrk is not installed (apt-get install wrk)" >&2; exit 2; }
+command -v redis-server >/dev/null || { echo "redis-server is not installed" >&2; exit 2; }
 cargo build --release --quiet --bin edgetoken --example bare_axum --example mint_many
 bin=target/release
 
@@ -47,6 +48,13 @@ cleanup() {
 trap cleanup EXIT
 
 "$bin/edgetoken" keygen --dir "$work/keys" >/dev/null
+# A verifier alone needs the shared revocation store: a private redis-server, never the
+# machine's own. Verification never touches it (the mirror is in memory); only the feed does.
+REDIS_PORT=${REDIS_PORT:-18483}
+redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
+    --dir "$work" --daemonize no >"$work/redis.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 50); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
 cat >"$work/edgetoken.toml" <<TOML
 [token]
 issuer = "https://issuer.bench"
@@ -55,6 +63,9 @@ audience = "bench"
 dir = "$work/keys"
 [server]
 listen = "127.0.0.1:$VERIFIER_PORT"
+[revocation]
+redis_url = "redis://127.0.0.1:$REDIS_PORT/"
+key_prefix = "load-bench"
 TOML
 
 echo "minting $COLD_TOKENS cold tokens and 100 warm ones..." >&2

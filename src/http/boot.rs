@@ -79,26 +79,7 @@ pub async fn start(
         None
     };
     let jwks_url = config.verifier.jwks_url.clone();
-    if !jwks_url.is_empty() && role.has_issuer() {
-        return Err(StartError::Other(
-            "verifier.jwks_url is for --role verifier; the issuer trusts its own key directory"
-                .into(),
-        ));
-    }
-    let ring = if jwks_url.is_empty() {
-        let ring = key_dir.load_ring()?;
-        if ring.is_empty() {
-            return Err(StartError::Other(format!(
-                "no trusted keys in {}; copy the issuer's public keys (*.jwk.json) there, \
-                 or set verifier.jwks_url",
-                config.keys.dir.display()
-            )));
-        }
-        ring
-    } else {
-        // Filled by the first JWKS fetch; until then nothing verifies and /readyz says so.
-        KeyRing::new()
-    };
+    let ring = initial_ring(&config, &key_dir, role)?;
     let metrics = Arc::new(Metrics::new());
     let revocation = open_revocation(&config, &clock, &mut banner).await?;
     let verifier = Arc::new(
@@ -146,7 +127,8 @@ pub async fn start(
     };
     let issuer = match signing_key {
         Some(key) => {
-            Some(issuer_state(&config, key, revocation.store(), &clock, &mut banner).await?)
+            let store = revocation.store();
+            Some(issuer_state(&config, key, store, development, &clock, &mut banner).await?)
         }
         None => None,
     };
@@ -165,6 +147,41 @@ pub async fn start(
         revocation,
         key_reload,
         banner,
+    })
+}
+
+/// The keys trusted at start: the key directory's, or none yet when they come from the
+/// issuer's JWKS (filled by the first fetch; until then nothing verifies and `/readyz` says
+/// so). Also refuses role and key-source combinations that cannot work.
+fn initial_ring(config: &Config, key_dir: &KeyDir, role: Role) -> Result<KeyRing, StartError> {
+    if role != Role::All && config.revocation.redis_url.is_empty() {
+        // Split roles share revocations only through Redis: an issuer alone would acknowledge
+        // revocations no verifier ever sees, and a verifier alone would never see any.
+        return Err(StartError::Other(format!(
+            "--role {role} needs revocation.redis_url: the in-process store is for a single \
+             process running every role (--role all)"
+        )));
+    }
+    let jwks_url = &config.verifier.jwks_url;
+    if !jwks_url.is_empty() && role.has_issuer() {
+        return Err(StartError::Other(
+            "verifier.jwks_url is for --role verifier; the issuer trusts its own key directory"
+                .into(),
+        ));
+    }
+    Ok(if jwks_url.is_empty() {
+        let ring = key_dir.load_ring()?;
+        if ring.is_empty() {
+            return Err(StartError::Other(format!(
+                "no trusted keys in {}; copy the issuer's public keys (*.jwk.json) there, \
+                 or set verifier.jwks_url",
+                config.keys.dir.display()
+            )));
+        }
+        ring
+    } else {
+        // Filled by the first JWKS fetch; until then nothing verifies and /readyz says so.
+        KeyRing::new()
     })
 }
 
@@ -295,12 +312,20 @@ async fn issuer_state(
     config: &Config,
     key: SigningKey,
     revocations: Arc<dyn RevocationStore>,
+    development: bool,
     clock: &Arc<dyn Clock>,
     banner: &mut Vec<String>,
 ) -> Result<IssuerState, StartError> {
     banner.push(format!("issuer signing with key {}", key.kid()));
     let catalogue = config.catalogue()?;
     let directory = if config.issuer.directory.as_os_str().is_empty() {
+        if !development {
+            return Err(StartError::Other(
+                "issuer.directory: a configured issuer needs a user directory file; the demo \
+                 user exists only when edgetoken runs without a configuration file"
+                    .into(),
+            ));
+        }
         let (directory, password) = demo_directory(&catalogue).await?;
         banner.push(format!(
             "DEVELOPMENT directory: user `demo`, password `{}`, tenant `demo` \

@@ -256,3 +256,32 @@ async fn revoke_from_the_command_line_reaches_every_mirror() {
     );
     feed.shutdown().await;
 }
+
+#[test]
+fn a_split_role_without_redis_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    keygen(dir.path());
+    std::fs::write(
+        dir.path().join("edgetoken.toml"),
+        "[server]\nlisten = \"127.0.0.1:0\"\n",
+    )
+    .unwrap();
+    for role in ["issuer", "verifier"] {
+        let output = run(dir.path(), &["serve", "--role", role], "");
+        assert_fails(&output, 2, "needs revocation.redis_url");
+    }
+}
+
+#[test]
+fn a_configured_issuer_without_a_directory_gets_no_demo_user() {
+    let dir = tempfile::tempdir().unwrap();
+    keygen(dir.path());
+    std::fs::write(
+        dir.path().join("edgetoken.toml"),
+        "[server]\nlisten = \"127.0.0.1:0\"\n",
+    )
+    .unwrap();
+    let output = run(dir.path(), &["serve"], "");
+    assert_fails(&output, 2, "issuer.directory");
+    assert!(!String::from_utf8_lossy(&output.stdout).contains("password"));
+}
