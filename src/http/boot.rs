@@ -103,7 +103,8 @@ pub async fn start(
         .await
         .map_err(|e| StartError::Other(e.to_string()))?;
         banner.push(format!(
-            "trusted keys from {jwks_url} ({}), refreshed every {} s",
+            "trusted keys from {} ({}), refreshed every {} s",
+            crate::config::redact_url(&jwks_url),
             if refresher.is_loaded() {
                 format!("{} keys loaded", verifier.keys().len())
             } else {

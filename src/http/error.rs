@@ -187,7 +187,7 @@ impl IntoResponse for ApiError {
                 headers.insert(
                     header::WWW_AUTHENTICATE,
                     HeaderValue::from_static(
-                        r#"Bearer error="invalid_request", error_description="malformed_authorization""#,
+                        r#"Bearer error="invalid_token", error_description="malformed_authorization""#,
                     ),
                 );
             }

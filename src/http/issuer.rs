@@ -484,8 +484,8 @@ async fn revoke_many(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Form of an RFC 7009 revocation request.
-#[derive(Debug, Deserialize)]
+/// Form of an RFC 7009 revocation request. No `Debug`: it holds a raw token.
+#[derive(Deserialize)]
 struct PresentedToken {
     token: String,
     #[serde(rename = "token_type_hint")]

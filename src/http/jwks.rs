@@ -191,6 +191,11 @@ impl JwksRefresher {
         &self.inner.settings.url
     }
 
+    /// The URL with any credentials replaced, for logs and `/readyz`.
+    pub fn display_url(&self) -> String {
+        crate::config::redact_url(&self.inner.settings.url)
+    }
+
     /// Stops the background refresh.
     pub async fn shutdown(&self) {
         let task = self
@@ -268,7 +273,7 @@ impl Inner {
             }
             Err(error) => {
                 tracing::warn!(
-                    url = %self.settings.url,
+                    url = %crate::config::redact_url(&self.settings.url),
                     reason = error.code(),
                     error = %super::error::ErrorChain(&error),
                     "JWKS fetch failed; keeping the last good key set"
@@ -337,7 +342,7 @@ impl Inner {
             }
             body.extend_from_slice(&chunk);
         }
-        let ring = KeyRing::from_jwks_json(&body, &self.settings.url)?;
+        let ring = KeyRing::from_jwks_json(&body, &crate::config::redact_url(&self.settings.url))?;
         if ring.is_empty() {
             return Err(FetchError::Empty);
         }

@@ -36,7 +36,7 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
         "jwks": state.jwks.as_ref().map(|jwks| {
             let status = jwks.status();
             serde_json::json!({
-                "url": jwks.url(),
+                "url": jwks.display_url(),
                 "loaded": status.successes > 0,
                 "fetches": status.attempts,
                 "age_seconds": status.last_success.map(|at| at.elapsed().as_secs_f64()),

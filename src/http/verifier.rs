@@ -329,6 +329,7 @@ fn allowed(claims: &Claims) -> Result<Response, ApiError> {
     Ok(response)
 }
 
+/// No `Debug`: it holds a raw token.
 #[derive(Deserialize)]
 struct IntrospectForm {
     token: String,

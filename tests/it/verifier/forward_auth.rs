@@ -287,7 +287,7 @@ async fn authorization_must_be_exactly_one_bearer_token() {
         assert_eq!(response.status(), 401);
         assert_eq!(
             challenge(&response),
-            r#"Bearer error="invalid_request", error_description="malformed_authorization""#
+            r#"Bearer error="invalid_token", error_description="malformed_authorization""#
         );
     }
 }
