@@ -1352,11 +1352,13 @@ fn verify_refuses_when_the_revocation_state_is_unavailable() {
 fn removing_a_key_from_the_ring_rejects_its_cached_tokens() {
     let fx = Fixture::new();
     let token = fx.token(&valid_claims());
-    assert!(fx.verify(&token).is_ok());
-    assert!(fx.verify(&token).is_ok());
+    // Cached on the second verification, so the third is a hit.
+    for _ in 0..3 {
+        assert!(fx.verify(&token).is_ok());
+    }
     assert!(
         fx.verifier.cache_stats().hits >= 1,
-        "second call was a cache hit"
+        "third call was a cache hit"
     );
     fx.verifier
         .set_keys(crate::support::tokens::ring_of(&[&fx.second]));
@@ -1367,6 +1369,8 @@ fn removing_a_key_from_the_ring_rejects_its_cached_tokens() {
 fn cached_token_is_rejected_once_it_expires() {
     let fx = Fixture::new();
     let token = fx.token(&valid_claims());
+    // Cached on its second verification.
+    assert!(fx.verify(&token).is_ok());
     assert!(fx.verify(&token).is_ok());
     let hits = fx.verifier.cache_stats().hits;
     fx.clock.advance(3600 + LEEWAY);
@@ -1382,6 +1386,8 @@ fn cached_token_is_rejected_once_it_expires() {
 fn cached_token_is_rejected_once_revoked() {
     let fx = Fixture::new();
     let token = fx.token(&valid_claims());
+    // Cached on its second verification.
+    assert!(fx.verify(&token).is_ok());
     assert!(fx.verify(&token).is_ok());
     let hits = fx.verifier.cache_stats().hits;
     fx.revocations.revoke(&Revocation::Token {
@@ -1401,10 +1407,17 @@ fn cached_token_still_meets_the_requirement_check() {
     let fx = Fixture::new();
     let token = fx.token(&valid_claims());
     assert!(fx.verify(&token).is_ok());
+    assert!(fx.verify(&token).is_ok());
+    let hits = fx.verifier.cache_stats().hits;
     let need = Requirement::any().tenant("globex".parse().expect("tenant"));
     assert_eq!(
         fx.verifier.verify(&token, &need).err(),
         Some(Rejection::WrongTenant)
+    );
+    assert_eq!(
+        fx.verifier.cache_stats().hits,
+        hits + 1,
+        "the requirement was checked on a hit"
     );
 }
 

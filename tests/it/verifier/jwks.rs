@@ -158,7 +158,14 @@ async fn a_key_removed_from_the_jwks_stops_verifying_even_when_cached() {
     let (k1, k2) = (SigningKey::generate(), SigningKey::generate());
     let setup = setup(&ring(&[&k1, &k2])).await;
     let old = mint(&issuer(&k1), "alice", "acme", "runs:read");
+    // Cached on the second verification; the third is a hit.
     assert!(setup.verifier.verify(&old, &Requirement::any()).is_ok());
+    assert!(setup.verifier.verify(&old, &Requirement::any()).is_ok());
+    assert!(setup.verifier.verify(&old, &Requirement::any()).is_ok());
+    assert!(
+        setup.verifier.cache_stats().hits >= 1,
+        "the third verification was a hit"
+    );
     setup.server.publish(&ring(&[&k2]));
     let after = refetch(&setup.refresher).await;
     assert_eq!(after.keys, 1);
