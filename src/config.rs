@@ -244,6 +244,10 @@ pub struct VerifierConfig {
     /// default) reads trusted keys from `keys.dir` instead. Only for `--role verifier`: the
     /// issuer trusts its own key directory.
     pub jwks_url: String,
+    /// Allow a plain `http://` JWKS URL to a host other than loopback. Default false: whoever
+    /// can alter the fetched document chooses the trusted keys, so the key set must come over
+    /// TLS unless the network path is one you control (a private container network, say).
+    pub allow_insecure_jwks: bool,
     /// How often the JWKS is fetched again, in seconds. Default 300.
     pub jwks_refresh_secs: u64,
     /// A token naming an unknown `kid` triggers a background refetch, at most once per this
@@ -271,7 +275,8 @@ pub struct VerifierConfig {
 impl std::fmt::Debug for VerifierConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("VerifierConfig")
-            .field("jwks_url", &self.jwks_url)
+            .field("jwks_url", &redact_url(&self.jwks_url))
+            .field("allow_insecure_jwks", &self.allow_insecure_jwks)
             .field("jwks_refresh_secs", &self.jwks_refresh_secs)
             .field("jwks_min_refetch_secs", &self.jwks_min_refetch_secs)
             .field("jwks_timeout_ms", &self.jwks_timeout_ms)
@@ -288,6 +293,7 @@ impl Default for VerifierConfig {
     fn default() -> Self {
         Self {
             jwks_url: String::new(),
+            allow_insecure_jwks: false,
             jwks_refresh_secs: 300,
             jwks_min_refetch_secs: 30,
             jwks_timeout_ms: 5000,
@@ -574,6 +580,21 @@ impl Config {
                     "verifier.jwks_url",
                     "must be an http:// or https:// URL with a host",
                 ));
+            }
+            if let Some(rest) = v.jwks_url.strip_prefix("http://") {
+                let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
+                let host = host.rsplit('@').next().unwrap_or_default();
+                let loopback = host.starts_with("127.")
+                    || host.starts_with("localhost")
+                    || host.starts_with("[::1]");
+                if !loopback && !v.allow_insecure_jwks {
+                    return Err(ConfigError::field(
+                        "verifier.jwks_url",
+                        "plain http:// lets anyone on the path choose the trusted keys: use \
+                         https://, or set verifier.allow_insecure_jwks = true for a network \
+                         you control",
+                    ));
+                }
             }
         }
         if v.jwks_min_refetch_secs == 0 {
@@ -905,6 +926,10 @@ mod tests {
     fn verifier_options_are_validated_by_name() {
         for (toml, name) in [
             ("[verifier]\njwks_url = \"ftp://x\"\n", "verifier.jwks_url"),
+            (
+                "[verifier]\njwks_url = \"http://issuer.example/.well-known/jwks.json\"\n",
+                "verifier.jwks_url",
+            ),
             (
                 "[verifier]\njwks_min_refetch_secs = 0\n",
                 "verifier.jwks_min_refetch_secs",

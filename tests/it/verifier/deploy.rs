@@ -31,10 +31,26 @@ fn compose_verifier_configuration_loads_with_its_environment() {
                 "EDGETOKEN_VERIFIER__JWKS_URL",
                 "http://issuer:8080/.well-known/jwks.json",
             ),
+            ("EDGETOKEN_VERIFIER__ALLOW_INSECURE_JWKS", "true"),
             ("EDGETOKEN_VERIFIER__TRUSTED_PROXIES", r#"["172.28.0.10"]"#),
         ]),
     )
     .unwrap();
+    // Every variable above is the one docker-compose.yml sets for the verifiers.
+    let compose =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docker-compose.yml"))
+            .unwrap();
+    for name in [
+        "EDGETOKEN_REVOCATION__REDIS_URL",
+        "EDGETOKEN_VERIFIER__JWKS_URL",
+        "EDGETOKEN_VERIFIER__ALLOW_INSECURE_JWKS",
+        "EDGETOKEN_VERIFIER__TRUSTED_PROXIES",
+    ] {
+        assert!(
+            compose.contains(name),
+            "docker-compose.yml no longer sets {name}"
+        );
+    }
     assert!(config.route_policy().unwrap().has_routes());
     assert_eq!(config.verifier.trusted_proxies, ["172.28.0.10"]);
 }
