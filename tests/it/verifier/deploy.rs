@@ -26,7 +26,10 @@ fn compose_verifier_configuration_loads_with_its_environment() {
         Some(&deploy("verifier.toml")),
         env(&[
             ("EDGETOKEN_SERVER__LISTEN", "0.0.0.0:8080"),
-            ("EDGETOKEN_REVOCATION__REDIS_URL", "redis://redis:6379/"),
+            (
+                "EDGETOKEN_REVOCATION__REDIS_URL",
+                "redis://:change-me@redis:6379/",
+            ),
             (
                 "EDGETOKEN_VERIFIER__JWKS_URL",
                 "http://issuer:8080/.well-known/jwks.json",
@@ -61,7 +64,10 @@ fn compose_issuer_configuration_and_demo_directory_load() {
         Some(&deploy("issuer.toml")),
         env(&[
             ("EDGETOKEN_SERVER__LISTEN", "0.0.0.0:8080"),
-            ("EDGETOKEN_REVOCATION__REDIS_URL", "redis://redis:6379/"),
+            (
+                "EDGETOKEN_REVOCATION__REDIS_URL",
+                "redis://:change-me@redis:6379/",
+            ),
         ]),
     )
     .unwrap();
