@@ -139,6 +139,21 @@ impl std::fmt::Debug for RevocationConfig {
     }
 }
 
+/// Whether `host_port` (`host`, `host:port`, `[v6]` or `[v6]:port`) names the loopback
+/// interface: `localhost` exactly, or a loopback IP address. Names are compared whole, so
+/// `localhost.example` or `127.0.0.1.example` are not loopback.
+fn is_loopback_host(host_port: &str) -> bool {
+    let host = if let Some(rest) = host_port.strip_prefix('[') {
+        rest.split(']').next().unwrap_or_default()
+    } else {
+        host_port.split(':').next().unwrap_or_default()
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 /// A Redis URL with any password replaced, for logs and `Debug`.
 pub fn redact_url(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
@@ -582,11 +597,9 @@ impl Config {
                 ));
             }
             if let Some(rest) = v.jwks_url.strip_prefix("http://") {
-                let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
-                let host = host.rsplit('@').next().unwrap_or_default();
-                let loopback = host.starts_with("127.")
-                    || host.starts_with("localhost")
-                    || host.starts_with("[::1]");
+                let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+                let host_port = authority.rsplit('@').next().unwrap_or_default();
+                let loopback = is_loopback_host(host_port);
                 if !loopback && !v.allow_insecure_jwks {
                     return Err(ConfigError::field(
                         "verifier.jwks_url",
@@ -931,6 +944,14 @@ mod tests {
                 "verifier.jwks_url",
             ),
             (
+                "[verifier]\njwks_url = \"http://127.0.0.1.attacker.example/jwks\"\n",
+                "verifier.jwks_url",
+            ),
+            (
+                "[verifier]\njwks_url = \"http://localhost.attacker.example/jwks\"\n",
+                "verifier.jwks_url",
+            ),
+            (
                 "[verifier]\njwks_min_refetch_secs = 0\n",
                 "verifier.jwks_min_refetch_secs",
             ),
@@ -962,6 +983,28 @@ mod tests {
         )
         .unwrap();
         assert!(!format!("{config:?}").contains("s3cr3t"));
+    }
+
+    #[test]
+    fn loopback_hosts_are_recognised_whole() {
+        for host in [
+            "127.0.0.1",
+            "127.0.0.1:8080",
+            "localhost:80",
+            "[::1]:8080",
+            "[::1]",
+        ] {
+            assert!(is_loopback_host(host), "{host}");
+        }
+        for host in [
+            "127.0.0.1.example",
+            "localhost.example",
+            "10.0.0.1",
+            "[::2]",
+            "",
+        ] {
+            assert!(!is_loopback_host(host), "{host}");
+        }
     }
 
     #[test]
