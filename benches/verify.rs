@@ -306,12 +306,15 @@ fn warm_vs_cold(c: &mut Criterion, fixture: &Fixture) {
     let mut group = c.benchmark_group("warm_vs_cold");
     group.bench_function("warm_verify", |b| {
         let verifier = fixture.verifier(CacheSettings::default());
-        verifier
-            .verify(&fixture.token, &fixture.requirement)
-            .expect("first verify");
+        // The cache admits a token on its second verification; both happen before timing.
+        for _ in 0..2 {
+            verifier
+                .verify(&fixture.token, &fixture.requirement)
+                .expect("warm-up verify");
+        }
         b.iter(|| verifier.verify(black_box(&fixture.token), black_box(&fixture.requirement)));
         let stats = verifier.cache_stats();
-        assert_eq!(stats.misses, 1, "a warm verify missed the cache");
+        assert_eq!(stats.misses, 2, "a warm verify missed the cache");
         assert!(stats.hits > 0, "the warm verify never hit the cache");
     });
     bench_cold(&mut group, "cold_verify", fixture, CacheSettings::default());
