@@ -1,29 +1,11 @@
 //! The command line as a user runs it: bad input anywhere gives a clear message and a non-zero
 //! exit (1 for a rejected token, 2 for everything else), never a panic.
 
-use std::io::Write as _;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
-use std::process::{Output, Stdio};
+use std::process::Output;
 
-use crate::support::process::edgetoken;
-
-fn run(dir: &Path, args: &[&str], stdin: &str) -> Output {
-    let mut child = edgetoken(dir)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
-}
+use crate::support::process::{edgetoken, run_cli as run};
 
 /// Asserts exit status `code` and that stderr mentions `needle`, without a panic.
 fn assert_fails(output: &Output, code: i32, needle: &str) {

@@ -6,9 +6,9 @@
 //! saying how to install it, it never skips them.
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 
-use crate::support::process::edgetoken;
+use crate::support::process::run_cli;
 
 /// Runs `python3 -c SCRIPT ARGS...` and returns its stdout, failing loudly on any error.
 fn python(script: &str, args: &[&str]) -> String {
@@ -37,11 +37,7 @@ fn python(script: &str, args: &[&str]) -> String {
 }
 
 fn run(dir: &Path, args: &[&str]) -> Output {
-    edgetoken(dir)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
+    run_cli(dir, args, "")
 }
 
 fn stdout_of(dir: &Path, args: &[&str]) -> String {

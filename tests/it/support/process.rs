@@ -290,3 +290,23 @@ impl Drop for ServeProcess {
         }
     }
 }
+
+/// Runs `edgetoken ARGS...` in `cwd` (clean environment) with `stdin` on its standard input,
+/// and returns its output.
+pub(crate) fn run_cli(cwd: &Path, args: &[&str], stdin: &str) -> std::process::Output {
+    use std::io::Write as _;
+    let mut child = edgetoken(cwd)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the edgetoken binary");
+    child
+        .stdin
+        .take()
+        .expect("piped stdin")
+        .write_all(stdin.as_bytes())
+        .expect("write stdin");
+    child.wait_with_output().expect("edgetoken output")
+}
