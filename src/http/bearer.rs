@@ -47,13 +47,34 @@ pub fn bearer_token(headers: &HeaderMap) -> Result<&str, ApiError> {
     let token = rest.get(start..).unwrap_or_default();
     let padding = token.iter().rev().take_while(|b| **b == b'=').count();
     let body = token.get(..token.len() - padding).unwrap_or_default();
-    let is_b64token =
-        |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/');
-    if body.is_empty() || !body.iter().all(is_b64token) {
+    // A fold without early exit, so the check over a whole (about 500-byte) token
+    // vectorises; an early-exit `all` ran byte by byte at a few percent of a warm request.
+    let is_b64token = body
+        .iter()
+        .fold(true, |valid, &b| valid & is_b64token_byte(b));
+    if body.is_empty() || !is_b64token {
         return Err(ApiError::MalformedAuthorization);
     }
     let token = std::str::from_utf8(token).map_err(|_| ApiError::MalformedAuthorization)?;
     Ok(token)
+}
+
+/// Whether `b` is in RFC 6750's `b64token` alphabet (before the `=` padding), without
+/// branches: `A-Z a-z 0-9 - . _ ~ + /`.
+#[expect(
+    clippy::needless_bitwise_bool,
+    reason = "no branches, so the check over a whole token vectorises"
+)]
+fn is_b64token_byte(b: u8) -> bool {
+    let lower = b | 0x20;
+    (lower.wrapping_sub(b'a') < 26)
+        | (b.wrapping_sub(b'0') < 10)
+        | (b == b'-')
+        | (b == b'.')
+        | (b == b'_')
+        | (b == b'~')
+        | (b == b'+')
+        | (b == b'/')
 }
 
 /// Verifies tokens for HTTP callers: the verifier plus what surrounds a decision.
@@ -192,6 +213,15 @@ mod tests {
             "BEARER  abc.def.ghi",
         ] {
             assert_eq!(bearer_token(&headers(&[value])).unwrap(), "abc.def.ghi");
+        }
+    }
+
+    #[test]
+    fn b64token_alphabet_is_exactly_rfc_6750() {
+        for b in 0..=u8::MAX {
+            let expected =
+                b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/');
+            assert_eq!(is_b64token_byte(b), expected, "byte {b:#04x}");
         }
     }
 

@@ -13,6 +13,7 @@ mod issuer;
 pub mod jwks;
 pub mod layer;
 pub mod limits;
+mod memo;
 mod ops;
 pub mod verifier;
 

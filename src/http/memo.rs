@@ -1,0 +1,185 @@
+//! Per-thread memos on the forward-auth hot path (SPEC §9: a warm forward-auth answer should
+//! cost little more than a bare `200`).
+//!
+//! A warm request's verification is a few hundred nanoseconds, so work that is the same on
+//! every request for the same input shows: parsing the query requirement and building the
+//! `X-Auth-*` headers each cost about as much as the verification itself. Both are pure
+//! functions of their input, so their results are remembered, per worker thread (no lock or
+//! shared cache line between workers), in a bounded table:
+//!
+//! - [`query_requirement`]: the parsed requirement by query string. A proxy sends one query
+//!   string per protected location, the same on every request.
+//! - [`answer_headers`]: the headers of an allowed answer by verified claims. A warm token's
+//!   claims are one shared allocation (the verified-token cache hands out the same `Arc`), so
+//!   the allocation's identity is the key; the memo holds a strong reference, so the address
+//!   cannot be reused for other claims while the entry lives.
+//!
+//! Nothing here decides access: the token is verified, and its expiry, revocation, tenant and
+//! permission checked, on every request before these are consulted.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::http::HeaderMap;
+
+use super::ApiError;
+use crate::token::{Claims, Requirement};
+
+/// Distinct query strings remembered per thread; when full, the table starts afresh.
+const QUERY_ENTRIES: usize = 64;
+
+/// Slots of the answer memo per thread (a power of two). About 200 bytes each when full.
+const ANSWER_SLOTS: usize = 1024;
+
+/// One remembered answer: the claims it was built from, kept alive, and its headers.
+struct Answer {
+    claims: Arc<Claims>,
+    headers: HeaderMap,
+}
+
+thread_local! {
+    static QUERIES: RefCell<HashMap<Box<str>, Option<Arc<Requirement>>>> =
+        RefCell::new(HashMap::new());
+    static ANSWERS: RefCell<Vec<Option<Answer>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// `parse(query)`, remembered by `query` when it succeeds. `parse` must depend on the query
+/// alone. Failures are not kept: they are rare, and junk must not take room.
+///
+/// # Errors
+///
+/// What `parse` returns.
+pub(super) fn query_requirement(
+    query: &str,
+    parse: impl FnOnce(&str) -> Result<Option<Requirement>, ApiError>,
+) -> Result<Option<Arc<Requirement>>, ApiError> {
+    if let Some(found) = QUERIES.with_borrow(|memo| memo.get(query).cloned()) {
+        return Ok(found);
+    }
+    let parsed = parse(query)?.map(Arc::new);
+    QUERIES.with_borrow_mut(|memo| {
+        if memo.len() >= QUERY_ENTRIES {
+            memo.clear();
+        }
+        memo.insert(query.into(), parsed.clone());
+    });
+    Ok(parsed)
+}
+
+/// `build(claims)`, remembered for this allocation of `claims`. Direct-mapped: a new answer
+/// replaces whatever shared its slot, so the table never grows and never needs sweeping.
+///
+/// # Errors
+///
+/// What `build` returns.
+pub(super) fn answer_headers(
+    claims: &Arc<Claims>,
+    build: impl FnOnce(&Claims) -> Result<HeaderMap, ApiError>,
+) -> Result<HeaderMap, ApiError> {
+    let index = slot_of(claims);
+    ANSWERS.with_borrow_mut(|slots| {
+        if slots.is_empty() {
+            slots.resize_with(ANSWER_SLOTS, || None);
+        }
+        let slot = &mut slots[index];
+        if let Some(answer) = slot.as_ref()
+            && Arc::ptr_eq(&answer.claims, claims)
+        {
+            return Ok(answer.headers.clone());
+        }
+        let headers = build(claims)?;
+        *slot = Some(Answer {
+            claims: Arc::clone(claims),
+            headers: headers.clone(),
+        });
+        Ok(headers)
+    })
+}
+
+/// The slot of an allocation, below [`ANSWER_SLOTS`]: Fibonacci hashing of its address, whose
+/// low bits are alignment and whose neighbours are a fixed stride apart, so a plain modulo
+/// would use few slots.
+fn slot_of(claims: &Arc<Claims>) -> usize {
+    const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
+    const BITS: u32 = ANSWER_SLOTS.trailing_zeros();
+    let address = u64::try_from(Arc::as_ptr(claims).addr()).unwrap_or_default();
+    usize::try_from(address.wrapping_mul(GOLDEN) >> (u64::BITS - BITS)).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::token::TenantId;
+    use axum::http::HeaderValue;
+
+    fn sample() -> Claims {
+        let at = time::OffsetDateTime::UNIX_EPOCH;
+        Claims {
+            issuer: "iss".into(),
+            audience: "aud".into(),
+            subject: "alice".parse().unwrap(),
+            tenant: "acme".parse().unwrap(),
+            scope: crate::permissions::Scope::parse_claim("runs:read").unwrap(),
+            issued_at: at,
+            not_before: at,
+            expires_at: at,
+            token_id: "A".repeat(22).parse().unwrap(),
+            kid: crate::keys::thumbprint(&[9; 32]),
+        }
+    }
+
+    fn requirement(tenant: &str) -> Requirement {
+        Requirement::any().tenant(TenantId::new(tenant).unwrap())
+    }
+
+    #[test]
+    fn query_is_parsed_once_and_failures_are_not_kept() {
+        let query = "memo-test-query-1";
+        let first = query_requirement(query, |_| Ok(Some(requirement("acme")))).unwrap();
+        let again = query_requirement(query, |_| panic!("parsed twice")).unwrap();
+        assert!(Arc::ptr_eq(
+            first.as_ref().unwrap(),
+            again.as_ref().unwrap()
+        ));
+
+        let bad = "memo-test-query-2";
+        assert!(query_requirement(bad, |_| Err(ApiError::MissingToken)).is_err());
+        let parsed = query_requirement(bad, |_| Ok(Some(requirement("beta")))).unwrap();
+        assert_eq!(parsed.unwrap().tenant.as_ref().unwrap().as_str(), "beta");
+    }
+
+    #[test]
+    fn query_memo_stays_bounded() {
+        for i in 0..QUERY_ENTRIES * 3 {
+            query_requirement(&format!("memo-bound-{i}"), |_| Ok(None)).unwrap();
+        }
+        assert!(QUERIES.with_borrow(HashMap::len) <= QUERY_ENTRIES);
+    }
+
+    #[test]
+    fn answers_are_kept_per_allocation_not_per_value() {
+        let claims = Arc::new(sample());
+        let headers = |value: &'static str| {
+            move |_: &Claims| {
+                let mut map = HeaderMap::new();
+                map.insert("x-auth-subject", HeaderValue::from_static(value));
+                Ok(map)
+            }
+        };
+        let first = answer_headers(&claims, headers("first")).unwrap();
+        let again = answer_headers(&claims, |_| panic!("built twice")).unwrap();
+        assert_eq!(first, again);
+        // Equal claims in another allocation (a token verified afresh) get their own answer.
+        let copy = Arc::new((*claims).clone());
+        let other = answer_headers(&copy, headers("second")).unwrap();
+        assert_eq!(other["x-auth-subject"], "second");
+    }
+
+    #[test]
+    fn slots_spread_over_the_table() {
+        let claims: Vec<_> = (0..256).map(|_| Arc::new(sample())).collect();
+        let used: std::collections::HashSet<_> = claims.iter().map(slot_of).collect();
+        assert!(used.len() > 150, "{} slots for 256 allocations", used.len());
+    }
+}
