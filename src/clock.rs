@@ -32,6 +32,21 @@ impl Clock for SystemClock {
     fn now(&self) -> OffsetDateTime {
         OffsetDateTime::now_utc()
     }
+
+    /// Straight from the system clock: every verification reads this, and building an
+    /// `OffsetDateTime` (a calendar date) only to take its timestamp cost as much again.
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "the one place that reads the wall clock; everything else goes through Clock"
+    )]
+    fn unix_now(&self) -> i64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()
+            .and_then(|since| i64::try_from(since.as_secs()).ok())
+            // A clock set before 1970 (or past year 292 billion) takes the long way.
+            .unwrap_or_else(|| self.now().unix_timestamp())
+    }
 }
 
 /// A clock that only moves when told to; for tests and deterministic tooling.
@@ -87,5 +102,17 @@ mod tests {
         assert_eq!(clock.now().unix_timestamp(), 1_030);
         clock.set(5);
         assert_eq!(clock.unix_now(), 5);
+    }
+
+    #[test]
+    fn system_clock_shortcut_agrees_with_the_calendar_time() {
+        let clock = SystemClock;
+        let before = clock.now().unix_timestamp();
+        let unix = clock.unix_now();
+        let after = clock.now().unix_timestamp();
+        assert!(
+            before <= unix && unix <= after,
+            "{before} <= {unix} <= {after}"
+        );
     }
 }

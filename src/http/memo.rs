@@ -29,8 +29,10 @@ use crate::token::{Claims, Requirement};
 /// Distinct query strings remembered per thread; when full, the table starts afresh.
 const QUERY_ENTRIES: usize = 64;
 
-/// Slots of the answer memo per thread (a power of two). About 200 bytes each when full.
-const ANSWER_SLOTS: usize = 1024;
+/// Slots of the answer memo per thread (a power of two): about 100 bytes each, and 300 more
+/// for the headers of a filled one. Direct-mapped, so tokens in use should be well under
+/// this for few of them to share a slot (100 tokens: about 5% do).
+const ANSWER_SLOTS: usize = 2048;
 
 /// One remembered answer: the claims it was built from, kept alive, and its headers.
 struct Answer {

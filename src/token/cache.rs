@@ -13,6 +13,7 @@
 //! (a client minting a token per call, or someone replaying a stock of valid tokens) never
 //! pay for an insert (about 1 KiB allocated per entry) nor push tokens in real use out.
 
+use std::cell::RefCell;
 use std::hash::BuildHasher as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -62,8 +63,36 @@ const SLOT_BYTES: usize = 64;
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Slot(u64);
 
+/// Near-tier slots per worker thread (a power of two; direct-mapped by slot).
+const NEAR_SLOTS: usize = 1024;
+
+/// A shared-cache entry remembered by one thread, with the cache and slot it came from.
+struct NearEntry {
+    cache: u64,
+    slot: u64,
+    entry: Arc<Entry>,
+}
+
+thread_local! {
+    /// The near tier: the last entry each thread found in each of [`NEAR_SLOTS`] slots.
+    ///
+    /// A lookup in the shared moka cache records the read for its eviction policy (a channel
+    /// send, then housekeeping), which was a third of a warm verify; a hit here is an array
+    /// index. Entries are the shared cache's own, confirmed against the whole token like any
+    /// hit, and everything a hit skips is time-independent (see the module docs), so an entry
+    /// that outlives its place in the shared cache is still correct. The cost is recency: hits
+    /// here are not reported to moka, so under capacity pressure moka may evict a token this
+    /// thread keeps using; it is then verified afresh when another token takes its slot.
+    static NEAR: RefCell<Vec<Option<NearEntry>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Tells caches apart in the (process-wide) near tier; never reused.
+static NEXT_CACHE_ID: AtomicU64 = AtomicU64::new(1);
+
 #[derive(Debug)]
 pub(crate) struct VerifiedCache {
+    /// This cache's identity in the near tier.
+    id: u64,
     entries: moka::sync::Cache<u64, Arc<Entry>>,
     /// `SipHash` with per-process random keys: an attacker cannot aim tokens at one bucket.
     hasher: std::collections::hash_map::RandomState,
@@ -86,6 +115,7 @@ impl VerifiedCache {
             return None;
         }
         Some(Self {
+            id: NEXT_CACHE_ID.fetch_add(1, Ordering::Relaxed),
             entries: moka::sync::Cache::builder()
                 .max_capacity(settings.max_entries)
                 // No entry is useful past the longest token lifetime plus the largest leeway.
@@ -119,15 +149,36 @@ impl VerifiedCache {
         )
     }
 
-    /// The cached claims of exactly `token` (whose slot is `slot`), if present.
+    /// The cached claims of exactly `token` (whose slot is `slot`), if present: from this
+    /// thread's near tier, else from the shared cache (and then kept in the near tier).
     pub(crate) fn get(&self, slot: Slot, token: &str) -> Option<Arc<Claims>> {
-        let found = self
-            .entries
-            .get(&slot.0)
-            // Confirm the whole token, so a hash collision can never return another token's
-            // claims. Constant time, so the comparison does not reveal a cached token prefix.
-            .filter(|entry| ct_eq_bytes(&entry.token, token.as_bytes()))
-            .map(|entry| Arc::clone(&entry.claims));
+        // Confirm the whole token, so a hash collision can never return another token's
+        // claims. Constant time, so the comparison does not reveal a cached token prefix.
+        let confirm = |entry: &Entry| {
+            ct_eq_bytes(&entry.token, token.as_bytes()).then(|| Arc::clone(&entry.claims))
+        };
+        let found = NEAR.with_borrow_mut(|near| {
+            if near.is_empty() {
+                near.resize_with(NEAR_SLOTS, || None);
+            }
+            #[expect(clippy::cast_possible_truncation, reason = "masked to the slot count")]
+            let held = &mut near[(slot.0 as usize) & (NEAR_SLOTS - 1)];
+            if let Some(near) = held.as_ref()
+                && near.cache == self.id
+                && near.slot == slot.0
+                && let Some(claims) = confirm(&near.entry)
+            {
+                return Some(claims);
+            }
+            let entry = self.entries.get(&slot.0)?;
+            let claims = confirm(&entry)?;
+            *held = Some(NearEntry {
+                cache: self.id,
+                slot: slot.0,
+                entry,
+            });
+            Some(claims)
+        });
         let counter = if found.is_some() {
             &self.hits
         } else {
@@ -235,6 +286,45 @@ mod tests {
         assert!(cache.get(slot, &token).is_none(), "seen once: not cached");
         cache.insert(slot, &token, claims());
         assert!(cache.get(slot, &token).is_some(), "seen twice: cached");
+    }
+
+    #[test]
+    fn the_near_tier_keeps_caches_apart() {
+        let first = VerifiedCache::new(CacheSettings::default()).expect("enabled");
+        let second = VerifiedCache::new(CacheSettings::default()).expect("enabled");
+        let token = format!("{}.{}", "n".repeat(300), "m".repeat(86));
+        for _ in 0..2 {
+            first.insert(first.slot(&token), &token, claims());
+        }
+        assert!(first.get(first.slot(&token), &token).is_some());
+        // Same thread, same slot number: the other cache still has nothing for it.
+        let slot = Slot(first.slot(&token).0);
+        assert!(second.get(slot, &token).is_none());
+    }
+
+    #[test]
+    fn a_near_entry_for_another_token_falls_through_to_the_shared_cache() {
+        let cache = VerifiedCache::new(CacheSettings::default()).expect("enabled");
+        let old = format!("{}.{}", "o".repeat(300), "p".repeat(86));
+        let new = format!("{}.{}", "q".repeat(300), "r".repeat(86));
+        let slot = cache.slot(&old);
+        for _ in 0..2 {
+            cache.insert(slot, &old, claims());
+        }
+        assert!(
+            cache.get(slot, &old).is_some(),
+            "now in this thread's near tier"
+        );
+        // The shared cache's entry for the slot is replaced by another token's.
+        cache.entries.insert(
+            slot.0,
+            Arc::new(Entry {
+                token: new.as_bytes().into(),
+                claims: claims(),
+            }),
+        );
+        assert!(cache.get(slot, &new).is_some(), "found past the near entry");
+        assert!(cache.get(slot, &old).is_none(), "the near tier followed");
     }
 
     #[test]
