@@ -59,22 +59,19 @@ pub fn bearer_token(headers: &HeaderMap) -> Result<&str, ApiError> {
     Ok(token)
 }
 
-/// Whether `b` is in RFC 6750's `b64token` alphabet (before the `=` padding), without
-/// branches: `A-Z a-z 0-9 - . _ ~ + /`.
+/// Whether `b` is in RFC 6750's `b64token` alphabet (before the `=` padding),
+/// `A-Z a-z 0-9 - . _ ~ + /`, without branches and in few comparisons: `- . /` and the digits
+/// are the one range `0x2D..=0x39`, and `| 0x20` folds upper case onto lower.
 #[expect(
     clippy::needless_bitwise_bool,
     reason = "no branches, so the check over a whole token vectorises"
 )]
 fn is_b64token_byte(b: u8) -> bool {
-    let lower = b | 0x20;
-    (lower.wrapping_sub(b'a') < 26)
-        | (b.wrapping_sub(b'0') < 10)
-        | (b == b'-')
-        | (b == b'.')
+    ((b | 0x20).wrapping_sub(b'a') < 26)
+        | (b.wrapping_sub(b'-') <= b'9' - b'-')
+        | (b == b'+')
         | (b == b'_')
         | (b == b'~')
-        | (b == b'+')
-        | (b == b'/')
 }
 
 /// Verifies tokens for HTTP callers: the verifier plus what surrounds a decision.

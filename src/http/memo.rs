@@ -30,8 +30,8 @@ use crate::token::{Claims, Requirement};
 const QUERY_ENTRIES: usize = 64;
 
 /// Slots of the answer memo per thread (a power of two): about 100 bytes each, and 300 more
-/// for the headers of a filled one. Direct-mapped, so tokens in use should be well under
-/// this for few of them to share a slot (100 tokens: about 5% do).
+/// for the headers of a filled one. Two-way: each allocation maps to a set of two slots, so
+/// an answer is displaced only when two others of its set are in use.
 const ANSWER_SLOTS: usize = 2048;
 
 /// One remembered answer: the claims it was built from, kept alive, and its headers.
@@ -69,8 +69,9 @@ pub(super) fn query_requirement(
     Ok(parsed)
 }
 
-/// `build(claims)`, remembered for this allocation of `claims`. Direct-mapped: a new answer
-/// replaces whatever shared its slot, so the table never grows and never needs sweeping.
+/// `build(claims)`, remembered for this allocation of `claims`. Each set holds two answers,
+/// most recently used first; a new answer displaces the other, so the table never grows and
+/// never needs sweeping.
 ///
 /// # Errors
 ///
@@ -79,34 +80,53 @@ pub(super) fn answer_headers(
     claims: &Arc<Claims>,
     build: impl FnOnce(&Claims) -> Result<HeaderMap, ApiError>,
 ) -> Result<HeaderMap, ApiError> {
-    let index = slot_of(claims);
+    let first = set_of(claims);
     ANSWERS.with_borrow_mut(|slots| {
         if slots.is_empty() {
             slots.resize_with(ANSWER_SLOTS, || None);
         }
-        let slot = &mut slots[index];
-        if let Some(answer) = slot.as_ref()
-            && Arc::ptr_eq(&answer.claims, claims)
-        {
-            return Ok(answer.headers.clone());
-        }
-        let headers = build(claims)?;
-        *slot = Some(Answer {
-            claims: Arc::clone(claims),
-            headers: headers.clone(),
-        });
-        Ok(headers)
+        answer_in_set(&mut slots[first..first + 2], claims, build)
     })
 }
 
-/// The slot of an allocation, below [`ANSWER_SLOTS`]: Fibonacci hashing of its address, whose
-/// low bits are alignment and whose neighbours are a fixed stride apart, so a plain modulo
-/// would use few slots.
-fn slot_of(claims: &Arc<Claims>) -> usize {
+/// The lookup in one set of two slots, most recently used first.
+fn answer_in_set(
+    set: &mut [Option<Answer>],
+    claims: &Arc<Claims>,
+    build: impl FnOnce(&Claims) -> Result<HeaderMap, ApiError>,
+) -> Result<HeaderMap, ApiError> {
+    let holds = |slot: &Option<Answer>| {
+        slot.as_ref()
+            .is_some_and(|answer| Arc::ptr_eq(&answer.claims, claims))
+    };
+    // Most recently used first: a hit on the second moves it to the front; on a miss the same
+    // swap puts the least recently used in front, where the new answer replaces it.
+    if !holds(&set[0]) {
+        set.swap(0, 1);
+    }
+    if let Some(answer) = &set[0]
+        && Arc::ptr_eq(&answer.claims, claims)
+    {
+        return Ok(answer.headers.clone());
+    }
+    let headers = build(claims)?;
+    set[0] = Some(Answer {
+        claims: Arc::clone(claims),
+        headers: headers.clone(),
+    });
+    Ok(headers)
+}
+
+/// The first slot of an allocation's set (even, below [`ANSWER_SLOTS`]): Fibonacci hashing of
+/// its address, whose low bits are alignment and whose neighbours are a fixed stride apart, so
+/// a plain modulo would use few sets.
+fn set_of(claims: &Arc<Claims>) -> usize {
     const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
-    const BITS: u32 = ANSWER_SLOTS.trailing_zeros();
+    const SET_BITS: u32 = (ANSWER_SLOTS / 2).trailing_zeros();
     let address = u64::try_from(Arc::as_ptr(claims).addr()).unwrap_or_default();
-    usize::try_from(address.wrapping_mul(GOLDEN) >> (u64::BITS - BITS)).unwrap_or_default()
+    let set =
+        usize::try_from(address.wrapping_mul(GOLDEN) >> (u64::BITS - SET_BITS)).unwrap_or_default();
+    set * 2
 }
 
 #[cfg(test)]
@@ -179,9 +199,35 @@ mod tests {
     }
 
     #[test]
-    fn slots_spread_over_the_table() {
+    fn a_set_keeps_its_two_most_recent_answers() {
+        let build = |_: &Claims| Ok(HeaderMap::new());
+        let [a, b, c] = [(); 3].map(|()| Arc::new(sample()));
+        let mut set = [None, None];
+        answer_in_set(&mut set, &a, build).unwrap();
+        answer_in_set(&mut set, &b, build).unwrap();
+        answer_in_set(&mut set, &a, |_| panic!("a was displaced by b")).unwrap();
+        answer_in_set(&mut set, &b, |_| panic!("b was displaced")).unwrap();
+        // b was used after a, so c displaces a.
+        answer_in_set(&mut set, &c, build).unwrap();
+        answer_in_set(&mut set, &b, |_| panic!("b was displaced by c")).unwrap();
+        answer_in_set(&mut set, &c, |_| panic!("c was displaced")).unwrap();
+        let mut rebuilt = false;
+        answer_in_set(&mut set, &a, |_| {
+            rebuilt = true;
+            Ok(HeaderMap::new())
+        })
+        .unwrap();
+        assert!(rebuilt, "a should have been displaced by c");
+    }
+
+    #[test]
+    fn sets_spread_over_the_table() {
         let claims: Vec<_> = (0..256).map(|_| Arc::new(sample())).collect();
-        let used: std::collections::HashSet<_> = claims.iter().map(slot_of).collect();
-        assert!(used.len() > 150, "{} slots for 256 allocations", used.len());
+        let used: std::collections::HashSet<_> = claims.iter().map(set_of).collect();
+        assert!(used.len() > 150, "{} sets for 256 allocations", used.len());
+        assert!(
+            used.iter()
+                .all(|first| first % 2 == 0 && first + 1 < ANSWER_SLOTS)
+        );
     }
 }
