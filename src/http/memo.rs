@@ -25,14 +25,14 @@ use axum::http::HeaderMap;
 
 use super::ApiError;
 use crate::token::{Claims, Requirement};
+use crate::two_way;
 
 /// Distinct query strings remembered per thread; when full, the table starts afresh.
 const QUERY_ENTRIES: usize = 64;
 
-/// Slots of the answer memo per thread (a power of two): about 100 bytes each, and 300 more
-/// for the headers of a filled one. Two-way: each allocation maps to a set of two slots, so
-/// an answer is displaced only when two others of its set are in use.
-const ANSWER_SLOTS: usize = 2048;
+/// Sets of the answer memo per thread (a power of two), of two slots each (see `two_way`): a
+/// slot is about 100 bytes, and 300 more for the headers of a filled one.
+const ANSWER_SETS: usize = 1024;
 
 /// One remembered answer: the claims it was built from, kept alive, and its headers.
 struct Answer {
@@ -43,7 +43,7 @@ struct Answer {
 thread_local! {
     static QUERIES: RefCell<HashMap<Box<str>, Option<Arc<Requirement>>>> =
         RefCell::new(HashMap::new());
-    static ANSWERS: RefCell<Vec<Option<Answer>>> = const { RefCell::new(Vec::new()) };
+    static ANSWERS: RefCell<Vec<[Option<Answer>; 2]>> = const { RefCell::new(Vec::new()) };
 }
 
 /// `parse(query)`, remembered by `query` when it succeeds. `parse` must depend on the query
@@ -80,53 +80,34 @@ pub(super) fn answer_headers(
     claims: &Arc<Claims>,
     build: impl FnOnce(&Claims) -> Result<HeaderMap, ApiError>,
 ) -> Result<HeaderMap, ApiError> {
-    let first = set_of(claims);
-    ANSWERS.with_borrow_mut(|slots| {
-        if slots.is_empty() {
-            slots.resize_with(ANSWER_SLOTS, || None);
+    let index = set_of(claims);
+    ANSWERS.with_borrow_mut(|sets| {
+        if sets.is_empty() {
+            sets.resize_with(ANSWER_SETS, || [None, None]);
         }
-        answer_in_set(&mut slots[first..first + 2], claims, build)
+        let set = &mut sets[index];
+        if two_way::find_or_evict(set, |answer| Arc::ptr_eq(&answer.claims, claims))
+            && let Some(answer) = &set[0]
+        {
+            return Ok(answer.headers.clone());
+        }
+        let headers = build(claims)?;
+        set[0] = Some(Answer {
+            claims: Arc::clone(claims),
+            headers: headers.clone(),
+        });
+        Ok(headers)
     })
 }
 
-/// The lookup in one set of two slots, most recently used first.
-fn answer_in_set(
-    set: &mut [Option<Answer>],
-    claims: &Arc<Claims>,
-    build: impl FnOnce(&Claims) -> Result<HeaderMap, ApiError>,
-) -> Result<HeaderMap, ApiError> {
-    let holds = |slot: &Option<Answer>| {
-        slot.as_ref()
-            .is_some_and(|answer| Arc::ptr_eq(&answer.claims, claims))
-    };
-    // Most recently used first: a hit on the second moves it to the front; on a miss the same
-    // swap puts the least recently used in front, where the new answer replaces it.
-    if !holds(&set[0]) {
-        set.swap(0, 1);
-    }
-    if let Some(answer) = &set[0]
-        && Arc::ptr_eq(&answer.claims, claims)
-    {
-        return Ok(answer.headers.clone());
-    }
-    let headers = build(claims)?;
-    set[0] = Some(Answer {
-        claims: Arc::clone(claims),
-        headers: headers.clone(),
-    });
-    Ok(headers)
-}
-
-/// The first slot of an allocation's set (even, below [`ANSWER_SLOTS`]): Fibonacci hashing of
-/// its address, whose low bits are alignment and whose neighbours are a fixed stride apart, so
-/// a plain modulo would use few sets.
+/// The set of an allocation, below [`ANSWER_SETS`]: Fibonacci hashing of its address, whose
+/// low bits are alignment and whose neighbours are a fixed stride apart, so a plain modulo
+/// would use few sets.
 fn set_of(claims: &Arc<Claims>) -> usize {
     const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
-    const SET_BITS: u32 = (ANSWER_SLOTS / 2).trailing_zeros();
+    const BITS: u32 = ANSWER_SETS.trailing_zeros();
     let address = u64::try_from(Arc::as_ptr(claims).addr()).unwrap_or_default();
-    let set =
-        usize::try_from(address.wrapping_mul(GOLDEN) >> (u64::BITS - SET_BITS)).unwrap_or_default();
-    set * 2
+    usize::try_from(address.wrapping_mul(GOLDEN) >> (u64::BITS - BITS)).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -199,35 +180,10 @@ mod tests {
     }
 
     #[test]
-    fn a_set_keeps_its_two_most_recent_answers() {
-        let build = |_: &Claims| Ok(HeaderMap::new());
-        let [a, b, c] = [(); 3].map(|()| Arc::new(sample()));
-        let mut set = [None, None];
-        answer_in_set(&mut set, &a, build).unwrap();
-        answer_in_set(&mut set, &b, build).unwrap();
-        answer_in_set(&mut set, &a, |_| panic!("a was displaced by b")).unwrap();
-        answer_in_set(&mut set, &b, |_| panic!("b was displaced")).unwrap();
-        // b was used after a, so c displaces a.
-        answer_in_set(&mut set, &c, build).unwrap();
-        answer_in_set(&mut set, &b, |_| panic!("b was displaced by c")).unwrap();
-        answer_in_set(&mut set, &c, |_| panic!("c was displaced")).unwrap();
-        let mut rebuilt = false;
-        answer_in_set(&mut set, &a, |_| {
-            rebuilt = true;
-            Ok(HeaderMap::new())
-        })
-        .unwrap();
-        assert!(rebuilt, "a should have been displaced by c");
-    }
-
-    #[test]
     fn sets_spread_over_the_table() {
         let claims: Vec<_> = (0..256).map(|_| Arc::new(sample())).collect();
         let used: std::collections::HashSet<_> = claims.iter().map(set_of).collect();
         assert!(used.len() > 150, "{} sets for 256 allocations", used.len());
-        assert!(
-            used.iter()
-                .all(|first| first % 2 == 0 && first + 1 < ANSWER_SLOTS)
-        );
+        assert!(used.iter().all(|set| *set < ANSWER_SETS));
     }
 }

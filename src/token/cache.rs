@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::claims::Claims;
+use crate::two_way;
 
 /// Bounds of the verified-token cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,8 +64,8 @@ const SLOT_BYTES: usize = 64;
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Slot(u64);
 
-/// Near-tier slots per worker thread (a power of two; direct-mapped by slot).
-const NEAR_SLOTS: usize = 1024;
+/// Near-tier sets per worker thread (a power of two), of two slots each (see `two_way`).
+const NEAR_SETS: usize = 512;
 
 /// A shared-cache entry remembered by one thread, with the cache and slot it came from.
 struct NearEntry {
@@ -74,7 +75,7 @@ struct NearEntry {
 }
 
 thread_local! {
-    /// The near tier: the last entry each thread found in each of [`NEAR_SLOTS`] slots.
+    /// The near tier: entries this thread found lately in the shared cache, by slot.
     ///
     /// A lookup in the shared moka cache records the read for its eviction policy (a channel
     /// send, then housekeeping), which was a third of a warm verify; a hit here is an array
@@ -82,8 +83,8 @@ thread_local! {
     /// hit, and everything a hit skips is time-independent (see the module docs), so an entry
     /// that outlives its place in the shared cache is still correct. The cost is recency: hits
     /// here are not reported to moka, so under capacity pressure moka may evict a token this
-    /// thread keeps using; it is then verified afresh when another token takes its slot.
-    static NEAR: RefCell<Vec<Option<NearEntry>>> = const { RefCell::new(Vec::new()) };
+    /// thread keeps using; it is then verified afresh once the near tier lets it go too.
+    static NEAR: RefCell<Vec<[Option<NearEntry>; 2]>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Tells caches apart in the (process-wide) near tier; never reused.
@@ -159,20 +160,20 @@ impl VerifiedCache {
         };
         let found = NEAR.with_borrow_mut(|near| {
             if near.is_empty() {
-                near.resize_with(NEAR_SLOTS, || None);
+                near.resize_with(NEAR_SETS, || [None, None]);
             }
-            #[expect(clippy::cast_possible_truncation, reason = "masked to the slot count")]
-            let held = &mut near[(slot.0 as usize) & (NEAR_SLOTS - 1)];
-            if let Some(near) = held.as_ref()
-                && near.cache == self.id
-                && near.slot == slot.0
-                && let Some(claims) = confirm(&near.entry)
+            #[expect(clippy::cast_possible_truncation, reason = "masked to the set count")]
+            let set = &mut near[(slot.0 as usize) & (NEAR_SETS - 1)];
+            let mine = |held: &NearEntry| held.cache == self.id && held.slot == slot.0;
+            if two_way::find_or_evict(set, mine)
+                && let Some(held) = &set[0]
+                && let Some(claims) = confirm(&held.entry)
             {
                 return Some(claims);
             }
             let entry = self.entries.get(&slot.0)?;
             let claims = confirm(&entry)?;
-            *held = Some(NearEntry {
+            set[0] = Some(NearEntry {
                 cache: self.id,
                 slot: slot.0,
                 entry,
