@@ -80,6 +80,11 @@ pub(super) fn answer_headers(
     claims: &Arc<Claims>,
     build: impl FnOnce(&Claims) -> Result<HeaderMap, ApiError>,
 ) -> Result<HeaderMap, ApiError> {
+    // Claims that nothing else holds are from a token verified afresh and not cached (seen
+    // once so far): remembering its answer would only push out those of tokens in use.
+    if Arc::strong_count(claims) == 1 {
+        return build(claims);
+    }
     let index = set_of(claims);
     ANSWERS.with_borrow_mut(|sets| {
         if sets.is_empty() {
@@ -170,11 +175,19 @@ mod tests {
                 Ok(map)
             }
         };
+        // Held only here, as for a token seen once: built every time, never kept.
+        let lone = Arc::new(sample());
+        answer_headers(&lone, headers("lone")).unwrap();
+        let rebuilt = answer_headers(&lone, headers("again")).unwrap();
+        assert_eq!(rebuilt["x-auth-subject"], "again");
+
+        let _cached = Arc::clone(&claims); // as the verified-token cache holds it
         let first = answer_headers(&claims, headers("first")).unwrap();
         let again = answer_headers(&claims, |_| panic!("built twice")).unwrap();
         assert_eq!(first, again);
         // Equal claims in another allocation (a token verified afresh) get their own answer.
         let copy = Arc::new((*claims).clone());
+        let _cached_copy = Arc::clone(&copy);
         let other = answer_headers(&copy, headers("second")).unwrap();
         assert_eq!(other["x-auth-subject"], "second");
     }
