@@ -12,7 +12,9 @@
 //! - [`answer_headers`]: the headers of an allowed answer by verified claims. A warm token's
 //!   claims are one shared allocation (the verified-token cache hands out the same `Arc`), so
 //!   the allocation's identity is the key; the memo holds a strong reference, so the address
-//!   cannot be reused for other claims while the entry lives.
+//!   cannot be reused for other claims while the entry lives. Only claims the cache holds too
+//!   are remembered: the answer of a token seen once would only push out those of tokens in
+//!   use.
 //!
 //! Nothing here decides access: the token is verified, and its expiry, revocation, tenant and
 //! permission checked, on every request before these are consulted.
