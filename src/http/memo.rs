@@ -20,7 +20,6 @@
 //! permission checked, on every request before these are consulted.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::http::HeaderMap;
@@ -29,8 +28,10 @@ use super::ApiError;
 use crate::token::{Claims, Requirement};
 use crate::two_way;
 
-/// Distinct query strings remembered per thread; when full, the table starts afresh.
-const QUERY_ENTRIES: usize = 64;
+/// Distinct query strings remembered per thread, most recently used first; the least recently
+/// used one goes when a new one comes. A proxy has one per protected location, so the one it
+/// just used is usually first: a string comparison, with no hashing.
+const QUERY_ENTRIES: usize = 32;
 
 /// Sets of the answer memo per thread (a power of two), of two slots each (see `two_way`): a
 /// slot is about 100 bytes, and 300 more for the headers of a filled one.
@@ -43,8 +44,8 @@ struct Answer {
 }
 
 thread_local! {
-    static QUERIES: RefCell<HashMap<Box<str>, Option<Arc<Requirement>>>> =
-        RefCell::new(HashMap::new());
+    static QUERIES: RefCell<Vec<(Box<str>, Option<Arc<Requirement>>)>> =
+        const { RefCell::new(Vec::new()) };
     static ANSWERS: RefCell<Vec<[Option<Answer>; 2]>> = const { RefCell::new(Vec::new()) };
 }
 
@@ -58,15 +59,18 @@ pub(super) fn query_requirement(
     query: &str,
     parse: impl FnOnce(&str) -> Result<Option<Requirement>, ApiError>,
 ) -> Result<Option<Arc<Requirement>>, ApiError> {
-    if let Some(found) = QUERIES.with_borrow(|memo| memo.get(query).cloned()) {
+    let found = QUERIES.with_borrow_mut(|memo| {
+        let at = memo.iter().position(|(known, _)| **known == *query)?;
+        memo[..=at].rotate_right(1);
+        Some(memo[0].1.clone())
+    });
+    if let Some(found) = found {
         return Ok(found);
     }
     let parsed = parse(query)?.map(Arc::new);
     QUERIES.with_borrow_mut(|memo| {
-        if memo.len() >= QUERY_ENTRIES {
-            memo.clear();
-        }
-        memo.insert(query.into(), parsed.clone());
+        memo.truncate(QUERY_ENTRIES - 1);
+        memo.insert(0, (query.into(), parsed.clone()));
     });
     Ok(parsed)
 }
@@ -164,7 +168,18 @@ mod tests {
         for i in 0..QUERY_ENTRIES * 3 {
             query_requirement(&format!("memo-bound-{i}"), |_| Ok(None)).unwrap();
         }
-        assert!(QUERIES.with_borrow(HashMap::len) <= QUERY_ENTRIES);
+        assert_eq!(QUERIES.with_borrow(Vec::len), QUERY_ENTRIES);
+        // The most recent ones are kept; the oldest went first.
+        let last = format!("memo-bound-{}", QUERY_ENTRIES * 3 - 1);
+        query_requirement(&last, |_| panic!("the most recent query was dropped")).unwrap();
+        let first = "memo-bound-0";
+        let mut parsed = false;
+        query_requirement(first, |_| {
+            parsed = true;
+            Ok(None)
+        })
+        .unwrap();
+        assert!(parsed, "the oldest query should have been dropped");
     }
 
     #[test]
