@@ -43,9 +43,11 @@ struct Answer {
     headers: HeaderMap,
 }
 
+/// A query string and the requirement it names, if any.
+type ParsedQuery = (Box<str>, Option<Arc<Requirement>>);
+
 thread_local! {
-    static QUERIES: RefCell<Vec<(Box<str>, Option<Arc<Requirement>>)>> =
-        const { RefCell::new(Vec::new()) };
+    static QUERIES: RefCell<Vec<ParsedQuery>> = const { RefCell::new(Vec::new()) };
     static ANSWERS: RefCell<Vec<[Option<Answer>; 2]>> = const { RefCell::new(Vec::new()) };
 }
 
