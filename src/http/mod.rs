@@ -172,15 +172,18 @@ pub fn router(state: AppState) -> Router {
                 tracing::debug_span!("http", method = %request.method(), route)
             }),
     );
+    // The verifier's routes are merged after the trace layer, so forward-auth (tens of
+    // thousands of requests a second, each already counted in metrics and logged at debug
+    // with its reason) does not pay for a span per request; forward-auth comes after the body
+    // limit too, which only sets a request extension for body extractors it never runs.
     if state.role.has_verifier() {
-        // Merged after the trace layer, so forward-auth (tens of thousands of requests a
-        // second, each already counted in metrics and logged at debug with its reason) does
-        // not pay for a span per request.
-        router = router.merge(verifier::router());
+        router = router.merge(verifier::introspect_router());
     }
-    router
-        .layer(DefaultBodyLimit::max(state.config.server.max_body_bytes))
-        .with_state(state)
+    router = router.layer(DefaultBodyLimit::max(state.config.server.max_body_bytes));
+    if state.role.has_verifier() {
+        router = router.merge(verifier::forward_auth_router());
+    }
+    router.with_state(state)
 }
 
 /// Serves `router` on `listener` until `shutdown` completes, then drains in-flight requests.

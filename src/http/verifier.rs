@@ -54,11 +54,16 @@ use crate::token::{Claims, Requirement, TenantId};
 /// The path forward-auth answers on.
 pub const VERIFY_PATH: &str = "/v1/verify";
 
-pub(super) fn router() -> Router<AppState> {
+/// Forward-auth, which never reads a request body.
+pub(super) fn forward_auth_router() -> Router<AppState> {
     Router::new()
         .route(VERIFY_PATH, any(forward_auth))
         .route("/v1/verify/{*original}", any(forward_auth))
-        .route("/v1/introspect", post(introspect))
+}
+
+/// Introspection, which reads a form body (under the server's body limit).
+pub(super) fn introspect_router() -> Router<AppState> {
+    Router::new().route("/v1/introspect", post(introspect))
 }
 
 /// The verifier API's parts.

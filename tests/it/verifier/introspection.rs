@@ -110,3 +110,15 @@ async fn introspection_is_off_without_configured_clients() {
     let response = introspect(&served, Some(("gateway", SECRET)), "x").await;
     assert_eq!(response.status(), StatusCode::NOT_FOUND);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn introspection_bodies_over_the_server_limit_are_refused() {
+    let deployment = Deployment::new();
+    let served = verifier(&deployment).await;
+    // The default `server.max_body_bytes` is 16 KiB.
+    let huge = "a".repeat(20 * 1024);
+    let response = introspect(&served, Some(("gateway", SECRET)), &huge).await;
+    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"], "body_too_large", "{body}");
+}
