@@ -37,7 +37,7 @@ impl Clock for SystemClock {
     /// `OffsetDateTime` (a calendar date) only to take its timestamp cost as much again.
     #[expect(
         clippy::disallowed_methods,
-        reason = "the one place that reads the wall clock; everything else goes through Clock"
+        reason = "SystemClock is where the wall clock is read; everything else goes through Clock"
     )]
     fn unix_now(&self) -> i64 {
         std::time::SystemTime::now()

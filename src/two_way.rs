@@ -5,17 +5,23 @@
 //! hundred keys in a thousand slots about one in ten do. Two slots per set, most recently used
 //! first, keep both unless a third key arrives.
 
-/// Looks for the entry `matches` accepts in `set` and moves it to the front: `true` when found
-/// (it is `set[0]`). Otherwise the least recently used slot is moved to the front, for the
-/// caller to overwrite, and the result is `false`.
-pub(crate) fn find_or_evict<T>(set: &mut [Option<T>; 2], matches: impl Fn(&T) -> bool) -> bool {
+/// Looks for the entry `matches` accepts in `set`; when found, moves it to the front (most
+/// recently used) and returns it. A miss changes nothing.
+pub(crate) fn find<T>(set: &mut [Option<T>; 2], matches: impl Fn(&T) -> bool) -> Option<&T> {
     let holds = |slot: &Option<T>| slot.as_ref().is_some_and(&matches);
-    if holds(&set[0]) {
-        return true;
+    if !holds(&set[0]) {
+        if !holds(&set[1]) {
+            return None;
+        }
+        set.swap(0, 1);
     }
-    // A hit on the second moves it to the front; a miss puts the least recently used there.
+    set[0].as_ref()
+}
+
+/// Puts `value` in front of `set`, displacing the least recently used entry.
+pub(crate) fn insert<T>(set: &mut [Option<T>; 2], value: T) {
     set.swap(0, 1);
-    holds(&set[0])
+    set[0] = Some(value);
 }
 
 #[cfg(test)]
@@ -24,9 +30,9 @@ mod tests {
 
     /// Uses `key` in `set` as a caller does: `true` on a hit, else stores it.
     fn touch(set: &mut [Option<u32>; 2], key: u32) -> bool {
-        let found = find_or_evict(set, |held| *held == key);
+        let found = find(set, |held| *held == key).is_some();
         if !found {
-            set[0] = Some(key);
+            insert(set, key);
         }
         found
     }
@@ -51,5 +57,14 @@ mod tests {
         assert!(!touch(&mut set, 7));
         assert!(!touch(&mut set, 8));
         assert_eq!(set, [Some(8), Some(7)]);
+    }
+
+    #[test]
+    fn a_miss_leaves_the_order_alone() {
+        let mut set = [Some(2), Some(1)];
+        assert!(find(&mut set, |held| *held == 9).is_none());
+        assert_eq!(set, [Some(2), Some(1)]);
+        insert(&mut set, 9);
+        assert_eq!(set, [Some(9), Some(2)], "the least recently used went");
     }
 }

@@ -11,16 +11,16 @@
 //!   string per protected location, the same on every request.
 //! - [`answer_headers`]: the headers of an allowed answer by verified claims. A warm token's
 //!   claims are one shared allocation (the verified-token cache hands out the same `Arc`), so
-//!   the allocation's identity is the key; the memo holds a strong reference, so the address
-//!   cannot be reused for other claims while the entry lives. Only claims the cache holds too
-//!   are remembered: the answer of a token seen once would only push out those of tokens in
-//!   use.
+//!   the allocation's identity is the key. The memo holds a weak reference, which keeps the
+//!   allocation (not the claims) in place, so its address cannot be reused for other claims
+//!   while the entry lives. Only claims the cache holds too are remembered: the answer of a
+//!   token seen once would only push out those of tokens in use.
 //!
 //! Nothing here decides access: the token is verified, and its expiry, revocation, tenant and
 //! permission checked, on every request before these are consulted.
 
 use std::cell::RefCell;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use axum::http::HeaderMap;
 
@@ -33,13 +33,17 @@ use crate::two_way;
 /// just used is usually first: a string comparison, with no hashing.
 const QUERY_ENTRIES: usize = 32;
 
-/// Sets of the answer memo per thread (a power of two), of two slots each (see `two_way`): a
-/// slot is about 100 bytes, and 300 more for the headers of a filled one.
-const ANSWER_SETS: usize = 1024;
+/// Longer query strings are parsed every time, never remembered: a real requirement is well
+/// under this, and the memo is filled before the token is verified, so junk must stay small.
+const QUERY_MAX_BYTES: usize = 256;
 
-/// One remembered answer: the claims it was built from, kept alive, and its headers.
+/// Sets of the answer memo per thread (a power of two), of two slots each (see `two_way`). A
+/// filled slot holds a header map of about 1.5 KiB, so a thread holds at most about 1.5 MiB.
+const ANSWER_SETS: usize = 512;
+
+/// One remembered answer: the claims allocation it was built from, and its headers.
 struct Answer {
-    claims: Arc<Claims>,
+    claims: Weak<Claims>,
     headers: HeaderMap,
 }
 
@@ -61,6 +65,9 @@ pub(super) fn query_requirement(
     query: &str,
     parse: impl FnOnce(&str) -> Result<Option<Requirement>, ApiError>,
 ) -> Result<Option<Arc<Requirement>>, ApiError> {
+    if query.len() > QUERY_MAX_BYTES {
+        return Ok(parse(query)?.map(Arc::new));
+    }
     let found = QUERIES.with_borrow_mut(|memo| {
         let at = memo.iter().position(|(known, _)| **known == *query)?;
         memo[..=at].rotate_right(1);
@@ -77,9 +84,9 @@ pub(super) fn query_requirement(
     Ok(parsed)
 }
 
-/// `build(claims)`, remembered for this allocation of `claims`. Each set holds two answers,
-/// most recently used first; a new answer displaces the other, so the table never grows and
-/// never needs sweeping.
+/// `build(claims)`, remembered for this allocation of `claims`, in a two-way set: a new
+/// answer displaces the least recently used one, so the table never grows and never needs
+/// sweeping.
 ///
 /// # Errors
 ///
@@ -94,22 +101,34 @@ pub(super) fn answer_headers(
         return build(claims);
     }
     let index = set_of(claims);
+    // Same allocation, not merely equal claims: a token verified afresh gets its own answer.
+    let same = |answer: &Answer| std::ptr::eq(answer.claims.as_ptr(), Arc::as_ptr(claims));
+    let found = with_answer_set(index, |set| {
+        two_way::find(set, same).map(|answer| answer.headers.clone())
+    });
+    if let Some(headers) = found {
+        return Ok(headers);
+    }
+    let headers = build(claims)?;
+    with_answer_set(index, |set| {
+        two_way::insert(
+            set,
+            Answer {
+                claims: Arc::downgrade(claims),
+                headers: headers.clone(),
+            },
+        );
+    });
+    Ok(headers)
+}
+
+/// Runs `f` on set `index` of this thread's answer memo, allocating the table on first use.
+fn with_answer_set<R>(index: usize, f: impl FnOnce(&mut [Option<Answer>; 2]) -> R) -> R {
     ANSWERS.with_borrow_mut(|sets| {
         if sets.is_empty() {
             sets.resize_with(ANSWER_SETS, || [None, None]);
         }
-        let set = &mut sets[index];
-        if two_way::find_or_evict(set, |answer| Arc::ptr_eq(&answer.claims, claims))
-            && let Some(answer) = &set[0]
-        {
-            return Ok(answer.headers.clone());
-        }
-        let headers = build(claims)?;
-        set[0] = Some(Answer {
-            claims: Arc::clone(claims),
-            headers: headers.clone(),
-        });
-        Ok(headers)
+        f(&mut sets[index])
     })
 }
 
@@ -182,6 +201,39 @@ mod tests {
         })
         .unwrap();
         assert!(parsed, "the oldest query should have been dropped");
+    }
+
+    #[test]
+    fn a_query_used_again_moves_to_the_front() {
+        let name = |i: usize| format!("memo-recency-{i}");
+        for i in 0..QUERY_ENTRIES {
+            query_requirement(&name(i), |_| Ok(None)).unwrap();
+        }
+        // The oldest, used again, becomes the newest; the next oldest goes instead.
+        query_requirement(&name(0), |_| panic!("the oldest was dropped early")).unwrap();
+        query_requirement("memo-recency-new", |_| Ok(None)).unwrap();
+        query_requirement(&name(0), |_| panic!("a recently used query was dropped")).unwrap();
+        let mut parsed = false;
+        query_requirement(&name(1), |_| {
+            parsed = true;
+            Ok(None)
+        })
+        .unwrap();
+        assert!(parsed, "the least recently used query should have gone");
+    }
+
+    #[test]
+    fn long_queries_are_never_remembered() {
+        let long = format!("tenant=acme{}", "&".repeat(QUERY_MAX_BYTES));
+        query_requirement(&long, |_| Ok(Some(requirement("acme")))).unwrap();
+        let mut parsed = false;
+        query_requirement(&long, |_| {
+            parsed = true;
+            Ok(None)
+        })
+        .unwrap();
+        assert!(parsed, "a long query was remembered");
+        assert!(QUERIES.with_borrow(|memo| memo.iter().all(|(q, _)| q.len() <= QUERY_MAX_BYTES)));
     }
 
     #[test]

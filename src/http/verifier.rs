@@ -453,6 +453,10 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(need.tenant.unwrap().as_str(), "acme");
+        assert!(
+            query_requirement("&").unwrap().is_none(),
+            "no parameter, no requirement"
+        );
         assert!(query_requirement("other=").is_err());
         for bad in [
             "tenant=Acme",

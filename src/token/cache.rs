@@ -15,8 +15,8 @@
 
 use std::cell::RefCell;
 use std::hash::BuildHasher as _;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 
 use super::claims::Claims;
 use crate::two_way;
@@ -71,7 +71,9 @@ const NEAR_SETS: usize = 512;
 struct NearEntry {
     cache: u64,
     slot: u64,
-    entry: Arc<Entry>,
+    /// Weak, so the near tier never keeps an entry (and its raw token) alive past its place
+    /// in the shared cache: once moka drops it, this no longer upgrades and counts as a miss.
+    entry: Weak<Entry>,
 }
 
 thread_local! {
@@ -79,11 +81,11 @@ thread_local! {
     ///
     /// A lookup in the shared moka cache records the read for its eviction policy (a channel
     /// send, then housekeeping), which was a third of a warm verify; a hit here is an array
-    /// index. Entries are the shared cache's own, confirmed against the whole token like any
-    /// hit, and everything a hit skips is time-independent (see the module docs), so an entry
-    /// that outlives its place in the shared cache is still correct. The cost is recency: hits
-    /// here are not reported to moka, so under capacity pressure moka may evict a token this
-    /// thread keeps using; it is then verified afresh once the near tier lets it go too.
+    /// index and a reference-count increment. Entries are the shared cache's own, held weakly
+    /// and confirmed against the whole token like any hit, and everything a hit skips is
+    /// time-independent (see the module docs). The cost is recency: hits here are not
+    /// reported to moka, so under capacity pressure moka may evict a token this thread keeps
+    /// using, which is then verified afresh. At most 1,024 weak references per thread.
     static NEAR: RefCell<Vec<[Option<NearEntry>; 2]>> = const { RefCell::new(Vec::new()) };
 }
 
@@ -165,19 +167,25 @@ impl VerifiedCache {
             #[expect(clippy::cast_possible_truncation, reason = "masked to the set count")]
             let set = &mut near[(slot.0 as usize) & (NEAR_SETS - 1)];
             let mine = |held: &NearEntry| held.cache == self.id && held.slot == slot.0;
-            if two_way::find_or_evict(set, mine)
-                && let Some(held) = &set[0]
-                && let Some(claims) = confirm(&held.entry)
+            if let Some(held) = two_way::find(set, mine)
+                && let Some(entry) = held.entry.upgrade()
+                && let Some(claims) = confirm(&entry)
             {
                 return Some(claims);
             }
             let entry = self.entries.get(&slot.0)?;
             let claims = confirm(&entry)?;
-            set[0] = Some(NearEntry {
+            let held = NearEntry {
                 cache: self.id,
                 slot: slot.0,
-                entry,
-            });
+                entry: Arc::downgrade(&entry),
+            };
+            // A stale entry for this slot (moved to the front by `find`) is replaced in place.
+            if set[0].as_ref().is_some_and(mine) {
+                set[0] = Some(held);
+            } else {
+                two_way::insert(set, held);
+            }
             Some(claims)
         });
         let counter = if found.is_some() {
@@ -225,7 +233,7 @@ impl VerifiedCache {
 
 /// Whether `a` and `b` are equal, in time that depends only on their lengths.
 ///
-/// `constant_time_eq` compares SIMD vectors and puts one optimisation barrier on the result;
+/// `constant_time_eq` compares whole SIMD vectors, hiding each step from the optimiser;
 /// subtle's slice `ct_eq` puts a barrier on every element, which on a 450-byte token was a
 /// quarter of a warm verify (about 80 of 360 ns in `benches/verify.rs`, even compared in
 /// `u64` words).
@@ -326,6 +334,32 @@ mod tests {
         );
         assert!(cache.get(slot, &new).is_some(), "found past the near entry");
         assert!(cache.get(slot, &old).is_none(), "the near tier followed");
+    }
+
+    #[test]
+    fn the_near_tier_does_not_outlive_the_shared_cache() {
+        let cache = VerifiedCache::new(CacheSettings::default()).expect("enabled");
+        let token = format!("{}.{}", "w".repeat(300), "x".repeat(86));
+        let slot = cache.slot(&token);
+        let claims = claims();
+        for _ in 0..2 {
+            cache.insert(slot, &token, Arc::clone(&claims));
+        }
+        assert!(
+            cache.get(slot, &token).is_some(),
+            "now in this thread's near tier"
+        );
+        cache.entries.invalidate(&slot.0);
+        cache.entries.run_pending_tasks();
+        assert!(
+            cache.get(slot, &token).is_none(),
+            "gone from moka, gone here"
+        );
+        assert_eq!(
+            Arc::strong_count(&claims),
+            1,
+            "nothing else holds the entry"
+        );
     }
 
     #[test]

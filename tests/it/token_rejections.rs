@@ -1369,9 +1369,11 @@ fn removing_a_key_from_the_ring_rejects_its_cached_tokens() {
 fn cached_token_is_rejected_once_it_expires() {
     let fx = Fixture::new();
     let token = fx.token(&valid_claims());
-    // Cached on its second verification.
-    assert!(fx.verify(&token).is_ok());
-    assert!(fx.verify(&token).is_ok());
+    // Cached on its second verification; the third is a hit in the shared cache, which puts
+    // it in this thread's near tier, so the check below runs on a near-tier hit.
+    for _ in 0..3 {
+        assert!(fx.verify(&token).is_ok());
+    }
     let hits = fx.verifier.cache_stats().hits;
     fx.clock.advance(3600 + LEEWAY);
     fx.assert_rejects(&token, Rejection::Expired);
@@ -1386,9 +1388,11 @@ fn cached_token_is_rejected_once_it_expires() {
 fn cached_token_is_rejected_once_revoked() {
     let fx = Fixture::new();
     let token = fx.token(&valid_claims());
-    // Cached on its second verification.
-    assert!(fx.verify(&token).is_ok());
-    assert!(fx.verify(&token).is_ok());
+    // Cached on its second verification; the third is a hit in the shared cache, which puts
+    // it in this thread's near tier, so the check below runs on a near-tier hit.
+    for _ in 0..3 {
+        assert!(fx.verify(&token).is_ok());
+    }
     let hits = fx.verifier.cache_stats().hits;
     fx.revocations.revoke(&Revocation::Token {
         jti: JTI.into(),
@@ -1406,8 +1410,10 @@ fn cached_token_is_rejected_once_revoked() {
 fn cached_token_still_meets_the_requirement_check() {
     let fx = Fixture::new();
     let token = fx.token(&valid_claims());
-    assert!(fx.verify(&token).is_ok());
-    assert!(fx.verify(&token).is_ok());
+    // As above: the check below runs on a near-tier hit.
+    for _ in 0..3 {
+        assert!(fx.verify(&token).is_ok());
+    }
     let hits = fx.verifier.cache_stats().hits;
     let need = Requirement::any().tenant("globex".parse().expect("tenant"));
     assert_eq!(

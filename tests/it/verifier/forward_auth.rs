@@ -255,6 +255,50 @@ async fn without_routes_the_query_parameters_give_the_requirement() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_answers_carry_each_tokens_own_identity() {
+    // Warm answers come from per-thread memos: alternating cached tokens of different people,
+    // over several connections, must never hand one the other's headers.
+    let deployment = Deployment::new();
+    let served = Served::start(deployment.config(""), Role::Verifier).await;
+    let issuer = deployment.offline_issuer();
+    let people = ["alice", "bob", "carol"];
+    let tokens: Vec<_> = people
+        .iter()
+        .map(|who| mint(&issuer, who, "acme", "runs:read"))
+        .collect();
+    let url = served.url("/v1/verify?tenant=acme&permission=runs:read");
+    for round in 0..20 {
+        // A new client now and then, so answers come from more than one connection.
+        let client = reqwest::Client::new();
+        for (who, token) in people.iter().zip(&tokens) {
+            let response = client.get(&url).bearer_auth(token).send().await.unwrap();
+            assert_eq!(response.status(), 200, "{who}, round {round}");
+            assert_eq!(response.headers()["x-auth-subject"], *who, "round {round}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn head_requests_get_the_same_answer_without_a_body() {
+    let deployment = Deployment::new();
+    let served = Served::start(deployment.config(""), Role::Verifier).await;
+    let token = mint(&deployment.offline_issuer(), "alice", "acme", "runs:read");
+    let client = reqwest::Client::new();
+    for _ in 0..3 {
+        let response = client
+            .head(served.url("/v1/verify?tenant=acme&permission=runs:read"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["content-length"], "0");
+        assert_eq!(response.headers()["x-auth-subject"], "alice");
+        assert!(response.bytes().await.unwrap().is_empty());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn authorization_must_be_exactly_one_bearer_token() {
     let deployment = Deployment::new();
     let served = Served::start(
