@@ -164,6 +164,17 @@ mod tests {
         }
     }
 
+    /// Whether looking `query` up now parses it (it was not remembered).
+    fn is_parsed_again(query: &str) -> bool {
+        let mut parsed = false;
+        query_requirement(query, |_| {
+            parsed = true;
+            Ok(None)
+        })
+        .unwrap();
+        parsed
+    }
+
     fn requirement(tenant: &str) -> Requirement {
         Requirement::any().tenant(TenantId::new(tenant).unwrap())
     }
@@ -194,13 +205,10 @@ mod tests {
         let last = format!("memo-bound-{}", QUERY_ENTRIES * 3 - 1);
         query_requirement(&last, |_| panic!("the most recent query was dropped")).unwrap();
         let first = "memo-bound-0";
-        let mut parsed = false;
-        query_requirement(first, |_| {
-            parsed = true;
-            Ok(None)
-        })
-        .unwrap();
-        assert!(parsed, "the oldest query should have been dropped");
+        assert!(
+            is_parsed_again(first),
+            "the oldest query should have been dropped"
+        );
     }
 
     #[test]
@@ -213,26 +221,17 @@ mod tests {
         query_requirement(&name(0), |_| panic!("the oldest was dropped early")).unwrap();
         query_requirement("memo-recency-new", |_| Ok(None)).unwrap();
         query_requirement(&name(0), |_| panic!("a recently used query was dropped")).unwrap();
-        let mut parsed = false;
-        query_requirement(&name(1), |_| {
-            parsed = true;
-            Ok(None)
-        })
-        .unwrap();
-        assert!(parsed, "the least recently used query should have gone");
+        assert!(
+            is_parsed_again(&name(1)),
+            "the least recently used query should have gone"
+        );
     }
 
     #[test]
     fn long_queries_are_never_remembered() {
         let long = format!("tenant=acme{}", "&".repeat(QUERY_MAX_BYTES));
         query_requirement(&long, |_| Ok(Some(requirement("acme")))).unwrap();
-        let mut parsed = false;
-        query_requirement(&long, |_| {
-            parsed = true;
-            Ok(None)
-        })
-        .unwrap();
-        assert!(parsed, "a long query was remembered");
+        assert!(is_parsed_again(&long), "a long query was remembered");
         assert!(QUERIES.with_borrow(|memo| memo.iter().all(|(q, _)| q.len() <= QUERY_MAX_BYTES)));
     }
 
