@@ -148,22 +148,6 @@ mod tests {
     use crate::token::TenantId;
     use axum::http::HeaderValue;
 
-    fn sample() -> Claims {
-        let at = time::OffsetDateTime::UNIX_EPOCH;
-        Claims {
-            issuer: "iss".into(),
-            audience: "aud".into(),
-            subject: "alice".parse().unwrap(),
-            tenant: "acme".parse().unwrap(),
-            scope: crate::permissions::Scope::parse_claim("runs:read").unwrap(),
-            issued_at: at,
-            not_before: at,
-            expires_at: at,
-            token_id: "A".repeat(22).parse().unwrap(),
-            kid: crate::keys::thumbprint(&[9; 32]),
-        }
-    }
-
     /// Whether looking `query` up now parses it (it was not remembered).
     fn is_parsed_again(query: &str) -> bool {
         let mut parsed = false;
@@ -237,7 +221,7 @@ mod tests {
 
     #[test]
     fn answers_are_kept_per_allocation_not_per_value() {
-        let claims = Arc::new(sample());
+        let claims = Arc::new(Claims::sample());
         let headers = |value: &'static str| {
             move |_: &Claims| {
                 let mut map = HeaderMap::new();
@@ -246,7 +230,7 @@ mod tests {
             }
         };
         // Held only here, as for a token seen once: built every time, never kept.
-        let lone = Arc::new(sample());
+        let lone = Arc::new(Claims::sample());
         answer_headers(&lone, headers("lone")).unwrap();
         let rebuilt = answer_headers(&lone, headers("again")).unwrap();
         assert_eq!(rebuilt["x-auth-subject"], "again");
@@ -264,7 +248,7 @@ mod tests {
 
     #[test]
     fn sets_spread_over_the_table() {
-        let claims: Vec<_> = (0..256).map(|_| Arc::new(sample())).collect();
+        let claims: Vec<_> = (0..256).map(|_| Arc::new(Claims::sample())).collect();
         let used: std::collections::HashSet<_> = claims.iter().map(set_of).collect();
         assert!(used.len() > 150, "{} sets for 256 allocations", used.len());
         assert!(used.iter().all(|set| *set < ANSWER_SETS));

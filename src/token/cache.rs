@@ -247,19 +247,7 @@ mod tests {
     use super::*;
 
     fn claims() -> Arc<Claims> {
-        let at = time::OffsetDateTime::UNIX_EPOCH;
-        Arc::new(Claims {
-            issuer: "iss".into(),
-            audience: "aud".into(),
-            subject: "alice".parse().expect("subject"),
-            tenant: "acme".parse().expect("tenant"),
-            scope: crate::permissions::Scope::parse_claim("runs:read").expect("scope"),
-            issued_at: at,
-            not_before: at,
-            expires_at: at,
-            token_id: "A".repeat(22).parse().expect("jti"),
-            kid: crate::keys::thumbprint(&[9; 32]),
-        })
+        Arc::new(Claims::sample())
     }
 
     #[test]

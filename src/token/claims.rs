@@ -182,6 +182,26 @@ impl Claims {
 }
 
 #[cfg(test)]
+impl Claims {
+    /// Valid claims for unit tests that only need some claims to hold (caches, memos).
+    pub(crate) fn sample() -> Self {
+        let at = OffsetDateTime::UNIX_EPOCH;
+        Self {
+            issuer: "iss".into(),
+            audience: "aud".into(),
+            subject: Subject::new("alice").expect("subject"),
+            tenant: TenantId::new("acme").expect("tenant"),
+            scope: Scope::parse_claim("runs:read").expect("scope"),
+            issued_at: at,
+            not_before: at,
+            expires_at: at,
+            token_id: TokenId::new(&"A".repeat(22)).expect("jti"),
+            kid: crate::keys::thumbprint(&[9; 32]),
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
