@@ -94,6 +94,16 @@ pub struct ServerConfig {
     pub role: Role,
     /// Largest request body accepted, in bytes; larger bodies get 413. Default 16384.
     pub max_body_bytes: usize,
+    /// A request head must arrive whole within this many seconds of its first byte (and a
+    /// new connection's first head within this time of opening); slower connections are
+    /// closed (slowloris). Default 10.
+    pub header_read_timeout_secs: u64,
+    /// A keep-alive connection without a request for this many seconds is closed. Default 60.
+    pub idle_timeout_secs: u64,
+    /// Connections open at once. At the limit, and when the process runs out of file
+    /// descriptors, the oldest idle connections are closed to make room. Lowered at start to
+    /// fit the open-file limit. Default 4096.
+    pub max_connections: usize,
 }
 
 impl Default for ServerConfig {
@@ -102,6 +112,9 @@ impl Default for ServerConfig {
             listen: "127.0.0.1:8080".into(),
             role: Role::All,
             max_body_bytes: 16 * 1024,
+            header_read_timeout_secs: 10,
+            idle_timeout_secs: 60,
+            max_connections: 4096,
         }
     }
 }
@@ -212,6 +225,9 @@ pub struct IssuerConfig {
     pub failed_signins_per_minute: u32,
     /// Tokens a person may mint per hour before 429. Default 60.
     pub mints_per_hour: u32,
+    /// User and tenant revocations one tenant admin may make per minute before 429 (each is
+    /// copied into every mirror for 12 hours). Default 10.
+    pub tenant_revocations_per_minute: u32,
     /// How long token records outlive their token, in seconds (listings show them as
     /// expired meanwhile). Default 86400.
     pub records_retention_secs: u64,
@@ -229,6 +245,10 @@ impl std::fmt::Debug for IssuerConfig {
             .field("proxy_secret", &"<redacted>")
             .field("failed_signins_per_minute", &self.failed_signins_per_minute)
             .field("mints_per_hour", &self.mints_per_hour)
+            .field(
+                "tenant_revocations_per_minute",
+                &self.tenant_revocations_per_minute,
+            )
             .field("records_retention_secs", &self.records_retention_secs)
             .field("jwks_max_age_secs", &self.jwks_max_age_secs)
             .finish()
@@ -245,6 +265,7 @@ impl Default for IssuerConfig {
             proxy_secret: String::new(),
             failed_signins_per_minute: 5,
             mints_per_hour: 60,
+            tenant_revocations_per_minute: 10,
             records_retention_secs: 86_400,
             jwks_max_age_secs: 300,
         }
@@ -542,11 +563,21 @@ impl Config {
             .listen
             .parse::<std::net::SocketAddr>()
             .map_err(|e| ConfigError::field("server.listen", e.to_string()))?;
-        if self.server.max_body_bytes == 0 {
-            return Err(ConfigError::field(
-                "server.max_body_bytes",
-                "must be above 0",
-            ));
+        for (field, value) in [
+            ("server.max_body_bytes", self.server.max_body_bytes),
+            ("server.max_connections", self.server.max_connections),
+            (
+                "server.header_read_timeout_secs",
+                usize::try_from(self.server.header_read_timeout_secs).unwrap_or(usize::MAX),
+            ),
+            (
+                "server.idle_timeout_secs",
+                usize::try_from(self.server.idle_timeout_secs).unwrap_or(usize::MAX),
+            ),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::field(field, "must be above 0"));
+            }
         }
         self.revocation_settings()
             .validate()
@@ -574,10 +605,14 @@ impl Config {
                 check_header_name(name).map_err(|reason| ConfigError::field(field, reason))?;
             }
         }
-        if self.issuer.failed_signins_per_minute == 0 || self.issuer.mints_per_hour == 0 {
+        if self.issuer.failed_signins_per_minute == 0
+            || self.issuer.mints_per_hour == 0
+            || self.issuer.tenant_revocations_per_minute == 0
+        {
             return Err(ConfigError::field(
                 "issuer",
-                "failed_signins_per_minute and mints_per_hour must be above 0",
+                "failed_signins_per_minute, mints_per_hour and tenant_revocations_per_minute \
+                 must be above 0",
             ));
         }
         self.validate_verifier()

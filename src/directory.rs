@@ -19,10 +19,11 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use argon2::Argon2;
 use argon2::password_hash::rand_core::{OsRng, RngCore as _};
 use argon2::password_hash::{PasswordHash, PasswordHasher as _, PasswordVerifier as _, SaltString};
+use argon2::{Algorithm, Argon2, Block, Params, Version};
 use serde::Deserialize;
+use subtle::ConstantTimeEq as _;
 
 use crate::permissions::{Catalogue, Scope};
 use crate::token::{Subject, TenantId};
@@ -71,6 +72,93 @@ pub fn verify_password(password: &str, stored: &str) -> Result<bool, PasswordErr
     Ok(Argon2::default()
         .verify_password(password.as_bytes(), &hash)
         .is_ok())
+}
+
+/// Argon2 working memory (19 MiB per check with the default parameters), kept between checks
+/// and reused.
+///
+/// Allocating it per check let the allocator keep each freed block in the arena of whichever
+/// blocking thread ran the check: 400 wrong sign-ins on 2 cores took RSS from 9 MB to 632 MB.
+/// Reused, the memory stays at one block per concurrent check, and the service runs at most
+/// one check per core, so RSS stays within cores × 19 MiB of the idle figure.
+#[derive(Debug, Default)]
+pub struct PasswordMemory {
+    free: std::sync::Mutex<Vec<Vec<Block>>>,
+}
+
+impl Clone for PasswordMemory {
+    /// A clone starts with no memory of its own.
+    fn clone(&self) -> Self {
+        Self::default()
+    }
+}
+
+impl PasswordMemory {
+    /// Checks `password` against a stored argon2id PHC string, as [`verify_password`] does,
+    /// in reused memory.
+    ///
+    /// # Errors
+    ///
+    /// [`PasswordError::BadHash`] when `stored` is not a usable argon2id hash; a wrong
+    /// password is `Ok(false)`.
+    pub fn verify(&self, password: &str, stored: &str) -> Result<bool, PasswordError> {
+        let hash = PasswordHash::new(stored).map_err(|_| PasswordError::BadHash)?;
+        if hash.algorithm.as_str() != "argon2id" {
+            return Err(PasswordError::BadHash);
+        }
+        let (Some(salt), Some(expected)) = (hash.salt, hash.hash) else {
+            return Err(PasswordError::BadHash);
+        };
+        let params = Params::try_from(&hash).map_err(|_| PasswordError::BadHash)?;
+        let version = hash
+            .version
+            .map_or(Ok(Version::default()), Version::try_from)
+            .map_err(|_| PasswordError::BadHash)?;
+        let mut salt_bytes = [0u8; 64];
+        let salt = salt
+            .decode_b64(&mut salt_bytes)
+            .map_err(|_| PasswordError::BadHash)?;
+        let block_count = params.block_count();
+        let mut blocks = self.take(block_count);
+        let mut out = zeroize::Zeroizing::new(vec![0u8; expected.len()]);
+        let hashed = Argon2::new(Algorithm::Argon2id, version, params)
+            .hash_password_into_with_memory(
+                password.as_bytes(),
+                salt,
+                &mut out,
+                blocks.get_mut(..block_count).unwrap_or_default(),
+            );
+        self.give_back(blocks);
+        hashed.map_err(|e| PasswordError::Hashing(e.to_string()))?;
+        Ok(bool::from(out.as_slice().ct_eq(expected.as_bytes())))
+    }
+
+    fn take(&self, block_count: usize) -> Vec<Block> {
+        let reused = self
+            .free
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .pop();
+        let mut blocks = reused.unwrap_or_default();
+        // Grows once per slot to the largest cost in use; never shrinks.
+        if blocks.len() < block_count {
+            blocks.resize(block_count, Block::default());
+        }
+        blocks
+    }
+
+    fn give_back(&self, blocks: Vec<Block>) {
+        let mut free = self
+            .free
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // One buffer per concurrent check is enough; more would only come from more
+        // concurrency than the caller allows, and is dropped.
+        let slots = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
+        if free.len() < slots {
+            free.push(blocks);
+        }
+    }
 }
 
 /// What a person holds in one tenant.
@@ -171,6 +259,7 @@ struct RawMembership {
 #[derive(Debug, Clone, Default)]
 pub struct Directory {
     users: BTreeMap<Subject, User>,
+    memory: PasswordMemory,
 }
 
 /// A valid argon2id hash of a random password nobody knows: verifying against it makes an
@@ -248,13 +337,17 @@ impl Directory {
                 User::new(subject, raw_user.password_hash, tenants),
             );
         }
-        Ok(Self { users })
+        Ok(Self {
+            users,
+            memory: PasswordMemory::default(),
+        })
     }
 
     /// A directory of the given users.
     pub fn from_users(users: impl IntoIterator<Item = User>) -> Self {
         Self {
             users: users.into_iter().map(|u| (u.id.clone(), u)).collect(),
+            memory: PasswordMemory::default(),
         }
     }
 
@@ -285,7 +378,7 @@ impl Directory {
         let stored = user
             .and_then(|u| u.password_hash.as_deref())
             .unwrap_or_else(|| decoy_hash());
-        let matches = verify_password(password, stored).unwrap_or(false);
+        let matches = self.memory.verify(password, stored).unwrap_or(false);
         user.filter(|u| matches && u.password_hash.is_some())
     }
 }
@@ -300,6 +393,23 @@ mod tests {
         assert!(hash.starts_with("$argon2id$"));
         assert!(verify_password("correct horse", &hash).unwrap());
         assert!(!verify_password("wrong horse", &hash).unwrap());
+    }
+
+    #[test]
+    fn reused_memory_verifies_like_the_crate() {
+        let memory = PasswordMemory::default();
+        let hash = hash_password("correct horse").unwrap();
+        for _ in 0..2 {
+            assert!(memory.verify("correct horse", &hash).unwrap());
+            assert!(!memory.verify("wrong horse", &hash).unwrap());
+        }
+        let other = "$argon2id$v=19$m=8192,t=1,p=2$c29tZXNhbHRzb21lc2FsdA$";
+        let cheap = format!("{other}{}", "A".repeat(43));
+        assert!(
+            !memory.verify("x", &cheap).unwrap(),
+            "other parameters work too"
+        );
+        assert_eq!(memory.free.lock().unwrap().len(), 1, "one buffer, reused");
     }
 
     #[test]

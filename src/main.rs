@@ -292,6 +292,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 
 async fn serve(config: Config, role: Role, development: bool) -> anyhow::Result<()> {
     let listen = config.server.listen.clone();
+    let limits = edgetoken::http::ServerLimits::from_config(&config.server).fitted_to_descriptors();
     let started = edgetoken::http::boot::start(config, role, development, Arc::new(SystemClock))
         .await
         .context("could not start")?;
@@ -313,7 +314,7 @@ async fn serve(config: Config, role: Role, development: bool) -> anyhow::Result<
     print(&banner)?;
     tracing::info!(%address, %role, "listening");
     let router = edgetoken::http::router(Arc::clone(&started.services));
-    edgetoken::http::serve(listener, router, shutdown_signal())
+    edgetoken::http::serve(listener, router, limits, shutdown_signal())
         .await
         .context("server failed")?;
     if let Some(jwks) = &started.services.jwks {

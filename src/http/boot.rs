@@ -369,11 +369,15 @@ async fn issuer_state(
         password_checks: Arc::new(tokio::sync::Semaphore::new(
             std::thread::available_parallelism().map_or(2, std::num::NonZero::get),
         )),
-        failed_signins: RateLimiter::new(
+        failed_signins: RateLimiter::swept(
             config.issuer.failed_signins_per_minute,
             Duration::from_mins(1),
         ),
-        mints: RateLimiter::new(config.issuer.mints_per_hour, Duration::from_hours(1)),
+        mints: RateLimiter::swept(config.issuer.mints_per_hour, Duration::from_hours(1)),
+        tenant_revocations: RateLimiter::swept(
+            config.issuer.tenant_revocations_per_minute,
+            Duration::from_mins(1),
+        ),
     })
 }
 

@@ -171,6 +171,11 @@ impl IntoResponse for ApiError {
         }));
         let mut response = (status, body).into_response();
         let headers = response.headers_mut();
+        // A JSON error is never to be sniffed into something a browser would render.
+        headers.insert(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        );
         match &self {
             Self::Token(rejection) => {
                 if let Some(challenge) = bearer_challenge(*rejection) {

@@ -6,13 +6,14 @@
 //! with the shared proxy secret, compared in constant time. A bearer token is never a
 //! credential here: tokens cannot beget tokens.
 
+use std::hash::{BuildHasher as _, RandomState};
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use base64::Engine as _;
 use serde::de::DeserializeOwned;
 use subtle::ConstantTimeEq as _;
@@ -21,6 +22,7 @@ use super::error::ApiError;
 use super::{AppState, IssuerState};
 use crate::config::AuthMode;
 use crate::directory::User;
+use crate::token::Subject;
 
 /// How long a sign-in waits for a free password-check slot before 429.
 const PASSWORD_CHECK_WAIT: Duration = Duration::from_secs(5);
@@ -34,9 +36,9 @@ impl FromRequestParts<AppState> for Person {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let issuer = state.issuer()?;
-        let authorization = parts
-            .headers
-            .get(header::AUTHORIZATION)
+        // Exactly one: with two (Basic then Bearer, or two Basic), which one counts must not
+        // be left to the order a proxy or client happened to send them in (THREATS #57).
+        let authorization = single_header(&parts.headers, header::AUTHORIZATION.as_str())?
             .and_then(|v| v.to_str().ok());
         if authorization.is_some_and(|v| starts_with_ignore_case(v, "bearer ")) {
             return Err(ApiError::TokenNotAccepted);
@@ -46,6 +48,26 @@ impl FromRequestParts<AppState> for Person {
             AuthMode::TrustedHeader => trusted_header(parts, issuer),
         }
     }
+}
+
+/// The one value of header `name`, `None` when absent.
+///
+/// # Errors
+///
+/// 400 `invalid_request` when the header is repeated.
+pub fn single_header<'a>(
+    headers: &'a HeaderMap,
+    name: &str,
+) -> Result<Option<&'a HeaderValue>, ApiError> {
+    let mut values = headers.get_all(name).iter();
+    let first = values.next();
+    if values.next().is_some() {
+        return Err(ApiError::bad_request(
+            "invalid_request",
+            format!("the {name} header must appear at most once"),
+        ));
+    }
+    Ok(first)
 }
 
 fn starts_with_ignore_case(text: &str, prefix: &str) -> bool {
@@ -64,6 +86,13 @@ async fn basic(authorization: Option<&str>, issuer: &IssuerState) -> Result<Pers
     let decoded = zeroize::Zeroizing::new(decoded);
     let text = std::str::from_utf8(&decoded).map_err(|_| ApiError::Unauthenticated)?;
     let (user, password) = text.split_once(':').ok_or(ApiError::Unauthenticated)?;
+    // Checked against the user-id grammar before anything is stored, counted or hashed: an
+    // id no user can have (a 250 KB string, a token pasted as the user name) is refused here,
+    // so attacker-chosen text never pins memory in the limiter (THREATS #54).
+    if Subject::new(user).is_err() {
+        audit_failed_sign_in(issuer, user);
+        return Err(ApiError::Unauthenticated);
+    }
     // The attempt is counted before the argon2 work and refunded on success: checking first
     // and counting only failures let any number of concurrent guesses through the limit.
     issuer
@@ -72,15 +101,19 @@ async fn basic(authorization: Option<&str>, issuer: &IssuerState) -> Result<Pers
         .map_err(|retry_after| ApiError::RateLimited { retry_after })?;
     // At most as many argon2 hashes (19 MiB each) at once as there are cores; the rest wait a
     // little, then get 429, so a flood of sign-ins cannot exhaust memory or blocking threads.
-    let _permit = tokio::time::timeout(
+    // Such a 429 says nothing about the password, so it gives its attempt back.
+    let Ok(permit) = tokio::time::timeout(
         PASSWORD_CHECK_WAIT,
         Arc::clone(&issuer.password_checks).acquire_owned(),
     )
     .await
-    .map_err(|_| ApiError::RateLimited {
-        retry_after: Duration::from_secs(1),
-    })?
-    .map_err(|e| ApiError::Internal(Box::new(e)))?;
+    else {
+        issuer.failed_signins.refund(user);
+        return Err(ApiError::RateLimited {
+            retry_after: Duration::from_secs(1),
+        });
+    };
+    let _permit = permit.map_err(|e| ApiError::Internal(Box::new(e)))?;
     let directory = Arc::clone(&issuer.directory);
     let (user_id, password) = (
         user.to_owned(),
@@ -95,29 +128,48 @@ async fn basic(authorization: Option<&str>, issuer: &IssuerState) -> Result<Pers
         issuer.failed_signins.refund(&user_id);
         return Ok(Person(user));
     }
-    // Debug formatting escapes the attacker-chosen id, so it cannot forge log lines.
-    tracing::info!(target: "audit", event = "sign_in", user = ?user_id, outcome = "failed");
+    audit_failed_sign_in(issuer, &user_id);
     Err(ApiError::Unauthenticated)
 }
 
+/// One `audit` event for a failed sign-in. The user id is logged only when it names a user
+/// of the directory: anything else may be a token or a password typed into the wrong field
+/// (THREATS #55), so only its length and a short keyed digest (which lets an operator see the
+/// same wrong id recur, and reveals nothing about it) are logged.
+fn audit_failed_sign_in(issuer: &IssuerState, user: &str) {
+    if issuer.directory.user(user).is_some() {
+        tracing::info!(target: "audit", event = "sign_in", user, outcome = "failed");
+    } else {
+        tracing::info!(
+            target: "audit",
+            event = "sign_in",
+            user_len = user.len(),
+            user_digest = %log_digest(user),
+            outcome = "failed",
+        );
+    }
+}
+
+/// A short digest of `text`, keyed per process: equal texts give equal digests within one
+/// run, and nobody without the key can test a guess against it.
+fn log_digest(text: &str) -> String {
+    static KEY: std::sync::OnceLock<RandomState> = std::sync::OnceLock::new();
+    let digest = KEY.get_or_init(RandomState::new).hash_one(text);
+    format!("{:08x}", digest >> 32)
+}
+
 fn trusted_header(parts: &Parts, issuer: &IssuerState) -> Result<Person, ApiError> {
-    let secret = parts
-        .headers
-        .get(issuer.auth.proxy_secret_header.as_str())
-        .map(axum::http::HeaderValue::as_bytes)
+    let secret = single_header(&parts.headers, issuer.auth.proxy_secret_header.as_str())
+        .map_err(|_| ApiError::Unauthenticated)?
+        .map(HeaderValue::as_bytes)
         .ok_or(ApiError::Unauthenticated)?;
     if !bool::from(secret.ct_eq(issuer.auth.proxy_secret.as_bytes())) {
         return Err(ApiError::Unauthenticated);
     }
     // Exactly one user header: a proxy that appends rather than replaces would otherwise let
     // a client-sent value ride along, and which one wins must not be left to chance.
-    let mut users = parts
-        .headers
-        .get_all(issuer.auth.user_header.as_str())
-        .iter();
-    let (first, second) = (users.next(), users.next());
-    let user = first
-        .filter(|_| second.is_none())
+    let user = single_header(&parts.headers, issuer.auth.user_header.as_str())
+        .map_err(|_| ApiError::Unauthenticated)?
         .and_then(|v| v.to_str().ok())
         .and_then(|id| issuer.directory.user(id))
         .ok_or(ApiError::Unauthenticated)?;
@@ -171,7 +223,10 @@ pub async fn body_bytes<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::PayloadTooLarge
         } else {
-            ApiError::bad_request("invalid_request", rejection.body_text())
+            // The framework's own text names its internals ("Failed to buffer the request
+            // body"); people get a plain sentence, the log gets the detail.
+            tracing::debug!(error = %rejection.body_text(), "request body unreadable");
+            ApiError::bad_request("invalid_request", "the request body could not be read")
         }
     })
 }

@@ -119,13 +119,37 @@ fn tenant_id(raw: &str) -> Result<TenantId, ApiError> {
 fn validate_name(name: Option<String>) -> Result<Option<String>, ApiError> {
     let Some(name) = name else { return Ok(None) };
     let chars = name.chars().count();
-    if chars == 0 || chars > MAX_NAME_CHARS || name.chars().any(char::is_control) {
+    if chars == 0 || chars > MAX_NAME_CHARS || name.chars().any(is_refused_in_names) {
         return Err(ApiError::bad_request(
             "bad_name",
-            "name must be 1-100 characters without control characters",
+            "name must be 1-100 characters without control or bidirectional formatting \
+             characters",
         ));
     }
     Ok(Some(name))
+}
+
+/// Control characters, and the bidirectional formatting characters that can make a listing
+/// show something other than what was typed (Trojan Source, CVE-2021-42574; THREATS #52).
+fn is_refused_in_names(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{061C}'
+                | '\u{200E}'
+                | '\u{200F}'
+                | '\u{202A}'..='\u{202E}'
+                | '\u{2066}'..='\u{2069}'
+                | '\u{2028}'
+                | '\u{2029}'
+        )
+}
+
+fn not_a_member(tenant: &TenantId) -> ApiError {
+    ApiError::forbidden(
+        "not_a_member",
+        format!("you are not a member of tenant {tenant}"),
+    )
 }
 
 fn store_error(error: StoreError) -> ApiError {
@@ -172,12 +196,9 @@ async fn mint_token(
             PermissionError::Empty => ApiError::bad_request("invalid_request", e.to_string()),
             _ => ApiError::bad_request("unknown_permission", e.to_string()),
         })?;
-    let membership = person.membership(&tenant).ok_or_else(|| {
-        ApiError::forbidden(
-            "not_a_member",
-            format!("you are not a member of tenant {tenant}"),
-        )
-    })?;
+    let membership = person
+        .membership(&tenant)
+        .ok_or_else(|| not_a_member(&tenant))?;
     let missing = scope.missing_from(&membership.permissions);
     if !missing.is_empty() {
         let names: Vec<String> = missing.iter().map(ToString::to_string).collect();
@@ -310,6 +331,11 @@ async fn list_tokens(
 ) -> Result<Json<TokenList>, ApiError> {
     let issuer = state.issuer()?;
     let tenant = tenant_id(&tenant)?;
+    // The same answer as minting there: a non-member learns nothing from an empty list that
+    // a refusal would not tell them, and the two must not disagree.
+    if person.membership(&tenant).is_none() {
+        return Err(not_a_member(&tenant));
+    }
     let records = issuer
         .records
         .list(&tenant, &person.id)
@@ -463,8 +489,8 @@ async fn revoke_many(
     let revocation = match (body.user, body.all) {
         (Some(user), None) => Revocation::User {
             tenant: tenant.as_str().to_owned(),
-            subject: Subject::new(&user)
-                .map_err(|e| ApiError::bad_request("invalid_request", e.to_string()))?
+            subject: revocable_user(issuer, &tenant, &user)
+                .await?
                 .as_str()
                 .to_owned(),
             before,
@@ -480,8 +506,44 @@ async fn revoke_many(
             ));
         }
     };
+    // Each entry is copied into every mirror for 12 hours: one admin may not flood them.
+    issuer
+        .tenant_revocations
+        .acquire(person.id.as_str())
+        .map_err(|retry_after| ApiError::RateLimited { retry_after })?;
     revoke(&state, issuer, &person.id, revocation).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// The user a tenant admin may revoke: a valid id that is a member of the tenant, or that owns
+/// a token record there (a former member whose tokens still live stays revocable). Anything
+/// else is refused, so an admin's typo does not silently revoke nobody, and junk ids do not
+/// fill every mirror (THREATS #58).
+async fn revocable_user(
+    issuer: &IssuerState,
+    tenant: &TenantId,
+    user: &str,
+) -> Result<Subject, ApiError> {
+    let subject =
+        Subject::new(user).map_err(|e| ApiError::bad_request("invalid_request", e.to_string()))?;
+    let is_member = issuer
+        .directory
+        .user(subject.as_str())
+        .is_some_and(|u| u.membership(tenant).is_some());
+    if is_member
+        || !issuer
+            .records
+            .list(tenant, &subject)
+            .await
+            .map_err(store_error)?
+            .is_empty()
+    {
+        return Ok(subject);
+    }
+    Err(ApiError::bad_request(
+        "unknown_user",
+        format!("{subject} is not a member of tenant {tenant} and holds no token there"),
+    ))
 }
 
 /// Form of an RFC 7009 revocation request. No `Debug`: it holds a raw token.

@@ -15,20 +15,19 @@ pub mod layer;
 pub mod limits;
 mod memo;
 mod ops;
+pub mod server;
 pub mod verifier;
 
-use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath};
-use tokio::net::TcpListener;
 use tower_http::trace::TraceLayer;
 
 pub use self::error::ApiError;
 use self::jwks::JwksRefresher;
 use self::limits::RateLimiter;
+pub use self::server::{ServerLimits, serve};
 use self::verifier::VerifierApi;
 use crate::clock::Clock;
 use crate::config::{AuthMode, Config, Role};
@@ -104,11 +103,13 @@ pub struct IssuerState {
     /// How people sign in.
     pub auth: AuthSettings,
     /// Failed sign-ins per user id.
-    pub failed_signins: RateLimiter,
+    pub failed_signins: Arc<RateLimiter>,
     /// Password checks (argon2id, 19 MiB each) allowed at once.
     pub password_checks: Arc<tokio::sync::Semaphore>,
     /// Mints per person.
-    pub mints: RateLimiter,
+    pub mints: Arc<RateLimiter>,
+    /// User and tenant revocations per tenant admin.
+    pub tenant_revocations: Arc<RateLimiter>,
 }
 
 impl Services {
@@ -184,22 +185,4 @@ pub fn router(state: AppState) -> Router {
         router = router.merge(verifier::forward_auth_router());
     }
     router.with_state(state)
-}
-
-/// Serves `router` on `listener` until `shutdown` completes, then drains in-flight requests.
-///
-/// # Errors
-///
-/// I/O errors of the listener.
-pub async fn serve(
-    listener: TcpListener,
-    router: Router,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
 }

@@ -43,7 +43,7 @@ use subtle::ConstantTimeEq as _;
 use super::AppState;
 use super::bearer::{Decider, bearer_token};
 use super::error::ApiError;
-use super::extract::body_bytes;
+use super::extract::{body_bytes, single_header};
 use super::memo;
 use crate::config::IntrospectionClient;
 use crate::permissions::Permission;
@@ -234,9 +234,14 @@ fn forwarded_request(parts: &Parts) -> Option<(String, String)> {
         .iter()
         .filter(|(m, u)| parts.headers.contains_key(*m) || parts.headers.contains_key(*u))
         .collect();
-    match present.as_slice() {
-        [] => {
-            let original = parts.uri.path().strip_prefix(VERIFY_PATH)?;
+    // The Envoy form: the original path after `/v1/verify/`.
+    let original = parts
+        .uri
+        .path()
+        .strip_prefix(VERIFY_PATH)
+        .filter(|rest| !rest.is_empty());
+    match (present.as_slice(), original) {
+        ([], Some(original)) => {
             let target = parts.uri.path_and_query().map_or(original, |pq| {
                 pq.as_str().get(VERIFY_PATH.len()..).unwrap_or(original)
             });
@@ -244,7 +249,9 @@ fn forwarded_request(parts: &Parts) -> Option<(String, String)> {
                 .starts_with('/')
                 .then(|| (parts.method.as_str().to_owned(), target.to_owned()))
         }
-        [(method, uri)] => {
+        // Two sources of the original request (the path form and a header pair) is as
+        // ambiguous as two header pairs: neither may win.
+        ([(method, uri)], None) => {
             let method = single(&parts.headers, method)?;
             let uri = single(&parts.headers, uri)?;
             Some((method.to_owned(), uri.to_owned()))
@@ -367,12 +374,7 @@ async fn introspect(State(state): State<AppState>, request: Request) -> Result<R
     if api.introspection.is_empty() {
         return Err(ApiError::NotFound);
     }
-    if !api
-        .introspection
-        .authenticate(request.headers().get(header::AUTHORIZATION))
-    {
-        return Err(ApiError::Unauthenticated);
-    }
+    let authorization = single_header(request.headers(), header::AUTHORIZATION.as_str())?.cloned();
     let is_form = request
         .headers()
         .get(header::CONTENT_TYPE)
@@ -382,7 +384,12 @@ async fn introspect(State(state): State<AppState>, request: Request) -> Result<R
             v.trim()
                 .eq_ignore_ascii_case("application/x-www-form-urlencoded")
         });
+    // The body (under the body limit) is read before the caller is authenticated: a refusal
+    // that left it unread would make hyper drop the keep-alive connection without saying so.
     let bytes = body_bytes(request, &()).await?;
+    if !api.introspection.authenticate(authorization.as_ref()) {
+        return Err(ApiError::Unauthenticated);
+    }
     if !is_form {
         return Err(ApiError::bad_request(
             "invalid_request",

@@ -994,3 +994,257 @@ async fn concurrent_password_guesses_cannot_outrun_the_sign_in_limit() {
     assert_eq!(limited, 9, "{statuses:?}");
     issuer.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listing_a_tenant_you_are_not_in_is_refused_like_minting_there() {
+    let issuer = TestIssuer::start(Options::default()).await;
+    let response = BOB
+        .get(issuer.url("/v1/tenants/globex/tokens"))
+        .send()
+        .await
+        .unwrap();
+    assert_error(response, 403, "not_a_member").await;
+    issuer.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_with_bidi_controls_are_refused() {
+    let issuer = TestIssuer::start(Options::default()).await;
+    for name in [
+        "deploy\u{202E}txt.exe",
+        "a\u{2066}b\u{2069}",
+        "x\u{200F}",
+        "tab\there",
+    ] {
+        let response = ALICE
+            .post(issuer.url("/v1/tenants/acme/tokens"))
+            .json(&json!({"name": name, "permissions": ["runs:read"]}))
+            .send()
+            .await
+            .unwrap();
+        assert_error(response, 400, "bad_name").await;
+    }
+    let accepted = ALICE
+        .mint(
+            &issuer,
+            "acme",
+            json!({"name": "Déploiement – nuit ☾", "permissions": ["runs:read"]}),
+        )
+        .await;
+    assert_eq!(accepted["name"], "Déploiement – nuit ☾");
+    issuer.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_errors_are_not_sniffed_and_name_no_framework_internals() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let issuer = TestIssuer::start(Options::default()).await;
+    let response = BOB
+        .get(issuer.url("/v1/tenants/globex/tokens"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["x-content-type-options"], "nosniff");
+    // A chunked body that breaks off mid-chunk: the body cannot be read.
+    let address = issuer.base.trim_start_matches("http://").to_owned();
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    let credentials = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD
+            .encode(format!("{}:{}", ALICE.user, ALICE.password))
+    };
+    let request = format!(
+        "POST /v1/tenants/acme/tokens HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {credentials}\r\n\
+         Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n{{}}\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        stream.read_to_end(&mut answer),
+    )
+    .await
+    .expect("an answer")
+    .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("invalid_request"), "{answer}");
+    assert!(answer.contains("nosniff"), "{answer}");
+    assert!(!answer.to_lowercase().contains("buffer"), "{answer}");
+    issuer.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_authorization_headers_are_refused_not_first_wins() {
+    let issuer = TestIssuer::start(Options::default()).await;
+    let minted = ALICE
+        .mint(&issuer, "acme", json!({"permissions": ["runs:read"]}))
+        .await;
+    let token = minted["token"].as_str().unwrap();
+    let basic = {
+        use base64::Engine as _;
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD
+                .encode(format!("{}:{}", ALICE.user, ALICE.password))
+        )
+    };
+    let bearer = format!("Bearer {token}");
+    for (first, second) in [(&basic, &bearer), (&bearer, &basic), (&basic, &basic)] {
+        let response = reqwest::Client::new()
+            .get(issuer.url("/v1/tenants/acme/tokens"))
+            .header("authorization", first)
+            .header("authorization", second)
+            .send()
+            .await
+            .unwrap();
+        assert_error(response, 400, "invalid_request").await;
+    }
+    issuer.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trusted_header_mode_refuses_two_proxy_secrets() {
+    let issuer = trusted_header_issuer().await;
+    let response = behind_proxy(&issuer, "alice", Some(PROXY_SECRET))
+        .header("X-Edgetoken-Proxy-Secret", "a-client-sent-guess")
+        .send()
+        .await
+        .unwrap();
+    assert_error(response, 401, "unauthenticated").await;
+    let alone = behind_proxy(&issuer, "alice", Some(PROXY_SECRET))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(alone.status(), 201, "one secret is accepted");
+    issuer.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenant_revocations_take_members_or_token_holders_only() {
+    use edgetoken::permissions::Scope;
+    use edgetoken::records::TokenRecord;
+    use edgetoken::token::{Lifetime, MintRequest};
+    let issuer = TestIssuer::start(Options::default()).await;
+    let revoke = |user: String| {
+        ALICE
+            .post(issuer.url("/v1/tenants/acme/revocations"))
+            .json(&json!({ "user": user }))
+            .send()
+    };
+    for junk in ["a b".to_owned(), "x".repeat(300)] {
+        assert_error(revoke(junk).await.unwrap(), 400, "invalid_request").await;
+    }
+    // Well-formed ids of nobody in acme (a typo, a wildcard) are refused, and say why.
+    for nobody in ["bobb", "*"] {
+        assert_error(revoke(nobody.into()).await.unwrap(), 400, "unknown_user").await;
+    }
+    // A member is revocable.
+    assert_eq!(revoke("bob".into()).await.unwrap().status(), 204);
+    // So is a former member whose token still lives (a record without a directory entry).
+    let state = issuer.services.issuer.as_ref().unwrap();
+    let minted = state
+        .issuer
+        .mint(&MintRequest {
+            subject: "carol".parse().unwrap(),
+            tenant: "acme".parse().unwrap(),
+            scope: Scope::parse_claim("runs:read").unwrap(),
+            lifetime: Lifetime::OneHour,
+        })
+        .unwrap();
+    state
+        .records
+        .put(&TokenRecord::of(&minted.claims, None))
+        .await
+        .unwrap();
+    assert_eq!(revoke("carol".into()).await.unwrap().status(), 204);
+    issuer.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenant_revocations_are_rate_limited_per_admin() {
+    let issuer = TestIssuer::start(Options {
+        extra: "tenant_revocations_per_minute = 2\n".into(),
+        ..Options::default()
+    })
+    .await;
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        let response = ALICE
+            .post(issuer.url("/v1/tenants/acme/revocations"))
+            .json(&json!({"user": "bob"}))
+            .send()
+            .await
+            .unwrap();
+        statuses.push(response.status().as_u16());
+        if response.status() == 429 {
+            assert!(response.headers().contains_key("retry-after"));
+        }
+    }
+    assert_eq!(statuses, [204, 204, 429]);
+    issuer.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_in_ids_outside_the_grammar_leave_nothing_in_the_limiter() {
+    let issuer = TestIssuer::start(Options::default()).await;
+    let limiter = &issuer.services.issuer.as_ref().unwrap().failed_signins;
+    for (i, len) in [300, 10_000, 250_000].into_iter().enumerate() {
+        let id = format!("{i}{}", "u".repeat(len));
+        let response = reqwest::Client::new()
+            .get(issuer.url("/v1/tenants/acme/tokens"))
+            .basic_auth(id, Some("pw"))
+            .send()
+            .await
+            .unwrap();
+        assert_error(response, 401, "unauthenticated").await;
+    }
+    assert_eq!(
+        limiter.tracked(),
+        0,
+        "nothing stored for ids no user can have"
+    );
+    let response = reqwest::Client::new()
+        .get(issuer.url("/v1/tenants/acme/tokens"))
+        .basic_auth("nobody-of-this-name", Some("pw"))
+        .send()
+        .await
+        .unwrap();
+    assert_error(response, 401, "unauthenticated").await;
+    assert_eq!(limiter.tracked(), 1, "a well-formed id is counted");
+    issuer.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_for_want_of_a_password_slot_gives_its_attempt_back() {
+    let issuer = TestIssuer::start(Options {
+        extra: "failed_signins_per_minute = 2\n".into(),
+        ..Options::default()
+    })
+    .await;
+    let slots = std::sync::Arc::clone(&issuer.services.issuer.as_ref().unwrap().password_checks);
+    let permits = u32::try_from(slots.available_permits()).unwrap();
+    let held = slots.acquire_many_owned(permits).await.unwrap();
+    // Every slot is taken: both attempts wait, then get 429 without any password check.
+    let attempts = (0..2).map(|_| {
+        reqwest::Client::new()
+            .get(issuer.url("/v1/tenants/acme/tokens"))
+            .basic_auth("alice", Some("a-wrong-password"))
+            .send()
+    });
+    for response in futures_util::future::join_all(attempts).await {
+        assert_error(response.unwrap(), 429, "rate_limited").await;
+    }
+    drop(held);
+    // Those two said nothing about the password, so the limit of 2 still has room for 2.
+    for _ in 0..2 {
+        let response = reqwest::Client::new()
+            .get(issuer.url("/v1/tenants/acme/tokens"))
+            .basic_auth("alice", Some("a-wrong-password"))
+            .send()
+            .await
+            .unwrap();
+        assert_error(response, 401, "unauthenticated").await;
+    }
+    issuer.stop().await;
+}

@@ -111,6 +111,16 @@ fn raw_tokens_and_passwords_never_reach_the_logs() {
         .send()
         .unwrap();
     assert_eq!(presented.status(), 200);
+    // A token pasted as the Basic user id (`curl -u "$TOKEN:"`, a habit from other PAT
+    // services), and a password typed into the user field (THREATS #55).
+    for (user, password) in [(tokens[0].1.as_str(), ""), (wrong_password, "")] {
+        let failed = client
+            .get(url("/v1/tenants/acme/tokens"))
+            .basic_auth(user, Some(password))
+            .send()
+            .unwrap();
+        assert_eq!(failed.status(), 401);
+    }
     // A token offered as a minting credential.
     let refused = client
         .post(url("/v1/tenants/acme/tokens"))
@@ -127,6 +137,10 @@ fn raw_tokens_and_passwords_never_reach_the_logs() {
         "audit events are logged (so the search below means something):\n{logs}"
     );
     assert!(logs.contains(&tokens[0].0), "token ids (jti) are logged");
+    assert!(
+        logs.contains("user_digest"),
+        "failed sign-ins with ids of nobody are logged, by length and digest:\n{logs}"
+    );
     let basic = base64::engine::general_purpose::STANDARD.encode(format!("alice:{ALICE_PASSWORD}"));
     for (_, token) in &tokens {
         let signature = token.rsplit('.').next().unwrap();
@@ -139,4 +153,160 @@ fn raw_tokens_and_passwords_never_reach_the_logs() {
             "a password or credential was logged"
         );
     }
+}
+
+/// A configured service (directory of alice and bob) run as the binary, with `extra` TOML
+/// appended and the shell command `prefix` (such as a `ulimit`) run before it.
+fn configured_server(dir: &std::path::Path, extra: &str, prefix: &str) -> ServeProcess {
+    std::fs::write(dir.join("users.toml"), directory_text()).unwrap();
+    edgetoken::keys::KeyDir::new(dir.join("keys"))
+        .generate(true)
+        .unwrap();
+    std::fs::write(
+        dir.join("edgetoken.toml"),
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n{extra}[issuer]\ndirectory = \"users.toml\"\n"
+        ),
+    )
+    .unwrap();
+    let mut command = edgetoken(dir);
+    if prefix.is_empty() {
+        command.arg("serve");
+        return ServeProcess::start(command, dir);
+    }
+    let binary = command.get_program().to_owned();
+    let mut shell = std::process::Command::new("sh");
+    shell
+        .current_dir(dir)
+        .args(["-c", &format!("{prefix} && exec \"$0\" serve")])
+        .arg(binary)
+        .env_remove("RUST_LOG");
+    ServeProcess::start(shell, dir)
+}
+
+#[test]
+fn sign_in_floods_leave_memory_and_logs_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = configured_server(dir.path(), "", "");
+    let url = format!("{}/v1/tenants/acme/tokens", server.base);
+    let before = server.rss_kib();
+    // 1,200 sign-ins with a 250 KB random-looking user id each (THREATS #54), then 400 wrong
+    // passwords for distinct well-formed ids, each costing a full argon2 check.
+    std::thread::scope(|scope| {
+        for worker in 0..4 {
+            let url = url.clone();
+            scope.spawn(move || {
+                let client = reqwest::blocking::Client::new();
+                for i in 0..300 {
+                    let id = format!("{worker}-{i}-{}", "q".repeat(250_000));
+                    let status = client
+                        .get(&url)
+                        .basic_auth(id, Some("x"))
+                        .send()
+                        .unwrap()
+                        .status();
+                    assert_eq!(status, 401);
+                }
+                for i in 0..100 {
+                    let status = client
+                        .get(&url)
+                        .basic_auth(format!("guess-{worker}-{i}"), Some("wrong"))
+                        .send()
+                        .unwrap()
+                        .status();
+                    assert!(status == 401 || status == 429, "{status}");
+                }
+            });
+        }
+    });
+    let after = server.rss_kib();
+    let cores = std::thread::available_parallelism().map_or(2, std::num::NonZero::get) as u64;
+    // One argon2 block (19 MiB) per core, plus room for the allocator and thread stacks.
+    let bound_kib = cores * 19 * 1024 + 48 * 1024;
+    assert!(
+        after.saturating_sub(before) < bound_kib,
+        "RSS grew from {before} KiB to {after} KiB (bound: {bound_kib} KiB of growth)"
+    );
+    server.stop();
+    let log_bytes = std::fs::metadata(&server.stderr).unwrap().len();
+    assert!(
+        log_bytes < 1024 * 1024,
+        "1,600 failed sign-ins wrote {log_bytes} bytes of log: oversized ids must not be logged"
+    );
+}
+
+#[test]
+fn idle_connections_cannot_exhaust_descriptors() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = configured_server(dir.path(), "", "ulimit -n 256");
+    let address = server.base.trim_start_matches("http://").to_owned();
+    // More idle sockets than the process has descriptors (THREATS #56).
+    let idle: Vec<std::net::TcpStream> = (0..300)
+        .map(|_| std::net::TcpStream::connect(&address).unwrap())
+        .collect();
+    let client = reqwest::blocking::Client::builder()
+        .timeout(std::time::Duration::from_secs(10))
+        .build()
+        .unwrap();
+    for _ in 0..3 {
+        let status = client
+            .get(format!("{}/healthz", server.base))
+            .send()
+            .expect("/healthz answers while 300 idle sockets are open")
+            .status();
+        assert_eq!(status, 200);
+    }
+    drop(idle);
+    server.stop();
+}
+
+/// Whether the server closes `stream` (EOF) within `within`.
+fn closed_within(stream: &mut std::net::TcpStream, within: std::time::Duration) -> bool {
+    use std::io::Read as _;
+    stream.set_read_timeout(Some(within)).unwrap();
+    let mut sink = [0u8; 4096];
+    loop {
+        match stream.read(&mut sink) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
+#[test]
+fn half_sent_and_idle_connections_are_closed_on_time() {
+    use std::io::Write as _;
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = configured_server(
+        dir.path(),
+        "header_read_timeout_secs = 1\nidle_timeout_secs = 2\n",
+        "",
+    );
+    let address = server.base.trim_start_matches("http://").to_owned();
+    let window = std::time::Duration::from_secs(8);
+
+    let mut silent = std::net::TcpStream::connect(&address).unwrap();
+    assert!(
+        closed_within(&mut silent, window),
+        "a silent connection is closed"
+    );
+
+    let mut slow = std::net::TcpStream::connect(&address).unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .unwrap();
+    assert!(
+        closed_within(&mut slow, window),
+        "a half-sent head is closed"
+    );
+
+    let mut kept = std::net::TcpStream::connect(&address).unwrap();
+    kept.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    assert!(
+        closed_within(&mut kept, window),
+        "an idle keep-alive connection is closed"
+    );
+    server.stop();
 }

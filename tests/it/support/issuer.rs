@@ -107,8 +107,9 @@ impl TestIssuer {
         let base = format!("http://{}", listener.local_addr().unwrap());
         let (tx, rx) = oneshot::channel();
         let router = http::router(Arc::clone(&services));
+        let limits = http::ServerLimits::from_config(&services.config.server);
         let server = tokio::spawn(async move {
-            http::serve(listener, router, async {
+            http::serve(listener, router, limits, async {
                 let _ = rx.await;
             })
             .await

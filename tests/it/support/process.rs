@@ -54,8 +54,9 @@ impl Served {
         let addr = listener.local_addr().expect("local addr");
         let (tx, rx) = oneshot::channel::<()>();
         let router = edgetoken::http::router(Arc::clone(&services));
+        let limits = edgetoken::http::ServerLimits::from_config(&services.config.server);
         let task = tokio::spawn(async move {
-            let _ = edgetoken::http::serve(listener, router, async {
+            let _ = edgetoken::http::serve(listener, router, limits, async {
                 let _ = rx.await;
             })
             .await;
@@ -253,6 +254,18 @@ impl ServeProcess {
             assert!(Instant::now() < deadline, "no banner in 20 s:\n{out}");
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// The resident memory of the process now, in KiB (`VmRSS`).
+    pub(crate) fn rss_kib(&self) -> u64 {
+        let pid = self.child.as_ref().expect("running").id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|kib| kib.parse().ok())
+            .expect("VmRSS in /proc/PID/status")
     }
 
     /// Everything the process wrote to stdout and stderr so far.

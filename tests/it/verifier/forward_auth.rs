@@ -409,3 +409,25 @@ async fn verify_answers_503_once_the_revocation_state_is_too_stale() {
     let ready = reqwest::get(served.url("/readyz")).await.unwrap();
     assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_envoy_path_form_and_a_header_pair_at_once_are_ambiguous_and_denied() {
+    let deployment = Deployment::new();
+    let served = verifier(&deployment, "").await;
+    let token = mint(&deployment.offline_issuer(), "alice", "acme", "runs:read");
+    // The path names globex (403 on its own); the headers name a route alice may use. Neither
+    // source may win over the other (THREATS #57).
+    let response = reqwest::Client::new()
+        .get(served.url("/v1/verify/api/globex/runs/3"))
+        .bearer_auth(&token)
+        .header("X-Original-Method", "GET")
+        .header("X-Original-URI", "/api/acme/runs/1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    assert_eq!(
+        challenge(&response),
+        r#"Bearer error="insufficient_scope", error_description="no_route""#
+    );
+}

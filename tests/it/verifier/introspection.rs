@@ -122,3 +122,88 @@ async fn introspection_bodies_over_the_server_limit_are_refused() {
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(body["error"], "body_too_large", "{body}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_basic_headers_are_refused_whichever_comes_first() {
+    use base64::Engine as _;
+    let deployment = Deployment::new();
+    let served = verifier(&deployment).await;
+    let token = mint(&deployment.offline_issuer(), "alice", "acme", "runs:read");
+    let basic = |text: &str| {
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(text)
+        )
+    };
+    let (good, bad) = (basic(&format!("gateway:{SECRET}")), basic("gateway:wrong"));
+    for (first, second) in [(&good, &bad), (&bad, &good)] {
+        let response = reqwest::Client::new()
+            .post(served.url("/v1/introspect"))
+            .header("authorization", first)
+            .header("authorization", second)
+            .form(&[("token", token.as_str())])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(body["error"], "invalid_request");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_introspection_keeps_the_connection_usable() {
+    use tokio::io::AsyncWriteExt as _;
+    let deployment = Deployment::new();
+    let served = verifier(&deployment).await;
+    let mut stream = tokio::net::TcpStream::connect(served.addr).await.unwrap();
+    let body = "token=abc";
+    let request = format!(
+        "POST /v1/introspect HTTP/1.1\r\nHost: x\r\nAuthorization: Basic Z2F0ZXdheTp3cm9uZw==\r\n\
+         Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    // Two requests on one keep-alive connection: the 401 must not silently end it.
+    let mut answers = String::new();
+    for _ in 0..2 {
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let answer =
+            tokio::time::timeout(std::time::Duration::from_secs(5), read_answer(&mut stream))
+                .await
+                .expect("an answer within 5 s");
+        let closes = answer.to_ascii_lowercase().contains("connection: close");
+        assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+        assert!(
+            !closes,
+            "the connection stays open without announcing otherwise"
+        );
+        answers.push_str(&answer);
+    }
+    assert_eq!(answers.matches("HTTP/1.1 401").count(), 2);
+}
+
+/// One HTTP/1.1 answer with a `Content-Length` body, read whole.
+async fn read_answer(stream: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt as _;
+    let mut bytes = Vec::new();
+    let mut buffer = [0u8; 1024];
+    loop {
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length: usize = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse().unwrap())
+                })
+                .unwrap_or(0);
+            if body.len() >= length {
+                return text;
+            }
+        }
+        let read = stream.read(&mut buffer).await.unwrap();
+        assert!(read > 0, "connection closed mid-answer: {text}");
+        bytes.extend_from_slice(&buffer[..read]);
+    }
+}
