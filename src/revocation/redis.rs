@@ -2,7 +2,8 @@
 //!
 //! [`RedisStore`] writes revocations; [`RedisFeed`] runs in every verifier and keeps its
 //! [`Mirror`](crate::revocation::Mirror) equal to Redis. This module owns the Redis data layout, the Lua
-//! scripts and the feed protocol; the in-memory lookup lives in `mirror`.
+//! scripts and the feed protocol (decided by the pure state machine in `protocol`, driven by
+//! `feed`); the in-memory lookup lives in `mirror`.
 //!
 //! # Design: pub/sub is a hint, the log and the state are the truth
 //!
@@ -70,6 +71,7 @@
 //! every mirror to reload from the state sets. Log entries carry the same `gen` and `body`.
 
 mod feed;
+mod protocol;
 mod store;
 
 pub use self::feed::RedisFeed;
