@@ -21,7 +21,7 @@ use super::extract::{JsonBody, Person, body_bytes};
 use super::{AppState, IssuerState};
 use crate::permissions::{PermissionError, READ_ALL, READ_WRITE_ALL};
 use crate::records::TokenRecord;
-use crate::revocation::{Revocation, RevocationCheck as _, RevocationStatus, StoreError};
+use crate::revocation::{Revocation, RevocationCheck as _, RevocationStatus};
 use crate::token::{Lifetime, MintRequest, Rejection, Requirement, Subject, TenantId, TokenId};
 
 pub(super) fn router() -> Router<AppState> {
@@ -128,14 +128,6 @@ fn validate_name(name: Option<String>) -> Result<Option<String>, ApiError> {
     Ok(Some(name))
 }
 
-fn store_error(error: StoreError) -> ApiError {
-    if error.is_unavailable() {
-        ApiError::StoreUnavailable(Box::new(error))
-    } else {
-        ApiError::Internal(Box::new(error))
-    }
-}
-
 /// Mint a token for yourself in a tenant you belong to.
 #[utoipa::path(
     post, path = "/v1/tenants/{tenant}/tokens", tag = "issuer",
@@ -223,7 +215,7 @@ async fn mint_token(
             &claims.scope.to_claim(),
             "store_unavailable",
         );
-        return Err(store_error(error));
+        return Err(ApiError::from(error));
     }
     state.metrics.record_mint("ok");
     audit_mint(
@@ -310,11 +302,7 @@ async fn list_tokens(
 ) -> Result<Json<TokenList>, ApiError> {
     let issuer = state.issuer()?;
     let tenant = tenant_id(&tenant)?;
-    let records = issuer
-        .records
-        .list(&tenant, &person.id)
-        .await
-        .map_err(store_error)?;
+    let records = issuer.records.list(&tenant, &person.id).await?;
     let now = state.clock.now();
     let tokens = records
         .into_iter()
@@ -364,8 +352,7 @@ async fn revoke_token(
     let record = issuer
         .records
         .get(&tenant, id.as_str())
-        .await
-        .map_err(store_error)?
+        .await?
         .filter(|record| record.user == person.id)
         .ok_or(ApiError::NotFound)?;
     revoke(
@@ -407,7 +394,7 @@ async fn revoke(
         Err(error) => {
             state.metrics.record_revoke(kind, "store_unavailable");
             audit_revoke(by, &tenant, kind, &target, "store_unavailable");
-            Err(store_error(error))
+            Err(ApiError::from(error))
         }
     }
 }

@@ -6,9 +6,14 @@
 //! raw token is never stored here or anywhere else.
 //!
 //! Two stores: in-process (the embedded default) and Redis (see `redis.rs` for the layout).
+//! Their failures are [`RecordError`]s, apart from the revocation store's: a record is
+//! bookkeeping about tokens, not a revocation.
 
+mod error;
 mod memory;
 mod redis;
+
+pub use self::error::RecordError;
 
 pub use self::memory::MemoryRecords;
 pub use self::redis::RedisRecords;
@@ -18,7 +23,6 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use crate::revocation::StoreError;
 use crate::token::{Claims, Subject, TenantId, TokenId};
 
 /// What is known about one minted token.
@@ -95,8 +99,8 @@ impl RecordStore {
     ///
     /// # Errors
     ///
-    /// [`StoreError`] when Redis did not accept it; nothing is half written (one `MULTI`).
-    pub async fn put(&self, record: &TokenRecord) -> Result<(), StoreError> {
+    /// [`RecordError`] when Redis did not accept it; nothing is half written (one `MULTI`).
+    pub async fn put(&self, record: &TokenRecord) -> Result<(), RecordError> {
         match self {
             Self::Memory(store) => {
                 store.put(record);
@@ -110,12 +114,12 @@ impl RecordStore {
     ///
     /// # Errors
     ///
-    /// [`StoreError`] when Redis cannot be read.
+    /// [`RecordError`] when Redis cannot be read.
     pub async fn get(
         &self,
         tenant: &TenantId,
         id: &str,
-    ) -> Result<Option<TokenRecord>, StoreError> {
+    ) -> Result<Option<TokenRecord>, RecordError> {
         match self {
             Self::Memory(store) => Ok(store.get(tenant, id)),
             Self::Redis(store) => store.get(tenant, id).await,
@@ -126,12 +130,12 @@ impl RecordStore {
     ///
     /// # Errors
     ///
-    /// [`StoreError`] when Redis cannot be read.
+    /// [`RecordError`] when Redis cannot be read.
     pub async fn list(
         &self,
         tenant: &TenantId,
         user: &Subject,
-    ) -> Result<Vec<TokenRecord>, StoreError> {
+    ) -> Result<Vec<TokenRecord>, RecordError> {
         let mut records = match self {
             Self::Memory(store) => store.list(tenant, user),
             Self::Redis(store) => store.list(tenant, user).await?,
@@ -144,13 +148,13 @@ impl RecordStore {
     ///
     /// # Errors
     ///
-    /// [`StoreError`] when Redis cannot be written.
+    /// [`RecordError`] when Redis cannot be written.
     pub async fn mark_revoked(
         &self,
         tenant: &TenantId,
         id: &str,
         at: OffsetDateTime,
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), RecordError> {
         match self {
             Self::Memory(store) => {
                 store.mark_revoked(tenant, id, at);
