@@ -360,7 +360,7 @@ async fn revoke_token(
         issuer,
         &person.id,
         Revocation::Token {
-            jti: record.id.as_str().to_owned(),
+            jti: record.id.clone(),
             expires_at: record.expires_at.unix_timestamp(),
         },
     )
@@ -378,12 +378,12 @@ async fn revoke(
     revocation: Revocation,
 ) -> Result<(), ApiError> {
     let (kind, tenant, target) = match &revocation {
-        Revocation::Token { jti, .. } => ("token", "-".to_owned(), jti.clone()),
+        Revocation::Token { jti, .. } => ("token", "-".to_owned(), jti.to_string()),
         Revocation::User {
             tenant, subject, ..
-        } => ("user", tenant.clone(), subject.clone()),
-        Revocation::Tenant { tenant, .. } => ("tenant", tenant.clone(), tenant.clone()),
-        Revocation::Key { kid, .. } => ("key", "-".to_owned(), kid.clone()),
+        } => ("user", tenant.to_string(), subject.to_string()),
+        Revocation::Tenant { tenant, .. } => ("tenant", tenant.to_string(), tenant.to_string()),
+        Revocation::Key { kid, .. } => ("key", "-".to_owned(), kid.to_string()),
     };
     match issuer.revocations.revoke(revocation).await {
         Ok(()) => {
@@ -449,17 +449,12 @@ async fn revoke_many(
     let before = state.clock.unix_now().saturating_add(leeway);
     let revocation = match (body.user, body.all) {
         (Some(user), None) => Revocation::User {
-            tenant: tenant.as_str().to_owned(),
+            tenant,
             subject: Subject::new(&user)
-                .map_err(|e| ApiError::bad_request("invalid_request", e.to_string()))?
-                .as_str()
-                .to_owned(),
+                .map_err(|e| ApiError::bad_request("invalid_request", e.to_string()))?,
             before,
         },
-        (None, Some(true)) => Revocation::Tenant {
-            tenant: tenant.as_str().to_owned(),
-            before,
-        },
+        (None, Some(true)) => Revocation::Tenant { tenant, before },
         _ => {
             return Err(ApiError::bad_request(
                 "invalid_request",
@@ -511,7 +506,7 @@ async fn revoke_presented(
         issuer,
         &claims.subject,
         Revocation::Token {
-            jti: claims.token_id.as_str().to_owned(),
+            jti: claims.token_id.clone(),
             expires_at: claims.expires_at.unix_timestamp(),
         },
     )

@@ -23,6 +23,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
+use crate::keys::KeyId;
 use crate::token::{Claims, Subject, TenantId, TokenId};
 
 /// What is known about one minted token.
@@ -38,7 +39,7 @@ pub struct TokenRecord {
     /// Its user (`sub`).
     pub user: Subject,
     /// The kid of the key that signed it (for key-level revocation status).
-    pub kid: String,
+    pub kid: KeyId,
     /// The permissions it grants, as in its `scope` claim.
     pub permissions: Vec<String>,
     /// `iat`.
@@ -60,7 +61,7 @@ impl TokenRecord {
             name,
             tenant: claims.tenant.clone(),
             user: claims.subject.clone(),
-            kid: claims.kid.as_str().to_owned(),
+            kid: claims.kid.clone(),
             permissions: claims.scope.iter().map(ToString::to_string).collect(),
             created_at: claims.issued_at,
             expires_at: claims.expires_at,
@@ -71,9 +72,9 @@ impl TokenRecord {
     /// The revocation facts of the token this record describes.
     pub fn facts(&self) -> crate::revocation::TokenFacts<'_> {
         crate::revocation::TokenFacts {
-            jti: self.id.as_str(),
-            subject: self.user.as_str(),
-            tenant: self.tenant.as_str(),
+            jti: &self.id,
+            subject: &self.user,
+            tenant: &self.tenant,
             kid: &self.kid,
             issued_at: self.created_at.unix_timestamp(),
             expires_at: self.expires_at.unix_timestamp(),

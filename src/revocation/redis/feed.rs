@@ -412,9 +412,7 @@ impl Worker {
             self.scan(conn, &set, |mirror, page| {
                 let revocations: Vec<_> = page
                     .chunks_exact(2)
-                    .filter_map(|pair| {
-                        watermark(&keys, &set, pair[0].clone(), parse_score(&pair[1])?)
-                    })
+                    .filter_map(|pair| watermark(&keys, &set, &pair[0], parse_score(&pair[1])?))
                     .collect();
                 mirror.apply_all(&revocations);
             })

@@ -576,12 +576,13 @@ fn finish(then: AfterSync, out: &mut Vec<Action>) -> Phase {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::revocation::testing::jti;
 
     const HEARTBEAT: Duration = Duration::from_millis(200);
 
     fn token(n: u64) -> Revocation {
         Revocation::Token {
-            jti: format!("t{n}"),
+            jti: jti(&format!("t{n}")),
             expires_at: 1_767_229_140,
         }
     }
