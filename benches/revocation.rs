@@ -7,6 +7,10 @@
 //! each iteration takes the next one, so no single entry stays hot in cache.
 //!
 //! Run: `cargo bench --bench revocation`
+#![expect(
+    clippy::expect_used,
+    reason = "bench setup: a broken fixture must abort the run loudly, not measure nonsense"
+)]
 
 use std::collections::HashSet;
 use std::hint::black_box;
@@ -16,29 +20,38 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use criterion::{Criterion, criterion_main};
 use edgetoken::clock::ManualClock;
+use edgetoken::keys::KeyId;
 use edgetoken::revocation::{
     Mirror, Revocation, RevocationCheck, RevocationSettings, RevocationStatus, TokenFacts,
 };
+use edgetoken::token::{Subject, TenantId, TokenId};
 use sha2::{Digest, Sha256};
 
 const ENTRIES: usize = 1_000_000;
 const NOW: i64 = 1_800_000_000;
 
 /// A deterministic, unique, canonical 22-character jti for `i` in namespace `ns`.
-fn jti(ns: u8, i: usize) -> String {
+fn jti(ns: u8, i: usize) -> TokenId {
     let digest = Sha256::new()
         .chain_update([ns])
         .chain_update(i.to_le_bytes())
         .finalize();
-    URL_SAFE_NO_PAD.encode(&digest[..16])
+    TokenId::new(&URL_SAFE_NO_PAD.encode(&digest[..16])).expect("jti")
 }
 
-fn facts(jti: &str) -> TokenFacts<'_> {
+/// Who every looked-up token belongs to, and its signing key.
+struct Owner {
+    subject: Subject,
+    tenant: TenantId,
+    kid: KeyId,
+}
+
+fn facts<'a>(jti: &'a TokenId, owner: &'a Owner) -> TokenFacts<'a> {
     TokenFacts {
         jti,
-        subject: "alice",
-        tenant: "acme",
-        kid: "k1",
+        subject: &owner.subject,
+        tenant: &owner.tenant,
+        kid: &owner.kid,
         issued_at: NOW - 60,
         expires_at: NOW + 3600,
     }
@@ -49,8 +62,13 @@ fn lookups(c: &mut Criterion) {
         &RevocationSettings::default(),
         Arc::new(ManualClock::at(NOW)),
     );
-    let revoked: Vec<String> = (0..ENTRIES).map(|i| jti(0, i)).collect();
-    let unknown: Vec<String> = (0..ENTRIES).map(|i| jti(1, i)).collect();
+    let revoked: Vec<TokenId> = (0..ENTRIES).map(|i| jti(0, i)).collect();
+    let unknown: Vec<TokenId> = (0..ENTRIES).map(|i| jti(1, i)).collect();
+    let owner = Owner {
+        subject: "alice".parse().expect("subject"),
+        tenant: "acme".parse().expect("tenant"),
+        kid: format!("{:k<43}", "k1").parse().expect("kid"),
+    };
     let batch: Vec<Revocation> = revoked
         .iter()
         .map(|j| Revocation::Token {
@@ -62,21 +80,21 @@ fn lookups(c: &mut Criterion) {
     // A few watermarks, so a miss walks every map as in production.
     for i in 0..100 {
         mirror.apply(&Revocation::User {
-            tenant: "acme".into(),
-            subject: format!("user{i}"),
+            tenant: owner.tenant.clone(),
+            subject: format!("user{i}").parse().expect("subject"),
             before: NOW,
         });
         mirror.apply(&Revocation::Tenant {
-            tenant: format!("tenant{i}"),
+            tenant: format!("tenant{i}").parse().expect("tenant"),
             before: NOW,
         });
         mirror.apply(&Revocation::Key {
-            kid: format!("kid{i}"),
+            kid: format!("kid{i:040}").parse().expect("kid"),
             before: NOW,
         });
     }
     assert_eq!(mirror.size().tokens, ENTRIES);
-    let baseline: HashSet<String> = revoked.iter().cloned().collect();
+    let baseline: HashSet<String> = revoked.iter().map(ToString::to_string).collect();
 
     for (name, ids, expected) in [
         ("hit", &revoked, RevocationStatus::Revoked),
@@ -87,7 +105,7 @@ fn lookups(c: &mut Criterion) {
         group.bench_function("mirror", |b| {
             b.iter(|| {
                 i = (i + 1) % ENTRIES;
-                let status = mirror.status(black_box(&facts(&ids[i])));
+                let status = mirror.status(black_box(&facts(&ids[i], &owner)));
                 debug_assert_eq!(status, expected);
                 status
             });

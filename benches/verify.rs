@@ -142,23 +142,29 @@ fn realistic_revocations(now: i64) -> MemoryRevocations {
     let revocations = MemoryRevocations::new();
     for i in 0..1_000 {
         revocations.revoke(&Revocation::Token {
-            jti: format!("revoked-token-{i:09}-abcdefgh"),
+            jti: format!("revoked-token-{i:09}-abcdefgh")
+                .parse()
+                .expect("jti"),
             expires_at: now + 3600,
         });
     }
     for i in 0..100 {
         revocations.revoke(&Revocation::User {
-            tenant: TENANT.to_owned(),
-            subject: format!("user-{i}@customer.example"),
+            tenant: TENANT.parse().expect("tenant"),
+            subject: format!("user-{i}@customer.example")
+                .parse()
+                .expect("subject"),
             before: now,
         });
         revocations.revoke(&Revocation::Tenant {
-            tenant: format!("tenant-{i}"),
+            tenant: format!("tenant-{i}").parse().expect("tenant"),
             before: now,
         });
     }
     revocations.revoke(&Revocation::Key {
-        kid: "retired-key-0000000000000000000000000000000".to_owned(),
+        kid: "retired-key-0000000000000000000000000000000"
+            .parse()
+            .expect("kid"),
         before: now,
     });
     revocations

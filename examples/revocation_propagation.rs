@@ -25,10 +25,12 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use edgetoken::clock::{Clock, SystemClock};
+use edgetoken::keys::KeyId;
 use edgetoken::revocation::{
     RedisFeed, RedisStore, Revocation, RevocationCheck, RevocationSettings, RevocationStatus,
     TokenFacts,
 };
+use edgetoken::token::{Subject, TenantId, TokenId};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio::sync::mpsc;
@@ -63,15 +65,19 @@ async fn verifier(url: &str, prefix: &str, seed: &str, count: usize) -> Res<()> 
     let mut out = std::io::stdout().lock();
     writeln!(out, "ready")?;
     out.flush()?;
-    let jtis: Vec<String> = (0..count).map(|i| jti(seed, i)).collect();
+    let jtis = (0..count)
+        .map(|i| TokenId::new(&jti(seed, i)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let (subject, tenant) = (Subject::new("alice")?, TenantId::new("acme")?);
+    let kid = KeyId::new(&format!("{:k<43}", "k1"))?;
     let now = clock.unix_now();
     let mut next = 0;
     while next < count {
         let facts = TokenFacts {
             jti: &jtis[next],
-            subject: "alice",
-            tenant: "acme",
-            kid: "k1",
+            subject: &subject,
+            tenant: &tenant,
+            kid: &kid,
             issued_at: now,
             expires_at: now + 3600,
         };
@@ -138,7 +144,7 @@ async fn driver(url: &str, count: usize, verifiers: usize) -> Res<()> {
     let mut early = 0_usize;
     for i in 0..count {
         let revocation = Revocation::Token {
-            jti: jti(&tag, i),
+            jti: TokenId::new(&jti(&tag, i))?,
             expires_at,
         };
         store.revoke_with_seq(&revocation).await?;

@@ -21,6 +21,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use edgetoken::clock::{Clock, SystemClock};
 use edgetoken::revocation::{Mirror, RedisFeed, RedisStore, Revocation, RevocationSettings};
+use edgetoken::token::TokenId;
 use sha2::{Digest, Sha256};
 
 type Res<T> = Result<T, Box<dyn Error>>;
@@ -60,7 +61,7 @@ fn memory(entries: usize, clock: &Arc<dyn Clock>) -> Res<()> {
     let started = Instant::now();
     for i in 0..entries {
         mirror.apply(&Revocation::Token {
-            jti: jti(b"mem", i),
+            jti: TokenId::new(&jti(b"mem", i))?,
             expires_at,
         });
     }
@@ -89,7 +90,7 @@ async fn resync(url: &str, entries: usize, clock: &Arc<dyn Clock>) -> Res<()> {
     let expires_at = clock.unix_now() + 3600;
     store
         .revoke_with_seq(&Revocation::Token {
-            jti: jti(b"seed", 0),
+            jti: TokenId::new(&jti(b"seed", 0))?,
             expires_at,
         })
         .await?;

@@ -13,7 +13,7 @@ use clap::{Parser, Subcommand};
 use edgetoken::clock::Clock as _;
 use edgetoken::clock::SystemClock;
 use edgetoken::config::{Config, DEFAULT_CONFIG_FILE, ENV_CONFIG_FILE, Role};
-use edgetoken::keys::KeyDir;
+use edgetoken::keys::{KeyDir, KeyId};
 use edgetoken::revocation::{MemoryRevocations, RedisStore, Revocation, RevocationStore as _};
 use edgetoken::token::{
     Issuer, Lifetime, MintRequest, Requirement, Subject, TenantId, TokenId, Verifier,
@@ -380,13 +380,7 @@ fn revoke_tokens(
             let jti = TokenId::new(&jti).context("--token-id")?;
             let expires_at = expires_at.unwrap_or(now + edgetoken::token::MAX_LIFETIME_SECS + 300);
             let what = format!("token {jti}");
-            (
-                Revocation::Token {
-                    jti: jti.to_string(),
-                    expires_at,
-                },
-                what,
-            )
+            (Revocation::Token { jti, expires_at }, what)
         }
         (None, Some(tenant), Some(user), false) => {
             let tenant = TenantId::new(&tenant).context("--tenant")?;
@@ -394,8 +388,8 @@ fn revoke_tokens(
             let what = format!("every token of {user} in {tenant} issued until now");
             (
                 Revocation::User {
-                    tenant: tenant.to_string(),
-                    subject: user.to_string(),
+                    tenant,
+                    subject: user,
                     before,
                 },
                 what,
@@ -404,13 +398,7 @@ fn revoke_tokens(
         (None, Some(tenant), None, true) => {
             let tenant = TenantId::new(&tenant).context("--tenant")?;
             let what = format!("every token of tenant {tenant} issued until now");
-            (
-                Revocation::Tenant {
-                    tenant: tenant.to_string(),
-                    before,
-                },
-                what,
-            )
+            (Revocation::Tenant { tenant, before }, what)
         }
         _ => bail!("give --token-id, or --tenant with --user or --all"),
     };
@@ -455,7 +443,7 @@ fn keys(
                 bail!("no key {kid} in {}", keys.path().display());
             }
             let revocation = Revocation::Key {
-                kid: kid.clone(),
+                kid: KeyId::new(&kid).context("the key id")?,
                 before: SystemClock.unix_now(),
             };
             commit_revocation(config, revocation)?;

@@ -20,7 +20,7 @@ use crate::config::{Config, Role};
 use crate::directory::{Directory, Membership, User, hash_password};
 use crate::keys::{KeyDir, KeyError, KeyRing, SigningKey};
 use crate::metrics::Metrics;
-use crate::records::{MemoryRecords, RecordStore, RedisRecords};
+use crate::records::{MemoryRecords, RecordError, RecordStore, RedisRecords};
 use crate::revocation::{RevocationEngine, RevocationStore, StoreError, StoreKind};
 use crate::token::{Issuer, Subject, TenantId, Verifier};
 
@@ -34,6 +34,9 @@ pub enum StartError {
     /// The revocation store refused to start (eviction policy, bad URL).
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The token record store could not be set up (bad URL).
+    #[error(transparent)]
+    Records(#[from] RecordError),
     /// The user directory could not be loaded.
     #[error(transparent)]
     Directory(#[from] crate::directory::DirectoryError),

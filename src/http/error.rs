@@ -11,6 +11,8 @@ use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
+use crate::records::RecordError;
+use crate::revocation::StoreError;
 use crate::token::Rejection;
 
 /// An API failure.
@@ -225,6 +227,29 @@ impl IntoResponse for ApiError {
 impl From<Rejection> for ApiError {
     fn from(rejection: Rejection) -> Self {
         Self::Token(rejection)
+    }
+}
+
+/// A store that cannot take the write answers 503 (SPEC §3: a revoke never pretends to
+/// succeed); a malformed revocation or bad settings are a bug here, 500.
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        if error.is_unavailable() {
+            Self::StoreUnavailable(Box::new(error))
+        } else {
+            Self::Internal(Box::new(error))
+        }
+    }
+}
+
+/// Records fail like the revocation store: 503 when Redis cannot serve them, else 500.
+impl From<RecordError> for ApiError {
+    fn from(error: RecordError) -> Self {
+        if error.is_unavailable() {
+            Self::StoreUnavailable(Box::new(error))
+        } else {
+            Self::Internal(Box::new(error))
+        }
     }
 }
 

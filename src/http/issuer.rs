@@ -21,7 +21,7 @@ use super::extract::{JsonBody, Person, body_bytes};
 use super::{AppState, IssuerState};
 use crate::permissions::{PermissionError, READ_ALL, READ_WRITE_ALL};
 use crate::records::TokenRecord;
-use crate::revocation::{Revocation, RevocationCheck as _, RevocationStatus, StoreError};
+use crate::revocation::{Revocation, RevocationCheck as _, RevocationStatus};
 use crate::token::{Lifetime, MintRequest, Rejection, Requirement, Subject, TenantId, TokenId};
 
 pub(super) fn router() -> Router<AppState> {
@@ -152,14 +152,6 @@ fn not_a_member(tenant: &TenantId) -> ApiError {
     )
 }
 
-fn store_error(error: StoreError) -> ApiError {
-    if error.is_unavailable() {
-        ApiError::StoreUnavailable(Box::new(error))
-    } else {
-        ApiError::Internal(Box::new(error))
-    }
-}
-
 /// Mint a token for yourself in a tenant you belong to.
 #[utoipa::path(
     post, path = "/v1/tenants/{tenant}/tokens", tag = "issuer",
@@ -244,7 +236,7 @@ async fn mint_token(
             &claims.scope.to_claim(),
             "store_unavailable",
         );
-        return Err(store_error(error));
+        return Err(ApiError::from(error));
     }
     state.metrics.record_mint("ok");
     audit_mint(
@@ -336,11 +328,7 @@ async fn list_tokens(
     if person.membership(&tenant).is_none() {
         return Err(not_a_member(&tenant));
     }
-    let records = issuer
-        .records
-        .list(&tenant, &person.id)
-        .await
-        .map_err(store_error)?;
+    let records = issuer.records.list(&tenant, &person.id).await?;
     let now = state.clock.now();
     let tokens = records
         .into_iter()
@@ -390,8 +378,7 @@ async fn revoke_token(
     let record = issuer
         .records
         .get(&tenant, id.as_str())
-        .await
-        .map_err(store_error)?
+        .await?
         .filter(|record| record.user == person.id)
         .ok_or(ApiError::NotFound)?;
     revoke(
@@ -399,7 +386,7 @@ async fn revoke_token(
         issuer,
         &person.id,
         Revocation::Token {
-            jti: record.id.as_str().to_owned(),
+            jti: record.id.clone(),
             expires_at: record.expires_at.unix_timestamp(),
         },
     )
@@ -417,12 +404,12 @@ async fn revoke(
     revocation: Revocation,
 ) -> Result<(), ApiError> {
     let (kind, tenant, target) = match &revocation {
-        Revocation::Token { jti, .. } => ("token", "-".to_owned(), jti.clone()),
+        Revocation::Token { jti, .. } => ("token", "-".to_owned(), jti.to_string()),
         Revocation::User {
             tenant, subject, ..
-        } => ("user", tenant.clone(), subject.clone()),
-        Revocation::Tenant { tenant, .. } => ("tenant", tenant.clone(), tenant.clone()),
-        Revocation::Key { kid, .. } => ("key", "-".to_owned(), kid.clone()),
+        } => ("user", tenant.to_string(), subject.to_string()),
+        Revocation::Tenant { tenant, .. } => ("tenant", tenant.to_string(), tenant.to_string()),
+        Revocation::Key { kid, .. } => ("key", "-".to_owned(), kid.to_string()),
     };
     match issuer.revocations.revoke(revocation).await {
         Ok(()) => {
@@ -433,7 +420,7 @@ async fn revoke(
         Err(error) => {
             state.metrics.record_revoke(kind, "store_unavailable");
             audit_revoke(by, &tenant, kind, &target, "store_unavailable");
-            Err(store_error(error))
+            Err(ApiError::from(error))
         }
     }
 }
@@ -488,17 +475,11 @@ async fn revoke_many(
     let before = state.clock.unix_now().saturating_add(leeway);
     let revocation = match (body.user, body.all) {
         (Some(user), None) => Revocation::User {
-            tenant: tenant.as_str().to_owned(),
-            subject: revocable_user(issuer, &tenant, &user)
-                .await?
-                .as_str()
-                .to_owned(),
+            subject: revocable_user(issuer, &tenant, &user).await?,
+            tenant,
             before,
         },
-        (None, Some(true)) => Revocation::Tenant {
-            tenant: tenant.as_str().to_owned(),
-            before,
-        },
+        (None, Some(true)) => Revocation::Tenant { tenant, before },
         _ => {
             return Err(ApiError::bad_request(
                 "invalid_request",
@@ -530,14 +511,7 @@ async fn revocable_user(
         .directory
         .user(subject.as_str())
         .is_some_and(|u| u.membership(tenant).is_some());
-    if is_member
-        || !issuer
-            .records
-            .list(tenant, &subject)
-            .await
-            .map_err(store_error)?
-            .is_empty()
-    {
+    if is_member || !issuer.records.list(tenant, &subject).await?.is_empty() {
         return Ok(subject);
     }
     Err(ApiError::bad_request(
@@ -586,7 +560,7 @@ async fn revoke_presented(
         issuer,
         &claims.subject,
         Revocation::Token {
-            jti: claims.token_id.as_str().to_owned(),
+            jti: claims.token_id.clone(),
             expires_at: claims.expires_at.unix_timestamp(),
         },
     )

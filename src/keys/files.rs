@@ -19,6 +19,7 @@ use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 
 use super::ring::PublicJwk;
+use super::thumbprint::is_kid_shaped;
 use super::{KeyError, KeyRing, SigningKey, TrustedKey};
 
 const PRIVATE_SUFFIX: &str = ".key.pem";
@@ -287,14 +288,6 @@ impl KeyDir {
         }
         Ok(found.into_iter().collect())
     }
-}
-
-/// A SHA-256 thumbprint in base64url is exactly 43 characters of the URL alphabet.
-fn is_kid_shaped(kid: &str) -> bool {
-    kid.len() == 43
-        && kid
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@ pub use files::{KeyDir, KeyFileInfo};
 pub use policy::{check_public_key, is_published_test_key};
 pub use ring::{KeyRing, TrustedKey};
 pub use signing::SigningKey;
-pub use thumbprint::{KeyId, thumbprint};
+pub use thumbprint::{InvalidKeyId, KeyId, thumbprint};
 
 use std::path::PathBuf;
 

@@ -6,9 +6,14 @@
 //! raw token is never stored here or anywhere else.
 //!
 //! Two stores: in-process (the embedded default) and Redis (see `redis.rs` for the layout).
+//! Their failures are [`RecordError`]s, apart from the revocation store's: a record is
+//! bookkeeping about tokens, not a revocation.
 
+mod error;
 mod memory;
 mod redis;
+
+pub use self::error::RecordError;
 
 pub use self::memory::MemoryRecords;
 pub use self::redis::RedisRecords;
@@ -18,7 +23,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use crate::revocation::StoreError;
+use crate::keys::KeyId;
 use crate::token::{Claims, Subject, TenantId, TokenId};
 
 /// What is known about one minted token.
@@ -34,7 +39,7 @@ pub struct TokenRecord {
     /// Its user (`sub`).
     pub user: Subject,
     /// The kid of the key that signed it (for key-level revocation status).
-    pub kid: String,
+    pub kid: KeyId,
     /// The permissions it grants, as in its `scope` claim.
     pub permissions: Vec<String>,
     /// `iat`.
@@ -56,7 +61,7 @@ impl TokenRecord {
             name,
             tenant: claims.tenant.clone(),
             user: claims.subject.clone(),
-            kid: claims.kid.as_str().to_owned(),
+            kid: claims.kid.clone(),
             permissions: claims.scope.iter().map(ToString::to_string).collect(),
             created_at: claims.issued_at,
             expires_at: claims.expires_at,
@@ -67,9 +72,9 @@ impl TokenRecord {
     /// The revocation facts of the token this record describes.
     pub fn facts(&self) -> crate::revocation::TokenFacts<'_> {
         crate::revocation::TokenFacts {
-            jti: self.id.as_str(),
-            subject: self.user.as_str(),
-            tenant: self.tenant.as_str(),
+            jti: &self.id,
+            subject: &self.user,
+            tenant: &self.tenant,
             kid: &self.kid,
             issued_at: self.created_at.unix_timestamp(),
             expires_at: self.expires_at.unix_timestamp(),
@@ -95,8 +100,8 @@ impl RecordStore {
     ///
     /// # Errors
     ///
-    /// [`StoreError`] when Redis did not accept it; nothing is half written (one `MULTI`).
-    pub async fn put(&self, record: &TokenRecord) -> Result<(), StoreError> {
+    /// [`RecordError`] when Redis did not accept it; nothing is half written (one `MULTI`).
+    pub async fn put(&self, record: &TokenRecord) -> Result<(), RecordError> {
         match self {
             Self::Memory(store) => {
                 store.put(record);
@@ -110,12 +115,12 @@ impl RecordStore {
     ///
     /// # Errors
     ///
-    /// [`StoreError`] when Redis cannot be read.
+    /// [`RecordError`] when Redis cannot be read.
     pub async fn get(
         &self,
         tenant: &TenantId,
         id: &str,
-    ) -> Result<Option<TokenRecord>, StoreError> {
+    ) -> Result<Option<TokenRecord>, RecordError> {
         match self {
             Self::Memory(store) => Ok(store.get(tenant, id)),
             Self::Redis(store) => store.get(tenant, id).await,
@@ -126,12 +131,12 @@ impl RecordStore {
     ///
     /// # Errors
     ///
-    /// [`StoreError`] when Redis cannot be read.
+    /// [`RecordError`] when Redis cannot be read.
     pub async fn list(
         &self,
         tenant: &TenantId,
         user: &Subject,
-    ) -> Result<Vec<TokenRecord>, StoreError> {
+    ) -> Result<Vec<TokenRecord>, RecordError> {
         let mut records = match self {
             Self::Memory(store) => store.list(tenant, user),
             Self::Redis(store) => store.list(tenant, user).await?,
@@ -144,13 +149,13 @@ impl RecordStore {
     ///
     /// # Errors
     ///
-    /// [`StoreError`] when Redis cannot be written.
+    /// [`RecordError`] when Redis cannot be written.
     pub async fn mark_revoked(
         &self,
         tenant: &TenantId,
         id: &str,
         at: OffsetDateTime,
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), RecordError> {
         match self {
             Self::Memory(store) => {
                 store.mark_revoked(tenant, id, at);

@@ -21,9 +21,8 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use time::OffsetDateTime;
 use tokio::sync::Mutex;
 
-use super::TokenRecord;
+use super::{RecordError, TokenRecord};
 use crate::clock::Clock;
-use crate::revocation::StoreError;
 use crate::token::{Subject, TenantId};
 
 /// Records in Redis, shared by every issuer of a deployment.
@@ -46,8 +45,8 @@ impl std::fmt::Debug for RedisRecords {
     }
 }
 
-fn redis_error(operation: &'static str) -> impl FnOnce(redis::RedisError) -> StoreError {
-    move |source| StoreError::Redis { operation, source }
+fn redis_error(operation: &'static str) -> impl FnOnce(redis::RedisError) -> RecordError {
+    move |source| RecordError::Redis { operation, source }
 }
 
 impl RedisRecords {
@@ -55,16 +54,16 @@ impl RedisRecords {
     ///
     /// # Errors
     ///
-    /// [`StoreError::RedisUrl`] when the URL does not parse.
+    /// [`RecordError::RedisUrl`] when the URL does not parse.
     pub fn new(
         url: &str,
         prefix: &str,
         retention: Duration,
         timeout: Duration,
         clock: Arc<dyn Clock>,
-    ) -> Result<Self, StoreError> {
+    ) -> Result<Self, RecordError> {
         Ok(Self {
-            client: redis::Client::open(url).map_err(StoreError::RedisUrl)?,
+            client: redis::Client::open(url).map_err(RecordError::RedisUrl)?,
             conn: Arc::default(),
             prefix: prefix.to_owned(),
             retention,
@@ -73,7 +72,7 @@ impl RedisRecords {
         })
     }
 
-    async fn conn(&self) -> Result<ConnectionManager, StoreError> {
+    async fn conn(&self) -> Result<ConnectionManager, RecordError> {
         let mut slot = self.conn.lock().await;
         if let Some(conn) = slot.as_ref() {
             return Ok(conn.clone());
@@ -87,7 +86,7 @@ impl RedisRecords {
             ConnectionManager::new_with_config(self.client.clone(), config),
         )
         .await
-        .map_err(|_| StoreError::Timeout {
+        .map_err(|_| RecordError::Timeout {
             operation: "connect for token records",
             timeout: self.timeout,
         })?
@@ -99,7 +98,7 @@ impl RedisRecords {
     /// Runs one idempotent operation, once more on a fresh connection if the first attempt
     /// found the connection dropped (Redis restarted since the last call): the manager
     /// reconnects, but only after failing the command that noticed.
-    async fn run<T, F, Fut>(&self, operation: &'static str, op: F) -> Result<T, StoreError>
+    async fn run<T, F, Fut>(&self, operation: &'static str, op: F) -> Result<T, RecordError>
     where
         F: Fn(ConnectionManager) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
@@ -125,10 +124,10 @@ impl RedisRecords {
         (expires_at + self.retention).unix_timestamp()
     }
 
-    pub(super) async fn put(&self, record: &TokenRecord) -> Result<(), StoreError> {
-        let json = serde_json::to_string(record).map_err(|e| StoreError::Protocol {
+    pub(super) async fn put(&self, record: &TokenRecord) -> Result<(), RecordError> {
+        let json = serde_json::to_string(record).map_err(|source| RecordError::Encoding {
             operation: "encode a token record",
-            detail: e.to_string(),
+            source,
         })?;
         let until = self.keep_until(record.expires_at);
         let index = self.index_key(&record.tenant, &record.user);
@@ -165,7 +164,7 @@ impl RedisRecords {
         &self,
         tenant: &TenantId,
         id: &str,
-    ) -> Result<Option<TokenRecord>, StoreError> {
+    ) -> Result<Option<TokenRecord>, RecordError> {
         let key = self.record_key(tenant, id);
         let json: Option<String> = self
             .run("read a token record", |mut conn| {
@@ -180,7 +179,7 @@ impl RedisRecords {
         &self,
         tenant: &TenantId,
         user: &Subject,
-    ) -> Result<Vec<TokenRecord>, StoreError> {
+    ) -> Result<Vec<TokenRecord>, RecordError> {
         let index = self.index_key(tenant, user);
         let horizon = (self.clock.now() - self.retention).unix_timestamp();
         let mut pipe = redis::pipe();
@@ -210,7 +209,7 @@ impl RedisRecords {
         tenant: &TenantId,
         id: &str,
         at: OffsetDateTime,
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), RecordError> {
         let Some(mut record) = self.get(tenant, id).await? else {
             return Ok(());
         };
@@ -218,9 +217,9 @@ impl RedisRecords {
             return Ok(());
         }
         record.revoked_at = Some(at);
-        let json = serde_json::to_string(&record).map_err(|e| StoreError::Protocol {
+        let json = serde_json::to_string(&record).map_err(|source| RecordError::Encoding {
             operation: "encode a token record",
-            detail: e.to_string(),
+            source,
         })?;
         // KEEPTTL keeps the record's expiry; XX never resurrects a record that aged out.
         let set = redis::cmd("SET")
@@ -239,9 +238,9 @@ impl RedisRecords {
     }
 }
 
-fn decode(json: &str) -> Result<TokenRecord, StoreError> {
-    serde_json::from_str(json).map_err(|e| StoreError::Protocol {
+fn decode(json: &str) -> Result<TokenRecord, RecordError> {
+    serde_json::from_str(json).map_err(|source| RecordError::Encoding {
         operation: "decode a token record",
-        detail: e.to_string(),
+        source,
     })
 }

@@ -106,18 +106,12 @@ impl RevocationStore for MemoryRevocations {
 mod tests {
     use super::*;
     use crate::clock::ManualClock;
+    use crate::revocation::testing::{Token, jti, subject, tenant};
 
     const NOW: i64 = 1_800_000_000;
 
-    fn facts(jti: &str) -> TokenFacts<'_> {
-        TokenFacts {
-            jti,
-            subject: "alice",
-            tenant: "acme",
-            kid: "k1",
-            issued_at: NOW,
-            expires_at: NOW + 3600,
-        }
+    fn token(name: &str) -> Token {
+        Token::new(name, NOW, NOW + 3600)
     }
 
     #[tokio::test]
@@ -129,24 +123,33 @@ mod tests {
         RevocationStore::revoke(
             &store,
             Revocation::Token {
-                jti: "abc".into(),
+                jti: jti("abc"),
                 expires_at: NOW + 3600,
             },
         )
         .await
         .unwrap();
-        assert_eq!(store.status(&facts("abc")), RevocationStatus::Revoked);
-        assert_eq!(store.status(&facts("abd")), RevocationStatus::NotRevoked);
+        assert_eq!(
+            store.status(&token("abc").facts()),
+            RevocationStatus::Revoked
+        );
+        assert_eq!(
+            store.status(&token("abd").facts()),
+            RevocationStatus::NotRevoked
+        );
     }
 
     #[tokio::test]
-    async fn store_refuses_empty_jti() {
+    async fn store_refuses_subject_over_128_bytes() {
+        // An empty or ill-formed jti no longer type-checks; a subject may be 255 characters,
+        // more than the store keeps.
         let store = MemoryRevocations::new();
         let err = RevocationStore::revoke(
             &store,
-            Revocation::Token {
-                jti: String::new(),
-                expires_at: NOW,
+            Revocation::User {
+                tenant: tenant("acme"),
+                subject: subject(&"a".repeat(129)),
+                before: NOW,
             },
         )
         .await
@@ -159,13 +162,13 @@ mod tests {
     fn new_store_keeps_revocations_of_tokens_from_any_time() {
         let store = MemoryRevocations::new();
         store.revoke(&Revocation::Token {
-            jti: "ancient".into(),
+            jti: jti("ancient"),
             expires_at: 1_000,
         });
-        let mut token = facts("ancient");
+        let mut token = token("ancient");
         token.issued_at = 0;
         token.expires_at = 1_000;
-        assert_eq!(store.status(&token), RevocationStatus::Revoked);
+        assert_eq!(store.status(&token.facts()), RevocationStatus::Revoked);
         assert_eq!(store.mirror().prune(), 0);
     }
 
@@ -174,12 +177,12 @@ mod tests {
         let clock = Arc::new(ManualClock::at(NOW));
         let store = MemoryRevocations::with_settings(&RevocationSettings::default(), clock.clone());
         store.revoke(&Revocation::Token {
-            jti: "old".into(),
+            jti: jti("old"),
             expires_at: NOW + 10,
         });
         clock.advance(3600);
         store.revoke(&Revocation::Token {
-            jti: "new".into(),
+            jti: jti("new"),
             expires_at: NOW + 7200,
         });
         assert_eq!(store.mirror().size().tokens, 1);

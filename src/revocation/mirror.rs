@@ -35,6 +35,8 @@ use tokio::time::Instant;
 use super::settings::{OnStale, RevocationSettings};
 use super::{Revocation, RevocationCheck, RevocationStatus, TokenFacts};
 use crate::clock::Clock;
+use crate::keys::KeyId;
+use crate::token::{Subject, TenantId, TokenId};
 
 /// Length of a `jti` made of 128 random bits in base64url without padding.
 const COMPACT_JTI_LEN: usize = 22;
@@ -140,19 +142,20 @@ fn extend_u32<K: std::hash::Hash + Eq>(map: &mut HashMap<K, u32>, key: K, value:
 impl RevocationSet {
     fn is_revoked(&self, token: &TokenFacts<'_>) -> bool {
         let covered = |before: Option<&i64>| before.is_some_and(|b| token.issued_at <= *b);
-        let by_id = match compact_jti(token.jti) {
+        let (jti, tenant) = (token.jti.as_str(), token.tenant.as_str());
+        let by_id = match compact_jti(jti) {
             Some(key) => self.tokens.contains_key(&key),
-            None => self.other_tokens.contains_key(token.jti),
+            None => self.other_tokens.contains_key(jti),
         };
         by_id
-            || covered(self.tenants.get(token.tenant))
+            || covered(self.tenants.get(tenant))
             // A revoked key stops all its tokens, not only those minted before (see the
             // module docs of `revocation`).
-            || self.keys.contains_key(token.kid)
+            || self.keys.contains_key(token.kid.as_str())
             || covered(
                 self.users
-                    .get(token.tenant)
-                    .and_then(|subjects| subjects.get(token.subject)),
+                    .get(tenant)
+                    .and_then(|subjects| subjects.get(token.subject.as_str())),
             )
     }
 
@@ -165,7 +168,7 @@ impl RevocationSet {
                     return false;
                 }
                 let prune_at = to_u32_secs(prune_at);
-                match compact_jti(jti) {
+                match compact_jti(jti.as_str()) {
                     Some(key) => extend_u32(&mut self.tokens, key, prune_at),
                     None => extend_u32(&mut self.other_tokens, Box::from(jti.as_str()), prune_at),
                 }
@@ -526,19 +529,27 @@ impl Mirror {
     }
 
     /// Every live entry as [`Revocation`]s, for tests, tooling and re-seeding. O(size).
+    ///
+    /// A token entry merged from Redis whose `jti` is not a [`TokenId`] (no edgetoken writes
+    /// one, and it could match no verified token) is left out.
     pub fn snapshot(&self) -> Vec<Revocation> {
         let set = self.read();
         let leeway = self.limits.leeway;
-        let token = |jti: String, prune_at: u32| Revocation::Token {
+        let token = |jti: TokenId, prune_at: u32| Revocation::Token {
             jti,
             expires_at: i64::from(prune_at) - leeway,
         };
         let mut out = Vec::with_capacity(set.size().total());
-        out.extend(set.tokens.iter().map(|(k, at)| token(expand_jti(k), *at)));
+        // A compact key is 16 bytes written as 22 base64url characters: a valid token id.
+        out.extend(
+            set.tokens
+                .iter()
+                .map(|(k, at)| token(TokenId::from_trusted(expand_jti(k)), *at)),
+        );
         out.extend(
             set.other_tokens
                 .iter()
-                .map(|(k, at)| token(k.to_string(), *at)),
+                .filter_map(|(k, at)| Some(token(TokenId::new(k).ok()?, *at))),
         );
         out.extend(set.watermarks());
         out
@@ -652,13 +663,15 @@ impl Mirror {
 }
 
 impl RevocationSet {
+    /// The watermarks as revocations. Every key of these maps was copied out of a
+    /// [`Revocation`] by `apply`, so it is a valid identifier of its kind.
     fn watermarks(&self) -> Vec<Revocation> {
         let mut out = Vec::new();
         for (tenant, subjects) in &self.users {
             for (subject, before) in subjects {
                 out.push(Revocation::User {
-                    tenant: tenant.to_string(),
-                    subject: subject.to_string(),
+                    tenant: TenantId::from_trusted(tenant.to_string()),
+                    subject: Subject::from_trusted(subject.to_string()),
                     before: *before,
                 });
             }
@@ -667,12 +680,12 @@ impl RevocationSet {
             self.tenants
                 .iter()
                 .map(|(tenant, before)| Revocation::Tenant {
-                    tenant: tenant.to_string(),
+                    tenant: TenantId::from_trusted(tenant.to_string()),
                     before: *before,
                 }),
         );
         out.extend(self.keys.iter().map(|(kid, before)| Revocation::Key {
-            kid: kid.to_string(),
+            kid: KeyId::from_trusted(kid.to_string()),
             before: *before,
         }));
         out
@@ -721,6 +734,7 @@ impl RevocationCheck for Mirror {
 mod tests {
     use super::*;
     use crate::clock::ManualClock;
+    use crate::revocation::testing::{Token, jti, kid, subject, tenant};
 
     const NOW: i64 = 1_800_000_000;
     const JTI: &str = "AAECAwQFBgcICQoLDA0ODw";
@@ -729,15 +743,8 @@ mod tests {
         Mirror::authoritative(&RevocationSettings::default(), clock)
     }
 
-    fn facts(jti: &str) -> TokenFacts<'_> {
-        TokenFacts {
-            jti,
-            subject: "alice",
-            tenant: "acme",
-            kid: "k1",
-            issued_at: NOW - 60,
-            expires_at: NOW + 3600,
-        }
+    fn token(name: &str) -> Token {
+        Token::new(name, NOW - 60, NOW + 3600)
     }
 
     #[test]
@@ -755,24 +762,24 @@ mod tests {
     fn token_lookup_is_exact_and_case_sensitive() {
         let m = mirror(Arc::new(ManualClock::at(NOW)));
         m.apply(&Revocation::Token {
-            jti: JTI.to_owned(),
+            jti: jti(JTI),
             expires_at: NOW + 3600,
         });
         m.apply(&Revocation::Token {
-            jti: "jti-revoked-0001".to_owned(),
+            jti: jti("jti-revoked-0001"),
             expires_at: NOW + 3600,
         });
-        assert_eq!(m.status(&facts(JTI)), RevocationStatus::Revoked);
+        assert_eq!(m.status(&token(JTI).facts()), RevocationStatus::Revoked);
         assert_eq!(
-            m.status(&facts("jti-revoked-0001")),
+            m.status(&token("jti-revoked-0001").facts()),
             RevocationStatus::Revoked
         );
         assert_eq!(
-            m.status(&facts("JTI-REVOKED-0001")),
+            m.status(&token("JTI-REVOKED-0001").facts()),
             RevocationStatus::NotRevoked
         );
         assert_eq!(
-            m.status(&facts("AAECAwQFBgcICQoLDA0ODx")),
+            m.status(&token("AAECAwQFBgcICQoLDA0ODx").facts()),
             RevocationStatus::NotRevoked
         );
     }
@@ -781,27 +788,27 @@ mod tests {
     fn watermark_revokes_tokens_issued_at_or_before_it_only() {
         let m = mirror(Arc::new(ManualClock::at(NOW)));
         m.apply(&Revocation::User {
-            tenant: "acme".to_owned(),
-            subject: "alice".to_owned(),
+            tenant: tenant("acme"),
+            subject: subject("alice"),
             before: NOW - 60,
         });
-        let mut token = facts(JTI);
-        assert_eq!(m.status(&token), RevocationStatus::Revoked);
+        let mut token = token(JTI);
+        assert_eq!(m.status(&token.facts()), RevocationStatus::Revoked);
         token.issued_at = NOW - 59;
-        assert_eq!(m.status(&token), RevocationStatus::NotRevoked);
+        assert_eq!(m.status(&token.facts()), RevocationStatus::NotRevoked);
         token.issued_at = NOW - 60;
-        token.subject = "bob";
-        assert_eq!(m.status(&token), RevocationStatus::NotRevoked);
-        token.subject = "alice";
-        token.tenant = "other";
-        assert_eq!(m.status(&token), RevocationStatus::NotRevoked);
+        token.subject = subject("bob");
+        assert_eq!(m.status(&token.facts()), RevocationStatus::NotRevoked);
+        token.subject = subject("alice");
+        token.tenant = tenant("other");
+        assert_eq!(m.status(&token.facts()), RevocationStatus::NotRevoked);
     }
 
     #[test]
     fn watermarks_only_rise() {
         let m = mirror(Arc::new(ManualClock::at(NOW)));
         let tenant = |before| Revocation::Tenant {
-            tenant: "acme".to_owned(),
+            tenant: tenant("acme"),
             before,
         };
         assert!(m.apply(&tenant(NOW - 10)));
@@ -816,11 +823,11 @@ mod tests {
         let clock = Arc::new(ManualClock::at(NOW));
         let m = mirror(clock.clone());
         m.apply(&Revocation::Token {
-            jti: JTI.to_owned(),
+            jti: jti(JTI),
             expires_at: NOW + 100,
         });
         m.apply(&Revocation::Key {
-            kid: "k1".to_owned(),
+            kid: kid("k1"),
             before: NOW,
         });
         // Valid until exp + leeway (30 s): kept one second before.
@@ -841,7 +848,7 @@ mod tests {
     fn apply_skips_revocations_of_already_invalid_tokens() {
         let m = mirror(Arc::new(ManualClock::at(NOW)));
         assert!(!m.apply(&Revocation::Token {
-            jti: JTI.to_owned(),
+            jti: jti(JTI),
             expires_at: NOW - 30,
         }));
         assert_eq!(m.size().total(), 0);
@@ -853,7 +860,10 @@ mod tests {
         let closed = Mirror::new(&RevocationSettings::default(), clock.clone());
         assert!(!closed.is_ready());
         assert_eq!(closed.staleness(), Duration::MAX);
-        assert_eq!(closed.status(&facts(JTI)), RevocationStatus::Unavailable);
+        assert_eq!(
+            closed.status(&token(JTI).facts()),
+            RevocationStatus::Unavailable
+        );
         let serve = Mirror::new(
             &RevocationSettings {
                 on_stale: OnStale::Serve,
@@ -861,7 +871,10 @@ mod tests {
             },
             clock,
         );
-        assert_eq!(serve.status(&facts(JTI)), RevocationStatus::NotRevoked);
+        assert_eq!(
+            serve.status(&token(JTI).facts()),
+            RevocationStatus::NotRevoked
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -874,11 +887,11 @@ mod tests {
         m.mark_ready();
         m.mark_heard(Instant::now());
         tokio::time::advance(Duration::from_millis(4_999)).await;
-        assert_eq!(m.status(&facts(JTI)), RevocationStatus::NotRevoked);
+        assert_eq!(m.status(&token(JTI).facts()), RevocationStatus::NotRevoked);
         tokio::time::advance(Duration::from_millis(1)).await;
-        assert_eq!(m.status(&facts(JTI)), RevocationStatus::Unavailable);
+        assert_eq!(m.status(&token(JTI).facts()), RevocationStatus::Unavailable);
         m.mark_heard(Instant::now());
-        assert_eq!(m.status(&facts(JTI)), RevocationStatus::NotRevoked);
+        assert_eq!(m.status(&token(JTI).facts()), RevocationStatus::NotRevoked);
     }
 
     #[test]
@@ -888,10 +901,10 @@ mod tests {
             Arc::new(ManualClock::at(NOW)),
         );
         m.apply(&Revocation::Token {
-            jti: JTI.to_owned(),
+            jti: jti(JTI),
             expires_at: NOW + 60,
         });
-        assert_eq!(m.status(&facts(JTI)), RevocationStatus::Revoked);
+        assert_eq!(m.status(&token(JTI).facts()), RevocationStatus::Revoked);
     }
 
     proptest::proptest! {
@@ -916,10 +929,10 @@ mod tests {
                     let id = format!("id{id}");
                     let at = NOW + offset;
                     match kind {
-                        0 => Revocation::Token { jti: id, expires_at: at },
-                        1 => Revocation::User { tenant: "t".into(), subject: id, before: at },
-                        2 => Revocation::Tenant { tenant: id, before: at },
-                        _ => Revocation::Key { kid: id, before: at },
+                        0 => Revocation::Token { jti: jti(&id), expires_at: at },
+                        1 => Revocation::User { tenant: tenant("t"), subject: subject(&id), before: at },
+                        2 => Revocation::Tenant { tenant: tenant(&id), before: at },
+                        _ => Revocation::Key { kid: kid(&id), before: at },
                     }
                 })
                 .collect();

@@ -50,19 +50,22 @@ pub use self::store::{RevocationStore, StoreError, StoreFuture, StoreKind};
 
 use std::fmt;
 
+use crate::keys::KeyId;
+use crate::token::{Subject, TenantId, TokenId};
+
 /// The facts about a verified token that revocation decisions depend on.
 ///
 /// Borrowed from the verified claims, so a lookup allocates nothing.
 #[derive(Debug, Clone, Copy)]
 pub struct TokenFacts<'a> {
     /// `jti`: the token id.
-    pub jti: &'a str,
+    pub jti: &'a TokenId,
     /// `sub`: the user the token was minted for.
-    pub subject: &'a str,
+    pub subject: &'a Subject,
     /// `tenant`: the tenant the token is bound to.
-    pub tenant: &'a str,
+    pub tenant: &'a TenantId,
     /// `kid`: the thumbprint of the key that signed the token.
-    pub kid: &'a str,
+    pub kid: &'a KeyId,
     /// `iat`, seconds since the Unix epoch.
     pub issued_at: i64,
     /// `exp`, seconds since the Unix epoch.
@@ -99,30 +102,30 @@ pub enum Revocation {
     /// One token, by `jti`. Kept until `expires_at` plus leeway.
     Token {
         /// The token id.
-        jti: String,
+        jti: TokenId,
         /// The token's `exp`, seconds since the epoch: when the entry may be pruned.
         expires_at: i64,
     },
     /// Every token of `subject` in `tenant` issued at or before `before`.
     User {
         /// The tenant.
-        tenant: String,
+        tenant: TenantId,
         /// The user id (`sub`).
-        subject: String,
+        subject: Subject,
         /// Watermark, seconds since the epoch.
         before: i64,
     },
     /// Every token of `tenant` issued at or before `before`.
     Tenant {
         /// The tenant.
-        tenant: String,
+        tenant: TenantId,
         /// Watermark, seconds since the epoch.
         before: i64,
     },
     /// Every token signed by key `kid`, whenever minted; held until `before + 12 h + leeway`.
     Key {
         /// The key id (RFC 7638 thumbprint).
-        kid: String,
+        kid: KeyId,
         /// Watermark, seconds since the epoch.
         before: i64,
     },
@@ -140,6 +143,69 @@ impl Revocation {
             } => tenant == token.tenant && subject == token.subject && token.issued_at <= *before,
             Self::Tenant { tenant, before } => tenant == token.tenant && token.issued_at <= *before,
             Self::Key { kid, .. } => kid == token.kid,
+        }
+    }
+}
+
+/// Valid identifiers from short names, and owned token facts to lend, for unit tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::TokenFacts;
+    use crate::keys::KeyId;
+    use crate::token::{Subject, TenantId, TokenId};
+
+    /// `name` padded with `-` to a token id (22 characters, so not the compact form unless
+    /// `name` already is one).
+    pub(crate) fn jti(name: &str) -> TokenId {
+        TokenId::new(&format!("{name:-<22}")).unwrap()
+    }
+
+    /// `name` padded with `-` to the length of a key id.
+    pub(crate) fn kid(name: &str) -> KeyId {
+        KeyId::new(&format!("{name:-<43}")).unwrap()
+    }
+
+    pub(crate) fn tenant(name: &str) -> TenantId {
+        TenantId::new(name).unwrap()
+    }
+
+    pub(crate) fn subject(name: &str) -> Subject {
+        Subject::new(name).unwrap()
+    }
+
+    /// The facts of one token, owned.
+    #[derive(Debug, Clone)]
+    pub(crate) struct Token {
+        pub(crate) jti: TokenId,
+        pub(crate) subject: Subject,
+        pub(crate) tenant: TenantId,
+        pub(crate) kid: KeyId,
+        pub(crate) issued_at: i64,
+        pub(crate) expires_at: i64,
+    }
+
+    impl Token {
+        /// Token `name` of alice in acme, signed by key `k1`.
+        pub(crate) fn new(name: &str, issued_at: i64, expires_at: i64) -> Self {
+            Self {
+                jti: jti(name),
+                subject: subject("alice"),
+                tenant: tenant("acme"),
+                kid: kid("k1"),
+                issued_at,
+                expires_at,
+            }
+        }
+
+        pub(crate) fn facts(&self) -> TokenFacts<'_> {
+            TokenFacts {
+                jti: &self.jti,
+                subject: &self.subject,
+                tenant: &self.tenant,
+                kid: &self.kid,
+                issued_at: self.issued_at,
+                expires_at: self.expires_at,
+            }
         }
     }
 }

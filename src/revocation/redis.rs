@@ -2,7 +2,8 @@
 //!
 //! [`RedisStore`] writes revocations; [`RedisFeed`] runs in every verifier and keeps its
 //! [`Mirror`](crate::revocation::Mirror) equal to Redis. This module owns the Redis data layout, the Lua
-//! scripts and the feed protocol; the in-memory lookup lives in `mirror`.
+//! scripts and the feed protocol (decided by the pure state machine in `protocol`, driven by
+//! `feed`); the in-memory lookup lives in `mirror`.
 //!
 //! # Design: pub/sub is a hint, the log and the state are the truth
 //!
@@ -70,6 +71,7 @@
 //! every mirror to reload from the state sets. Log entries carry the same `gen` and `body`.
 
 mod feed;
+mod protocol;
 mod store;
 
 pub use self::feed::RedisFeed;
@@ -85,6 +87,8 @@ use rand_core::{OsRng, RngCore};
 
 use super::settings::RevocationSettings;
 use super::{Revocation, StoreError};
+use crate::keys::KeyId;
+use crate::token::{Subject, TenantId};
 
 /// The Redis names of one deployment.
 #[derive(Debug, Clone)]
@@ -117,25 +121,25 @@ impl Keys {
     /// The state set of a revocation, and its member and score there.
     pub(crate) fn entry<'a>(&'a self, revocation: &Revocation) -> (&'a str, String, i64) {
         match revocation {
-            Revocation::Token { jti, expires_at } => (&self.tokens, jti.clone(), *expires_at),
+            Revocation::Token { jti, expires_at } => (&self.tokens, jti.to_string(), *expires_at),
             Revocation::User {
                 tenant,
                 subject,
                 before,
             } => (&self.users, user_member(tenant, subject), *before),
-            Revocation::Tenant { tenant, before } => (&self.tenants, tenant.clone(), *before),
-            Revocation::Key { kid, before } => (&self.kids, kid.clone(), *before),
+            Revocation::Tenant { tenant, before } => (&self.tenants, tenant.to_string(), *before),
+            Revocation::Key { kid, before } => (&self.kids, kid.to_string(), *before),
         }
     }
 }
 
 /// The member of `{P}:usr` for a user: a JSON pair, so no separator can be ambiguous.
-fn user_member(tenant: &str, subject: &str) -> String {
-    serde_json::Value::from(vec![tenant, subject]).to_string()
+fn user_member(tenant: &TenantId, subject: &Subject) -> String {
+    serde_json::Value::from(vec![tenant.as_str(), subject.as_str()]).to_string()
 }
 
-fn parse_user_member(member: &str) -> Option<(String, String)> {
-    serde_json::from_str::<(String, String)>(member).ok()
+fn parse_user_member(member: &str) -> Option<(TenantId, Subject)> {
+    serde_json::from_str::<(TenantId, Subject)>(member).ok()
 }
 
 /// The `EVENT` script: the only writer of changes. See the module docs.
@@ -423,10 +427,11 @@ pub(crate) fn parse_score(score: &str) -> Option<i64> {
     Some(value as i64)
 }
 
-/// Builds the watermark revocation of `set` from one member and score.
-pub(crate) fn watermark(keys: &Keys, set: &str, member: String, before: i64) -> Option<Revocation> {
+/// Builds the watermark revocation of `set` from one member and score; `None` for a member
+/// that is not a valid identifier of its kind (no edgetoken writes one).
+pub(crate) fn watermark(keys: &Keys, set: &str, member: &str, before: i64) -> Option<Revocation> {
     if set == keys.users {
-        let (tenant, subject) = parse_user_member(&member)?;
+        let (tenant, subject) = parse_user_member(member)?;
         Some(Revocation::User {
             tenant,
             subject,
@@ -434,12 +439,12 @@ pub(crate) fn watermark(keys: &Keys, set: &str, member: String, before: i64) -> 
         })
     } else if set == keys.tenants {
         Some(Revocation::Tenant {
-            tenant: member,
+            tenant: TenantId::new(member).ok()?,
             before,
         })
     } else if set == keys.kids {
         Some(Revocation::Key {
-            kid: member,
+            kid: KeyId::new(member).ok()?,
             before,
         })
     } else {
@@ -453,6 +458,7 @@ pub(crate) type LogFields = HashMap<String, String>;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::revocation::testing::{subject, tenant};
 
     #[test]
     fn keys_share_one_hash_tag_per_prefix() {
@@ -465,8 +471,8 @@ mod tests {
     #[test]
     fn event_payload_round_trips() {
         let revocation = Revocation::User {
-            tenant: "acme".into(),
-            subject: "a b c".into(),
+            tenant: tenant("acme"),
+            subject: subject("a\"b\\c"),
             before: 7,
         };
         let body = serde_json::to_string(&revocation).unwrap();
@@ -488,6 +494,9 @@ mod tests {
             "1 abcd",
             "1 abcd {\"kind\":\"nope\"}",
             "-1 g resync",
+            // Identifiers are checked on the way in: no verified token could carry these.
+            "1 abcd {\"kind\":\"token\",\"jti\":\"short\",\"expires_at\":1}",
+            "1 abcd {\"kind\":\"tenant\",\"tenant\":\"Acme\",\"before\":1}",
         ] {
             assert_eq!(Event::parse(payload), None, "{payload}");
         }
@@ -495,11 +504,26 @@ mod tests {
 
     #[test]
     fn user_member_is_unambiguous() {
-        let member = user_member("a:b", "c\"d");
+        let member = user_member(&tenant("a-b"), &subject("c\":d"));
         assert_eq!(
             parse_user_member(&member),
-            Some(("a:b".to_owned(), "c\"d".to_owned()))
+            Some((tenant("a-b"), subject("c\":d")))
         );
+    }
+
+    #[test]
+    fn watermark_skips_members_that_are_not_identifiers_of_their_kind() {
+        let keys = Keys::new("t1");
+        assert_eq!(
+            watermark(&keys, &keys.tenants, "acme", 7),
+            Some(Revocation::Tenant {
+                tenant: tenant("acme"),
+                before: 7
+            })
+        );
+        assert_eq!(watermark(&keys, &keys.tenants, "Acme", 7), None);
+        assert_eq!(watermark(&keys, &keys.kids, "k1", 7), None);
+        assert_eq!(watermark(&keys, &keys.users, "[\"acme\",\"a b\"]", 7), None);
     }
 
     #[test]

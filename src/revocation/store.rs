@@ -132,12 +132,12 @@ pub(crate) fn validate(revocation: &Revocation) -> Result<(), StoreError> {
         |id: &str| !id.is_empty() && id.len() <= MAX_ID_LEN && !id.chars().any(char::is_control);
     let visible = |id: &str| ok(id) && id.bytes().all(|b| b.is_ascii_graphic());
     let valid = match revocation {
-        Revocation::Token { jti, .. } => visible(jti),
+        Revocation::Token { jti, .. } => visible(jti.as_str()),
         Revocation::User {
             tenant, subject, ..
-        } => ok(tenant) && ok(subject),
-        Revocation::Tenant { tenant, .. } => ok(tenant),
-        Revocation::Key { kid, .. } => ok(kid),
+        } => ok(tenant.as_str()) && ok(subject.as_str()),
+        Revocation::Tenant { tenant, .. } => ok(tenant.as_str()),
+        Revocation::Key { kid, .. } => ok(kid.as_str()),
     };
     if valid {
         Ok(())

@@ -171,10 +171,10 @@ impl Claims {
     /// The facts a revocation lookup needs, borrowed.
     pub fn revocation_facts(&self) -> crate::revocation::TokenFacts<'_> {
         crate::revocation::TokenFacts {
-            jti: self.token_id.as_str(),
-            subject: self.subject.as_str(),
-            tenant: self.tenant.as_str(),
-            kid: self.kid.as_str(),
+            jti: &self.token_id,
+            subject: &self.subject,
+            tenant: &self.tenant,
+            kid: &self.kid,
             issued_at: self.issued_at.unix_timestamp(),
             expires_at: self.expires_at.unix_timestamp(),
         }

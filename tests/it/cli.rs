@@ -183,8 +183,10 @@ fn revoking_from_the_command_line_needs_a_shared_store() {
 async fn revoke_from_the_command_line_reaches_every_mirror() {
     use edgetoken::clock::SystemClock;
     use edgetoken::revocation::{
-        RedisFeed, RevocationCheck as _, RevocationSettings, RevocationStatus, TokenFacts,
+        RedisFeed, RevocationCheck as _, RevocationSettings, RevocationStatus,
     };
+
+    use crate::support::ids::{self, Facts};
 
     let redis = crate::support::redis::RedisServer::start();
     let dir = tempfile::tempdir().unwrap();
@@ -220,20 +222,16 @@ async fn revoke_from_the_command_line_reaches_every_mirror() {
     .expect("mirror ready in 10 s")
     .unwrap();
     let now = edgetoken::clock::Clock::unix_now(&SystemClock);
-    let facts = |subject| TokenFacts {
-        jti: "AAAAAAAAAAAAAAAAAAAAAA",
-        subject,
-        tenant: "acme",
-        kid: "k",
-        issued_at: now - 60,
-        expires_at: now + 3600,
+    let facts = |subject: &str| Facts {
+        subject: ids::subject(subject),
+        ..Facts::of("AAAAAAAAAAAAAAAAAAAAAA", now - 60, now + 3600)
     };
     assert_eq!(
-        feed.mirror().status(&facts("alice")),
+        feed.mirror().status(&facts("alice").get()),
         RevocationStatus::Revoked
     );
     assert_eq!(
-        feed.mirror().status(&facts("bob")),
+        feed.mirror().status(&facts("bob").get()),
         RevocationStatus::NotRevoked
     );
     feed.shutdown().await;

@@ -7,6 +7,7 @@ use edgetoken::revocation::RevocationCheck as _;
 use edgetoken::token::{Rejection, Requirement, TenantId};
 use serde_json::json;
 
+use crate::support::ids::Facts;
 use crate::support::issuer::{ALICE, BOB, Options, TestIssuer, assert_error};
 use crate::support::redis::RedisServer;
 
@@ -734,14 +735,7 @@ async fn with_redis_stopped_mint_and_revoke_answer_503_and_change_nothing() {
         issuer
             .services
             .mirror
-            .status(&edgetoken::revocation::TokenFacts {
-                jti: &id,
-                subject: "alice",
-                tenant: "acme",
-                kid: "-",
-                issued_at: 0,
-                expires_at: i64::MAX / 2,
-            }),
+            .status(&Facts::of(&id, 0, i64::MAX / 2).get()),
         edgetoken::revocation::RevocationStatus::Revoked
     );
     issuer.stop().await;

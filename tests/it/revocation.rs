@@ -16,10 +16,12 @@ use edgetoken::revocation::{
     RevocationEngine, RevocationSettings, RevocationStatus, RevocationStore, StoreError, StoreKind,
     TokenFacts,
 };
+use edgetoken::token::TokenId;
 use futures_util::StreamExt as _;
 use rand_core::{OsRng, RngCore};
 use redis::Commands as _;
 
+use crate::support::ids::{Facts, jti, kid, subject, tenant};
 use crate::support::redis::{RedisServer, TestRedis};
 
 /// Upper bound for any awaited event; generous for a loaded 2-core CI box.
@@ -33,6 +35,10 @@ fn random_id() -> String {
     let mut bytes = [0_u8; 16];
     OsRng.fill_bytes(&mut bytes);
     URL_SAFE_NO_PAD.encode(bytes)
+}
+
+fn random_jti() -> TokenId {
+    jti(&random_id())
 }
 
 fn now() -> i64 {
@@ -62,20 +68,13 @@ fn clock() -> Arc<dyn Clock> {
     Arc::new(SystemClock)
 }
 
-fn facts(jti: &str) -> TokenFacts<'_> {
-    TokenFacts {
-        jti,
-        subject: "alice",
-        tenant: "acme",
-        kid: "k1",
-        issued_at: now() - 60,
-        expires_at: now() + 3600,
-    }
+fn facts(name: &str) -> Facts {
+    Facts::of(name, now() - 60, now() + 3600)
 }
 
-fn token(jti: &str) -> Revocation {
+fn token(name: &str) -> Revocation {
     Revocation::Token {
-        jti: jti.to_owned(),
+        jti: jti(name),
         expires_at: now() + 3600,
     }
 }
@@ -100,7 +99,7 @@ async fn wait_until(
 
 async fn wait_revoked(mirror: &Mirror, jti: &str) {
     wait_until(mirror, &format!("{jti} revoked"), |m, _| {
-        m.status(&facts(jti)) == RevocationStatus::Revoked
+        m.status(&facts(jti).get()) == RevocationStatus::Revoked
     })
     .await;
 }
@@ -121,12 +120,11 @@ fn store_state(admin: &mut redis::Connection, prefix: &str) -> BTreeSet<String> 
             let at = score as i64;
             let revocation = match kind {
                 0 => Revocation::Token {
-                    jti: member,
+                    jti: member.parse().unwrap(),
                     expires_at: at,
                 },
                 1 => {
-                    let (tenant, subject): (String, String) =
-                        serde_json::from_str(&member).unwrap();
+                    let (tenant, subject) = serde_json::from_str(&member).unwrap();
                     Revocation::User {
                         tenant,
                         subject,
@@ -134,11 +132,11 @@ fn store_state(admin: &mut redis::Connection, prefix: &str) -> BTreeSet<String> 
                     }
                 }
                 2 => Revocation::Tenant {
-                    tenant: member,
+                    tenant: member.parse().unwrap(),
                     before: at,
                 },
                 _ => Revocation::Key {
-                    kid: member,
+                    kid: member.parse().unwrap(),
                     before: at,
                 },
             };
@@ -173,14 +171,9 @@ async fn each_granularity_revokes_exactly_its_tokens() {
     let m = feed.mirror();
     wait_ready(m).await;
     let t = now();
-    let base = TokenFacts {
-        jti: "untouched-token",
-        subject: "alice",
-        tenant: "acme",
-        kid: "k1",
-        issued_at: t - 10,
-        expires_at: t + 3600,
-    };
+    let untouched = Facts::of("untouched-token", t - 10, t + 3600);
+    let base = untouched.get();
+    let (bob_id, other, beta_id, k2) = (subject("bob"), tenant("other"), tenant("beta"), kid("k2"));
 
     let jti = random_id();
     store.revoke_with_seq(&token(&jti)).await.unwrap();
@@ -188,12 +181,12 @@ async fn each_granularity_revokes_exactly_its_tokens() {
     assert_eq!(m.status(&base), RevocationStatus::NotRevoked);
 
     let user = Revocation::User {
-        tenant: "acme".into(),
-        subject: "bob".into(),
+        tenant: tenant("acme"),
+        subject: subject("bob"),
         before: t,
     };
     let bob = TokenFacts {
-        subject: "bob",
+        subject: &bob_id,
         ..base
     };
     store.revoke_with_seq(&user).await.unwrap();
@@ -203,7 +196,7 @@ async fn each_granularity_revokes_exactly_its_tokens() {
     .await;
     // Same user in another tenant, a later token of bob, and alice: untouched.
     let bob_elsewhere = TokenFacts {
-        tenant: "other",
+        tenant: &other,
         ..bob
     };
     let bob_later = TokenFacts {
@@ -214,15 +207,15 @@ async fn each_granularity_revokes_exactly_its_tokens() {
     assert_eq!(m.status(&bob_later), RevocationStatus::NotRevoked);
     assert_eq!(m.status(&base), RevocationStatus::NotRevoked);
 
-    let tenant = Revocation::Tenant {
-        tenant: "beta".into(),
+    let beta_revocation = Revocation::Tenant {
+        tenant: beta_id.clone(),
         before: t,
     };
     let beta = TokenFacts {
-        tenant: "beta",
+        tenant: &beta_id,
         ..base
     };
-    store.revoke_with_seq(&tenant).await.unwrap();
+    store.revoke_with_seq(&beta_revocation).await.unwrap();
     wait_until(m, "tenant watermark", |m, _| {
         m.status(&beta) == RevocationStatus::Revoked
     })
@@ -237,10 +230,10 @@ async fn each_granularity_revokes_exactly_its_tokens() {
     assert_eq!(m.status(&base), RevocationStatus::NotRevoked);
 
     let key = Revocation::Key {
-        kid: "k2".into(),
+        kid: k2.clone(),
         before: t,
     };
-    let signed_k2 = TokenFacts { kid: "k2", ..base };
+    let signed_k2 = TokenFacts { kid: &k2, ..base };
     store.revoke_with_seq(&key).await.unwrap();
     wait_until(m, "key watermark", |m, _| {
         m.status(&signed_k2) == RevocationStatus::Revoked
@@ -285,7 +278,7 @@ async fn revocation_reaches_three_mirrors_after_revoke_returns() {
     let other = random_id();
     for feed in &feeds {
         assert_eq!(
-            feed.mirror().status(&facts(&other)),
+            feed.mirror().status(&facts(&other).get()),
             RevocationStatus::NotRevoked
         );
         assert_eq!(feed.mirror().size().tokens, 20);
@@ -304,7 +297,7 @@ async fn revoking_process_rejects_at_once_through_its_local_mirror() {
     engine.store().revoke(token(&jti)).await.unwrap();
     // No waiting: the acknowledged revocation is applied locally before revoke returns.
     assert_eq!(
-        engine.check().status(&facts(&jti)),
+        engine.check().status(&facts(&jti).get()),
         RevocationStatus::Revoked
     );
     engine.shutdown().await;
@@ -320,7 +313,7 @@ async fn engine_without_redis_url_runs_the_in_process_store() {
     let jti = random_id();
     engine.store().revoke(token(&jti)).await.unwrap();
     assert_eq!(
-        engine.check().status(&facts(&jti)),
+        engine.check().status(&facts(&jti).get()),
         RevocationStatus::Revoked
     );
 }
@@ -338,21 +331,21 @@ async fn expired_entries_are_pruned_from_redis_but_live_ones_stay() {
     let t = now();
     let expired = [
         Revocation::Token {
-            jti: random_id(),
+            jti: random_jti(),
             expires_at: t - leeway - 5,
         },
         Revocation::Tenant {
-            tenant: "gone".into(),
+            tenant: tenant("gone"),
             before: t - retention - 5,
         },
     ];
     let live = [
         Revocation::Token {
-            jti: random_id(),
+            jti: random_jti(),
             expires_at: t - leeway + 60,
         },
         Revocation::Tenant {
-            tenant: "kept".into(),
+            tenant: tenant("kept"),
             before: t - retention + 60,
         },
     ];
@@ -381,10 +374,10 @@ async fn mirror_prunes_an_entry_once_its_token_can_no_longer_be_valid() {
     wait_ready(m).await;
     let short = random_id();
     let long = random_id();
-    for (jti, expires_at) in [(&short, t + 60), (&long, t + 3600)] {
+    for (id, expires_at) in [(&short, t + 60), (&long, t + 3600)] {
         store
             .revoke_with_seq(&Revocation::Token {
-                jti: jti.clone(),
+                jti: jti(id),
                 expires_at,
             })
             .await
@@ -400,8 +393,8 @@ async fn mirror_prunes_an_entry_once_its_token_can_no_longer_be_valid() {
     wait_until(m, "the feed's periodic prune", |_, h| h.pruned >= 1).await;
     let mut expired = facts(&short);
     expired.expires_at = t + 60;
-    assert_eq!(m.status(&expired), RevocationStatus::NotRevoked);
-    assert_eq!(m.status(&facts(&long)), RevocationStatus::Revoked);
+    assert_eq!(m.status(&expired.get()), RevocationStatus::NotRevoked);
+    assert_eq!(m.status(&facts(&long).get()), RevocationStatus::Revoked);
     assert_eq!(m.size().tokens, 1);
 }
 
@@ -441,13 +434,19 @@ async fn f2_kill_and_restart_with_aof_keeps_revocations_and_fails_revokes_meanwh
 
     server.kill();
     // The mirror keeps serving its last state (staleness is still far below the bound).
-    assert_eq!(m.status(&facts(&before)), RevocationStatus::Revoked);
-    assert_eq!(m.status(&facts(&random_id())), RevocationStatus::NotRevoked);
+    assert_eq!(m.status(&facts(&before).get()), RevocationStatus::Revoked);
+    assert_eq!(
+        m.status(&facts(&random_id()).get()),
+        RevocationStatus::NotRevoked
+    );
     // A revoke during the outage fails and changes nothing locally.
     let during = random_id();
     let err = store.revoke_with_seq(&token(&during)).await.unwrap_err();
     assert!(err.is_unavailable(), "{err}");
-    assert_ne!(local.status(&facts(&during)), RevocationStatus::Revoked);
+    assert_ne!(
+        local.status(&facts(&during).get()),
+        RevocationStatus::Revoked
+    );
 
     server.restart();
     let after = random_id();
@@ -458,8 +457,11 @@ async fn f2_kill_and_restart_with_aof_keeps_revocations_and_fails_revokes_meanwh
         h.disconnects >= 1 && h.connected && h.resets >= 1
     })
     .await;
-    assert_eq!(m.status(&facts(&before)), RevocationStatus::Revoked);
-    assert_eq!(m.status(&facts(&during)), RevocationStatus::NotRevoked);
+    assert_eq!(m.status(&facts(&before).get()), RevocationStatus::Revoked);
+    assert_eq!(
+        m.status(&facts(&during).get()),
+        RevocationStatus::NotRevoked
+    );
     assert_eq!(
         mirror_state(m),
         store_state(&mut server.admin(), &settings.key_prefix)
@@ -480,8 +482,8 @@ async fn f3_empty_restart_is_detected_and_redis_is_reseeded_from_mirrors() {
         store.revoke_with_seq(&token(jti)).await.unwrap();
     }
     let user = Revocation::User {
-        tenant: "acme".into(),
-        subject: "alice".into(),
+        tenant: tenant("acme"),
+        subject: subject("alice"),
         before: now() - 3600,
     };
     store.revoke_with_seq(&user).await.unwrap();
@@ -504,7 +506,10 @@ async fn f3_empty_restart_is_detected_and_redis_is_reseeded_from_mirrors() {
         // The mirror never shrank, and every revoked token stays rejected.
         assert_eq!(mirror_state(feed.mirror()), before_reset);
         for jti in &jtis {
-            assert_eq!(feed.mirror().status(&facts(jti)), RevocationStatus::Revoked);
+            assert_eq!(
+                feed.mirror().status(&facts(jti).get()),
+                RevocationStatus::Revoked
+            );
         }
     }
     assert_eq!(
@@ -632,7 +637,10 @@ async fn restart_that_lost_acknowledged_writes_is_reseeded_and_reused_sequence_n
             h.resets >= 1 && h.fresh
         })
         .await;
-        assert_eq!(v.mirror.status(&facts(&lost)), RevocationStatus::Revoked);
+        assert_eq!(
+            v.mirror.status(&facts(&lost).get()),
+            RevocationStatus::Revoked
+        );
     }
     // The lost revocation is back in Redis, next to the kept and the new one.
     let stored = store_state(&mut server.admin(), &settings.key_prefix);
@@ -680,7 +688,7 @@ async fn f4_killing_the_feed_connection_loses_no_revocation() {
     assert!(kills >= 1, "no feed connection was killed");
     wait_until(m, "every revocation", |m, _| m.size().tokens == TOTAL).await;
     for jti in &jtis {
-        assert_eq!(m.status(&facts(jti)), RevocationStatus::Revoked);
+        assert_eq!(m.status(&facts(jti).get()), RevocationStatus::Revoked);
     }
     let health = m.health().borrow().clone();
     assert!(health.disconnects >= 1, "{health:?}");
@@ -719,7 +727,7 @@ async fn f6_slow_subscriber_dropped_for_its_output_buffer_recovers_to_equal_the_
     let acked = futures_util::stream::iter(0..BURST)
         .map(|_| async move {
             let revocation = Revocation::Token {
-                jti: random_id(),
+                jti: random_jti(),
                 expires_at,
             };
             store.revoke_with_seq(&revocation).await.map(|_| ())
@@ -763,15 +771,15 @@ async fn f9_mirror_started_with_redis_down_is_unavailable_until_first_sync() {
     assert!(!m.is_ready());
     assert!(!m.health().borrow().ready);
     assert_eq!(m.staleness(), Duration::MAX);
-    assert_eq!(m.status(&facts(&jti)), RevocationStatus::Unavailable);
+    assert_eq!(m.status(&facts(&jti).get()), RevocationStatus::Unavailable);
     assert_eq!(
-        serve.mirror().status(&facts(&jti)),
+        serve.mirror().status(&facts(&jti).get()),
         RevocationStatus::NotRevoked
     );
 
     server.restart();
     wait_ready(m).await;
-    assert_eq!(m.status(&facts(&jti)), RevocationStatus::NotRevoked);
+    assert_eq!(m.status(&facts(&jti).get()), RevocationStatus::NotRevoked);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -809,21 +817,24 @@ async fn f10_frozen_redis_turns_mirror_unavailable_at_the_bound_then_recovers() 
 
     wait_until(m, "staleness past the bound", |_, h| !h.fresh).await;
     assert!(m.staleness() >= settings.max_staleness);
-    assert_eq!(m.status(&facts(&valid)), RevocationStatus::Unavailable);
-    assert_eq!(m.status(&facts(&revoked)), RevocationStatus::Revoked);
+    assert_eq!(
+        m.status(&facts(&valid).get()),
+        RevocationStatus::Unavailable
+    );
+    assert_eq!(m.status(&facts(&revoked).get()), RevocationStatus::Revoked);
     // The operator who chose `serve` keeps answering from the last state.
     assert_eq!(
-        serve.mirror().status(&facts(&valid)),
+        serve.mirror().status(&facts(&valid).get()),
         RevocationStatus::NotRevoked
     );
     assert_eq!(
-        serve.mirror().status(&facts(&revoked)),
+        serve.mirror().status(&facts(&revoked).get()),
         RevocationStatus::Revoked
     );
 
     wait_until(m, "fresh again after the pause", |_, h| h.fresh).await;
     assert!(m.staleness() < settings.max_staleness);
-    assert_eq!(m.status(&facts(&valid)), RevocationStatus::NotRevoked);
+    assert_eq!(m.status(&facts(&valid).get()), RevocationStatus::NotRevoked);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -910,7 +921,7 @@ async fn f15_duplicate_reordered_and_forged_events_leave_mirror_equal_to_store()
     let channel = format!("{{{}}}:feed", settings.key_prefix);
     let body = |r: &Revocation| serde_json::to_string(r).unwrap();
     let expired = Revocation::Token {
-        jti: random_id(),
+        jti: random_jti(),
         expires_at: now() - 3600,
     };
     let forged = token(&random_id());
@@ -943,7 +954,10 @@ async fn f15_duplicate_reordered_and_forged_events_leave_mirror_equal_to_store()
     let Revocation::Token { jti: forged, .. } = forged else {
         unreachable!()
     };
-    assert_eq!(m.status(&facts(&forged)), RevocationStatus::NotRevoked);
+    assert_eq!(
+        m.status(&facts(forged.as_str()).get()),
+        RevocationStatus::NotRevoked
+    );
     assert_eq!(m.size().tokens, 3);
     assert_eq!(
         mirror_state(m),

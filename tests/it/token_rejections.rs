@@ -1235,7 +1235,7 @@ fn verify_rejects_token_revoked_by_id_and_matches_the_id_exactly() {
     let other_case = token_for(&fx, "alice", "acme", "JTI-REVOKED-000000000001");
     let other_id = token_for(&fx, "alice", "acme", "jti-revoked-000000000002");
     fx.revocations.revoke(&Revocation::Token {
-        jti: "jti-revoked-000000000001".into(),
+        jti: "jti-revoked-000000000001".parse().unwrap(),
         expires_at: NOW + 3600,
     });
     fx.assert_rejects(&revoked, Rejection::Revoked);
@@ -1250,8 +1250,8 @@ fn verify_rejects_token_revoked_by_id_and_matches_the_id_exactly() {
 fn verify_rejects_every_token_of_a_revoked_user_in_that_tenant_only() {
     let fx = Fixture::new();
     fx.revocations.revoke(&Revocation::User {
-        tenant: "acme".into(),
-        subject: "alice".into(),
+        tenant: "acme".parse().unwrap(),
+        subject: "alice".parse().unwrap(),
         before: NOW,
     });
     fx.assert_rejects(
@@ -1281,8 +1281,8 @@ fn verify_rejects_every_token_of_a_revoked_user_in_that_tenant_only() {
 fn user_revocation_spares_tokens_minted_after_its_watermark() {
     let fx = Fixture::new();
     fx.revocations.revoke(&Revocation::User {
-        tenant: "acme".into(),
-        subject: "alice".into(),
+        tenant: "acme".parse().unwrap(),
+        subject: "alice".parse().unwrap(),
         before: NOW - 1,
     });
     fx.assert_rejects(
@@ -1296,7 +1296,7 @@ fn user_revocation_spares_tokens_minted_after_its_watermark() {
 fn verify_rejects_every_token_of_a_revoked_tenant_only() {
     let fx = Fixture::new();
     fx.revocations.revoke(&Revocation::Tenant {
-        tenant: "acme".into(),
+        tenant: "acme".parse().unwrap(),
         before: NOW,
     });
     fx.assert_rejects(
@@ -1322,7 +1322,7 @@ fn verify_rejects_every_token_of_a_revoked_tenant_only() {
 fn verify_rejects_every_token_signed_by_a_revoked_key_only() {
     let fx = Fixture::new();
     fx.revocations.revoke(&Revocation::Key {
-        kid: fx.key.kid().as_str().into(),
+        kid: fx.key.kid().clone(),
         before: NOW,
     });
     fx.assert_rejects(&fx.token(&valid_claims()), Rejection::Revoked);
@@ -1395,7 +1395,7 @@ fn cached_token_is_rejected_once_revoked() {
     }
     let hits = fx.verifier.cache_stats().hits;
     fx.revocations.revoke(&Revocation::Token {
-        jti: JTI.into(),
+        jti: JTI.parse().unwrap(),
         expires_at: NOW + 3600,
     });
     fx.assert_rejects(&token, Rejection::Revoked);

@@ -1,10 +1,12 @@
 //! [`RedisFeed`]: the background task that keeps one process's [`Mirror`] equal to Redis.
 //!
 //! The protocol (ordered changes, catch-up, full resync, re-seeding an emptied store) is
-//! described in the parent module. This file owns its state machine and the connection
-//! lifecycle: a command connection for reads and the heartbeat, and a dedicated RESP2 pub/sub
-//! connection for the live feed. redis-rs does not resubscribe a plain pub/sub connection, nor
-//! replay what was published while it was down (THREATS §3.1), so the task owns reconnection:
+//! described in the parent module and decided by the pure state machine in `protocol`. This
+//! file only does the I/O: it turns connections, messages and timers into protocol inputs and
+//! carries out the actions the protocol returns. It owns the connection lifecycle: a command
+//! connection for reads and the heartbeat, and a dedicated RESP2 pub/sub connection for the
+//! live feed. redis-rs does not resubscribe a plain pub/sub connection, nor replay what was
+//! published while it was down (THREATS §3.1), so the task owns reconnection:
 //! when either connection fails, both are dropped, reopened with backoff, the channel is
 //! subscribed *before* the state is read, and the mirror catches up by sequence number.
 //!
@@ -14,8 +16,8 @@
 //! starved) is dropped by Redis' `client-output-buffer-limit pubsub` instead, and recovers
 //! through the log or a full resync when it runs again (THREATS F6).
 
+use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::Duration;
 
 use ::redis::aio::MultiplexedConnection;
 use ::redis::{Client, Msg};
@@ -24,6 +26,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 
+use super::protocol::{Action, Failure, Input, LogEntry, MAX_SYNC_ROUNDS, Protocol, Reason};
 use super::{
     Change, Event, Keys, LogFields, RESYNC_BODY, Scripts, check_eviction_policy, client,
     command_connection, fresh_generation, parse_score, prune, server_run_id, timed, watermark,
@@ -44,10 +47,6 @@ const PAGES_IN_FLIGHT: usize = 3;
 /// Members per `ZADD` while re-seeding, and `ZADD`s per pipeline.
 const SEED_BATCH: usize = 1000;
 const SEED_PIPELINE: usize = 50;
-/// Rounds of head-read/act a sync may take before giving up and reconnecting.
-const MAX_SYNC_ROUNDS: usize = 8;
-/// First reconnect delay; doubles up to the heartbeat.
-const MIN_BACKOFF: Duration = Duration::from_millis(25);
 
 /// Keeps a [`Mirror`] in sync with Redis until dropped or shut down.
 ///
@@ -111,11 +110,7 @@ impl RedisFeed {
             scripts: Scripts::new(),
             settings: settings.clone(),
             mirror: Arc::clone(&mirror),
-            generation: None,
-            last_seq: 0,
-            needs_full: false,
-            run_id: None,
-            restarted: false,
+            protocol: Protocol::new(settings.heartbeat),
         };
         let tasks = vec![
             tokio::spawn(worker.run(probe, shutdown_rx.clone())),
@@ -164,29 +159,17 @@ enum FeedError {
     Disconnected,
     #[error("the revocation store kept changing during {MAX_SYNC_ROUNDS} sync rounds")]
     NoProgress,
+    #[error("the revocation feed protocol got an input out of order")]
+    OutOfOrder,
 }
 
-/// Why the store is re-seeded.
-#[derive(Debug, Clone, Copy)]
-enum Reason {
-    /// The generation key is gone: Redis restarted empty or was flushed.
-    Emptied,
-    /// Another generation: a different data set (failover, restore).
-    Replaced,
-    /// Same generation, but the sequence is behind what this mirror applied.
-    RolledBack,
-    /// Redis restarted (new `run_id`) and may have lost its last writes.
-    Restarted,
-}
-
-/// What a catch-up from the log achieved.
-enum CatchUp {
-    /// Everything up to the head is applied.
-    Done,
-    /// The log no longer reaches back to our sequence: resync in full.
-    Trimmed,
-    /// The log belongs to another generation: re-read the head.
-    Generation,
+impl From<Failure> for FeedError {
+    fn from(failure: Failure) -> Self {
+        match failure {
+            Failure::NoProgress => Self::NoProgress,
+            Failure::OutOfOrder => Self::OutOfOrder,
+        }
+    }
 }
 
 struct Worker {
@@ -195,17 +178,8 @@ struct Worker {
     scripts: Scripts,
     settings: RevocationSettings,
     mirror: Arc<Mirror>,
-    /// Generation of the data set the mirror follows; `None` until the first full sync, and
-    /// again after a reset until the next one.
-    generation: Option<String>,
-    /// Highest sequence number applied in order.
-    last_seq: u64,
-    /// A `resync` event or a trimmed log asked for a full resync.
-    needs_full: bool,
-    /// `run_id` of the Redis process last connected to.
-    run_id: Option<String>,
-    /// Redis restarted since the last session: it may have lost acknowledged writes.
-    restarted: bool,
+    /// What the mirror follows and what to do next; this task only carries it out.
+    protocol: Protocol,
 }
 
 impl Worker {
@@ -214,38 +188,33 @@ impl Worker {
         mut probe: Option<MultiplexedConnection>,
         mut shutdown: watch::Receiver<bool>,
     ) {
-        let max_backoff = self.settings.heartbeat.max(MIN_BACKOFF);
-        let mut backoff = MIN_BACKOFF;
         loop {
-            let mut connected = false;
-            let result = self
-                .session(probe.take(), &mut shutdown, &mut connected)
-                .await;
-            let err = match result {
+            let err = match self.session(probe.take(), &mut shutdown).await {
                 Ok(()) => return,
                 Err(err) => err,
             };
-            let message = err.to_string();
-            if matches!(err, FeedError::Store(StoreError::EvictionPolicy { .. })) {
-                tracing::error!(error = %err, "refusing to follow a Redis that may evict revocations");
-            } else if connected {
-                tracing::warn!(error = %err, "revocation feed lost; reconnecting and catching up");
-            } else {
-                tracing::debug!(error = %err, "revocation feed could not connect; retrying");
+            for action in self.protocol.handle(Input::Disconnected) {
+                let Action::Reconnect { after, lost } = action else {
+                    continue;
+                };
+                let message = err.to_string();
+                if matches!(err, FeedError::Store(StoreError::EvictionPolicy { .. })) {
+                    tracing::error!(error = %err, "refusing to follow a Redis that may evict revocations");
+                } else if lost {
+                    tracing::warn!(error = %err, "revocation feed lost; reconnecting and catching up");
+                } else {
+                    tracing::debug!(error = %err, "revocation feed could not connect; retrying");
+                }
+                self.mirror.update_health(|h| {
+                    h.connected = false;
+                    h.disconnects += u64::from(lost);
+                    h.last_error = Some(message);
+                });
+                tokio::select! {
+                    () = tokio::time::sleep(after) => {}
+                    _ = shutdown.changed() => return,
+                }
             }
-            self.mirror.update_health(|h| {
-                h.connected = false;
-                h.disconnects += u64::from(connected);
-                h.last_error = Some(message);
-            });
-            if connected {
-                backoff = MIN_BACKOFF;
-            }
-            tokio::select! {
-                () = tokio::time::sleep(backoff) => {}
-                _ = shutdown.changed() => return,
-            }
-            backoff = (backoff * 2).min(max_backoff);
         }
     }
 
@@ -254,7 +223,6 @@ impl Worker {
         &mut self,
         probe: Option<MultiplexedConnection>,
         shutdown: &mut watch::Receiver<bool>,
-        connected: &mut bool,
     ) -> Result<(), FeedError> {
         let timeout = self.settings.command_timeout;
         let mut conn = match probe {
@@ -263,10 +231,8 @@ impl Worker {
         };
         check_eviction_policy(&mut conn, timeout).await?;
         let run_id = server_run_id(&mut conn, timeout).await?;
-        if self.generation.is_some() && self.run_id.as_ref().is_some_and(|prev| *prev != run_id) {
-            self.restarted = true;
-        }
-        self.run_id = Some(run_id);
+        self.step(&mut conn, Input::RunId(run_id), Instant::now())
+            .await?;
         let mut pubsub = timed(
             timeout,
             "open the feed connection",
@@ -281,15 +247,8 @@ impl Worker {
         )
         .await?;
         let mut messages = pubsub.into_on_message();
-        *connected = true;
-        self.mirror.update_health(|h| h.connected = true);
-
-        let started = Instant::now();
-        self.sync(&mut conn).await?;
-        // Heard first, then ready: whoever sees `ready` must also see a fresh mirror, or a
-        // caller waking on readiness would find it answering Unavailable for an instant.
-        self.mirror.mark_heard(started);
-        self.mirror.mark_ready();
+        self.step(&mut conn, Input::Subscribed, Instant::now())
+            .await?;
 
         let heartbeat = self.settings.heartbeat;
         let mut beat = tokio::time::interval_at(Instant::now() + heartbeat, heartbeat);
@@ -305,12 +264,11 @@ impl Worker {
                     let Some(message) = message else {
                         return Err(FeedError::Disconnected);
                     };
-                    self.on_message(&mut conn, &message).await?;
+                    let received = Instant::now();
+                    self.step(&mut conn, parse_message(&message), received).await?;
                 }
                 _ = beat.tick() => {
-                    let sent = Instant::now();
-                    self.sync(&mut conn).await?;
-                    self.mirror.mark_heard(sent);
+                    self.step(&mut conn, Input::Heartbeat, Instant::now()).await?;
                 }
                 _ = prune_tick.tick() => {
                     self.mirror.prune();
@@ -323,99 +281,84 @@ impl Worker {
         }
     }
 
-    async fn on_message(
+    /// Feeds `input` to the protocol and carries out its actions, answering each request with
+    /// its result, until the protocol asks for nothing more. `at` is when `input` arrived:
+    /// the moment [`Action::MarkHeard`] records.
+    async fn step(
         &mut self,
         conn: &mut MultiplexedConnection,
-        message: &Msg,
+        input: Input,
+        at: Instant,
     ) -> Result<(), FeedError> {
-        let received = Instant::now();
-        let event = message
-            .get_payload::<String>()
-            .ok()
-            .and_then(|payload| Event::parse(&payload));
-        let Some(event) = event else {
-            tracing::warn!("malformed revocation feed message; checking the log instead");
-            return self.sync(conn).await;
-        };
-        if self.generation.as_deref() != Some(event.generation.as_str()) {
-            // Another data set: let the head decide (reset, or a stale message).
-            return self.sync(conn).await;
+        let mut actions = VecDeque::from(self.protocol.handle(input));
+        while let Some(action) = actions.pop_front() {
+            if let Some(answer) = self.perform(conn, action, at).await? {
+                actions.extend(self.protocol.handle(answer));
+            }
         }
-        if event.seq <= self.last_seq {
-            // A duplicate, or a change already applied by a catch-up: idempotent, skip.
-            return Ok(());
-        }
-        if event.seq != self.last_seq + 1 {
-            tracing::debug!(
-                expected = self.last_seq + 1,
-                got = event.seq,
-                "gap in the revocation feed; catching up from the log"
-            );
-            self.mirror.update_health(|h| h.gaps += 1);
-            return self.sync(conn).await;
-        }
-        self.apply(event.seq, &event.change);
-        if self.needs_full {
-            self.sync(conn).await?;
-        }
-        self.mirror.mark_heard(received);
         Ok(())
     }
 
-    fn apply(&mut self, seq: u64, change: &Change) {
-        match change {
-            Change::Revoke(revocation) => {
-                self.mirror.apply(revocation);
+    /// Carries out one action; returns the protocol's input for a request.
+    async fn perform(
+        &mut self,
+        conn: &mut MultiplexedConnection,
+        action: Action,
+        at: Instant,
+    ) -> Result<Option<Input>, FeedError> {
+        match action {
+            Action::MarkConnected => self.mirror.update_health(|h| h.connected = true),
+            Action::ReadHead => {
+                let (generation, seq) = self.read_head(conn).await?;
+                return Ok(Some(Input::Head { generation, seq }));
             }
-            Change::Resync => self.needs_full = true,
+            Action::CreateGeneration => {
+                self.rollover(conn, "").await?;
+                return Ok(Some(Input::GenerationCreated));
+            }
+            Action::FullResync { generation, seq } => {
+                self.full_resync(conn, generation, seq).await?;
+                return Ok(Some(Input::Resynced));
+            }
+            Action::ReadLog { from } => {
+                let (entries, is_last) = self.read_log(conn, from).await?;
+                return Ok(Some(Input::LogPage { entries, is_last }));
+            }
+            Action::Reseed {
+                reason,
+                expected,
+                head_seq,
+                applied_seq,
+            } => {
+                self.reset(conn, reason, &expected, head_seq, applied_seq)
+                    .await?;
+                return Ok(Some(Input::Reseeded));
+            }
+            Action::Apply(revocation) => {
+                self.mirror.apply(&revocation);
+            }
+            Action::Advance { seq } => self.mirror.update_health(|h| h.applied_seq = seq),
+            Action::CountGap { expected, got } => {
+                tracing::debug!(
+                    expected,
+                    got,
+                    "gap in the revocation feed; catching up from the log"
+                );
+                self.mirror.update_health(|h| h.gaps += 1);
+            }
+            Action::CountCatchUp => self.mirror.update_health(|h| h.catch_ups += 1),
+            Action::MalformedLogEntry { id } => {
+                tracing::warn!(id, "malformed revocation log entry; resyncing in full");
+            }
+            // Heard first, then ready: whoever sees `ready` must also see a fresh mirror, or a
+            // caller waking on readiness would find it answering Unavailable for an instant.
+            Action::MarkHeard => self.mirror.mark_heard(at),
+            Action::MarkReady => self.mirror.mark_ready(),
+            Action::Fail(failure) => return Err(failure.into()),
+            // Only answers `Disconnected`, which `run` handles.
+            Action::Reconnect { .. } => {}
         }
-        self.last_seq = seq;
-        self.mirror.update_health(|h| h.applied_seq = seq);
-    }
-
-    /// Brings the mirror up to the head of the store, whatever happened meanwhile.
-    async fn sync(&mut self, conn: &mut MultiplexedConnection) -> Result<(), FeedError> {
-        for _ in 0..MAX_SYNC_ROUNDS {
-            let (head_generation, head_seq) = self.read_head(conn).await?;
-            if self.restarted {
-                if self.generation.is_some() {
-                    self.reset(conn, Reason::Restarted, head_seq).await?;
-                }
-                self.restarted = false;
-                continue;
-            }
-            match (&self.generation, head_generation) {
-                (None, None) => {
-                    // A data set nobody wrote yet: name it, then sync it.
-                    self.rollover(conn, "").await?;
-                }
-                (None, Some(generation)) => {
-                    self.full_resync(conn, generation, head_seq).await?;
-                }
-                (Some(ours), Some(theirs)) if *ours == theirs && head_seq >= self.last_seq => {
-                    if self.needs_full {
-                        self.full_resync(conn, theirs, head_seq).await?;
-                    } else if head_seq == self.last_seq {
-                        return Ok(());
-                    } else {
-                        match self.catch_up(conn, head_seq).await? {
-                            CatchUp::Done => return Ok(()),
-                            CatchUp::Trimmed => self.needs_full = true,
-                            CatchUp::Generation => {}
-                        }
-                    }
-                }
-                (Some(ours), observed) => {
-                    let reason = match observed {
-                        None => Reason::Emptied,
-                        Some(theirs) if theirs == *ours => Reason::RolledBack,
-                        Some(_) => Reason::Replaced,
-                    };
-                    self.reset(conn, reason, head_seq).await?;
-                }
-            }
-        }
-        Err(FeedError::NoProgress)
+        Ok(None)
     }
 
     async fn read_head(
@@ -451,10 +394,10 @@ impl Worker {
         .await?)
     }
 
-    /// Merges the whole state sets into the mirror, then records `(generation, seq)` read
-    /// before the scan: anything written during the scan is in the log after `seq`.
+    /// Merges the whole state sets into the mirror and records `(generation, seq)`, read
+    /// before the scan, in the health.
     async fn full_resync(
-        &mut self,
+        &self,
         conn: &mut MultiplexedConnection,
         generation: String,
         seq: u64,
@@ -469,9 +412,7 @@ impl Worker {
             self.scan(conn, &set, |mirror, page| {
                 let revocations: Vec<_> = page
                     .chunks_exact(2)
-                    .filter_map(|pair| {
-                        watermark(&keys, &set, pair[0].clone(), parse_score(&pair[1])?)
-                    })
+                    .filter_map(|pair| watermark(&keys, &set, &pair[0], parse_score(&pair[1])?))
                     .collect();
                 mirror.apply_all(&revocations);
             })
@@ -487,9 +428,6 @@ impl Worker {
             h.generation = Some(generation.clone());
             h.applied_seq = seq;
         });
-        self.generation = Some(generation);
-        self.last_seq = seq;
-        self.needs_full = false;
         Ok(())
     }
 
@@ -565,88 +503,58 @@ impl Worker {
         }
     }
 
-    /// Applies the log from `last_seq + 1` on, at least up to `target`.
-    async fn catch_up(
-        &mut self,
+    /// Reads one page of the log from sequence `from` on; the flag tells whether it is the
+    /// last (shorter than a full page).
+    async fn read_log(
+        &self,
         conn: &mut MultiplexedConnection,
-        target: u64,
-    ) -> Result<CatchUp, FeedError> {
-        let mut applied = 0_u64;
-        let outcome = loop {
-            let start = format!("{}-0", self.last_seq + 1);
-            let entries: Vec<(String, LogFields)> = timed(
-                self.settings.command_timeout,
-                "read the revocation log",
-                ::redis::cmd("XRANGE")
-                    .arg(&self.keys.log)
-                    .arg(&start)
-                    .arg("+")
-                    .arg("COUNT")
-                    .arg(LOG_PAGE)
-                    .query_async(conn),
-            )
-            .await?;
-            let page_len = entries.len();
-            let mut interrupted = None;
-            for (id, fields) in entries {
-                let seq = id
+        from: u64,
+    ) -> Result<(Vec<LogEntry>, bool), FeedError> {
+        let entries: Vec<(String, LogFields)> = timed(
+            self.settings.command_timeout,
+            "read the revocation log",
+            ::redis::cmd("XRANGE")
+                .arg(&self.keys.log)
+                .arg(format!("{from}-0"))
+                .arg("+")
+                .arg("COUNT")
+                .arg(LOG_PAGE)
+                .query_async(conn),
+        )
+        .await?;
+        let is_last = entries.len() < LOG_PAGE;
+        let entries = entries
+            .into_iter()
+            .map(|(id, mut fields)| LogEntry {
+                seq: id
                     .split_once('-')
-                    .and_then(|(seq, _)| seq.parse::<u64>().ok());
-                if seq != Some(self.last_seq + 1) {
-                    interrupted = Some(CatchUp::Trimmed);
-                    break;
-                }
-                if fields.get("gen") != self.generation.as_ref() {
-                    interrupted = Some(CatchUp::Generation);
-                    break;
-                }
-                let Some(change) = fields.get("body").and_then(|b| Change::parse_body(b)) else {
-                    tracing::warn!(id, "malformed revocation log entry; resyncing in full");
-                    interrupted = Some(CatchUp::Trimmed);
-                    break;
-                };
-                self.apply(self.last_seq + 1, &change);
-                applied += 1;
-            }
-            if let Some(outcome) = interrupted {
-                break outcome;
-            }
-            if page_len < LOG_PAGE {
-                break if self.last_seq >= target {
-                    CatchUp::Done
-                } else {
-                    CatchUp::Trimmed
-                };
-            }
-        };
-        if applied > 0 {
-            self.mirror.update_health(|h| h.catch_ups += 1);
-        }
-        Ok(outcome)
+                    .and_then(|(seq, _)| seq.parse::<u64>().ok()),
+                generation: fields.remove("gen"),
+                change: fields.get("body").and_then(|b| Change::parse_body(b)),
+                id,
+            })
+            .collect();
+        Ok((entries, is_last))
     }
 
     /// The store lost state (emptied, replaced, or its sequence went back): adopt or create
-    /// its new generation, write everything this mirror knows back, tell the other mirrors to
-    /// reload, and resync in full on the next round.
+    /// its new generation (compare-and-set from `expected`), write everything this mirror
+    /// knows back, and tell the other mirrors to reload.
     async fn reset(
-        &mut self,
+        &self,
         conn: &mut MultiplexedConnection,
         reason: Reason,
+        expected: &str,
         head_seq: u64,
+        applied_seq: u64,
     ) -> Result<(), FeedError> {
         tracing::warn!(
             ?reason,
             head_seq,
-            applied_seq = self.last_seq,
+            applied_seq,
             "revocation store may have lost revocations; re-seeding it from this mirror"
         );
-        // Move off the generation we knew (compare-and-set: the first mirror wins, the others
-        // adopt its choice); one somebody else already replaced stays.
-        let expected = match reason {
-            Reason::RolledBack | Reason::Restarted => self.generation.clone().unwrap_or_default(),
-            Reason::Emptied | Reason::Replaced => String::new(),
-        };
-        let generation = self.rollover(conn, &expected).await?;
+        let generation = self.rollover(conn, expected).await?;
         let written = self.reseed(conn).await?;
         write_event(
             conn,
@@ -662,9 +570,6 @@ impl Worker {
             h.resets += 1;
             h.reseeded += written;
         });
-        self.generation = None;
-        self.last_seq = 0;
-        self.needs_full = false;
         Ok(())
     }
 
@@ -721,6 +626,20 @@ impl Worker {
         )
         .await?;
         Ok(())
+    }
+}
+
+/// The protocol input for one live feed message.
+fn parse_message(message: &Msg) -> Input {
+    let event = message
+        .get_payload::<String>()
+        .ok()
+        .and_then(|payload| Event::parse(&payload));
+    if let Some(event) = event {
+        Input::Message(event)
+    } else {
+        tracing::warn!("malformed revocation feed message; checking the log instead");
+        Input::MalformedMessage
     }
 }
 

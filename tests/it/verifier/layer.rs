@@ -146,7 +146,7 @@ async fn layer_refuses_a_token_on_the_request_after_its_revocation() {
     let ok = client.get(&url).bearer_auth(token).send().await.unwrap();
     assert_eq!(ok.status(), StatusCode::OK);
     app.revocations.revoke(&Revocation::Token {
-        jti: minted.claims.token_id.as_str().to_owned(),
+        jti: minted.claims.token_id.clone(),
         expires_at: minted.claims.expires_at.unix_timestamp(),
     });
     let refused = client.get(&url).bearer_auth(token).send().await.unwrap();

@@ -208,7 +208,7 @@ async fn rotation_under_load_refuses_no_valid_token_and_retired_keys_fail_everyw
     .unwrap();
     store
         .revoke(Revocation::Key {
-            kid: new_key.kid().as_str().to_owned(),
+            kid: new_key.kid().clone(),
             before: edgetoken::clock::Clock::unix_now(&edgetoken::clock::SystemClock),
         })
         .await
