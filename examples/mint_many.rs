@@ -9,9 +9,9 @@ use std::io::{BufWriter, Write as _};
 use std::sync::Arc;
 
 use edgetoken::clock::SystemClock;
-use edgetoken::config::Config;
 use edgetoken::keys::KeyDir;
 use edgetoken::permissions::Scope;
+use edgetoken::settings::Settings;
 use edgetoken::token::{Issuer, Lifetime, MintRequest};
 
 fn main() -> Result<(), Box<dyn Error>> {
@@ -19,7 +19,7 @@ fn main() -> Result<(), Box<dyn Error>> {
     let (Some(config), Some(out), Some(count)) = (args.next(), args.next(), args.next()) else {
         return Err("usage: mint_many CONFIG_FILE OUT_FILE COUNT".into());
     };
-    let config = Config::load(Some(config.as_ref()), std::iter::empty())?;
+    let config = Settings::load(Some(config.as_ref()), std::iter::empty())?;
     let issuer = Issuer::new(
         KeyDir::new(&config.keys.dir).load_signing()?,
         config.token.issuer.clone(),

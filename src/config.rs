@@ -3,9 +3,9 @@
 //!
 //! Sources apply in this order: built-in defaults, then the file (`--config FILE`, or
 //! `edgetoken.toml` in the working directory when present), then the environment. Every
-//! section refuses unknown fields, and [`Config::load`] validates everything before anything
-//! starts, naming the offending field (`token.leeway_secs: ...`), so a typo can never silently
-//! fall back to a default.
+//! section refuses unknown fields. This module holds the raw tree; [`crate::settings`] checks
+//! the rules serde cannot express and turns it into typed settings once, naming the offending
+//! field (`token.leeway_secs: ...`), so a typo can never silently fall back to a default.
 //!
 //! Environment values are read as TOML values when they parse as one (`60`, `true`,
 //! `["a","b"]`) and as plain strings otherwise: `EDGETOKEN_TOKEN__LEEWAY_SECS=60`,
@@ -13,12 +13,10 @@
 //! `EDGETOKEN_TOKEN__ISSUER=https://issuer.example`.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::permissions::{Catalogue, Category};
-use crate::token::{CacheSettings, MAX_LEEWAY, VerifierSettings};
+use crate::token::CacheSettings;
 
 /// The prefix of environment overrides.
 pub const ENV_PREFIX: &str = "EDGETOKEN_";
@@ -150,21 +148,6 @@ impl std::fmt::Debug for RevocationConfig {
             .field("command_timeout_ms", &self.command_timeout_ms)
             .finish()
     }
-}
-
-/// Whether `host_port` (`host`, `host:port`, `[v6]` or `[v6]:port`) names the loopback
-/// interface: `localhost` exactly, or a loopback IP address. Names are compared whole, so
-/// `localhost.example` or `127.0.0.1.example` are not loopback.
-fn is_loopback_host(host_port: &str) -> bool {
-    let host = if let Some(rest) = host_port.strip_prefix('[') {
-        rest.split(']').next().unwrap_or_default()
-    } else {
-        host_port.split(':').next().unwrap_or_default()
-    };
-    host.eq_ignore_ascii_case("localhost")
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// A Redis URL with any password replaced, for logs and `Debug`.
@@ -489,7 +472,7 @@ pub enum ConfigError {
 }
 
 impl ConfigError {
-    fn field(field: &str, message: impl Into<String>) -> Self {
+    pub(crate) fn field(field: &str, message: impl Into<String>) -> Self {
         Self::Field {
             field: field.to_owned(),
             message: message.into(),
@@ -499,7 +482,8 @@ impl ConfigError {
 
 impl Config {
     /// Loads defaults, then `file` (or `edgetoken.toml` if present when `file` is `None`),
-    /// then the `EDGETOKEN_*` variables in `env`, and validates the result.
+    /// then the `EDGETOKEN_*` variables in `env`. The result is the raw tree: build
+    /// [`crate::settings::Settings`] from it (or use `Settings::load`) to validate it.
     ///
     /// # Errors
     ///
@@ -518,11 +502,10 @@ impl Config {
         apply_env(&mut table, env)?;
         let config: Config = serde_path_to_error::deserialize(toml::Value::Table(table))
             .map_err(|e| ConfigError::field(&e.path().to_string(), e.inner().to_string()))?;
-        config.validate()?;
         Ok(config)
     }
 
-    /// Loads from a TOML string (no environment); for tests and embedded defaults.
+    /// Parses a TOML string (no environment) into the raw tree.
     ///
     /// # Errors
     ///
@@ -536,263 +519,7 @@ impl Config {
                 })?;
         let config: Config = serde_path_to_error::deserialize(toml::Value::Table(table))
             .map_err(|e| ConfigError::field(&e.path().to_string(), e.inner().to_string()))?;
-        config.validate()?;
         Ok(config)
-    }
-
-    /// Checks every rule that serde's types cannot express.
-    ///
-    /// # Errors
-    ///
-    /// [`ConfigError::Field`] for the first broken rule.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.token.leeway_secs > MAX_LEEWAY.as_secs() {
-            return Err(ConfigError::field(
-                "token.leeway_secs",
-                "must be at most 300 seconds",
-            ));
-        }
-        if self.token.issuer.is_empty() {
-            return Err(ConfigError::field("token.issuer", "must not be empty"));
-        }
-        if self.token.audience.is_empty() {
-            return Err(ConfigError::field("token.audience", "must not be empty"));
-        }
-        self.catalogue()?;
-        self.server
-            .listen
-            .parse::<std::net::SocketAddr>()
-            .map_err(|e| ConfigError::field("server.listen", e.to_string()))?;
-        for (field, value) in [
-            ("server.max_body_bytes", self.server.max_body_bytes),
-            ("server.max_connections", self.server.max_connections),
-            (
-                "server.header_read_timeout_secs",
-                usize::try_from(self.server.header_read_timeout_secs).unwrap_or(usize::MAX),
-            ),
-            (
-                "server.idle_timeout_secs",
-                usize::try_from(self.server.idle_timeout_secs).unwrap_or(usize::MAX),
-            ),
-        ] {
-            if value == 0 {
-                return Err(ConfigError::field(field, "must be above 0"));
-            }
-        }
-        self.revocation_settings()
-            .validate()
-            .map_err(|e| ConfigError::field("revocation", e.to_string()))?;
-        if self.issuer.auth == AuthMode::TrustedHeader {
-            if self.issuer.proxy_secret.len() < 32 {
-                return Err(ConfigError::field(
-                    "issuer.proxy_secret",
-                    "trusted-header mode needs a proxy secret of at least 32 characters",
-                ));
-            }
-            if self.issuer.directory.as_os_str().is_empty() {
-                return Err(ConfigError::field(
-                    "issuer.directory",
-                    "trusted-header mode needs a directory file of users and permissions",
-                ));
-            }
-            for (field, name) in [
-                ("issuer.user_header", &self.issuer.user_header),
-                (
-                    "issuer.proxy_secret_header",
-                    &self.issuer.proxy_secret_header,
-                ),
-            ] {
-                check_header_name(name).map_err(|reason| ConfigError::field(field, reason))?;
-            }
-        }
-        if self.issuer.failed_signins_per_minute == 0
-            || self.issuer.mints_per_hour == 0
-            || self.issuer.tenant_revocations_per_minute == 0
-        {
-            return Err(ConfigError::field(
-                "issuer",
-                "failed_signins_per_minute, mints_per_hour and tenant_revocations_per_minute \
-                 must be above 0",
-            ));
-        }
-        self.validate_verifier()
-    }
-
-    fn validate_verifier(&self) -> Result<(), ConfigError> {
-        let v = &self.verifier;
-        if !v.jwks_url.is_empty() {
-            let rest = v
-                .jwks_url
-                .strip_prefix("https://")
-                .or_else(|| v.jwks_url.strip_prefix("http://"));
-            if rest.is_none_or(|rest| rest.is_empty() || rest.starts_with('/')) {
-                return Err(ConfigError::field(
-                    "verifier.jwks_url",
-                    "must be an http:// or https:// URL with a host",
-                ));
-            }
-            if let Some(rest) = v.jwks_url.strip_prefix("http://") {
-                let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-                let host_port = authority.rsplit('@').next().unwrap_or_default();
-                let loopback = is_loopback_host(host_port);
-                if !loopback && !v.allow_insecure_jwks {
-                    return Err(ConfigError::field(
-                        "verifier.jwks_url",
-                        "plain http:// lets anyone on the path choose the trusted keys: use \
-                         https://, or set verifier.allow_insecure_jwks = true for a network \
-                         you control",
-                    ));
-                }
-            }
-        }
-        if v.jwks_min_refetch_secs == 0 {
-            return Err(ConfigError::field(
-                "verifier.jwks_min_refetch_secs",
-                "must be above 0",
-            ));
-        }
-        if v.jwks_refresh_secs < v.jwks_min_refetch_secs {
-            return Err(ConfigError::field(
-                "verifier.jwks_refresh_secs",
-                "must be at least verifier.jwks_min_refetch_secs",
-            ));
-        }
-        if !(100..=60_000).contains(&v.jwks_timeout_ms) {
-            return Err(ConfigError::field(
-                "verifier.jwks_timeout_ms",
-                "must be between 100 and 60000",
-            ));
-        }
-        if !(1024..=1024 * 1024).contains(&v.jwks_max_bytes) {
-            return Err(ConfigError::field(
-                "verifier.jwks_max_bytes",
-                "must be between 1024 and 1048576",
-            ));
-        }
-        self.trusted_proxies()?;
-        self.route_policy()?;
-        let mut ids = std::collections::BTreeSet::new();
-        for (index, client) in v.introspection_clients.iter().enumerate() {
-            let field = |name: &str| format!("verifier.introspection_clients[{index}].{name}");
-            let id_ok = (1..=64).contains(&client.id.len())
-                && client
-                    .id
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-            if !id_ok {
-                return Err(ConfigError::field(
-                    &field("id"),
-                    "must be 1-64 of A-Z a-z 0-9 - _ .",
-                ));
-            }
-            if !ids.insert(client.id.as_str()) {
-                return Err(ConfigError::field(&field("id"), "duplicate client id"));
-            }
-            if client.secret.chars().count() < 32 {
-                return Err(ConfigError::field(
-                    &field("secret"),
-                    "must be at least 32 characters",
-                ));
-            }
-        }
-        Ok(())
-    }
-
-    /// The forward-auth route policy from `[verifier]` routes and `unmatched`.
-    ///
-    /// # Errors
-    ///
-    /// [`ConfigError::Field`] naming `verifier.routes[N].FIELD`.
-    pub fn route_policy(&self) -> Result<crate::policy::RoutePolicy, ConfigError> {
-        crate::policy::RoutePolicy::new(
-            &self.verifier.routes,
-            self.verifier.unmatched,
-            &self.catalogue()?,
-        )
-        .map_err(|e| {
-            ConfigError::field(
-                &format!("verifier.routes[{}].{}", e.index, e.field),
-                e.message,
-            )
-        })
-    }
-
-    /// The peers whose forwarded headers `/v1/verify` honours.
-    ///
-    /// # Errors
-    ///
-    /// [`ConfigError::Field`] naming `verifier.trusted_proxies[N]`.
-    pub fn trusted_proxies(&self) -> Result<crate::proxies::TrustedProxies, ConfigError> {
-        crate::proxies::TrustedProxies::parse(&self.verifier.trusted_proxies).map_err(|e| {
-            ConfigError::field(
-                &format!("verifier.trusted_proxies[{}]", e.index),
-                format!(
-                    "`{}` is not an IP address or CIDR block ({})",
-                    e.entry, e.reason
-                ),
-            )
-        })
-    }
-
-    /// The revocation engine's settings from `[revocation]` and `[token]`.
-    pub fn revocation_settings(&self) -> crate::revocation::RevocationSettings {
-        let r = &self.revocation;
-        crate::revocation::RevocationSettings {
-            redis_url: (!r.redis_url.is_empty()).then(|| r.redis_url.clone()),
-            key_prefix: r.key_prefix.clone(),
-            max_staleness: Duration::from_secs(r.max_staleness_secs),
-            on_stale: r.on_stale,
-            heartbeat: Duration::from_millis(r.heartbeat_ms),
-            leeway: Duration::from_secs(self.token.leeway_secs),
-            command_timeout: Duration::from_millis(r.command_timeout_ms),
-            ..crate::revocation::RevocationSettings::default()
-        }
-    }
-
-    /// The verifier's settings from `[token]`.
-    pub fn verifier_settings(&self) -> VerifierSettings {
-        VerifierSettings {
-            issuer: self.token.issuer.clone(),
-            audience: self.token.audience.clone(),
-            leeway: Duration::from_secs(self.token.leeway_secs),
-        }
-    }
-
-    /// The permission catalogue from `[permissions]`.
-    ///
-    /// # Errors
-    ///
-    /// [`ConfigError::Field`] naming `permissions.categories` for an empty list or a bad name.
-    pub fn catalogue(&self) -> Result<Catalogue, ConfigError> {
-        let field = "permissions.categories";
-        let categories = self
-            .permissions
-            .categories
-            .iter()
-            .map(|name| Category::new(name))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| ConfigError::field(field, e.to_string()))?;
-        Catalogue::new(categories).map_err(|e| ConfigError::field(field, e.to_string()))
-    }
-
-    /// The cache bounds from `[cache]`.
-    pub fn cache_settings(&self) -> CacheSettings {
-        CacheSettings {
-            max_entries: self.cache.max_entries,
-            max_token_bytes: self.cache.max_token_bytes,
-        }
-    }
-}
-
-/// An HTTP header name: 1-64 of `A-Z a-z 0-9 -` (checked here so the core needs no HTTP
-/// types).
-fn check_header_name(name: &str) -> Result<(), &'static str> {
-    let valid = (1..=64).contains(&name.len())
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
-    if valid {
-        Ok(())
-    } else {
-        Err("must be a header name of 1-64 letters, digits and dashes")
     }
 }
 
@@ -857,6 +584,7 @@ fn parse_env_value(raw: &str) -> toml::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::settings::Settings;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs
@@ -869,11 +597,12 @@ mod tests {
     fn defaults_are_valid() {
         let config = Config::load(Some(Path::new("/dev/null")), env(&[])).unwrap();
         assert_eq!(config, Config::default());
+        assert!(Settings::new(&config).is_ok());
     }
 
     #[test]
     fn unknown_field_is_named() {
-        let err = Config::from_toml("[token]\nleway_secs = 3\n").unwrap_err();
+        let err = Settings::from_toml("[token]\nleway_secs = 3\n").unwrap_err();
         assert!(
             matches!(err, ConfigError::Field { ref field, .. } if field == "token.leway_secs"),
             "{err}"
@@ -882,7 +611,7 @@ mod tests {
 
     #[test]
     fn wrong_type_is_named_with_its_path() {
-        let err = Config::from_toml("[token]\nleeway_secs = \"soon\"\n").unwrap_err();
+        let err = Settings::from_toml("[token]\nleeway_secs = \"soon\"\n").unwrap_err();
         assert!(
             matches!(err, ConfigError::Field { ref field, .. } if field == "token.leeway_secs")
         );
@@ -890,7 +619,7 @@ mod tests {
 
     #[test]
     fn leeway_over_five_minutes_is_refused() {
-        let err = Config::from_toml("[token]\nleeway_secs = 301\n").unwrap_err();
+        let err = Settings::from_toml("[token]\nleeway_secs = 301\n").unwrap_err();
         assert!(
             matches!(err, ConfigError::Field { ref field, .. } if field == "token.leeway_secs")
         );
@@ -931,14 +660,14 @@ mod tests {
 
     #[test]
     fn trusted_header_mode_needs_a_long_proxy_secret_and_a_directory() {
-        let err = Config::from_toml(
+        let err = Settings::from_toml(
             "[issuer]\nauth = \"trusted-header\"\nproxy_secret = \"short\"\ndirectory = \"u.toml\"\n",
         )
         .unwrap_err();
         assert!(
             matches!(err, ConfigError::Field { ref field, .. } if field == "issuer.proxy_secret")
         );
-        let err = Config::from_toml(&format!(
+        let err = Settings::from_toml(&format!(
             "[issuer]\nauth = \"trusted-header\"\nproxy_secret = \"{}\"\n",
             "s".repeat(32)
         ))
@@ -959,7 +688,7 @@ mod tests {
 
     #[test]
     fn verifier_routes_are_validated_with_their_index() {
-        let err = Config::from_toml(
+        let err = Settings::from_toml(
             "[[verifier.routes]]\nmethod = \"GET\"\npath = \"/a\"\n\
              [[verifier.routes]]\nmethod = \"GET\"\npath = \"/b\"\npermission = \"billing:read\"\n",
         )
@@ -1003,7 +732,7 @@ mod tests {
                 "verifier.introspection_clients[0].secret",
             ),
         ] {
-            let err = Config::from_toml(toml).unwrap_err();
+            let err = Settings::from_toml(toml).unwrap_err();
             assert!(
                 matches!(err, ConfigError::Field { ref field, .. } if field == name),
                 "{toml}: {err}"
@@ -1021,30 +750,8 @@ mod tests {
     }
 
     #[test]
-    fn loopback_hosts_are_recognised_whole() {
-        for host in [
-            "127.0.0.1",
-            "127.0.0.1:8080",
-            "localhost:80",
-            "[::1]:8080",
-            "[::1]",
-        ] {
-            assert!(is_loopback_host(host), "{host}");
-        }
-        for host in [
-            "127.0.0.1.example",
-            "localhost.example",
-            "10.0.0.1",
-            "[::2]",
-            "",
-        ] {
-            assert!(!is_loopback_host(host), "{host}");
-        }
-    }
-
-    #[test]
     fn bad_category_is_named() {
-        let err = Config::from_toml("[permissions]\ncategories = [\"Runs\"]\n").unwrap_err();
+        let err = Settings::from_toml("[permissions]\ncategories = [\"Runs\"]\n").unwrap_err();
         assert!(
             matches!(err, ConfigError::Field { ref field, .. } if field == "permissions.categories")
         );

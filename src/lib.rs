@@ -53,12 +53,14 @@ pub mod config;
 pub mod directory;
 #[cfg(feature = "server")]
 pub mod http;
+pub mod issuance;
 pub mod keys;
 pub mod permissions;
 pub mod policy;
 pub mod proxies;
 pub mod records;
 pub mod revocation;
+pub mod settings;
 pub mod token;
 mod two_way;
 

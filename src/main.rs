@@ -12,9 +12,11 @@ use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 use edgetoken::clock::Clock as _;
 use edgetoken::clock::SystemClock;
-use edgetoken::config::{Config, DEFAULT_CONFIG_FILE, ENV_CONFIG_FILE, Role};
+use edgetoken::config::{DEFAULT_CONFIG_FILE, ENV_CONFIG_FILE, Role};
+use edgetoken::issuance;
 use edgetoken::keys::{KeyDir, KeyId};
 use edgetoken::revocation::{MemoryRevocations, RedisStore, Revocation, RevocationStore as _};
+use edgetoken::settings::Settings;
 use edgetoken::token::{
     Issuer, Lifetime, MintRequest, Requirement, Subject, TenantId, TokenId, Verifier,
 };
@@ -190,7 +192,7 @@ impl std::error::Error for Rejected {}
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     let config =
-        Config::load(cli.config.as_deref(), std::env::vars()).context("invalid configuration")?;
+        Settings::load(cli.config.as_deref(), std::env::vars()).context("invalid configuration")?;
     let key_dir =
         |dir: Option<PathBuf>| KeyDir::new(dir.unwrap_or_else(|| config.keys.dir.clone()));
     match cli.command {
@@ -229,7 +231,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 subject: Subject::new(&subject).context("--subject")?,
                 tenant: TenantId::new(&tenant).context("--tenant")?,
                 scope: config
-                    .catalogue()?
+                    .catalogue
                     .expand(&permissions)
                     .context("--permission")?,
                 lifetime: duration.parse::<Lifetime>().context("--duration")?,
@@ -262,7 +264,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 requirement = requirement.permission(permission.parse().context("--permission")?);
             }
             let verifier = Verifier::new(
-                config.verifier_settings(),
+                config.token.clone(),
                 key_dir(dir).load_ring()?,
                 Arc::new(MemoryRevocations::new()),
                 Arc::new(SystemClock),
@@ -290,9 +292,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-async fn serve(config: Config, role: Role, development: bool) -> anyhow::Result<()> {
-    let listen = config.server.listen.clone();
-    let limits = edgetoken::http::ServerLimits::from_config(&config.server).fitted_to_descriptors();
+async fn serve(config: Settings, role: Role, development: bool) -> anyhow::Result<()> {
+    let listen = config.server.listen;
+    let limits =
+        edgetoken::http::ServerLimits::from_settings(&config.server).fitted_to_descriptors();
     let started = edgetoken::http::boot::start(config, role, development, Arc::new(SystemClock))
         .await
         .context("could not start")?;
@@ -348,8 +351,8 @@ async fn shutdown_signal() {
 }
 
 /// Commits one revocation through the Redis store and waits for Redis to acknowledge it.
-fn commit_revocation(config: &Config, revocation: Revocation) -> anyhow::Result<()> {
-    let settings = config.revocation_settings();
+fn commit_revocation(config: &Settings, revocation: Revocation) -> anyhow::Result<()> {
+    let settings = &config.revocation;
     if settings.redis_url.is_none() {
         bail!(
             "revoking from the command line needs revocation.redis_url: without a shared store \
@@ -358,23 +361,21 @@ fn commit_revocation(config: &Config, revocation: Revocation) -> anyhow::Result<
     }
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async {
-        let store = RedisStore::open(&settings).await?;
+        let store = RedisStore::open(settings).await?;
         store.revoke(revocation).await
     })?;
     Ok(())
 }
 
 fn revoke_tokens(
-    config: &Config,
+    config: &Settings,
     token_id: Option<String>,
     expires_at: Option<i64>,
     tenant: Option<String>,
     user: Option<String>,
     all: bool,
 ) -> anyhow::Result<()> {
-    let now = SystemClock.unix_now();
-    // Watermarks a leeway ahead, as the issuer sets them (see `revocation`'s watermark rule).
-    let before = now.saturating_add(i64::try_from(config.token.leeway_secs).unwrap_or(0));
+    let (now, leeway) = (SystemClock.unix_now(), config.token.leeway);
     let (revocation, what) = match (token_id, tenant, user, all) {
         (Some(jti), None, None, false) => {
             let jti = TokenId::new(&jti).context("--token-id")?;
@@ -386,19 +387,12 @@ fn revoke_tokens(
             let tenant = TenantId::new(&tenant).context("--tenant")?;
             let user = Subject::new(&user).context("--user")?;
             let what = format!("every token of {user} in {tenant} issued until now");
-            (
-                Revocation::User {
-                    tenant,
-                    subject: user,
-                    before,
-                },
-                what,
-            )
+            (issuance::revoke_user(tenant, user, now, leeway), what)
         }
         (None, Some(tenant), None, true) => {
             let tenant = TenantId::new(&tenant).context("--tenant")?;
             let what = format!("every token of tenant {tenant} issued until now");
-            (Revocation::Tenant { tenant, before }, what)
+            (issuance::revoke_tenant(tenant, now, leeway), what)
         }
         _ => bail!("give --token-id, or --tenant with --user or --all"),
     };
@@ -407,7 +401,7 @@ fn revoke_tokens(
 }
 
 fn keys(
-    config: &Config,
+    config: &Settings,
     command: KeysCommand,
     key_dir: impl Fn(Option<PathBuf>) -> KeyDir,
 ) -> anyhow::Result<()> {

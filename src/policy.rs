@@ -222,6 +222,16 @@ impl RoutePolicy {
         self.unmatched
     }
 
+    /// The requirement of a request no route matches: none (denied) under
+    /// `unmatched = "deny"`, any valid token under `allow_authenticated`. The one place this
+    /// rule lives; a path refused as ambiguous never gets here (it is denied outright).
+    pub fn unmatched_requirement(&self) -> Option<Requirement> {
+        match self.unmatched {
+            Unmatched::Deny => None,
+            Unmatched::AllowAuthenticated => Some(Requirement::any()),
+        }
+    }
+
     /// The requirement of the first route matching `method` and the raw request `target`
     /// (path, optionally followed by `?query`; the query is ignored). `Ok(None)` when no
     /// route matches.

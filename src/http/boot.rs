@@ -1,4 +1,4 @@
-//! Start-up: turns a validated [`Config`] into running [`Services`] (SPEC §7 `serve`).
+//! Start-up: turns validated [`Settings`] into running [`Services`] (SPEC §7 `serve`).
 //!
 //! With no configuration file edgetoken runs in development mode: everything in one process,
 //! the in-process revocation store, a development key created in `keys/` if none exists, and
@@ -11,17 +11,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::bearer::Decider;
-use super::jwks::{JwksRefresher, JwksSettings};
+use super::jwks::JwksRefresher;
 use super::limits::RateLimiter;
 use super::verifier::{IntrospectionClients, VerifierApi};
 use super::{AuthSettings, IssuerState, Services};
 use crate::clock::Clock;
-use crate::config::{Config, Role};
+use crate::config::Role;
 use crate::directory::{Directory, Membership, User, hash_password};
 use crate::keys::{KeyDir, KeyError, KeyRing, SigningKey};
 use crate::metrics::Metrics;
 use crate::records::{MemoryRecords, RecordError, RecordStore, RedisRecords};
 use crate::revocation::{RevocationEngine, RevocationStore, StoreError, StoreKind};
+use crate::settings::Settings;
 use crate::token::{Issuer, Subject, TenantId, Verifier};
 
 /// Why the service could not start.
@@ -61,84 +62,81 @@ pub struct Started {
     pub banner: Vec<String>,
 }
 
-/// Builds every service for `role` from `config`. `development` enables the embedded
+/// Builds every service for `role` from `settings`. `development` enables the embedded
 /// defaults (dev key, demo user) that a configured deployment never gets.
 ///
 /// # Errors
 ///
 /// [`StartError`] naming what is missing or refused.
 pub async fn start(
-    config: Config,
+    settings: Settings,
     role: Role,
     development: bool,
     clock: Arc<dyn Clock>,
 ) -> Result<Started, StartError> {
-    let config = Arc::new(config);
+    let settings = Arc::new(settings);
     let mut banner = Vec::new();
-    let key_dir = KeyDir::new(&config.keys.dir);
+    let key_dir = KeyDir::new(&settings.keys.dir);
     let signing_key = if role.has_issuer() {
-        Some(signing_key(&config, &key_dir, development, &mut banner)?)
+        Some(signing_key(&settings, &key_dir, development, &mut banner)?)
     } else {
         None
     };
-    let jwks_url = config.verifier.jwks_url.clone();
-    let ring = initial_ring(&config, &key_dir, role)?;
+    let jwks_source = settings.verifier.jwks.clone();
+    let ring = initial_ring(&settings, &key_dir, role)?;
     let metrics = Arc::new(Metrics::new());
-    let revocation = open_revocation(&config, &clock, &mut banner).await?;
+    let revocation = open_revocation(&settings, &clock, &mut banner).await?;
     let verifier = Arc::new(
         Verifier::new(
-            config.verifier_settings(),
+            settings.token.clone(),
             ring,
             revocation.check(),
             Arc::clone(&clock),
         )
         .map_err(|e| StartError::Other(e.to_string()))?
-        .with_cache(config.cache_settings()),
+        .with_cache(settings.cache),
     );
-    let jwks = if jwks_url.is_empty() {
-        None
-    } else {
-        let refresher = JwksRefresher::start(
-            jwks_settings(&config),
-            Arc::clone(&verifier),
-            Some(Arc::clone(&metrics)),
-        )
-        .await
-        .map_err(|e| StartError::Other(e.to_string()))?;
-        banner.push(format!(
-            "trusted keys from {} ({}), refreshed every {} s",
-            crate::config::redact_url(&jwks_url),
-            if refresher.is_loaded() {
-                format!("{} keys loaded", verifier.keys().len())
-            } else {
-                "NOT YET REACHABLE: not ready until it answers".to_owned()
-            },
-            config.verifier.jwks_refresh_secs
-        ));
-        Some(Arc::new(refresher))
+    let jwks = match jwks_source {
+        None => None,
+        Some(source) => {
+            let (url, refresh) = (source.url.clone(), source.refresh);
+            let refresher =
+                JwksRefresher::start(source, Arc::clone(&verifier), Some(Arc::clone(&metrics)))
+                    .await
+                    .map_err(|e| StartError::Other(e.to_string()))?;
+            banner.push(format!(
+                "trusted keys from {} ({}), refreshed every {} s",
+                crate::config::redact_url(&url),
+                if refresher.is_loaded() {
+                    format!("{} keys loaded", verifier.keys().len())
+                } else {
+                    "NOT YET REACHABLE: not ready until it answers".to_owned()
+                },
+                refresh.as_secs()
+            ));
+            Some(Arc::new(refresher))
+        }
     };
-    let key_reload = (jwks_url.is_empty() && config.keys.reload_secs > 0).then(|| {
-        spawn_key_reload(
-            key_dir.clone(),
-            Arc::clone(&verifier),
-            Duration::from_secs(config.keys.reload_secs),
-        )
-    });
+    let key_reload = settings
+        .keys
+        .reload
+        .filter(|_| jwks.is_none())
+        .map(|period| spawn_key_reload(key_dir.clone(), Arc::clone(&verifier), period));
     let verifier_api = if role.has_verifier() {
-        Some(verifier_api(&config, &verifier, &metrics, jwks.as_ref())?)
+        Some(verifier_api(&settings, &verifier, &metrics, jwks.as_ref()))
     } else {
         None
     };
     let issuer = match signing_key {
         Some(key) => {
             let store = revocation.store();
-            Some(issuer_state(&config, key, store, development, &clock, &mut banner).await?)
+            Some(issuer_state(&settings, key, store, development, &clock, &mut banner).await?)
         }
         None => None,
     };
     Ok(Started {
         services: Arc::new(Services {
-            config,
+            settings,
             role,
             clock,
             verifier,
@@ -157,8 +155,8 @@ pub async fn start(
 /// The keys trusted at start: the key directory's, or none yet when they come from the
 /// issuer's JWKS (filled by the first fetch; until then nothing verifies and `/readyz` says
 /// so). Also refuses role and key-source combinations that cannot work.
-fn initial_ring(config: &Config, key_dir: &KeyDir, role: Role) -> Result<KeyRing, StartError> {
-    if role != Role::All && config.revocation.redis_url.is_empty() {
+fn initial_ring(settings: &Settings, key_dir: &KeyDir, role: Role) -> Result<KeyRing, StartError> {
+    if role != Role::All && settings.revocation.redis_url.is_none() {
         // Split roles share revocations only through Redis: an issuer alone would acknowledge
         // revocations no verifier ever sees, and a verifier alone would never see any.
         return Err(StartError::Other(format!(
@@ -166,27 +164,26 @@ fn initial_ring(config: &Config, key_dir: &KeyDir, role: Role) -> Result<KeyRing
              process running every role (--role all)"
         )));
     }
-    let jwks_url = &config.verifier.jwks_url;
-    if !jwks_url.is_empty() && role.has_issuer() {
+    let from_jwks = settings.verifier.jwks.is_some();
+    if from_jwks && role.has_issuer() {
         return Err(StartError::Other(
             "verifier.jwks_url is for --role verifier; the issuer trusts its own key directory"
                 .into(),
         ));
     }
-    Ok(if jwks_url.is_empty() {
-        let ring = key_dir.load_ring()?;
-        if ring.is_empty() {
-            return Err(StartError::Other(format!(
-                "no trusted keys in {}; copy the issuer's public keys (*.jwk.json) there, \
-                 or set verifier.jwks_url",
-                config.keys.dir.display()
-            )));
-        }
-        ring
-    } else {
+    if from_jwks {
         // Filled by the first JWKS fetch; until then nothing verifies and /readyz says so.
-        KeyRing::new()
-    })
+        return Ok(KeyRing::new());
+    }
+    let ring = key_dir.load_ring()?;
+    if ring.is_empty() {
+        return Err(StartError::Other(format!(
+            "no trusted keys in {}; copy the issuer's public keys (*.jwk.json) there, or set \
+             verifier.jwks_url",
+            settings.keys.dir.display()
+        )));
+    }
+    Ok(ring)
 }
 
 /// Reloads the trusted public keys from `key_dir` every `period`, so keys added or retired
@@ -233,40 +230,29 @@ fn spawn_key_reload(
     })
 }
 
-fn jwks_settings(config: &Config) -> JwksSettings {
-    let v = &config.verifier;
-    JwksSettings {
-        url: v.jwks_url.clone(),
-        refresh: Duration::from_secs(v.jwks_refresh_secs),
-        min_refetch: Duration::from_secs(v.jwks_min_refetch_secs),
-        timeout: Duration::from_millis(v.jwks_timeout_ms),
-        max_bytes: v.jwks_max_bytes,
-    }
-}
-
 /// The verifier API: route policy, trusted proxies, introspection clients, and a decider that
 /// records metrics and asks the JWKS refresher for unknown kids.
 fn verifier_api(
-    config: &Config,
+    settings: &Settings,
     verifier: &Arc<Verifier>,
     metrics: &Arc<Metrics>,
     jwks: Option<&Arc<JwksRefresher>>,
-) -> Result<VerifierApi, StartError> {
+) -> VerifierApi {
     let mut decider = Decider::new(Arc::clone(verifier)).with_metrics(Arc::clone(metrics));
     if let Some(jwks) = jwks {
         decider = decider.with_jwks(Arc::clone(jwks));
     }
-    Ok(VerifierApi {
+    VerifierApi {
         decider,
-        policy: config.route_policy()?,
-        trusted_proxies: config.trusted_proxies()?,
-        introspection: IntrospectionClients::new(&config.verifier.introspection_clients),
-    })
+        policy: settings.verifier.policy.clone(),
+        trusted_proxies: settings.verifier.trusted_proxies.clone(),
+        introspection: IntrospectionClients::new(&settings.verifier.introspection_clients),
+    }
 }
 
 /// The active signing key; in development, created if there is none.
 fn signing_key(
-    config: &Config,
+    settings: &Settings,
     key_dir: &KeyDir,
     development: bool,
     banner: &mut Vec<String>,
@@ -274,7 +260,7 @@ fn signing_key(
     if key_dir.active_kid()?.is_none() {
         if !development {
             return Err(KeyError::NoActiveKey {
-                dir: config.keys.dir.clone(),
+                dir: settings.keys.dir.clone(),
             }
             .into());
         }
@@ -282,7 +268,7 @@ fn signing_key(
         banner.push(format!(
             "created a development signing key {} in {}",
             key.kid(),
-            config.keys.dir.display()
+            settings.keys.dir.display()
         ));
     }
     Ok(key_dir.load_signing()?)
@@ -290,19 +276,19 @@ fn signing_key(
 
 /// Starts the revocation engine and says in the banner which store it runs on.
 async fn open_revocation(
-    config: &Config,
+    settings: &Settings,
     clock: &Arc<dyn Clock>,
     banner: &mut Vec<String>,
 ) -> Result<RevocationEngine, StartError> {
-    let settings = config.revocation_settings();
-    let engine = RevocationEngine::start(&settings, Arc::clone(clock)).await?;
+    let settings = &settings.revocation;
+    let engine = RevocationEngine::start(settings, Arc::clone(clock)).await?;
     banner.push(match engine.kind() {
         StoreKind::InProcess => "revocation store: IN-PROCESS (no revocation.redis_url): one \
                                  process only, nothing survives a restart"
             .to_owned(),
         StoreKind::Redis => format!(
             "revocation store: Redis {} (prefix {}), max staleness {:?}, on stale: {:?}",
-            crate::config::redact_url(&config.revocation.redis_url),
+            crate::config::redact_url(settings.redis_url.as_deref().unwrap_or_default()),
             settings.key_prefix,
             settings.max_staleness,
             settings.on_stale,
@@ -313,7 +299,7 @@ async fn open_revocation(
 
 /// The issuer's parts: signer, directory (the demo one in development), records, limits.
 async fn issuer_state(
-    config: &Config,
+    settings: &Settings,
     key: SigningKey,
     revocations: Arc<dyn RevocationStore>,
     development: bool,
@@ -321,8 +307,10 @@ async fn issuer_state(
     banner: &mut Vec<String>,
 ) -> Result<IssuerState, StartError> {
     banner.push(format!("issuer signing with key {}", key.kid()));
-    let catalogue = config.catalogue()?;
-    let directory = if config.issuer.directory.as_os_str().is_empty() {
+    let catalogue = settings.catalogue.clone();
+    let directory = if let Some(path) = &settings.issuer.directory {
+        Directory::load(path, &catalogue)?
+    } else {
         if !development {
             return Err(StartError::Other(
                 "issuer.directory: a configured issuer needs a user directory file; the demo \
@@ -337,17 +325,15 @@ async fn issuer_state(
             password.as_str()
         ));
         directory
-    } else {
-        Directory::load(&config.issuer.directory, &catalogue)?
     };
-    let settings = config.revocation_settings();
-    let retention = Duration::from_secs(config.issuer.records_retention_secs);
-    let records = match &settings.redis_url {
+    let store = &settings.revocation;
+    let retention = settings.issuer.records_retention;
+    let records = match &store.redis_url {
         Some(url) => RecordStore::Redis(RedisRecords::new(
             url,
-            &settings.key_prefix,
+            &store.key_prefix,
             retention,
-            settings.command_timeout,
+            store.command_timeout,
             Arc::clone(clock),
         )?),
         None => RecordStore::Memory(MemoryRecords::new(retention, Arc::clone(clock))),
@@ -355,8 +341,8 @@ async fn issuer_state(
     Ok(IssuerState {
         issuer: Issuer::new(
             key,
-            config.token.issuer.clone(),
-            config.token.audience.clone(),
+            settings.token.issuer.clone(),
+            settings.token.audience.clone(),
             Arc::clone(clock),
         ),
         directory: Arc::new(directory),
@@ -364,21 +350,21 @@ async fn issuer_state(
         records,
         revocations,
         auth: AuthSettings {
-            mode: config.issuer.auth,
-            user_header: config.issuer.user_header.clone(),
-            proxy_secret_header: config.issuer.proxy_secret_header.clone(),
-            proxy_secret: zeroize::Zeroizing::new(config.issuer.proxy_secret.clone()),
+            mode: settings.issuer.auth,
+            user_header: settings.issuer.user_header.clone(),
+            proxy_secret_header: settings.issuer.proxy_secret_header.clone(),
+            proxy_secret: settings.issuer.proxy_secret.clone(),
         },
         password_checks: Arc::new(tokio::sync::Semaphore::new(
             std::thread::available_parallelism().map_or(2, std::num::NonZero::get),
         )),
         failed_signins: RateLimiter::swept(
-            config.issuer.failed_signins_per_minute,
+            settings.issuer.failed_signins_per_minute,
             Duration::from_mins(1),
         ),
-        mints: RateLimiter::swept(config.issuer.mints_per_hour, Duration::from_hours(1)),
+        mints: RateLimiter::swept(settings.issuer.mints_per_hour, Duration::from_hours(1)),
         tenant_revocations: RateLimiter::swept(
-            config.issuer.tenant_revocations_per_minute,
+            settings.issuer.tenant_revocations_per_minute,
             Duration::from_mins(1),
         ),
     })

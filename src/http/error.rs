@@ -224,6 +224,16 @@ impl IntoResponse for ApiError {
     }
 }
 
+impl From<crate::issuance::MintRefusal> for ApiError {
+    fn from(refusal: crate::issuance::MintRefusal) -> Self {
+        let code = match refusal {
+            crate::issuance::MintRefusal::NotAMember(_) => "not_a_member",
+            crate::issuance::MintRefusal::PermissionNotHeld(_) => "permission_not_held",
+        };
+        Self::forbidden(code, refusal.to_string())
+    }
+}
+
 impl From<Rejection> for ApiError {
     fn from(rejection: Rejection) -> Self {
         Self::Token(rejection)

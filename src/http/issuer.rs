@@ -19,6 +19,7 @@ use utoipa::{OpenApi, ToSchema};
 use super::error::{ApiError, ErrorChain};
 use super::extract::{JsonBody, Person, body_bytes};
 use super::{AppState, IssuerState};
+use crate::issuance::{self, MintRefusal};
 use crate::permissions::{PermissionError, READ_ALL, READ_WRITE_ALL};
 use crate::records::TokenRecord;
 use crate::revocation::{Revocation, RevocationCheck as _, RevocationStatus};
@@ -145,13 +146,6 @@ fn is_refused_in_names(c: char) -> bool {
         )
 }
 
-fn not_a_member(tenant: &TenantId) -> ApiError {
-    ApiError::forbidden(
-        "not_a_member",
-        format!("you are not a member of tenant {tenant}"),
-    )
-}
-
 /// Mint a token for yourself in a tenant you belong to.
 #[utoipa::path(
     post, path = "/v1/tenants/{tenant}/tokens", tag = "issuer",
@@ -188,23 +182,17 @@ async fn mint_token(
             PermissionError::Empty => ApiError::bad_request("invalid_request", e.to_string()),
             _ => ApiError::bad_request("unknown_permission", e.to_string()),
         })?;
-    let membership = person
-        .membership(&tenant)
-        .ok_or_else(|| not_a_member(&tenant))?;
-    let missing = scope.missing_from(&membership.permissions);
-    if !missing.is_empty() {
-        let names: Vec<String> = missing.iter().map(ToString::to_string).collect();
-        audit_mint(
-            &person.id,
-            &tenant,
-            None,
-            &scope.to_claim(),
-            "permission_not_held",
-        );
-        return Err(ApiError::forbidden(
-            "permission_not_held",
-            format!("you do not hold: {}", names.join(", ")),
-        ));
+    if let Err(refusal) = issuance::check_mint(&person, &tenant, &scope) {
+        if matches!(refusal, MintRefusal::PermissionNotHeld(_)) {
+            audit_mint(
+                &person.id,
+                &tenant,
+                None,
+                &scope.to_claim(),
+                "permission_not_held",
+            );
+        }
+        return Err(refusal.into());
     }
     issuer
         .mints
@@ -326,7 +314,7 @@ async fn list_tokens(
     // The same answer as minting there: a non-member learns nothing from an empty list that
     // a refusal would not tell them, and the two must not disagree.
     if person.membership(&tenant).is_none() {
-        return Err(not_a_member(&tenant));
+        return Err(MintRefusal::NotAMember(tenant).into());
     }
     let records = issuer.records.list(&tenant, &person.id).await?;
     let now = state.clock.now();
@@ -469,17 +457,13 @@ async fn revoke_many(
             format!("only admins of tenant {tenant} may do this"),
         ));
     }
-    // A leeway ahead: tokens minted by an issuer whose clock runs up to a leeway fast carry
-    // `iat` from that clock, and must be covered too (see `revocation`'s watermark rule).
-    let leeway = i64::try_from(state.config.token.leeway_secs).unwrap_or(0);
-    let before = state.clock.unix_now().saturating_add(leeway);
+    let (now, leeway) = (state.clock.unix_now(), state.settings.token.leeway);
     let revocation = match (body.user, body.all) {
-        (Some(user), None) => Revocation::User {
-            subject: revocable_user(issuer, &tenant, &user).await?,
-            tenant,
-            before,
-        },
-        (None, Some(true)) => Revocation::Tenant { tenant, before },
+        (Some(user), None) => {
+            let subject = revocable_user(issuer, &tenant, &user).await?;
+            issuance::revoke_user(tenant, subject, now, leeway)
+        }
+        (None, Some(true)) => issuance::revoke_tenant(tenant, now, leeway),
         _ => {
             return Err(ApiError::bad_request(
                 "invalid_request",
@@ -604,7 +588,7 @@ async fn permissions(State(state): State<AppState>) -> Result<Json<PermissionsBo
 /// Every trusted public key (never a private one).
 #[utoipa::path(get, path = "/.well-known/jwks.json", tag = "issuer", responses((status = 200, description = "JWKS (RFC 7517)")))]
 async fn jwks(State(state): State<AppState>) -> Response {
-    let max_age = state.config.issuer.jwks_max_age_secs;
+    let max_age = state.settings.issuer.jwks_max_age.as_secs();
     let mut response = Json(state.verifier.keys().jwks()).into_response();
     if let Ok(value) = HeaderValue::from_str(&format!("public, max-age={max_age}")) {
         response.headers_mut().insert(header::CACHE_CONTROL, value);

@@ -25,34 +25,7 @@ use crate::keys::{KeyError, KeyRing};
 use crate::metrics::Metrics;
 use crate::token::Verifier;
 
-/// Where and how often to fetch the JWKS.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct JwksSettings {
-    /// The JWKS URL (`http://` or `https://`).
-    pub url: String,
-    /// Time between periodic fetches. Default 300 s.
-    pub refresh: Duration,
-    /// Least time between two fetches when refetches are requested. Default 30 s. Before the
-    /// first success, fetches are retried every `min(min_refetch, 2 s)`.
-    pub min_refetch: Duration,
-    /// Longest wait for one fetch, connection included. Default 5 s.
-    pub timeout: Duration,
-    /// Largest document accepted, in bytes. Default 64 KiB.
-    pub max_bytes: usize,
-}
-
-impl JwksSettings {
-    /// Settings for `url` with the defaults.
-    pub fn new(url: impl Into<String>) -> Self {
-        Self {
-            url: url.into(),
-            refresh: Duration::from_mins(5),
-            min_refetch: Duration::from_secs(30),
-            timeout: Duration::from_secs(5),
-            max_bytes: 64 * 1024,
-        }
-    }
-}
+pub use crate::settings::JwksSettings;
 
 /// What the refresher has done so far; watch it with [`JwksRefresher::subscribe`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

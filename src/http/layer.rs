@@ -36,7 +36,7 @@ use super::bearer::{Decider, bearer_token};
 use super::error::ApiError;
 use super::jwks::JwksRefresher;
 use crate::metrics::Metrics;
-use crate::policy::{RoutePolicy, Unmatched};
+use crate::policy::RoutePolicy;
 use crate::token::{Claims, Requirement, Verifier};
 
 #[derive(Debug)]
@@ -92,7 +92,7 @@ impl RequireToken {
     }
 
     /// The requirement comes from `policy`, matched against the request's method and path;
-    /// an unmatched request follows the policy's [`Unmatched`] setting.
+    /// an unmatched request follows the policy's `unmatched` setting.
     #[must_use]
     pub fn with_policy(self, policy: RoutePolicy) -> Self {
         self.map(|guard| Guard {
@@ -134,10 +134,7 @@ impl Guard {
                     .map_or("/", |target| target.as_str());
                 match policy.requirement(request.method().as_str(), target) {
                     Ok(Some(matched)) => Some(matched.requirement),
-                    Ok(None) => match policy.unmatched() {
-                        Unmatched::Deny => None,
-                        Unmatched::AllowAuthenticated => Some(Requirement::any()),
-                    },
+                    Ok(None) => policy.unmatched_requirement(),
                     // A path no route can be trusted to judge is denied outright, whatever
                     // `unmatched` says (see `RoutePolicy::requirement`).
                     Err(_) => None,

@@ -30,12 +30,13 @@ use self::limits::RateLimiter;
 pub use self::server::{ServerLimits, serve};
 use self::verifier::VerifierApi;
 use crate::clock::Clock;
-use crate::config::{AuthMode, Config, Role};
+use crate::config::{AuthMode, Role};
 use crate::directory::Directory;
 use crate::metrics::{Metrics, StateSample};
 use crate::permissions::Catalogue;
 use crate::records::RecordStore;
 use crate::revocation::{Mirror, RevocationStore};
+use crate::settings::Settings;
 use crate::token::{Issuer, Verifier};
 
 /// Everything a request handler may need, shared by all of them.
@@ -44,8 +45,8 @@ pub type AppState = Arc<Services>;
 /// The running services of one process.
 #[derive(Debug)]
 pub struct Services {
-    /// The validated configuration.
-    pub config: Arc<Config>,
+    /// The validated settings.
+    pub settings: Arc<Settings>,
     /// Which services are served.
     pub role: Role,
     /// Time.
@@ -180,7 +181,7 @@ pub fn router(state: AppState) -> Router {
     if state.role.has_verifier() {
         router = router.merge(verifier::introspect_router());
     }
-    router = router.layer(DefaultBodyLimit::max(state.config.server.max_body_bytes));
+    router = router.layer(DefaultBodyLimit::max(state.settings.server.max_body_bytes));
     if state.role.has_verifier() {
         router = router.merge(verifier::forward_auth_router());
     }

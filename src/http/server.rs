@@ -76,10 +76,10 @@ impl Default for ServerLimits {
 
 impl ServerLimits {
     /// The limits `[server]` configures.
-    pub fn from_config(server: &crate::config::ServerConfig) -> Self {
+    pub fn from_settings(server: &crate::settings::ServerSettings) -> Self {
         Self {
-            header_read_timeout: Duration::from_secs(server.header_read_timeout_secs),
-            idle_timeout: Duration::from_secs(server.idle_timeout_secs),
+            header_read_timeout: server.header_read_timeout,
+            idle_timeout: server.idle_timeout,
             max_connections: server.max_connections,
         }
     }

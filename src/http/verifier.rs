@@ -47,7 +47,7 @@ use super::extract::{body_bytes, single_header};
 use super::memo;
 use crate::config::IntrospectionClient;
 use crate::permissions::Permission;
-use crate::policy::{RoutePolicy, Unmatched};
+use crate::policy::RoutePolicy;
 use crate::proxies::TrustedProxies;
 use crate::token::{Claims, Requirement, TenantId};
 
@@ -154,10 +154,7 @@ impl VerifierApi {
         };
         Ok(match lookup {
             Lookup::Found(requirement) => Some(requirement),
-            Lookup::Unmatched => match self.policy.unmatched() {
-                Unmatched::Deny => None,
-                Unmatched::AllowAuthenticated => Some(Arc::new(Requirement::any())),
-            },
+            Lookup::Unmatched => self.policy.unmatched_requirement().map(Arc::new),
             Lookup::Refused => None,
         })
     }

@@ -5,9 +5,9 @@
 use std::sync::Arc;
 
 use edgetoken::clock::SystemClock;
-use edgetoken::config::Config;
 use edgetoken::keys::KeyDir;
 use edgetoken::permissions::Scope;
+use edgetoken::settings::Settings;
 use edgetoken::token::{Issuer, Lifetime, MintRequest};
 use tempfile::TempDir;
 
@@ -103,8 +103,8 @@ impl Deployment {
     }
 
     /// The parsed configuration.
-    pub(crate) fn config(&self, extra: &str) -> Config {
-        Config::from_toml(&self.config_text(extra)).expect("test config is valid")
+    pub(crate) fn config(&self, extra: &str) -> Settings {
+        Settings::from_toml(&self.config_text(extra)).expect("test config is valid")
     }
 
     /// An issuer signing with the directory's active key, for minting many tokens quickly.

@@ -7,10 +7,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use edgetoken::clock::{Clock, ManualClock, SystemClock};
-use edgetoken::config::{Config, Role};
+use edgetoken::config::Role;
 use edgetoken::directory::hash_password;
 use edgetoken::http::boot::{self, Started};
 use edgetoken::http::{self, Services};
+use edgetoken::settings::Settings;
 use tempfile::TempDir;
 use tokio::sync::oneshot;
 
@@ -94,7 +95,7 @@ impl TestIssuer {
         }
         let path: PathBuf = dir.path().join("edgetoken.toml");
         std::fs::write(&path, &text).unwrap();
-        let config = Config::load(Some(&path), std::iter::empty()).unwrap();
+        let config = Settings::load(Some(&path), std::iter::empty()).unwrap();
         let clock = Arc::new(ManualClock::at(SystemClock.unix_now()));
         let Started {
             services,
@@ -107,7 +108,7 @@ impl TestIssuer {
         let base = format!("http://{}", listener.local_addr().unwrap());
         let (tx, rx) = oneshot::channel();
         let router = http::router(Arc::clone(&services));
-        let limits = http::ServerLimits::from_config(&services.config.server);
+        let limits = http::ServerLimits::from_settings(&services.settings.server);
         let server = tokio::spawn(async move {
             http::serve(listener, router, limits, async {
                 let _ = rx.await;

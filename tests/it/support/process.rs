@@ -11,10 +11,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use edgetoken::clock::SystemClock;
-use edgetoken::config::{Config, Role};
+use edgetoken::config::Role;
 use edgetoken::http::Services;
 use edgetoken::http::boot::{self, Started};
 use edgetoken::revocation::RevocationEngine;
+use edgetoken::settings::Settings;
 use tempfile::TempDir;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -40,7 +41,7 @@ pub(crate) struct Served {
 
 impl Served {
     /// Starts `role` from `config` on `127.0.0.1:0`.
-    pub(crate) async fn start(config: Config, role: Role) -> Self {
+    pub(crate) async fn start(config: Settings, role: Role) -> Self {
         let Started {
             services,
             revocation,
@@ -54,7 +55,7 @@ impl Served {
         let addr = listener.local_addr().expect("local addr");
         let (tx, rx) = oneshot::channel::<()>();
         let router = edgetoken::http::router(Arc::clone(&services));
-        let limits = edgetoken::http::ServerLimits::from_config(&services.config.server);
+        let limits = edgetoken::http::ServerLimits::from_settings(&services.settings.server);
         let task = tokio::spawn(async move {
             let _ = edgetoken::http::serve(listener, router, limits, async {
                 let _ = rx.await;

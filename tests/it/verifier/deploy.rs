@@ -4,8 +4,8 @@
 
 use std::path::Path;
 
-use edgetoken::config::Config;
 use edgetoken::directory::Directory;
+use edgetoken::settings::Settings;
 
 fn deploy(name: &str) -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -22,7 +22,7 @@ fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
 
 #[test]
 fn compose_verifier_configuration_loads_with_its_environment() {
-    let config = Config::load(
+    let config = Settings::load(
         Some(&deploy("verifier.toml")),
         env(&[
             ("EDGETOKEN_SERVER__LISTEN", "0.0.0.0:8080"),
@@ -54,13 +54,21 @@ fn compose_verifier_configuration_loads_with_its_environment() {
             "docker-compose.yml no longer sets {name}"
         );
     }
-    assert!(config.route_policy().unwrap().has_routes());
-    assert_eq!(config.verifier.trusted_proxies, ["172.28.0.10"]);
+    assert!(config.verifier.policy.has_routes());
+    let edge: std::net::IpAddr = "172.28.0.10".parse().unwrap();
+    assert!(config.verifier.trusted_proxies.contains(edge));
+    assert!(
+        !config
+            .verifier
+            .trusted_proxies
+            .contains("127.0.0.1".parse().unwrap()),
+        "only the edge is trusted"
+    );
 }
 
 #[test]
 fn compose_issuer_configuration_and_demo_directory_load() {
-    let config = Config::load(
+    let config = Settings::load(
         Some(&deploy("issuer.toml")),
         env(&[
             ("EDGETOKEN_SERVER__LISTEN", "0.0.0.0:8080"),
@@ -71,10 +79,10 @@ fn compose_issuer_configuration_and_demo_directory_load() {
         ]),
     )
     .unwrap();
-    let verifier = Config::load(Some(&deploy("verifier.toml")), env(&[])).unwrap();
+    let verifier = Settings::load(Some(&deploy("verifier.toml")), env(&[])).unwrap();
     assert_eq!(
         config.token, verifier.token,
         "issuer and verifiers must agree on iss/aud"
     );
-    Directory::load(&deploy("users.toml"), &config.catalogue().unwrap()).unwrap();
+    Directory::load(&deploy("users.toml"), &config.catalogue).unwrap();
 }

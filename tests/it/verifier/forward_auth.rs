@@ -380,15 +380,9 @@ async fn every_decision_is_counted_in_metrics_by_outcome() {
 async fn verify_answers_503_once_the_revocation_state_is_too_stale() {
     let deployment = Deployment::new();
     let mut redis = RedisServer::start();
-    let config = deployment.config("[verifier]\nunmatched = \"allow_authenticated\"");
-    let config = edgetoken::config::Config {
-        revocation: edgetoken::config::RevocationConfig {
-            redis_url: redis.url(),
-            max_staleness_secs: 1,
-            ..config.revocation.clone()
-        },
-        ..config
-    };
+    let mut config = deployment.config("[verifier]\nunmatched = \"allow_authenticated\"");
+    config.revocation.redis_url = Some(redis.url());
+    config.revocation.max_staleness = std::time::Duration::from_secs(1);
     let served = Served::start(config, Role::Verifier).await;
     let token = mint(&deployment.offline_issuer(), "alice", "acme", "runs:read");
     let send = || {

@@ -1,0 +1,492 @@
+//! Typed settings: the configuration parsed once, validated, and turned into the values the
+//! services use (SPEC §7).
+//!
+//! [`Config`](crate::config::Config) is the raw TOML tree, with its defaults, its environment
+//! overrides and its field names; it stays at the edge. [`Settings::new`] checks every rule
+//! that serde's types cannot express and builds, once, everything that validating it needs
+//! anyway (the catalogue, the route policy, the trusted proxies, the revocation settings,
+//! durations instead of integer seconds). Start-up and the handlers read only these values;
+//! nothing is rebuilt from the raw tree later. Every error names the field at fault.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::config::{AuthMode, Config, ConfigError, IntrospectionClient, Role};
+use crate::permissions::{Catalogue, Category};
+use crate::policy::RoutePolicy;
+use crate::proxies::TrustedProxies;
+use crate::revocation::RevocationSettings;
+use crate::token::{CacheSettings, MAX_LEEWAY, VerifierSettings};
+
+/// The validated settings of one process.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// What tokens must say, and the clock leeway (`[token]`).
+    pub token: VerifierSettings,
+    /// The key directory (`[keys]`).
+    pub keys: KeySettings,
+    /// The permission catalogue (`[permissions]`).
+    pub catalogue: Catalogue,
+    /// The verified-token cache bounds (`[cache]`).
+    pub cache: CacheSettings,
+    /// The HTTP server (`[server]`).
+    pub server: ServerSettings,
+    /// The revocation store and mirror (`[revocation]`, with the leeway of `[token]`).
+    pub revocation: RevocationSettings,
+    /// The issuer service (`[issuer]`).
+    pub issuer: IssuerSettings,
+    /// The verifier service (`[verifier]`).
+    pub verifier: VerifierServiceSettings,
+}
+
+/// `[keys]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeySettings {
+    /// The key directory.
+    pub dir: PathBuf,
+    /// How often running services reload the trusted keys from it; `None` never.
+    pub reload: Option<Duration>,
+}
+
+/// `[server]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerSettings {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Services to run unless `--role` says otherwise.
+    pub role: Role,
+    /// Largest request body accepted (413 above).
+    pub max_body_bytes: usize,
+    /// A request head must arrive whole within this time of its first byte.
+    pub header_read_timeout: Duration,
+    /// A keep-alive connection without a request for this long is closed.
+    pub idle_timeout: Duration,
+    /// Connections open at once.
+    pub max_connections: usize,
+}
+
+/// `[issuer]`.
+#[derive(Clone)]
+pub struct IssuerSettings {
+    /// How people sign in.
+    pub auth: AuthMode,
+    /// The user directory file; `None` runs the development directory.
+    pub directory: Option<PathBuf>,
+    /// trusted-header mode: the user id header.
+    pub user_header: String,
+    /// trusted-header mode: the secret header.
+    pub proxy_secret_header: String,
+    /// trusted-header mode: the shared secret.
+    pub proxy_secret: zeroize::Zeroizing<String>,
+    /// Failed sign-ins per user id per minute.
+    pub failed_signins_per_minute: u32,
+    /// Mints per person per hour.
+    pub mints_per_hour: u32,
+    /// User and tenant revocations per admin per minute.
+    pub tenant_revocations_per_minute: u32,
+    /// How long token records outlive their token.
+    pub records_retention: Duration,
+    /// `Cache-Control: max-age` of the JWKS.
+    pub jwks_max_age: Duration,
+}
+
+impl std::fmt::Debug for IssuerSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IssuerSettings")
+            .field("auth", &self.auth)
+            .field("directory", &self.directory)
+            .field("user_header", &self.user_header)
+            .field("proxy_secret_header", &self.proxy_secret_header)
+            .field("proxy_secret", &"<redacted>")
+            .field("failed_signins_per_minute", &self.failed_signins_per_minute)
+            .field("mints_per_hour", &self.mints_per_hour)
+            .field(
+                "tenant_revocations_per_minute",
+                &self.tenant_revocations_per_minute,
+            )
+            .field("records_retention", &self.records_retention)
+            .field("jwks_max_age", &self.jwks_max_age)
+            .finish()
+    }
+}
+
+/// `[verifier]`.
+#[derive(Debug, Clone)]
+pub struct VerifierServiceSettings {
+    /// Keys from the issuer's JWKS instead of the key directory.
+    pub jwks: Option<JwksSettings>,
+    /// Peers whose forwarded headers are honoured.
+    pub trusted_proxies: TrustedProxies,
+    /// The forward-auth route policy (with its `unmatched` rule).
+    pub policy: RoutePolicy,
+    /// Who may introspect.
+    pub introspection_clients: Vec<IntrospectionClient>,
+}
+
+/// Where and how often to fetch the JWKS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JwksSettings {
+    /// The JWKS URL (`http://` or `https://`).
+    pub url: String,
+    /// Time between periodic fetches. Default 300 s.
+    pub refresh: Duration,
+    /// Least time between two fetches when refetches are requested. Default 30 s. Before the
+    /// first success, fetches are retried every `min(min_refetch, 2 s)`.
+    pub min_refetch: Duration,
+    /// Longest wait for one fetch, connection included. Default 5 s.
+    pub timeout: Duration,
+    /// Largest document accepted, in bytes. Default 64 KiB.
+    pub max_bytes: usize,
+}
+
+impl JwksSettings {
+    /// Settings for `url` with the defaults.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            refresh: Duration::from_mins(5),
+            min_refetch: Duration::from_secs(30),
+            timeout: Duration::from_secs(5),
+            max_bytes: 64 * 1024,
+        }
+    }
+}
+
+impl Settings {
+    /// Loads the configuration (see [`Config::load`]) and builds the settings.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] naming the file, variable or field at fault.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        Self::new(&Config::load(file, env)?)
+    }
+
+    /// Parses TOML text (no environment) and builds the settings; for tests and tools.
+    ///
+    /// # Errors
+    ///
+    /// As [`Settings::load`].
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        Self::new(&Config::from_toml(text)?)
+    }
+
+    /// Checks every rule of `config` that serde's types cannot express, and builds the typed
+    /// settings.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Field`] for the first broken rule.
+    pub fn new(config: &Config) -> Result<Self, ConfigError> {
+        let t = &config.token;
+        if t.leeway_secs > MAX_LEEWAY.as_secs() {
+            return Err(field("token.leeway_secs", "must be at most 300 seconds"));
+        }
+        if t.issuer.is_empty() {
+            return Err(field("token.issuer", "must not be empty"));
+        }
+        if t.audience.is_empty() {
+            return Err(field("token.audience", "must not be empty"));
+        }
+        let token = VerifierSettings {
+            issuer: t.issuer.clone(),
+            audience: t.audience.clone(),
+            leeway: Duration::from_secs(t.leeway_secs),
+        };
+        let catalogue = catalogue(config)?;
+        let server = server(config)?;
+        let revocation = revocation(config);
+        revocation
+            .validate()
+            .map_err(|e| field("revocation", e.to_string()))?;
+        let issuer = issuer(config)?;
+        let verifier = verifier(config, &catalogue)?;
+        Ok(Self {
+            token,
+            keys: KeySettings {
+                dir: config.keys.dir.clone(),
+                reload: (config.keys.reload_secs > 0)
+                    .then(|| Duration::from_secs(config.keys.reload_secs)),
+            },
+            catalogue,
+            cache: CacheSettings {
+                max_entries: config.cache.max_entries,
+                max_token_bytes: config.cache.max_token_bytes,
+            },
+            server,
+            revocation,
+            issuer,
+            verifier,
+        })
+    }
+}
+
+fn field(name: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Field {
+        field: name.to_owned(),
+        message: message.into(),
+    }
+}
+
+fn catalogue(config: &Config) -> Result<Catalogue, ConfigError> {
+    let name = "permissions.categories";
+    let categories = config
+        .permissions
+        .categories
+        .iter()
+        .map(|c| Category::new(c))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| field(name, e.to_string()))?;
+    Catalogue::new(categories).map_err(|e| field(name, e.to_string()))
+}
+
+fn server(config: &Config) -> Result<ServerSettings, ConfigError> {
+    let s = &config.server;
+    let listen = s
+        .listen
+        .parse::<SocketAddr>()
+        .map_err(|e| field("server.listen", e.to_string()))?;
+    for (name, is_zero) in [
+        ("server.max_body_bytes", s.max_body_bytes == 0),
+        ("server.max_connections", s.max_connections == 0),
+        (
+            "server.header_read_timeout_secs",
+            s.header_read_timeout_secs == 0,
+        ),
+        ("server.idle_timeout_secs", s.idle_timeout_secs == 0),
+    ] {
+        if is_zero {
+            return Err(field(name, "must be above 0"));
+        }
+    }
+    Ok(ServerSettings {
+        listen,
+        role: s.role,
+        max_body_bytes: s.max_body_bytes,
+        header_read_timeout: Duration::from_secs(s.header_read_timeout_secs),
+        idle_timeout: Duration::from_secs(s.idle_timeout_secs),
+        max_connections: s.max_connections,
+    })
+}
+
+fn revocation(config: &Config) -> RevocationSettings {
+    let r = &config.revocation;
+    RevocationSettings {
+        redis_url: (!r.redis_url.is_empty()).then(|| r.redis_url.clone()),
+        key_prefix: r.key_prefix.clone(),
+        max_staleness: Duration::from_secs(r.max_staleness_secs),
+        on_stale: r.on_stale,
+        heartbeat: Duration::from_millis(r.heartbeat_ms),
+        leeway: Duration::from_secs(config.token.leeway_secs),
+        command_timeout: Duration::from_millis(r.command_timeout_ms),
+        ..RevocationSettings::default()
+    }
+}
+
+fn issuer(config: &Config) -> Result<IssuerSettings, ConfigError> {
+    let i = &config.issuer;
+    if i.auth == AuthMode::TrustedHeader {
+        if i.proxy_secret.len() < 32 {
+            return Err(field(
+                "issuer.proxy_secret",
+                "trusted-header mode needs a proxy secret of at least 32 characters",
+            ));
+        }
+        if i.directory.as_os_str().is_empty() {
+            return Err(field(
+                "issuer.directory",
+                "trusted-header mode needs a directory file of users and permissions",
+            ));
+        }
+        for (name, value) in [
+            ("issuer.user_header", &i.user_header),
+            ("issuer.proxy_secret_header", &i.proxy_secret_header),
+        ] {
+            check_header_name(value).map_err(|reason| field(name, reason))?;
+        }
+    }
+    if i.failed_signins_per_minute == 0
+        || i.mints_per_hour == 0
+        || i.tenant_revocations_per_minute == 0
+    {
+        return Err(field(
+            "issuer",
+            "failed_signins_per_minute, mints_per_hour and tenant_revocations_per_minute must \
+             be above 0",
+        ));
+    }
+    Ok(IssuerSettings {
+        auth: i.auth,
+        directory: (!i.directory.as_os_str().is_empty()).then(|| i.directory.clone()),
+        user_header: i.user_header.clone(),
+        proxy_secret_header: i.proxy_secret_header.clone(),
+        proxy_secret: zeroize::Zeroizing::new(i.proxy_secret.clone()),
+        failed_signins_per_minute: i.failed_signins_per_minute,
+        mints_per_hour: i.mints_per_hour,
+        tenant_revocations_per_minute: i.tenant_revocations_per_minute,
+        records_retention: Duration::from_secs(i.records_retention_secs),
+        jwks_max_age: Duration::from_secs(i.jwks_max_age_secs),
+    })
+}
+
+/// An HTTP header name: 1-64 of `A-Z a-z 0-9 -` (checked here so the core needs no HTTP
+/// types).
+fn check_header_name(name: &str) -> Result<(), &'static str> {
+    let valid = (1..=64).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    if valid {
+        Ok(())
+    } else {
+        Err("must be a header name of 1-64 letters, digits and dashes")
+    }
+}
+
+fn verifier(
+    config: &Config,
+    catalogue: &Catalogue,
+) -> Result<VerifierServiceSettings, ConfigError> {
+    let v = &config.verifier;
+    let jwks = if v.jwks_url.is_empty() {
+        None
+    } else {
+        check_jwks_url(&v.jwks_url, v.allow_insecure_jwks)?;
+        Some(JwksSettings {
+            url: v.jwks_url.clone(),
+            refresh: Duration::from_secs(v.jwks_refresh_secs),
+            min_refetch: Duration::from_secs(v.jwks_min_refetch_secs),
+            timeout: Duration::from_millis(v.jwks_timeout_ms),
+            max_bytes: v.jwks_max_bytes,
+        })
+    };
+    if v.jwks_min_refetch_secs == 0 {
+        return Err(field("verifier.jwks_min_refetch_secs", "must be above 0"));
+    }
+    if v.jwks_refresh_secs < v.jwks_min_refetch_secs {
+        return Err(field(
+            "verifier.jwks_refresh_secs",
+            "must be at least verifier.jwks_min_refetch_secs",
+        ));
+    }
+    if !(100..=60_000).contains(&v.jwks_timeout_ms) {
+        return Err(field(
+            "verifier.jwks_timeout_ms",
+            "must be between 100 and 60000",
+        ));
+    }
+    if !(1024..=1024 * 1024).contains(&v.jwks_max_bytes) {
+        return Err(field(
+            "verifier.jwks_max_bytes",
+            "must be between 1024 and 1048576",
+        ));
+    }
+    let trusted_proxies = TrustedProxies::parse(&v.trusted_proxies).map_err(|e| {
+        field(
+            &format!("verifier.trusted_proxies[{}]", e.index),
+            format!(
+                "`{}` is not an IP address or CIDR block ({})",
+                e.entry, e.reason
+            ),
+        )
+    })?;
+    let policy = RoutePolicy::new(&v.routes, v.unmatched, catalogue).map_err(|e| {
+        field(
+            &format!("verifier.routes[{}].{}", e.index, e.field),
+            e.message,
+        )
+    })?;
+    let mut ids = std::collections::BTreeSet::new();
+    for (index, client) in v.introspection_clients.iter().enumerate() {
+        let name = |part: &str| format!("verifier.introspection_clients[{index}].{part}");
+        let id_ok = (1..=64).contains(&client.id.len())
+            && client
+                .id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+        if !id_ok {
+            return Err(field(&name("id"), "must be 1-64 of A-Z a-z 0-9 - _ ."));
+        }
+        if !ids.insert(client.id.as_str()) {
+            return Err(field(&name("id"), "duplicate client id"));
+        }
+        if client.secret.chars().count() < 32 {
+            return Err(field(&name("secret"), "must be at least 32 characters"));
+        }
+    }
+    Ok(VerifierServiceSettings {
+        jwks,
+        trusted_proxies,
+        policy,
+        introspection_clients: v.introspection_clients.clone(),
+    })
+}
+
+fn check_jwks_url(url: &str, allow_insecure: bool) -> Result<(), ConfigError> {
+    let name = "verifier.jwks_url";
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"));
+    if rest.is_none_or(|rest| rest.is_empty() || rest.starts_with('/')) {
+        return Err(field(
+            name,
+            "must be an http:// or https:// URL with a host",
+        ));
+    }
+    if let Some(rest) = url.strip_prefix("http://") {
+        let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+        let host_port = authority.rsplit('@').next().unwrap_or_default();
+        if !is_loopback_host(host_port) && !allow_insecure {
+            return Err(field(
+                name,
+                "plain http:// lets anyone on the path choose the trusted keys: use https://, \
+                 or set verifier.allow_insecure_jwks = true for a network you control",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Whether `host_port` (`host`, `host:port`, `[v6]` or `[v6]:port`) names the loopback
+/// interface: `localhost` exactly, or a loopback IP address. Names are compared whole, so
+/// `localhost.example` or `127.0.0.1.example` are not loopback.
+fn is_loopback_host(host_port: &str) -> bool {
+    let host = if let Some(rest) = host_port.strip_prefix('[') {
+        rest.split(']').next().unwrap_or_default()
+    } else {
+        host_port.split(':').next().unwrap_or_default()
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_hosts_are_recognised_whole() {
+        for host in [
+            "127.0.0.1",
+            "127.0.0.1:8080",
+            "localhost:80",
+            "[::1]:8080",
+            "[::1]",
+        ] {
+            assert!(is_loopback_host(host), "{host}");
+        }
+        for host in [
+            "127.0.0.1.example",
+            "localhost.example",
+            "10.0.0.1",
+            "[::2]",
+            "",
+        ] {
+            assert!(!is_loopback_host(host), "{host}");
+        }
+    }
+}
