@@ -60,7 +60,6 @@ pub mod proxies;
 pub mod records;
 pub mod revocation;
 pub mod token;
-mod two_way;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use keys::{KeyRing, SigningKey};

@@ -7,14 +7,13 @@
 //! checks neither `typ` nor the lifetime cap, so every rule is implemented once, in
 //! `verify.rs`, over ed25519-dalek's `verify_strict`.
 
-mod cache;
 mod claims;
 mod encoding;
 mod mint;
 mod rejection;
 mod verify;
+pub(crate) mod warm;
 
-pub use cache::{CacheSettings, CacheStats};
 pub use claims::{Claims, InvalidId, Subject, TenantId, TokenId};
 pub use mint::{
     InvalidLifetime, Issuer, Lifetime, MAX_LIFETIME_SECS, MintError, MintRequest, MintedToken,
@@ -22,6 +21,7 @@ pub use mint::{
 };
 pub use rejection::{Malformed, Rejection};
 pub use verify::{MAX_LEEWAY, Requirement, SettingsError, Verifier, VerifierSettings};
+pub use warm::{CacheSettings, CacheStats};
 
 pub(crate) use encoding::{b64_encode as b64, strict_b64_decode};
 
