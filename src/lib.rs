@@ -51,6 +51,7 @@
 pub mod clock;
 pub mod config;
 pub mod directory;
+mod encoding;
 #[cfg(feature = "server")]
 pub mod http;
 pub mod keys;

@@ -8,7 +8,6 @@
 //! `verify.rs`, over ed25519-dalek's `verify_strict`.
 
 mod claims;
-mod encoding;
 mod mint;
 mod rejection;
 mod verify;
@@ -22,8 +21,6 @@ pub use mint::{
 pub use rejection::{Malformed, Rejection};
 pub use verify::{MAX_LEEWAY, Requirement, SettingsError, Verifier, VerifierSettings};
 pub use warm::{CacheSettings, CacheStats};
-
-pub(crate) use encoding::{b64_encode as b64, strict_b64_decode};
 
 /// The largest token accepted, in bytes (SPEC §1: 8 KiB), checked before any decoding.
 pub const MAX_TOKEN_BYTES: usize = 8 * 1024;

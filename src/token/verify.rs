@@ -22,12 +22,12 @@ use std::time::Duration;
 use time::OffsetDateTime;
 
 use super::claims::{Claims, Subject, TenantId, TokenId, WireClaims};
-use super::encoding::{strict_b64_decode, strict_json_object};
 use super::mint::MAX_LIFETIME_SECS;
 use super::rejection::{Malformed, Rejection};
 use super::warm::{CacheSettings, CacheStats, Cached, Slot, Verified, VerifiedCache};
 use super::{MAX_TOKEN_BYTES, TOKEN_ALGORITHM, TOKEN_TYPE};
 use crate::clock::Clock;
+use crate::encoding::{strict_b64_decode, strict_json_object};
 use crate::keys::{KeyId, KeyRing};
 use crate::permissions::{Permission, Scope};
 use crate::revocation::{RevocationCheck, RevocationStatus};
