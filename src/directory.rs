@@ -269,7 +269,7 @@ fn decoy_hash() -> &'static str {
     DECOY.get_or_init(|| {
         let mut secret = [0u8; 32];
         OsRng.fill_bytes(&mut secret);
-        hash_password(&crate::token::b64(&secret)).unwrap_or_default()
+        hash_password(&crate::encoding::b64_encode(&secret)).unwrap_or_default()
     })
 }
 

@@ -51,6 +51,7 @@
 pub mod clock;
 pub mod config;
 pub mod directory;
+mod encoding;
 #[cfg(feature = "server")]
 pub mod http;
 pub mod issuance;
@@ -62,7 +63,6 @@ pub mod records;
 pub mod revocation;
 pub mod settings;
 pub mod token;
-mod two_way;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use keys::{KeyRing, SigningKey};

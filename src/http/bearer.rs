@@ -15,6 +15,7 @@ use axum::http::{HeaderMap, header};
 use super::error::ApiError;
 use super::jwks::JwksRefresher;
 use crate::metrics::Metrics;
+use crate::token::warm::Verified;
 use crate::token::{Claims, Rejection, Requirement, Verifier};
 
 /// The bearer token of `headers`: exactly one `Authorization` header, scheme `Bearer` in any
@@ -138,8 +139,22 @@ impl Decider {
         requirement: Option<&Requirement>,
         started: Instant,
     ) -> Result<Arc<Claims>, ApiError> {
+        self.decide_warm(token, requirement, started)
+            .map(Verified::into_claims)
+    }
+
+    /// As [`Decider::decide_since`], telling claims served from the verified-token cache from
+    /// claims verified afresh (see [`Verifier::verify_warm`]).
+    pub(crate) fn decide_warm(
+        &self,
+        token: &str,
+        requirement: Option<&Requirement>,
+        started: Instant,
+    ) -> Result<Verified, ApiError> {
         let any = Requirement::any();
-        let result = self.verifier.verify(token, requirement.unwrap_or(&any));
+        let result = self
+            .verifier
+            .verify_warm(token, requirement.unwrap_or(&any));
         let outcome = match &result {
             Ok(claims) => {
                 tracing::debug!(

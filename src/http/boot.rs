@@ -377,7 +377,7 @@ async fn demo_directory(
 ) -> Result<(Directory, zeroize::Zeroizing<String>), StartError> {
     let mut secret = [0u8; 18];
     rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut secret);
-    let password = zeroize::Zeroizing::new(crate::token::b64(&secret));
+    let password = zeroize::Zeroizing::new(crate::encoding::b64_encode(&secret));
     let to_hash = password.clone();
     let hash = tokio::task::spawn_blocking(move || hash_password(&to_hash))
         .await

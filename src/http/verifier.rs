@@ -49,6 +49,7 @@ use crate::config::IntrospectionClient;
 use crate::permissions::Permission;
 use crate::policy::RoutePolicy;
 use crate::proxies::TrustedProxies;
+use crate::token::warm::Verified;
 use crate::token::{Claims, Requirement, TenantId};
 
 /// The path forward-auth answers on.
@@ -294,12 +295,12 @@ async fn forward_auth(State(state): State<AppState>, request: Request) -> Respon
         .verifier_api()
         .and_then(|api| decide(api, &parts, started));
     match result {
-        Ok(claims) => allowed(&claims).unwrap_or_else(IntoResponse::into_response),
+        Ok(verified) => allowed(&verified).unwrap_or_else(IntoResponse::into_response),
         Err(error) => error.into_response(),
     }
 }
 
-fn decide(api: &VerifierApi, parts: &Parts, started: Instant) -> Result<Arc<Claims>, ApiError> {
+fn decide(api: &VerifierApi, parts: &Parts, started: Instant) -> Result<Verified, ApiError> {
     let refused = |error: ApiError| {
         api.decider.record(&error, started);
         error
@@ -307,7 +308,7 @@ fn decide(api: &VerifierApi, parts: &Parts, started: Instant) -> Result<Arc<Clai
     let token = bearer_token(&parts.headers).map_err(refused)?;
     let requirement = api.requirement(parts).map_err(refused)?;
     api.decider
-        .decide_since(token, requirement.as_deref(), started)
+        .decide_warm(token, requirement.as_deref(), started)
 }
 
 /// The `X-Auth-*` headers a proxy copies to the upstream.
@@ -328,9 +329,9 @@ const AUTH_HEADER_NAMES: [HeaderName; 5] = [
     HeaderName::from_static(AUTH_HEADERS[4]),
 ];
 
-/// 200 with the `X-Auth-*` headers of `claims` (built once per verified token, see `memo`).
-fn allowed(claims: &Arc<Claims>) -> Result<Response, ApiError> {
-    let headers = memo::answer_headers(claims, auth_headers)?;
+/// 200 with the `X-Auth-*` headers of `verified` (built once per cached token, see `memo`).
+fn allowed(verified: &Verified) -> Result<Response, ApiError> {
+    let headers = memo::answer_headers(verified, auth_headers)?;
     let mut response = StatusCode::OK.into_response();
     *response.headers_mut() = headers;
     Ok(response)

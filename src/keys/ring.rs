@@ -2,12 +2,11 @@
 
 use std::collections::HashMap;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ed25519_dalek::{Signature, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
 use super::{KeyError, KeyId, check_public_key, thumbprint};
+use crate::encoding::{b64_encode, strict_b64_decode};
 
 /// A public key that passed the loader's policy, with its kid.
 #[derive(Debug, Clone)]
@@ -59,7 +58,7 @@ impl TrustedKey {
         PublicJwk {
             kty: "OKP".into(),
             crv: "Ed25519".into(),
-            x: URL_SAFE_NO_PAD.encode(self.key.as_bytes()),
+            x: b64_encode(self.key.as_bytes()),
             kid: Some(self.kid.as_str().to_owned()),
             key_use: Some("sig".into()),
             alg: Some("EdDSA".into()),
@@ -87,7 +86,7 @@ impl TrustedKey {
         if jwk.key_use.as_deref().is_some_and(|u| u != "sig") {
             return Err(format("`use` is not sig"));
         }
-        let raw = crate::token::strict_b64_decode(jwk.x.as_bytes())
+        let raw = strict_b64_decode(jwk.x.as_bytes())
             .ok_or_else(|| format("`x` is not canonical base64url"))?;
         let public: [u8; 32] = raw.try_into().map_err(|_| format("`x` is not 32 bytes"))?;
         let key = Self::from_bytes(&public)?;

@@ -2,9 +2,9 @@
 
 use std::fmt;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use sha2::{Digest, Sha256};
+
+use crate::encoding::b64_encode;
 
 /// A key id: the RFC 7638 SHA-256 thumbprint of the public JWK, base64url without padding
 /// (43 characters).
@@ -85,9 +85,9 @@ pub fn thumbprint(public: &[u8; 32]) -> KeyId {
     // is the RFC 7638 §3.3 canonical form; no JSON escaping can be needed.
     let canonical = format!(
         r#"{{"crv":"Ed25519","kty":"OKP","x":"{}"}}"#,
-        URL_SAFE_NO_PAD.encode(public)
+        b64_encode(public)
     );
-    KeyId(URL_SAFE_NO_PAD.encode(Sha256::digest(canonical.as_bytes())))
+    KeyId(b64_encode(&Sha256::digest(canonical.as_bytes())))
 }
 
 #[cfg(test)]

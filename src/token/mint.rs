@@ -9,9 +9,9 @@ use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
 use super::claims::{Claims, Subject, TenantId, TokenId, WireClaims};
-use super::encoding::b64_encode;
 use super::{TOKEN_ALGORITHM, TOKEN_TYPE};
 use crate::clock::Clock;
+use crate::encoding::b64_encode;
 use crate::keys::SigningKey;
 use crate::permissions::Scope;
 

@@ -7,14 +7,12 @@
 //! checks neither `typ` nor the lifetime cap, so every rule is implemented once, in
 //! `verify.rs`, over ed25519-dalek's `verify_strict`.
 
-mod cache;
 mod claims;
-mod encoding;
 mod mint;
 mod rejection;
 mod verify;
+pub(crate) mod warm;
 
-pub use cache::{CacheSettings, CacheStats};
 pub use claims::{Claims, InvalidId, Subject, TenantId, TokenId};
 pub use mint::{
     InvalidLifetime, Issuer, Lifetime, MAX_LIFETIME_SECS, MintError, MintRequest, MintedToken,
@@ -22,8 +20,7 @@ pub use mint::{
 };
 pub use rejection::{Malformed, Rejection};
 pub use verify::{MAX_LEEWAY, Requirement, SettingsError, Verifier, VerifierSettings};
-
-pub(crate) use encoding::{b64_encode as b64, strict_b64_decode};
+pub use warm::{CacheSettings, CacheStats};
 
 /// The largest token accepted, in bytes (SPEC §1: 8 KiB), checked before any decoding.
 pub const MAX_TOKEN_BYTES: usize = 8 * 1024;

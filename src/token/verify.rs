@@ -13,7 +13,7 @@
 //! 9. revocation, then the request's tenant and permission.
 //!
 //! Steps 1-7 are pure functions of the token bytes and the key ring, so their result is cached
-//! (see `cache.rs`); steps 8-9 run on every call.
+//! (see `warm`); steps 8-9 run on every call.
 
 use std::borrow::Cow;
 use std::sync::{Arc, PoisonError, RwLock};
@@ -21,13 +21,13 @@ use std::time::Duration;
 
 use time::OffsetDateTime;
 
-use super::cache::{CacheSettings, CacheStats, Slot, VerifiedCache};
 use super::claims::{Claims, Subject, TenantId, TokenId, WireClaims};
-use super::encoding::{strict_b64_decode, strict_json_object};
 use super::mint::MAX_LIFETIME_SECS;
 use super::rejection::{Malformed, Rejection};
+use super::warm::{CacheSettings, CacheStats, Cached, Slot, Verified, VerifiedCache};
 use super::{MAX_TOKEN_BYTES, TOKEN_ALGORITHM, TOKEN_TYPE};
 use crate::clock::Clock;
+use crate::encoding::{strict_b64_decode, strict_json_object};
 use crate::keys::{KeyId, KeyRing};
 use crate::permissions::{Permission, Scope};
 use crate::revocation::{RevocationCheck, RevocationStatus};
@@ -191,6 +191,21 @@ impl Verifier {
     /// The token is attacker input: it is length-capped before anything else, never logged,
     /// and never echoed in a rejection.
     pub fn verify(&self, token: &str, requirement: &Requirement) -> Result<Arc<Claims>, Rejection> {
+        self.verify_warm(token, requirement)
+            .map(Verified::into_claims)
+    }
+
+    /// As [`Verifier::verify`], telling cached claims from claims verified afresh, so that the
+    /// warm path can key what it derives from them on the cache's own entry.
+    ///
+    /// # Errors
+    ///
+    /// As [`Verifier::verify`].
+    pub(crate) fn verify_warm(
+        &self,
+        token: &str,
+        requirement: &Requirement,
+    ) -> Result<Verified, Rejection> {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(Malformed::TooLong.into());
         }
@@ -198,18 +213,19 @@ impl Verifier {
         // The token is hashed once, for the lookup and the insert alike.
         let cache = self.cache.as_ref().map(|cache| (cache, cache.slot(token)));
         let hit = cache.and_then(|(cache, slot)| self.cached(cache, slot, token));
-        let claims = if let Some(claims) = hit {
-            claims
+        let verified = if let Some(cached) = hit {
+            Verified::Cached(cached)
         } else {
             let claims = Arc::new(self.verify_signed(token)?);
             // Only live tokens are worth a cache slot.
             self.check_time(&claims, now)?;
-            if let Some((cache, slot)) = cache {
-                cache.insert(slot, token, Arc::clone(&claims));
+            match cache {
+                Some((cache, slot)) => cache.admit(slot, token, claims),
+                None => Verified::Fresh(claims),
             }
-            claims
         };
-        self.check_time(&claims, now)?;
+        let claims: &Claims = &verified;
+        self.check_time(claims, now)?;
         if claims.issuer != self.settings.issuer {
             return Err(Rejection::WrongIssuer);
         }
@@ -235,15 +251,15 @@ impl Verifier {
         {
             return Err(Rejection::InsufficientScope);
         }
-        Ok(claims)
+        Ok(verified)
     }
 
     /// A cache hit, provided the signing key is still trusted: removing a key from the ring
     /// must stop its tokens at once, cached or not.
-    fn cached(&self, cache: &VerifiedCache, slot: Slot, token: &str) -> Option<Arc<Claims>> {
-        let claims = cache.get(slot, token)?;
+    fn cached(&self, cache: &VerifiedCache, slot: Slot, token: &str) -> Option<Cached> {
+        let cached = cache.get(slot, token)?;
         let keys = self.keys.read().unwrap_or_else(PoisonError::into_inner);
-        keys.contains(claims.kid.as_str()).then_some(claims)
+        keys.contains(cached.kid.as_str()).then_some(cached)
     }
 
     /// Steps 2-7: structure, header, key lookup, strict signature, typed claims.

@@ -7,6 +7,7 @@ use edgetoken::revocation::RevocationCheck as _;
 use edgetoken::token::{Rejection, Requirement, TenantId};
 use serde_json::json;
 
+use crate::support::eventually::eventually;
 use crate::support::ids::Facts;
 use crate::support::issuer::{ALICE, BOB, Options, TestIssuer, assert_error};
 use crate::support::redis::RedisServer;
@@ -903,14 +904,13 @@ async fn jwks_kids(issuer: &TestIssuer) -> Vec<String> {
 
 /// Polls the JWKS until `done` holds, for at most 10 s (the reload runs every second).
 async fn wait_for_jwks(issuer: &TestIssuer, done: impl Fn(&[String]) -> bool) {
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !done(&jwks_kids(issuer).await) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "key reload not seen in 10 s"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    eventually(
+        "the key reload in the JWKS",
+        std::time::Duration::from_secs(10),
+    )
+    .every(std::time::Duration::from_millis(50))
+    .until(async || done(&jwks_kids(issuer).await).then_some(()))
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -21,6 +21,7 @@ use futures_util::StreamExt as _;
 use rand_core::{OsRng, RngCore};
 use redis::Commands as _;
 
+use crate::support::eventually::eventually;
 use crate::support::ids::{Facts, jti, kid, subject, tenant};
 use crate::support::redis::{RedisServer, TestRedis};
 
@@ -404,17 +405,16 @@ async fn mirror_prunes_an_entry_once_its_token_can_no_longer_be_valid() {
 /// Revokes until Redis accepts: right after a restart the first command may still meet the
 /// old, dead connection.
 async fn revoke_when_back(store: &RedisStore, revocation: &Revocation) -> u64 {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        match store.revoke_with_seq(revocation).await {
-            Ok(seq) => return seq,
-            Err(err) if tokio::time::Instant::now() < deadline => {
+    eventually("Redis to accept a revoke again", WAIT)
+        .every(Duration::ZERO)
+        .until(async || match store.revoke_with_seq(revocation).await {
+            Ok(seq) => Some(seq),
+            Err(err) => {
                 assert!(err.is_unavailable(), "{err}");
-                tokio::task::yield_now().await;
+                None
             }
-            Err(err) => panic!("Redis did not come back: {err}"),
-        }
-    }
+        })
+        .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -15,6 +15,8 @@ use edgetoken::settings::Settings;
 use tempfile::TempDir;
 use tokio::sync::oneshot;
 
+use super::eventually::eventually;
+
 /// Passwords of the directory's people.
 pub(crate) const ALICE_PASSWORD: &str = "alice-correct-horse-battery";
 pub(crate) const BOB_PASSWORD: &str = "bob-staple-of-the-battery";
@@ -132,22 +134,19 @@ impl TestIssuer {
     /// Waits until `/readyz` answers 200 (the mirror finished its first sync).
     pub(crate) async fn wait_ready(&self) {
         let client = reqwest::Client::new();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            let ready = client
+        eventually(
+            "the issuer's /readyz to answer 200",
+            Duration::from_secs(10),
+        )
+        .until(async || {
+            client
                 .get(format!("{}/readyz", self.base))
                 .send()
                 .await
-                .is_ok_and(|r| r.status() == 200);
-            if ready {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "issuer not ready in 10 s"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+                .is_ok_and(|r| r.status() == 200)
+                .then_some(())
+        })
+        .await;
     }
 
     /// The issuer's key directory.

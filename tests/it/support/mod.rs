@@ -1,9 +1,11 @@
 //! Shared test support: real external processes the integration tests drive (`redis`,
 //! `nginx`, edgetoken itself in `process`), a test deployment (`deployment`), a controllable
 //! JWKS endpoint (`jwks_server`), hand-built tokens (`tokens`), identifiers and token facts
-//! (`ids`) and the shared test vectors read in place (`vectors`).
+//! (`ids`), the shared test vectors read in place (`vectors`), and the one way to await a
+//! condition (`eventually`).
 
 pub(crate) mod deployment;
+pub(crate) mod eventually;
 pub(crate) mod ids;
 pub(crate) mod issuer;
 pub(crate) mod jwks_server;

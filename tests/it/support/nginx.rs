@@ -4,10 +4,11 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tempfile::TempDir;
 
+use super::eventually::eventually;
 use super::process::free_port;
 
 /// How long nginx gets to accept connections.
@@ -118,25 +119,23 @@ impl Nginx {
     }
 
     fn wait_ready(&mut self) {
-        let deadline = Instant::now() + READY_TIMEOUT;
-        loop {
-            if let Some(child) = self.child.as_mut()
-                && let Ok(Some(status)) = child.try_wait()
-            {
-                panic!(
-                    "nginx exited with {status}; error log:\n{}",
-                    self.error_log()
-                );
-            }
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "nginx did not listen within {READY_TIMEOUT:?}; error log:\n{}",
-                self.error_log()
-            );
-            std::thread::sleep(Duration::from_millis(10));
+        let listening = eventually("nginx to listen on its port", READY_TIMEOUT)
+            .every(Duration::from_millis(10))
+            .try_until_blocking(|| {
+                if let Some(child) = self.child.as_mut()
+                    && let Ok(Some(status)) = child.try_wait()
+                {
+                    panic!(
+                        "nginx exited with {status}; error log:\n{}",
+                        self.error_log()
+                    );
+                }
+                std::net::TcpStream::connect(("127.0.0.1", self.port))
+                    .ok()
+                    .map(drop)
+            });
+        if let Err(timed_out) = listening {
+            panic!("{timed_out}; error log:\n{}", self.error_log());
         }
     }
 

@@ -8,7 +8,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use edgetoken::clock::SystemClock;
 use edgetoken::config::Role;
@@ -19,6 +19,8 @@ use edgetoken::settings::Settings;
 use tempfile::TempDir;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+
+use super::eventually::eventually;
 
 /// How long a service gets to report ready.
 pub(crate) const READY_TIMEOUT: Duration = Duration::from_secs(15);
@@ -91,22 +93,19 @@ impl Drop for Served {
 /// Polls `/readyz` until it answers 200; panics with `diagnose()` after [`READY_TIMEOUT`].
 pub(crate) async fn wait_ready(base: &str, diagnose: impl Fn() -> Option<String>) {
     let client = reqwest::Client::new();
-    let deadline = Instant::now() + READY_TIMEOUT;
-    loop {
-        if let Ok(response) = client.get(format!("{base}/readyz")).send().await
-            && response.status() == 200
-        {
-            return;
-        }
-        if let Some(problem) = diagnose() {
-            panic!("{base} will not get ready: {problem}");
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{base} not ready within {READY_TIMEOUT:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(format!("{base}/readyz to answer 200"), READY_TIMEOUT)
+        .until(async || {
+            if let Ok(response) = client.get(format!("{base}/readyz")).send().await
+                && response.status() == 200
+            {
+                return Some(());
+            }
+            if let Some(problem) = diagnose() {
+                panic!("{base} will not get ready: {problem}");
+            }
+            None
+        })
+        .await;
 }
 
 /// A real `edgetoken serve` process with its own config file, port and log files.
@@ -235,15 +234,17 @@ impl ServeProcess {
             stderr,
             base: String::new(),
         };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
+        let banner = eventually(
+            "edgetoken's banner with its address",
+            Duration::from_secs(20),
+        )
+        .try_until_blocking(|| {
             let out = std::fs::read_to_string(&process.stdout).unwrap_or_default();
             if let Some(address) = out
                 .lines()
                 .find_map(|line| line.split(" on http://").nth(1))
             {
-                process.base = format!("http://{}", address.trim());
-                return process;
+                return Some(format!("http://{}", address.trim()));
             }
             if let Some(status) = process.child.as_mut().and_then(|c| c.try_wait().unwrap()) {
                 panic!(
@@ -252,8 +253,14 @@ impl ServeProcess {
                     std::fs::read_to_string(&process.stderr).unwrap_or_default()
                 );
             }
-            assert!(Instant::now() < deadline, "no banner in 20 s:\n{out}");
-            std::thread::sleep(Duration::from_millis(20));
+            None
+        });
+        match banner {
+            Ok(base) => {
+                process.base = base;
+                process
+            }
+            Err(timed_out) => panic!("{timed_out}:\n{}", process.output()),
         }
     }
 
@@ -283,13 +290,10 @@ impl ServeProcess {
         if let Some(mut child) = self.child.take() {
             let pid = child.id().to_string();
             let _ = Command::new("kill").args(["-TERM", &pid]).status();
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while child.try_wait().unwrap().is_none() {
-                if Instant::now() > deadline {
-                    let _ = child.kill();
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
+            let exited = eventually("edgetoken to exit on SIGTERM", Duration::from_secs(10))
+                .try_until_blocking(|| child.try_wait().unwrap());
+            if exited.is_err() {
+                let _ = child.kill();
             }
             let _ = child.wait();
         }

@@ -8,9 +8,11 @@
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tempfile::TempDir;
+
+use super::eventually::eventually;
 
 /// How long a fresh server gets to answer PING.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -232,29 +234,26 @@ impl RedisServer {
 
     /// Polls PING until the server answers, the process exits, or the timeout passes.
     fn wait_ready(&mut self) -> Result<(), String> {
-        let deadline = Instant::now() + READY_TIMEOUT;
         let client = redis::Client::open(self.url()).map_err(|e| e.to_string())?;
-        loop {
-            if let Some(child) = self.child.as_mut()
-                && let Ok(Some(status)) = child.try_wait()
-            {
-                self.child = None;
-                let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
-                return Err(format!("redis-server exited with {status}; log:\n{log}"));
-            }
-            let pong = client
-                .get_connection_with_timeout(Duration::from_millis(200))
-                .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c));
-            if pong.is_ok() {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                return Err(format!(
-                    "redis-server did not answer PING within {READY_TIMEOUT:?}"
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        // `Some(Err(..))`: the server exited, and waiting longer cannot help.
+        eventually("redis-server to answer PING", READY_TIMEOUT)
+            .every(Duration::from_millis(10))
+            .try_until_blocking(|| {
+                if let Some(child) = self.child.as_mut()
+                    && let Ok(Some(status)) = child.try_wait()
+                {
+                    self.child = None;
+                    let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+                    return Some(Err(format!(
+                        "redis-server exited with {status}; log:\n{log}"
+                    )));
+                }
+                let pong = client
+                    .get_connection_with_timeout(Duration::from_millis(200))
+                    .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c));
+                pong.is_ok().then_some(Ok(()))
+            })
+            .unwrap_or_else(|timed_out| Err(timed_out.to_string()))
     }
 }
 

@@ -10,7 +10,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use edgetoken::keys::{KeyRing, TrustedKey};
 use edgetoken::revocation::{RedisStore, Revocation, RevocationSettings, RevocationStore};
@@ -19,6 +19,7 @@ use tokio::sync::RwLock;
 
 use super::WAIT;
 use crate::support::deployment::{Deployment, mint};
+use crate::support::eventually::eventually;
 use crate::support::jwks_server::JwksServer;
 use crate::support::process::EdgetokenProcess;
 
@@ -26,24 +27,23 @@ const REQUIREMENT: &str = "/v1/verify?tenant=acme&permission=runs:read";
 
 /// Waits until `/readyz` of `verifier` reports `keys` trusted keys.
 async fn wait_for_keys(client: &reqwest::Client, verifier: &EdgetokenProcess, keys: u64) {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let body: serde_json::Value = client
-            .get(verifier.url("/readyz"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if body["keys"] == keys {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "verifier never trusted {keys} keys: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut body = serde_json::Value::Null;
+    let trusted = eventually(format!("the verifier to trust {keys} keys"), WAIT)
+        .every(Duration::from_millis(50))
+        .try_until(async || {
+            body = client
+                .get(verifier.url("/readyz"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            (body["keys"] == keys).then_some(())
+        })
+        .await;
+    if let Err(timed_out) = trusted {
+        panic!("{timed_out}: {body}");
     }
 }
 
@@ -53,23 +53,23 @@ async fn wait_refused(
     verifier: &EdgetokenProcess,
     token: &str,
 ) -> String {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let response = client
-            .get(verifier.url(REQUIREMENT))
-            .bearer_auth(token)
-            .send()
-            .await
-            .unwrap();
-        if response.status() == StatusCode::UNAUTHORIZED {
-            return response.headers()["www-authenticate"]
-                .to_str()
-                .unwrap()
-                .to_owned();
-        }
-        assert!(Instant::now() < deadline, "token never refused");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually("the token to be refused", WAIT)
+        .every(Duration::from_millis(50))
+        .until(async || {
+            let response = client
+                .get(verifier.url(REQUIREMENT))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap();
+            (response.status() == StatusCode::UNAUTHORIZED).then(|| {
+                response.headers()["www-authenticate"]
+                    .to_str()
+                    .unwrap()
+                    .to_owned()
+            })
+        })
+        .await
 }
 
 /// Four tasks verifying tokens from a shared pool at every verifier, round robin.
@@ -132,10 +132,10 @@ impl Load {
     /// load: `(verifications, refusals)` in all.
     async fn run_for(self, more: u64) -> (u64, u64) {
         let target = self.checked.load(Ordering::Relaxed) + more;
-        let deadline = Instant::now() + WAIT;
-        while self.checked.load(Ordering::Relaxed) < target && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        // Not a failure by itself: the caller asserts on the counts.
+        let _ = eventually(format!("{more} more verifications"), WAIT)
+            .try_until(async || (self.checked.load(Ordering::Relaxed) >= target).then_some(()))
+            .await;
         self.stop.store(true, Ordering::Relaxed);
         for worker in self.workers {
             worker.await.unwrap();

@@ -1,8 +1,9 @@
-//! Strict decoding of attacker-supplied bytes: base64url and JSON (THREATS 1D).
+//! Strict decoding of attacker-supplied bytes: base64url and JSON (THREATS 1D), for tokens and
+//! for keys (a JWK's `x`) alike; it depends on neither.
 //!
 //! Anything keyed on the raw token string (the verified-token cache, revocation by token,
-//! logs) depends on there being exactly one spelling of each token, so every leniency that
-//! allows a second spelling is refused here.
+//! logs) depends on there being exactly one spelling of each token, and a key on exactly one
+//! spelling of its `x`, so every leniency that allows a second spelling is refused here.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;

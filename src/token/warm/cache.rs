@@ -1,4 +1,4 @@
-//! The verified-token cache: the warm path (SPEC §9).
+//! The verified-token cache and its per-thread near tier (invariants: see the parent module).
 //!
 //! It remembers only the result of the expensive, time-independent checks (structure and
 //! signature, and the parsed claims), keyed by a keyed hash of the token and confirmed against
@@ -18,8 +18,8 @@ use std::hash::BuildHasher as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
-use super::claims::Claims;
-use crate::two_way;
+use super::two_way::{self, Sets};
+use super::{Cached, Claims, Entry, Verified};
 
 /// Bounds of the verified-token cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,12 +38,6 @@ impl Default for CacheSettings {
             max_token_bytes: 2048,
         }
     }
-}
-
-#[derive(Debug)]
-struct Entry {
-    token: Box<[u8]>,
-    claims: Arc<Claims>,
 }
 
 /// Hit and miss counts since start.
@@ -72,8 +66,16 @@ struct NearEntry {
     cache: u64,
     slot: u64,
     /// Weak, so the near tier never keeps an entry (and its raw token) alive past its place
-    /// in the shared cache: once moka drops it, this no longer upgrades and counts as a miss.
+    /// in the shared cache: once moka drops it, this no longer upgrades and counts as a miss
+    /// (invariant 4).
     entry: Weak<Entry>,
+}
+
+impl NearEntry {
+    /// Whether this is the entry of `cache`'s `slot`: caches share the (per-thread) near tier.
+    fn is_of(&self, cache: u64, slot: Slot) -> bool {
+        self.cache == cache && self.slot == slot.0
+    }
 }
 
 thread_local! {
@@ -86,7 +88,7 @@ thread_local! {
     /// time-independent (see the module docs). The cost is recency: hits here are not
     /// reported to moka, so under capacity pressure moka may evict a token this thread keeps
     /// using, which is then verified afresh. At most 1,024 weak references per thread.
-    static NEAR: RefCell<Vec<[Option<NearEntry>; 2]>> = const { RefCell::new(Vec::new()) };
+    static NEAR: RefCell<Sets<NearEntry, NEAR_SETS>> = const { RefCell::new(Sets::new()) };
 }
 
 /// Tells caches apart in the (process-wide) near tier; never reused.
@@ -152,41 +154,30 @@ impl VerifiedCache {
         )
     }
 
-    /// The cached claims of exactly `token` (whose slot is `slot`), if present: from this
+    /// The cache's entry for exactly `token` (whose slot is `slot`), if present: from this
     /// thread's near tier, else from the shared cache (and then kept in the near tier).
-    pub(crate) fn get(&self, slot: Slot, token: &str) -> Option<Arc<Claims>> {
-        // Confirm the whole token, so a hash collision can never return another token's
-        // claims. Constant time, so the comparison does not reveal a cached token prefix.
-        let confirm = |entry: &Entry| {
-            ct_eq_bytes(&entry.token, token.as_bytes()).then(|| Arc::clone(&entry.claims))
-        };
+    pub(crate) fn get(&self, slot: Slot, token: &str) -> Option<Cached> {
         let found = NEAR.with_borrow_mut(|near| {
-            if near.is_empty() {
-                near.resize_with(NEAR_SETS, || [None, None]);
-            }
-            #[expect(clippy::cast_possible_truncation, reason = "masked to the set count")]
-            let set = &mut near[(slot.0 as usize) & (NEAR_SETS - 1)];
-            let mine = |held: &NearEntry| held.cache == self.id && held.slot == slot.0;
+            let set = near.set(slot.0);
+            let mine = |held: &NearEntry| held.is_of(self.id, slot);
             if let Some(held) = two_way::find(set, mine)
                 && let Some(entry) = held.entry.upgrade()
-                && let Some(claims) = confirm(&entry)
+                && entry.confirms(token)
             {
-                return Some(claims);
+                return Some(Cached(entry));
             }
             let entry = self.entries.get(&slot.0)?;
-            let claims = confirm(&entry)?;
+            if !entry.confirms(token) {
+                return None;
+            }
             let held = NearEntry {
                 cache: self.id,
                 slot: slot.0,
                 entry: Arc::downgrade(&entry),
             };
             // A stale entry for this slot (moved to the front by `find`) is replaced in place.
-            if set[0].as_ref().is_some_and(mine) {
-                set[0] = Some(held);
-            } else {
-                two_way::insert(set, held);
-            }
-            Some(claims)
+            two_way::put(set, held, mine);
+            Some(Cached(entry))
         });
         let counter = if found.is_some() {
             &self.hits
@@ -197,10 +188,12 @@ impl VerifiedCache {
         found
     }
 
-    /// Caches `token` if this is its second verification (see the module docs).
-    pub(crate) fn insert(&self, slot: Slot, token: &str, claims: Arc<Claims>) {
+    /// Caches `token`, whose `claims` the verifier has just produced (signature and time
+    /// checked), if this is its second verification (see the module docs). The only place an
+    /// [`Entry`] is built (invariant 1).
+    pub(crate) fn admit(&self, slot: Slot, token: &str, claims: Arc<Claims>) -> Verified {
         if token.len() > self.max_token_bytes {
-            return;
+            return Verified::Fresh(claims);
         }
         // The bucket count is a power of two, so masking picks a bucket; truncating the u64
         // on a 32-bit target only drops high bits the mask discards anyway.
@@ -210,16 +203,24 @@ impl VerifiedCache {
         )]
         let bucket = (slot.0 as usize) & (self.seen_once.len() - 1);
         let Some(seen) = self.seen_once.get(bucket) else {
-            return;
+            return Verified::Fresh(claims);
         };
         if seen.swap(slot.0, Ordering::Relaxed) != slot.0 {
-            return;
+            return Verified::Fresh(claims);
         }
-        let entry = Entry {
+        let entry = Arc::new(Entry {
             token: token.as_bytes().into(),
             claims,
-        };
-        self.entries.insert(slot.0, Arc::new(entry));
+        });
+        self.entries.insert(slot.0, Arc::clone(&entry));
+        Verified::Cached(Cached(entry))
+    }
+
+    /// Drops the shared cache's entry for `slot` at once, as an eviction would.
+    #[cfg(test)]
+    pub(crate) fn evict(&self, slot: Slot) {
+        self.entries.invalidate(&slot.0);
+        self.entries.run_pending_tasks();
     }
 
     pub(crate) fn stats(&self) -> CacheStats {
@@ -229,17 +230,6 @@ impl VerifiedCache {
             entries: self.entries.entry_count(),
         }
     }
-}
-
-/// Whether `a` and `b` are equal, in time that depends only on their lengths.
-///
-/// `constant_time_eq` compares whole SIMD vectors, hiding each step from the optimiser;
-/// subtle's slice `ct_eq` puts a barrier on every element, which on a 450-byte token was a
-/// quarter of a warm verify (about 80 of 360 ns in `benches/verify.rs`, even compared in
-/// `u64` words).
-fn ct_eq_bytes(a: &[u8], b: &[u8]) -> bool {
-    // Lengths are public (both crates short-circuit on them); only contents must not leak.
-    a.len() == b.len() && constant_time_eq::constant_time_eq(a, b)
 }
 
 #[cfg(test)]
@@ -256,8 +246,8 @@ mod tests {
         let cached = format!("{}.{}", "a".repeat(300), "s".repeat(86));
         let forged = format!("{}.{}", "b".repeat(300), "s".repeat(86));
         let slot = cache.slot(&cached);
-        cache.insert(slot, &cached, claims());
-        cache.insert(slot, &cached, claims());
+        cache.admit(slot, &cached, claims());
+        cache.admit(slot, &cached, claims());
         assert!(cache.get(cache.slot(&cached), &cached).is_some());
         assert!(cache.get(cache.slot(&forged), &forged).is_none());
         // Even a slot computed from another token cannot return this one's claims.
@@ -268,7 +258,7 @@ mod tests {
     fn short_tokens_have_a_slot_too() {
         let cache = VerifiedCache::new(CacheSettings::default()).expect("enabled");
         for _ in 0..2 {
-            cache.insert(cache.slot("a.b.c"), "a.b.c", claims());
+            cache.admit(cache.slot("a.b.c"), "a.b.c", claims());
         }
         assert!(cache.get(cache.slot("a.b.c"), "a.b.c").is_some());
         assert!(cache.get(cache.slot(""), "").is_none());
@@ -279,9 +269,11 @@ mod tests {
         let cache = VerifiedCache::new(CacheSettings::default()).expect("enabled");
         let token = format!("{}.{}", "t".repeat(300), "u".repeat(86));
         let slot = cache.slot(&token);
-        cache.insert(slot, &token, claims());
+        let once = cache.admit(slot, &token, claims());
+        assert!(matches!(once, Verified::Fresh(_)), "seen once: fresh");
         assert!(cache.get(slot, &token).is_none(), "seen once: not cached");
-        cache.insert(slot, &token, claims());
+        let twice = cache.admit(slot, &token, claims());
+        assert!(matches!(twice, Verified::Cached(_)), "seen twice: cached");
         assert!(cache.get(slot, &token).is_some(), "seen twice: cached");
     }
 
@@ -291,7 +283,7 @@ mod tests {
         let second = VerifiedCache::new(CacheSettings::default()).expect("enabled");
         let token = format!("{}.{}", "n".repeat(300), "m".repeat(86));
         for _ in 0..2 {
-            first.insert(first.slot(&token), &token, claims());
+            first.admit(first.slot(&token), &token, claims());
         }
         assert!(first.get(first.slot(&token), &token).is_some());
         // Same thread, same slot number: the other cache still has nothing for it.
@@ -306,7 +298,7 @@ mod tests {
         let new = format!("{}.{}", "q".repeat(300), "r".repeat(86));
         let slot = cache.slot(&old);
         for _ in 0..2 {
-            cache.insert(slot, &old, claims());
+            cache.admit(slot, &old, claims());
         }
         assert!(
             cache.get(slot, &old).is_some(),
@@ -331,14 +323,13 @@ mod tests {
         let slot = cache.slot(&token);
         let claims = claims();
         for _ in 0..2 {
-            cache.insert(slot, &token, Arc::clone(&claims));
+            cache.admit(slot, &token, Arc::clone(&claims));
         }
         assert!(
             cache.get(slot, &token).is_some(),
             "now in this thread's near tier"
         );
-        cache.entries.invalidate(&slot.0);
-        cache.entries.run_pending_tasks();
+        cache.evict(slot);
         assert!(
             cache.get(slot, &token).is_none(),
             "gone from moka, gone here"
@@ -348,19 +339,5 @@ mod tests {
             1,
             "nothing else holds the entry"
         );
-    }
-
-    #[test]
-    fn ct_eq_bytes_compares_every_byte_and_the_length() {
-        let token: Vec<u8> = (0..=255u8).cycle().take(453).collect();
-        assert!(ct_eq_bytes(&token, &token.clone()));
-        assert!(ct_eq_bytes(b"", b""));
-        for at in [0, 7, 8, 200, 447, 448, 452] {
-            let mut other = token.clone();
-            other[at] ^= 0x01;
-            assert!(!ct_eq_bytes(&token, &other), "difference at {at} missed");
-        }
-        assert!(!ct_eq_bytes(&token, &token[..452]));
-        assert!(!ct_eq_bytes(&token[..8], &token[..9]));
     }
 }
