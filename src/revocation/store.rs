@@ -20,8 +20,10 @@ use super::Revocation;
 /// A boxed future, so stores can sit behind `dyn RevocationStore`.
 pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
 
-/// Longest `jti` the store accepts (SPEC §1: at most 128 characters).
-const MAX_ID_LEN: usize = 128;
+/// Longest identifier the store accepts: a `sub` may be 255 characters (the longest
+/// identifier a token carries; a `jti` is at most 128), and every user who can hold a token
+/// must be revocable by user.
+const MAX_ID_LEN: usize = 255;
 
 /// Where revocations are written.
 pub trait RevocationStore: Send + Sync + fmt::Debug {
@@ -121,7 +123,7 @@ impl StoreError {
 
 /// Checks what every store requires of a revocation before writing it.
 ///
-/// Identifiers are 1-128 bytes without control characters; a `jti` is also restricted to
+/// Identifiers are 1-255 bytes without control characters; a `jti` is also restricted to
 /// visible ASCII (`!`..`~`), which every `jti` we mint satisfies (base64url), so nothing odd
 /// reaches logs, keys or the feed.
 ///
@@ -143,7 +145,7 @@ pub(crate) fn validate(revocation: &Revocation) -> Result<(), StoreError> {
         Ok(())
     } else {
         Err(StoreError::InvalidRevocation(
-            "identifiers must be 1-128 bytes without control characters, a jti visible ASCII",
+            "identifiers must be 1-255 bytes without control characters, a jti visible ASCII",
         ))
     }
 }
