@@ -23,7 +23,10 @@ pub use mint::{
 pub use rejection::{Malformed, Rejection};
 pub use verify::{MAX_LEEWAY, Requirement, SettingsError, Verifier, VerifierSettings};
 
-pub(crate) use encoding::{b64_encode as b64, strict_b64_decode};
+// Its crate users (the decoy and first-run passwords) all come with `passwords`.
+#[cfg(feature = "passwords")]
+pub(crate) use encoding::b64_encode as b64;
+pub(crate) use encoding::strict_b64_decode;
 
 /// The largest token accepted, in bytes (SPEC §1: 8 KiB), checked before any decoding.
 pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
