@@ -51,7 +51,7 @@
 pub mod clock;
 pub mod config;
 pub mod directory;
-#[cfg(feature = "server")]
+#[cfg(feature = "layer")]
 pub mod http;
 pub mod keys;
 pub mod permissions;
@@ -67,7 +67,7 @@ pub use keys::{KeyRing, SigningKey};
 pub use permissions::{Catalogue, Permission, Scope};
 pub use revocation::{RevocationCheck, RevocationStatus};
 pub use token::{Claims, Issuer, Rejection, Requirement, Verifier, VerifierSettings};
-#[cfg(feature = "server")]
+#[cfg(feature = "layer")]
 pub mod metrics;
 #[cfg(feature = "cli")]
 pub mod telemetry;

@@ -1,6 +1,6 @@
 //! The access decision shared by forward-auth (`/v1/verify`) and the in-process layer
 //! (SPEC §5, §6): read exactly one bearer token, verify it against a requirement, record the
-//! outcome, and ask for a JWKS refetch when the `kid` is unknown.
+//! outcome, and (with the `server` feature) ask for a JWKS refetch when the `kid` is unknown.
 //!
 //! # Security
 //!
@@ -13,9 +13,12 @@ use std::time::Instant;
 use axum::http::{HeaderMap, header};
 
 use super::error::ApiError;
+#[cfg(feature = "server")]
 use super::jwks::JwksRefresher;
 use crate::metrics::Metrics;
-use crate::token::{Claims, Rejection, Requirement, Verifier};
+#[cfg(feature = "server")]
+use crate::token::Rejection;
+use crate::token::{Claims, Requirement, Verifier};
 
 /// The bearer token of `headers`: exactly one `Authorization` header, scheme `Bearer` in any
 /// case, one or more spaces, then one token of RFC 6750 `b64token` characters and nothing
@@ -79,6 +82,7 @@ fn is_b64token_byte(b: u8) -> bool {
 pub struct Decider {
     verifier: Arc<Verifier>,
     metrics: Option<Arc<Metrics>>,
+    #[cfg(feature = "server")]
     jwks: Option<Arc<JwksRefresher>>,
 }
 
@@ -88,6 +92,7 @@ impl Decider {
         Self {
             verifier,
             metrics: None,
+            #[cfg(feature = "server")]
             jwks: None,
         }
     }
@@ -100,6 +105,7 @@ impl Decider {
     }
 
     /// Requests a refetch from `jwks` whenever a token names an unknown `kid`.
+    #[cfg(feature = "server")]
     #[must_use]
     pub fn with_jwks(mut self, jwks: Arc<JwksRefresher>) -> Self {
         self.jwks = Some(jwks);
@@ -161,6 +167,7 @@ impl Decider {
             }
             Err(rejection) => {
                 tracing::debug!(reason = rejection.code(), "token rejected");
+                #[cfg(feature = "server")]
                 if *rejection == Rejection::UnknownKey
                     && let Some(jwks) = &self.jwks
                 {
