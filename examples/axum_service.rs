@@ -11,9 +11,10 @@
 //! curl http://127.0.0.1:3000/api/acme/runs                                         # 401
 //! ```
 //!
-//! A real service loads the issuer's public keys instead (`KeyDir::load_ring`, or a
-//! `JwksRefresher` on the issuer's JWKS URL, passed to the layer with `with_jwks`) and uses
-//! a Redis-fed revocation mirror (`RevocationEngine`) instead of the in-process one.
+//! A real service loads the issuer's public keys instead (`KeyDir::load_ring`, or, with the
+//! `server` feature, a `JwksRefresher` on the issuer's JWKS URL, passed to the layer with
+//! `with_jwks`) and uses a Redis-fed revocation mirror (`RevocationEngine`) instead of the
+//! in-process one. It needs only the `layer` feature.
 
 #![expect(clippy::print_stdout, reason = "the example prints its demo token")]
 

@@ -15,20 +15,29 @@
 //! always a concrete scope. Passwords are stored only as argon2id PHC strings and checked
 //! with argon2's own verification, which compares in constant time; an unknown user costs the
 //! same argon2 work as a known one, so response time does not reveal who exists.
+//!
+//! The password parts (hashing, checking, [`Directory::authenticate`]) need the `passwords`
+//! feature, which `server` and `cli` turn on; without it the directory still holds people and
+//! their memberships, and refuses a file with a `password_hash` it could not validate.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
+#[cfg(feature = "passwords")]
 use argon2::password_hash::rand_core::{OsRng, RngCore as _};
+#[cfg(feature = "passwords")]
 use argon2::password_hash::{PasswordHash, PasswordHasher as _, PasswordVerifier as _, SaltString};
+#[cfg(feature = "passwords")]
 use argon2::{Algorithm, Argon2, Block, Params, Version};
 use serde::Deserialize;
+#[cfg(feature = "passwords")]
 use subtle::ConstantTimeEq as _;
 
 use crate::permissions::{Catalogue, Scope};
 use crate::token::{Subject, TenantId};
 
 /// Why a password could not be hashed, or a stored hash could not be used.
+#[cfg(feature = "passwords")]
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum PasswordError {
@@ -50,6 +59,7 @@ pub enum PasswordError {
 /// # Security
 ///
 /// This is deliberately slow (tens of milliseconds): services call it off the async threads.
+#[cfg(feature = "passwords")]
 pub fn hash_password(password: &str) -> Result<String, PasswordError> {
     let salt = SaltString::generate(&mut OsRng);
     Argon2::default()
@@ -64,6 +74,7 @@ pub fn hash_password(password: &str) -> Result<String, PasswordError> {
 ///
 /// [`PasswordError::BadHash`] when `stored` is not an argon2id hash; a wrong password is
 /// `Ok(false)`.
+#[cfg(feature = "passwords")]
 pub fn verify_password(password: &str, stored: &str) -> Result<bool, PasswordError> {
     let hash = PasswordHash::new(stored).map_err(|_| PasswordError::BadHash)?;
     if hash.algorithm.as_str() != "argon2id" {
@@ -81,11 +92,13 @@ pub fn verify_password(password: &str, stored: &str) -> Result<bool, PasswordErr
 /// blocking thread ran the check: 400 wrong sign-ins on 2 cores took RSS from 9 MB to 632 MB.
 /// Reused, the memory stays at one block per concurrent check, and the service runs at most
 /// one check per core, so RSS stays within cores × 19 MiB of the idle figure.
+#[cfg(feature = "passwords")]
 #[derive(Debug, Default)]
 pub struct PasswordMemory {
     free: std::sync::Mutex<Vec<Vec<Block>>>,
 }
 
+#[cfg(feature = "passwords")]
 impl Clone for PasswordMemory {
     /// A clone starts with no memory of its own.
     fn clone(&self) -> Self {
@@ -93,6 +106,7 @@ impl Clone for PasswordMemory {
     }
 }
 
+#[cfg(feature = "passwords")]
 impl PasswordMemory {
     /// Checks `password` against a stored argon2id PHC string, as [`verify_password`] does,
     /// in reused memory.
@@ -259,11 +273,13 @@ struct RawMembership {
 #[derive(Debug, Clone, Default)]
 pub struct Directory {
     users: BTreeMap<Subject, User>,
+    #[cfg(feature = "passwords")]
     memory: PasswordMemory,
 }
 
 /// A valid argon2id hash of a random password nobody knows: verifying against it makes an
 /// unknown user cost the same as a known one.
+#[cfg(feature = "passwords")]
 fn decoy_hash() -> &'static str {
     static DECOY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     DECOY.get_or_init(|| {
@@ -306,6 +322,14 @@ impl Directory {
         for (id, raw_user) in raw.users {
             let path = format!("users.{id}");
             let subject = Subject::new(&id).map_err(|e| field(path.clone(), e.to_string()))?;
+            #[cfg(not(feature = "passwords"))]
+            if raw_user.password_hash.is_some() {
+                return Err(field(
+                    format!("{path}.password_hash"),
+                    "checking passwords needs edgetoken's `passwords` feature".into(),
+                ));
+            }
+            #[cfg(feature = "passwords")]
             if let Some(hash) = &raw_user.password_hash {
                 let parsed = PasswordHash::new(hash)
                     .map_err(|e| field(format!("{path}.password_hash"), e.to_string()))?;
@@ -339,6 +363,7 @@ impl Directory {
         }
         Ok(Self {
             users,
+            #[cfg(feature = "passwords")]
             memory: PasswordMemory::default(),
         })
     }
@@ -347,6 +372,7 @@ impl Directory {
     pub fn from_users(users: impl IntoIterator<Item = User>) -> Self {
         Self {
             users: users.into_iter().map(|u| (u.id.clone(), u)).collect(),
+            #[cfg(feature = "passwords")]
             memory: PasswordMemory::default(),
         }
     }
@@ -373,6 +399,7 @@ impl Directory {
     /// # Security
     ///
     /// Slow by design (argon2id): call it off the async threads (`spawn_blocking`).
+    #[cfg(feature = "passwords")]
     pub fn authenticate(&self, id: &str, password: &str) -> Option<&User> {
         let user = self.user(id);
         let stored = user
@@ -383,7 +410,7 @@ impl Directory {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "passwords"))]
 mod tests {
     use super::*;
 
@@ -431,6 +458,7 @@ mod directory_tests {
     }
 
     #[test]
+    #[cfg(feature = "passwords")]
     fn loads_users_and_expands_shortcuts() {
         let hash = hash_password("pw-alice").unwrap();
         let text = format!(
@@ -465,6 +493,7 @@ mod directory_tests {
     }
 
     #[test]
+    #[cfg(feature = "passwords")]
     fn user_without_password_cannot_sign_in() {
         let text = "[users.sso]\n[users.sso.tenants.acme]\npermissions = [\"runs:read\"]\n";
         let dir = Directory::from_toml(text, &catalogue()).unwrap();

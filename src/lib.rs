@@ -15,6 +15,35 @@
 //!   strictly; a rejection never echoes it, and no raw token, password or private key is ever
 //!   logged or stored.
 //!
+//! # Module map
+//!
+//! Dependencies point inward: the shell ([`http`], `main`, [`telemetry`]) calls the core, and
+//! no core module sees HTTP (no `Request` or `HeaderMap` in a signature), which
+//! `cargo check --lib --no-default-features` proves.
+//!
+//! Core, always built:
+//! - [`token`]: the token format, [`Issuer`] (mint) and [`Verifier`] (every SPEC §1 rule, in
+//!   memory, never awaiting the network), [`Rejection`]. Uses `keys`, `revocation`,
+//!   `permissions` and `clock`.
+//! - [`keys`]: key ids (thumbprints), key hygiene, the signing key, the trusted [`KeyRing`]
+//!   and key files.
+//! - [`revocation`]: the [`RevocationCheck`] seam the verifier calls, the in-memory mirror,
+//!   and the Redis store and feed that keep it current (why `redis` is not optional).
+//! - [`records`]: token metadata (never the token), in memory or in Redis.
+//! - [`permissions`], [`policy`], [`proxies`]: scopes and the catalogue, the route policy
+//!   that turns a method and path into a [`Requirement`], and trusted proxy addresses; no I/O.
+//! - [`directory`]: people and their memberships; password hashing and checking only with the
+//!   `passwords` feature (argon2).
+//! - [`config`]: the raw TOML tree and its validation; [`clock`]: injected time.
+//!
+//! Shell, behind features:
+//! - `layer`: [`http::layer`] (the tower layer and axum extractor), [`http::bearer`] (the
+//!   decision it shares with forward-auth), [`http::ApiError`] (the one error-to-wire
+//!   mapping) and [`metrics`].
+//! - `server` (`layer` + `passwords`, utoipa, reqwest, hyper): the rest of [`http`]: boot,
+//!   issuer, verifier API, ops, the JWKS refresher and the server loop.
+//! - `cli`: the `edgetoken` binary and [`telemetry`].
+//!
 //! # Using the library
 //!
 //! ```
@@ -52,7 +81,7 @@ pub mod clock;
 pub mod config;
 pub mod directory;
 mod encoding;
-#[cfg(feature = "server")]
+#[cfg(feature = "layer")]
 pub mod http;
 pub mod issuance;
 pub mod keys;
@@ -69,7 +98,7 @@ pub use keys::{KeyRing, SigningKey};
 pub use permissions::{Catalogue, Permission, Scope};
 pub use revocation::{RevocationCheck, RevocationStatus};
 pub use token::{Claims, Issuer, Rejection, Requirement, Verifier, VerifierSettings};
-#[cfg(feature = "server")]
+#[cfg(feature = "layer")]
 pub mod metrics;
 #[cfg(feature = "cli")]
 pub mod telemetry;

@@ -1,6 +1,6 @@
 //! The access decision shared by forward-auth (`/v1/verify`) and the in-process layer
 //! (SPEC §5, §6): read exactly one bearer token, verify it against a requirement, record the
-//! outcome, and ask for a JWKS refetch when the `kid` is unknown.
+//! outcome, and (with the `server` feature) ask for a JWKS refetch when the `kid` is unknown.
 //!
 //! # Security
 //!
@@ -13,10 +13,13 @@ use std::time::Instant;
 use axum::http::{HeaderMap, header};
 
 use super::error::ApiError;
+#[cfg(feature = "server")]
 use super::jwks::JwksRefresher;
 use crate::metrics::Metrics;
+#[cfg(feature = "server")]
+use crate::token::Rejection;
 use crate::token::warm::Verified;
-use crate::token::{Claims, Rejection, Requirement, Verifier};
+use crate::token::{Claims, Requirement, Verifier};
 
 /// The bearer token of `headers`: exactly one `Authorization` header, scheme `Bearer` in any
 /// case, one or more spaces, then one token of RFC 6750 `b64token` characters and nothing
@@ -80,6 +83,7 @@ fn is_b64token_byte(b: u8) -> bool {
 pub struct Decider {
     verifier: Arc<Verifier>,
     metrics: Option<Arc<Metrics>>,
+    #[cfg(feature = "server")]
     jwks: Option<Arc<JwksRefresher>>,
 }
 
@@ -89,6 +93,7 @@ impl Decider {
         Self {
             verifier,
             metrics: None,
+            #[cfg(feature = "server")]
             jwks: None,
         }
     }
@@ -101,6 +106,7 @@ impl Decider {
     }
 
     /// Requests a refetch from `jwks` whenever a token names an unknown `kid`.
+    #[cfg(feature = "server")]
     #[must_use]
     pub fn with_jwks(mut self, jwks: Arc<JwksRefresher>) -> Self {
         self.jwks = Some(jwks);
@@ -176,6 +182,7 @@ impl Decider {
             }
             Err(rejection) => {
                 tracing::debug!(reason = rejection.code(), "token rejected");
+                #[cfg(feature = "server")]
                 if *rejection == Rejection::UnknownKey
                     && let Some(jwks) = &self.jwks
                 {

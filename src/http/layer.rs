@@ -34,6 +34,7 @@ use tower::{Layer, Service};
 
 use super::bearer::{Decider, bearer_token};
 use super::error::ApiError;
+#[cfg(feature = "server")]
 use super::jwks::JwksRefresher;
 use crate::metrics::Metrics;
 use crate::policy::RoutePolicy;
@@ -110,7 +111,9 @@ impl RequireToken {
         })
     }
 
-    /// Asks `jwks` for a refetch when a token names an unknown `kid`.
+    /// Asks `jwks` for a refetch when a token names an unknown `kid` (the refresher fetches
+    /// over HTTP, so it needs the `server` feature).
+    #[cfg(feature = "server")]
     #[must_use]
     pub fn with_jwks(self, jwks: Arc<JwksRefresher>) -> Self {
         self.map(|guard| Guard {

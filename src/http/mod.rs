@@ -4,46 +4,77 @@
 //! place that picks a status. Each service module has a `router()` that [`router`] merges
 //! according to the role. [`serve`] takes its listener and shutdown future from the caller, so
 //! tests bind `127.0.0.1:0` and shut down deterministically.
+//!
+//! With the `layer` feature alone, only the in-process guard is here: [`layer`], the decision
+//! it shares with forward-auth ([`bearer`]) and [`ApiError`]; the rest needs `server`.
 
 pub mod bearer;
+#[cfg(feature = "server")]
 pub mod boot;
 pub mod error;
+#[cfg(feature = "server")]
 pub mod extract;
+#[cfg(feature = "server")]
 mod issuer;
+#[cfg(feature = "server")]
 pub mod jwks;
 pub mod layer;
+#[cfg(feature = "server")]
 pub mod limits;
+#[cfg(feature = "server")]
 mod memo;
+#[cfg(feature = "server")]
 mod ops;
+#[cfg(feature = "server")]
 pub mod server;
+#[cfg(feature = "server")]
 pub mod verifier;
 
+#[cfg(feature = "server")]
 use std::sync::Arc;
 
+#[cfg(feature = "server")]
 use axum::Router;
+#[cfg(feature = "server")]
 use axum::extract::{DefaultBodyLimit, MatchedPath};
+#[cfg(feature = "server")]
 use tower_http::trace::TraceLayer;
 
 pub use self::error::ApiError;
+#[cfg(feature = "server")]
 use self::jwks::JwksRefresher;
+#[cfg(feature = "server")]
 use self::limits::RateLimiter;
+#[cfg(feature = "server")]
 pub use self::server::{ServerLimits, serve};
+#[cfg(feature = "server")]
 use self::verifier::VerifierApi;
+#[cfg(feature = "server")]
 use crate::clock::Clock;
+#[cfg(feature = "server")]
 use crate::config::{AuthMode, Role};
+#[cfg(feature = "server")]
 use crate::directory::Directory;
+#[cfg(feature = "server")]
 use crate::metrics::{Metrics, StateSample};
+#[cfg(feature = "server")]
 use crate::permissions::Catalogue;
+#[cfg(feature = "server")]
 use crate::records::RecordStore;
+#[cfg(feature = "server")]
 use crate::revocation::{Mirror, RevocationStore};
+#[cfg(feature = "server")]
 use crate::settings::Settings;
+#[cfg(feature = "server")]
 use crate::token::{Issuer, Verifier};
 
 /// Everything a request handler may need, shared by all of them.
+#[cfg(feature = "server")]
 pub type AppState = Arc<Services>;
 
 /// The running services of one process.
 #[derive(Debug)]
+#[cfg(feature = "server")]
 pub struct Services {
     /// The validated settings.
     pub settings: Arc<Settings>,
@@ -67,6 +98,7 @@ pub struct Services {
 
 /// How the issuer authenticates people.
 #[derive(Clone)]
+#[cfg(feature = "server")]
 pub struct AuthSettings {
     /// Directory or trusted header.
     pub mode: AuthMode,
@@ -78,6 +110,7 @@ pub struct AuthSettings {
     pub proxy_secret: zeroize::Zeroizing<String>,
 }
 
+#[cfg(feature = "server")]
 impl std::fmt::Debug for AuthSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AuthSettings")
@@ -90,6 +123,7 @@ impl std::fmt::Debug for AuthSettings {
 
 /// The issuer's parts.
 #[derive(Debug)]
+#[cfg(feature = "server")]
 pub struct IssuerState {
     /// Signs tokens.
     pub issuer: Issuer,
@@ -113,6 +147,7 @@ pub struct IssuerState {
     pub tenant_revocations: Arc<RateLimiter>,
 }
 
+#[cfg(feature = "server")]
 impl Services {
     /// The issuer's parts, or 404 when this process does not run the issuer.
     ///
@@ -157,6 +192,7 @@ impl Services {
 }
 
 /// The router for `state.role`.
+#[cfg(feature = "server")]
 pub fn router(state: AppState) -> Router {
     let mut router = ops::router();
     if state.role.has_issuer() {
