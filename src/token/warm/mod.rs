@@ -30,8 +30,9 @@
 //! 6. **Every tier is bounded** by constants here: two-way tables of a power-of-two count of
 //!    sets (checked at compile time), a most-recently-used list checked by `debug_assert!`.
 //! 7. **Per thread, lock-free.** A warm hit is a thread-local array lookup, a weak-reference
-//!    upgrade and the comparison: no allocation, no lock, no shared cache line but the entry's
-//!    reference count.
+//!    upgrade and the comparison: no allocation and no lock in any tier; the only shared
+//!    writes are the entry's reference count and the cache's hit counter. The memos are
+//!    thread-local tables, consulted without touching anything shared.
 
 mod cache;
 #[cfg(feature = "server")]
