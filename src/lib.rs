@@ -23,7 +23,8 @@
 //!
 //! Core, always built:
 //! - [`token`]: the token format, [`Issuer`] (mint) and [`Verifier`] (every SPEC §1 rule, in
-//!   memory, never awaiting the network), [`Rejection`]. Uses `keys`, `revocation`,
+//!   memory, never awaiting the network), [`Rejection`]; `token::warm` owns the warm path
+//!   (the verified-token cache, its per-thread tiers and memos). Uses `keys`, `revocation`,
 //!   `permissions` and `clock`.
 //! - [`keys`]: key ids (thumbprints), key hygiene, the signing key, the trusted [`KeyRing`]
 //!   and key files.
@@ -34,7 +35,11 @@
 //!   that turns a method and path into a [`Requirement`], and trusted proxy addresses; no I/O.
 //! - [`directory`]: people and their memberships; password hashing and checking only with the
 //!   `passwords` feature (argon2).
-//! - [`config`]: the raw TOML tree and its validation; [`clock`]: injected time.
+//! - [`config`]: the raw TOML tree (defaults, file, environment); [`settings`]: the same,
+//!   validated once and typed, which start-up, handlers and the CLI consume; [`clock`]:
+//!   injected time.
+//! - [`issuance`]: the issuer's rules, once, for the API and the CLI (who may mint what, the
+//!   watermark of a user or tenant revocation).
 //!
 //! Shell, behind features:
 //! - `layer`: [`http::layer`] (the tower layer and axum extractor), [`http::bearer`] (the
