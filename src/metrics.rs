@@ -190,36 +190,7 @@ impl Metrics {
             "Seconds since the JWKS was last fetched successfully (+Inf if never; 0 without a JWKS URL)",
             metrics.jwks_age.clone(),
         );
-        registry.register(
-            "revocation_barrier_wait_seconds",
-            "Time a revoke waited, after the store accepted it, for the verifiers to confirm",
-            metrics.barrier_wait.clone(),
-        );
-        registry.register(
-            "revocation_barrier",
-            "Revokes by barrier outcome: confirmed (every verifier applied it) or lagging (202)",
-            metrics.barrier_revokes.clone(),
-        );
-        registry.register(
-            "revocation_barrier_mirrors",
-            "Verifier mirrors counted by revokes, by outcome: confirmed or lagging",
-            metrics.barrier_mirrors.clone(),
-        );
-        registry.register(
-            "revocation_applied_seq",
-            "Sequence number of the last revocation change this process's mirror applied",
-            metrics.applied_seq.clone(),
-        );
-        registry.register(
-            "revocation_registration_age_seconds",
-            "Seconds since this mirror renewed its barrier registration (-1 if not registered: in-process store, or not synced yet)",
-            metrics.registration_age.clone(),
-        );
-        for outcome in ["confirmed", "lagging"] {
-            let label = OutcomeLabel { outcome };
-            let _ = metrics.barrier_revokes.get_or_create(&label);
-            let _ = metrics.barrier_mirrors.get_or_create(&label);
-        }
+        metrics.register_barrier(&mut registry);
         for code in Rejection::CODES.iter().chain(&DECISION_OUTCOMES) {
             // Pre-register every label so dashboards see zeros, not gaps.
             let _ = metrics
@@ -229,6 +200,40 @@ impl Metrics {
         Self {
             registry,
             ..metrics
+        }
+    }
+
+    /// Registers the revocation barrier's metrics (issue 15).
+    fn register_barrier(&self, registry: &mut Registry) {
+        registry.register(
+            "revocation_barrier_wait_seconds",
+            "Time a revoke waited, after the store accepted it, for the verifiers to confirm",
+            self.barrier_wait.clone(),
+        );
+        registry.register(
+            "revocation_barrier",
+            "Revokes by barrier outcome: confirmed (every verifier applied it) or lagging (202)",
+            self.barrier_revokes.clone(),
+        );
+        registry.register(
+            "revocation_barrier_mirrors",
+            "Verifier mirrors counted by revokes, by outcome: confirmed or lagging",
+            self.barrier_mirrors.clone(),
+        );
+        registry.register(
+            "revocation_applied_seq",
+            "Sequence number of the last revocation change this process's mirror applied",
+            self.applied_seq.clone(),
+        );
+        registry.register(
+            "revocation_registration_age_seconds",
+            "Seconds since this mirror renewed its barrier registration (-1 if not registered: in-process store, or not synced yet)",
+            self.registration_age.clone(),
+        );
+        for outcome in ["confirmed", "lagging"] {
+            let label = OutcomeLabel { outcome };
+            let _ = self.barrier_revokes.get_or_create(&label);
+            let _ = self.barrier_mirrors.get_or_create(&label);
         }
     }
 
