@@ -135,6 +135,11 @@ pub struct RevocationConfig {
     pub heartbeat_ms: u64,
     /// Longest wait for one Redis command, in milliseconds. Default 2000.
     pub command_timeout_ms: u64,
+    /// How long a revoke waits for every registered verifier to confirm it applied the
+    /// revocation, in milliseconds (the barrier). Past it the revoke answers `202` with the
+    /// number of lagging verifiers and the bound within which they refuse the token anyway.
+    /// 0: do not wait. Default 50, at most 10000.
+    pub barrier_timeout_ms: u64,
 }
 
 impl std::fmt::Debug for RevocationConfig {
@@ -146,6 +151,7 @@ impl std::fmt::Debug for RevocationConfig {
             .field("on_stale", &self.on_stale)
             .field("heartbeat_ms", &self.heartbeat_ms)
             .field("command_timeout_ms", &self.command_timeout_ms)
+            .field("barrier_timeout_ms", &self.barrier_timeout_ms)
             .finish()
     }
 }
@@ -170,6 +176,8 @@ impl Default for RevocationConfig {
             on_stale: defaults.on_stale,
             heartbeat_ms: 1000,
             command_timeout_ms: 2000,
+            barrier_timeout_ms: u64::try_from(defaults.barrier_timeout.as_millis())
+                .unwrap_or(u64::MAX),
         }
     }
 }

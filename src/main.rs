@@ -15,7 +15,9 @@ use edgetoken::clock::SystemClock;
 use edgetoken::config::{DEFAULT_CONFIG_FILE, ENV_CONFIG_FILE, Role};
 use edgetoken::issuance;
 use edgetoken::keys::{KeyDir, KeyId};
-use edgetoken::revocation::{MemoryRevocations, RedisStore, Revocation, RevocationStore as _};
+use edgetoken::revocation::{
+    MemoryRevocations, Propagation, RedisStore, Revocation, RevocationStore as _,
+};
 use edgetoken::settings::Settings;
 use edgetoken::token::{
     Issuer, Lifetime, MintRequest, Requirement, Subject, TenantId, TokenId, Verifier,
@@ -350,8 +352,9 @@ async fn shutdown_signal() {
     }
 }
 
-/// Commits one revocation through the Redis store and waits for Redis to acknowledge it.
-fn commit_revocation(config: &Settings, revocation: Revocation) -> anyhow::Result<()> {
+/// Commits one revocation through the Redis store, waits for Redis to acknowledge it and
+/// then at the barrier for the verifiers to confirm it; returns how that went.
+fn commit_revocation(config: &Settings, revocation: Revocation) -> anyhow::Result<Propagation> {
     let settings = &config.revocation;
     if settings.redis_url.is_none() {
         bail!(
@@ -360,11 +363,29 @@ fn commit_revocation(config: &Settings, revocation: Revocation) -> anyhow::Resul
         );
     }
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    runtime.block_on(async {
+    let propagation = runtime.block_on(async {
         let store = RedisStore::open(settings).await?;
         store.revoke(revocation).await
     })?;
-    Ok(())
+    Ok(propagation)
+}
+
+/// What the CLI says after a revocation: whether every verifier confirmed it.
+fn barrier_report(propagation: &Propagation) -> String {
+    if propagation.is_confirmed() {
+        format!(
+            "confirmed by every verifier ({} registered)",
+            propagation.confirmed
+        )
+    } else {
+        format!(
+            "NOT confirmed by {} verifier(s) within the barrier timeout ({} confirmed); each \
+             refuses the token within {:.1} s at the latest",
+            propagation.lagging,
+            propagation.confirmed,
+            propagation.max_staleness.as_secs_f64()
+        )
+    }
 }
 
 fn revoke_tokens(
@@ -396,8 +417,8 @@ fn revoke_tokens(
         }
         _ => bail!("give --token-id, or --tenant with --user or --all"),
     };
-    commit_revocation(config, revocation)?;
-    print(&format!("revoked {what}"))
+    let propagation = commit_revocation(config, revocation)?;
+    print(&format!("revoked {what}; {}", barrier_report(&propagation)))
 }
 
 fn keys(
@@ -440,10 +461,11 @@ fn keys(
                 kid: KeyId::new(&kid).context("the key id")?,
                 before: SystemClock.unix_now(),
             };
-            commit_revocation(config, revocation)?;
+            let propagation = commit_revocation(config, revocation)?;
             keys.retire(&kid)?;
             print(&format!(
-                "revoked every token signed by {kid}; key files moved to retired/"
+                "revoked every token signed by {kid}; key files moved to retired/; {}",
+                barrier_report(&propagation)
             ))
         }
         KeysCommand::Jwks { dir } => {

@@ -16,6 +16,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::revocation::Propagation;
 use crate::token::{CacheStats, Rejection};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -45,6 +46,11 @@ pub struct StateSample {
     /// Time since the JWKS was last fetched successfully: `None` without a JWKS URL,
     /// `Duration::MAX` before the first success.
     pub jwks_age: Option<Duration>,
+    /// Sequence number of the last revocation change the mirror applied in order.
+    pub applied_seq: u64,
+    /// Time since the mirror last renewed its registration in the revocation barrier;
+    /// `None` when not registered (in-process store, or before the first full sync).
+    pub registration_age: Option<Duration>,
 }
 
 /// Outcomes of a forward-auth or layer decision that happen before a token is verified, or
@@ -70,6 +76,11 @@ pub struct Metrics {
     jwks_fetches: Family<OutcomeLabel, Counter>,
     trusted_keys: Gauge<u64, AtomicU64>,
     jwks_age: Gauge<f64, AtomicU64>,
+    barrier_wait: Histogram,
+    barrier_revokes: Family<OutcomeLabel, Counter>,
+    barrier_mirrors: Family<OutcomeLabel, Counter>,
+    applied_seq: Gauge<u64, AtomicU64>,
+    registration_age: Gauge<f64, AtomicU64>,
 }
 
 impl fmt::Debug for Metrics {
@@ -109,6 +120,13 @@ impl Metrics {
             jwks_fetches: Family::default(),
             trusted_keys: Gauge::default(),
             jwks_age: Gauge::default(),
+            // 10 µs to ~80 ms: a confirmed barrier on loopback sits well under a millisecond;
+            // the top buckets hold the revokes that waited out the timeout.
+            barrier_wait: Histogram::new(exponential_buckets(1e-5, 2.0, 14)),
+            barrier_revokes: Family::default(),
+            barrier_mirrors: Family::default(),
+            applied_seq: Gauge::default(),
+            registration_age: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -172,6 +190,7 @@ impl Metrics {
             "Seconds since the JWKS was last fetched successfully (+Inf if never; 0 without a JWKS URL)",
             metrics.jwks_age.clone(),
         );
+        metrics.register_barrier(&mut registry);
         for code in Rejection::CODES.iter().chain(&DECISION_OUTCOMES) {
             // Pre-register every label so dashboards see zeros, not gaps.
             let _ = metrics
@@ -181,6 +200,40 @@ impl Metrics {
         Self {
             registry,
             ..metrics
+        }
+    }
+
+    /// Registers the revocation barrier's metrics (issue 15).
+    fn register_barrier(&self, registry: &mut Registry) {
+        registry.register(
+            "revocation_barrier_wait_seconds",
+            "Time a revoke waited, after the store accepted it, for the verifiers to confirm",
+            self.barrier_wait.clone(),
+        );
+        registry.register(
+            "revocation_barrier",
+            "Revokes by barrier outcome: confirmed (every verifier applied it) or lagging (202)",
+            self.barrier_revokes.clone(),
+        );
+        registry.register(
+            "revocation_barrier_mirrors",
+            "Verifier mirrors counted by revokes, by outcome: confirmed or lagging",
+            self.barrier_mirrors.clone(),
+        );
+        registry.register(
+            "revocation_applied_seq",
+            "Sequence number of the last revocation change this process's mirror applied",
+            self.applied_seq.clone(),
+        );
+        registry.register(
+            "revocation_registration_age_seconds",
+            "Seconds since this mirror renewed its barrier registration (-1 if not registered: in-process store, or not synced yet)",
+            self.registration_age.clone(),
+        );
+        for outcome in ["confirmed", "lagging"] {
+            let label = OutcomeLabel { outcome };
+            let _ = self.barrier_revokes.get_or_create(&label);
+            let _ = self.barrier_mirrors.get_or_create(&label);
         }
     }
 
@@ -225,6 +278,28 @@ impl Metrics {
             .inc();
     }
 
+    /// Records a revoke's barrier: its wait, its outcome, and the mirrors that confirmed or
+    /// lag.
+    pub fn record_barrier(&self, propagation: &Propagation) {
+        self.barrier_wait.observe(propagation.waited.as_secs_f64());
+        let outcome = if propagation.is_confirmed() {
+            "confirmed"
+        } else {
+            "lagging"
+        };
+        self.barrier_revokes
+            .get_or_create(&OutcomeLabel { outcome })
+            .inc();
+        for (outcome, count) in [
+            ("confirmed", propagation.confirmed),
+            ("lagging", propagation.lagging),
+        ] {
+            self.barrier_mirrors
+                .get_or_create(&OutcomeLabel { outcome })
+                .inc_by(count as u64);
+        }
+    }
+
     /// Renders the Prometheus text format, after sampling `state`.
     pub fn render(&self, state: StateSample) -> String {
         self.cache_hits.set(state.cache.hits);
@@ -245,6 +320,9 @@ impl Metrics {
             .set(state.staleness.map_or(f64::INFINITY, |s| s.as_secs_f64()));
         self.ready.set(u64::from(state.ready));
         self.trusted_keys.set(state.trusted_keys);
+        self.applied_seq.set(state.applied_seq);
+        self.registration_age
+            .set(state.registration_age.map_or(-1.0, |age| age.as_secs_f64()));
         self.jwks_age.set(state.jwks_age.map_or(0.0, |age| {
             if age == Duration::MAX {
                 f64::INFINITY

@@ -13,6 +13,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use serde::{Deserialize, Serialize};
+use std::fmt::Write as _;
 use time::OffsetDateTime;
 use utoipa::{OpenApi, ToSchema};
 
@@ -22,7 +23,7 @@ use super::{AppState, IssuerState};
 use crate::issuance::{self, MintRefusal};
 use crate::permissions::{PermissionError, READ_ALL, READ_WRITE_ALL};
 use crate::records::TokenRecord;
-use crate::revocation::{Revocation, RevocationCheck as _, RevocationStatus};
+use crate::revocation::{Propagation, Revocation, RevocationCheck as _, RevocationStatus};
 use crate::token::{Lifetime, MintRequest, Rejection, Requirement, Subject, TenantId, TokenId};
 
 pub(super) fn router() -> Router<AppState> {
@@ -44,7 +45,7 @@ pub(super) fn router() -> Router<AppState> {
 #[openapi(
     info(title = "edgetoken issuer", description = "Mint, list and revoke short-lived tokens (SPEC §4)."),
     paths(mint_token, list_tokens, revoke_token, revoke_many, revoke_presented, permissions, jwks),
-    components(schemas(MintBody, MintedBody, TokenList, TokenView, RevocationsBody, ErrorBody, PermissionsBody)),
+    components(schemas(MintBody, MintedBody, TokenList, TokenView, RevocationsBody, LaggingBody, ErrorBody, PermissionsBody)),
     tags((name = "issuer")),
     modifiers(&BasicAuthScheme)
 )]
@@ -350,14 +351,14 @@ async fn list_tokens(
 #[utoipa::path(
     delete, path = "/v1/tenants/{tenant}/tokens/{id}", tag = "issuer",
     params(("tenant" = String, Path), ("id" = String, Path, description = "Token id (jti)")),
-    responses((status = 204, description = "Revoked"), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)),
+    responses((status = 204, description = "Revoked, and every verifier confirmed (`Edgetoken-Barrier: confirmed=N`)"), (status = 202, body = LaggingBody, description = "Revoked; some verifiers did not confirm in time"), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)),
     security(("basic" = []))
 )]
 async fn revoke_token(
     State(state): State<AppState>,
     Path((tenant, id)): Path<(String, String)>,
     Person(person): Person,
-) -> Result<StatusCode, ApiError> {
+) -> Result<Response, ApiError> {
     let issuer = state.issuer()?;
     let tenant = tenant_id(&tenant)?;
     // Only a well-formed token id can name a record; anything else is simply not found, and
@@ -369,7 +370,7 @@ async fn revoke_token(
         .await?
         .filter(|record| record.user == person.id)
         .ok_or(ApiError::NotFound)?;
-    revoke(
+    let propagation = revoke(
         &state,
         issuer,
         &person.id,
@@ -380,17 +381,68 @@ async fn revoke_token(
     )
     .await?;
     mark_record_revoked(&state, issuer, &tenant, record.id.as_str()).await;
-    Ok(StatusCode::NO_CONTENT)
+    Ok(revoked(StatusCode::NO_CONTENT, propagation))
 }
 
-/// Commits a revocation, with metrics and an audit event. Nothing is acknowledged unless the
-/// store accepted it.
+/// The `Edgetoken-Barrier` header of every revoke answer: how many verifiers confirmed, and
+/// how many lag.
+pub(crate) const BARRIER_HEADER: &str = "edgetoken-barrier";
+
+/// A revocation some verifiers did not confirm within `barrier_timeout` (202).
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct LaggingBody {
+    /// Always `lagging`.
+    barrier: &'static str,
+    /// Verifiers (mirrors) that applied the revocation before the answer.
+    confirmed: usize,
+    /// Registered verifiers that did not confirm in time.
+    lagging: usize,
+    /// Every lagging verifier refuses the token within this many milliseconds: it catches
+    /// up, or its revocation state turns stale and it refuses every token (fail closed).
+    max_staleness_ms: u64,
+    /// The same, in words.
+    message: String,
+}
+
+/// The answer to an accepted revocation: `success` (204, or 200 for RFC 7009) once every
+/// registered verifier confirmed it, else 202 with a [`LaggingBody`]. Both carry
+/// `Edgetoken-Barrier: confirmed=N[, lagging=L]`.
+pub(crate) fn revoked(success: StatusCode, propagation: Propagation) -> Response {
+    let mut header = format!("confirmed={}", propagation.confirmed);
+    let mut response = if propagation.is_confirmed() {
+        success.into_response()
+    } else {
+        let _ = write!(header, ", lagging={}", propagation.lagging);
+        let max_staleness_ms =
+            u64::try_from(propagation.max_staleness.as_millis()).unwrap_or(u64::MAX);
+        let body = LaggingBody {
+            barrier: "lagging",
+            confirmed: propagation.confirmed,
+            lagging: propagation.lagging,
+            max_staleness_ms,
+            message: format!(
+                "revoked; {} verifier(s) did not confirm in time and refuse the token within \
+                 {:.1} s at the latest",
+                propagation.lagging,
+                propagation.max_staleness.as_secs_f64()
+            ),
+        };
+        (StatusCode::ACCEPTED, Json(body)).into_response()
+    };
+    if let Ok(value) = HeaderValue::from_str(&header) {
+        response.headers_mut().insert(BARRIER_HEADER, value);
+    }
+    response
+}
+
+/// Commits a revocation and waits at the barrier, with metrics and an audit event. Nothing is
+/// acknowledged unless the store accepted it.
 async fn revoke(
     state: &AppState,
     issuer: &IssuerState,
     by: &Subject,
     revocation: Revocation,
-) -> Result<(), ApiError> {
+) -> Result<Propagation, ApiError> {
     let (kind, tenant, target) = match &revocation {
         Revocation::Token { jti, .. } => ("token", "-".to_owned(), jti.to_string()),
         Revocation::User {
@@ -400,10 +452,16 @@ async fn revoke(
         Revocation::Key { kid, .. } => ("key", "-".to_owned(), kid.to_string()),
     };
     match issuer.revocations.revoke(revocation).await {
-        Ok(()) => {
+        Ok(propagation) => {
             state.metrics.record_revoke(kind, "ok");
-            audit_revoke(by, &tenant, kind, &target, "ok");
-            Ok(())
+            state.metrics.record_barrier(&propagation);
+            let outcome = if propagation.is_confirmed() {
+                "ok"
+            } else {
+                "ok_lagging"
+            };
+            audit_revoke(by, &tenant, kind, &target, outcome);
+            Ok(propagation)
         }
         Err(error) => {
             state.metrics.record_revoke(kind, "store_unavailable");
@@ -440,7 +498,7 @@ struct RevocationsBody {
     post, path = "/v1/tenants/{tenant}/revocations", tag = "issuer",
     params(("tenant" = String, Path)),
     request_body = RevocationsBody,
-    responses((status = 204, description = "Revoked"), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 503, body = ErrorBody)),
+    responses((status = 204, description = "Revoked, and every verifier confirmed (`Edgetoken-Barrier: confirmed=N`)"), (status = 202, body = LaggingBody, description = "Revoked; some verifiers did not confirm in time"), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 503, body = ErrorBody)),
     security(("basic" = []))
 )]
 async fn revoke_many(
@@ -448,7 +506,7 @@ async fn revoke_many(
     Path(tenant): Path<String>,
     Person(person): Person,
     JsonBody(body): JsonBody<RevocationsBody>,
-) -> Result<StatusCode, ApiError> {
+) -> Result<Response, ApiError> {
     let issuer = state.issuer()?;
     let tenant = tenant_id(&tenant)?;
     if !person.membership(&tenant).is_some_and(|m| m.admin) {
@@ -476,8 +534,8 @@ async fn revoke_many(
         .tenant_revocations
         .acquire(person.id.as_str())
         .map_err(|retry_after| ApiError::RateLimited { retry_after })?;
-    revoke(&state, issuer, &person.id, revocation).await?;
-    Ok(StatusCode::NO_CONTENT)
+    let propagation = revoke(&state, issuer, &person.id, revocation).await?;
+    Ok(revoked(StatusCode::NO_CONTENT, propagation))
 }
 
 /// The user a tenant admin may revoke: a valid id that is a member of the tenant, or that owns
@@ -518,12 +576,12 @@ struct PresentedToken {
 #[utoipa::path(
     post, path = "/v1/revoke", tag = "issuer",
     request_body(content = String, content_type = "application/x-www-form-urlencoded", description = "token=<the token>"),
-    responses((status = 200, description = "Revoked, or not a valid token"), (status = 400, body = ErrorBody), (status = 503, body = ErrorBody))
+    responses((status = 200, description = "Revoked and confirmed by every verifier (`Edgetoken-Barrier: confirmed=N`), or not a valid token"), (status = 202, body = LaggingBody, description = "Revoked; some verifiers did not confirm in time"), (status = 400, body = ErrorBody), (status = 503, body = ErrorBody))
 )]
 async fn revoke_presented(
     State(state): State<AppState>,
     request: Request,
-) -> Result<StatusCode, ApiError> {
+) -> Result<Response, ApiError> {
     let issuer = state.issuer()?;
     let bytes = body_bytes(request, &()).await?;
     let form: PresentedToken = serde_urlencoded::from_bytes(&bytes)
@@ -536,10 +594,10 @@ async fn revoke_presented(
                 reason = rejection.code(),
                 "revocation request for an invalid token"
             );
-            return Ok(StatusCode::OK);
+            return Ok(StatusCode::OK.into_response());
         }
     };
-    revoke(
+    let propagation = revoke(
         &state,
         issuer,
         &claims.subject,
@@ -550,7 +608,7 @@ async fn revoke_presented(
     )
     .await?;
     mark_record_revoked(&state, issuer, &claims.tenant, claims.token_id.as_str()).await;
-    Ok(StatusCode::OK)
+    Ok(revoked(StatusCode::OK, propagation))
 }
 
 /// The permission catalogue and shortcuts.

@@ -180,6 +180,8 @@ impl Services {
                     .last_success
                     .map_or(std::time::Duration::MAX, |at| at.elapsed())
             }),
+            applied_seq: self.mirror.health().borrow().applied_seq,
+            registration_age: self.mirror.registration_age(),
         }
     }
 

@@ -5,10 +5,16 @@
 //! [`RedisFeed`] keeps the local mirror in sync and a [`RedisStore`] writes revocations, also
 //! applying them locally once Redis acknowledged. The HTTP layer holds the engine; the
 //! verifier holds [`RevocationEngine::check`].
+//!
+//! The revocation barrier lives here too: the feed registers this process's mirror in the
+//! roster (after its first full sync) and reports what it applied; the store's revoke waits
+//! until every registered mirror confirmed (see [`crate::revocation::barrier`]). The store
+//! knows this process's own registration, which its local apply confirms.
 
 use std::sync::Arc;
 
 use super::RevocationCheck;
+use super::barrier::InstanceId;
 use super::memory::MemoryRevocations;
 use super::mirror::Mirror;
 use super::redis::{RedisFeed, RedisStore};
@@ -51,7 +57,12 @@ impl RevocationEngine {
         }
         let feed = RedisFeed::start(settings, clock).await?;
         let mirror = Arc::clone(feed.mirror());
-        let store = RedisStore::open_with_local_mirror(settings, Arc::clone(&mirror)).await?;
+        let store = RedisStore::open_with_registered_mirror(
+            settings,
+            Arc::clone(&mirror),
+            feed.instance().clone(),
+        )
+        .await?;
         Ok(Self {
             mirror,
             store: Arc::new(store),
@@ -79,7 +90,12 @@ impl RevocationEngine {
         self.store.kind()
     }
 
-    /// Stops the feed, if any.
+    /// This process's id in the barrier's roster; `None` for the in-process store.
+    pub fn instance(&self) -> Option<&InstanceId> {
+        self.feed.as_ref().map(RedisFeed::instance)
+    }
+
+    /// Stops the feed, if any, leaving the barrier's roster.
     pub async fn shutdown(self) {
         if let Some(feed) = self.feed {
             feed.shutdown().await;

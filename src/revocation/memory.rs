@@ -8,6 +8,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
+use super::barrier::Propagation;
 use super::mirror::Mirror;
 use super::settings::RevocationSettings;
 use super::store::{self, RevocationStore, StoreError, StoreFuture, StoreKind};
@@ -89,11 +90,13 @@ impl RevocationCheck for MemoryRevocations {
 }
 
 impl RevocationStore for MemoryRevocations {
-    fn revoke(&self, revocation: Revocation) -> StoreFuture<'_, ()> {
+    /// One process whose mirror is the store: applied is confirmed
+    /// ([`Propagation::in_process`]).
+    fn revoke(&self, revocation: Revocation) -> StoreFuture<'_, Propagation> {
         Box::pin(async move {
             store::validate(&revocation)?;
             MemoryRevocations::revoke(self, &revocation);
-            Ok::<(), StoreError>(())
+            Ok::<_, StoreError>(Propagation::in_process())
         })
     }
 

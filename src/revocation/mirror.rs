@@ -323,6 +323,9 @@ pub struct Mirror {
     origin: Instant,
     /// Nanoseconds after `origin` plus one when Redis last confirmed our state; 0 = never.
     last_heard: AtomicU64,
+    /// Nanoseconds after `origin` plus one when the feed last renewed this mirror's
+    /// registration in the revocation barrier; 0 = not registered. For metrics only.
+    registered: AtomicU64,
     max_staleness: Duration,
     on_stale: OnStale,
     limits: Limits,
@@ -357,6 +360,7 @@ impl Mirror {
             ready: AtomicBool::new(authoritative),
             origin: Instant::now(),
             last_heard: AtomicU64::new(0),
+            registered: AtomicU64::new(0),
             max_staleness: settings.max_staleness,
             on_stale: settings.on_stale,
             limits: Limits {
@@ -626,6 +630,26 @@ impl Mirror {
         let stamp = u64::try_from(nanos).unwrap_or(u64::MAX - 1) + 1;
         self.last_heard.fetch_max(stamp, Ordering::AcqRel);
         self.publish_fresh();
+    }
+
+    /// Records that the feed renewed this mirror's barrier registration at `at`.
+    pub(crate) fn mark_registered(&self, at: Instant) {
+        let nanos = at.saturating_duration_since(self.origin).as_nanos();
+        let stamp = u64::try_from(nanos).unwrap_or(u64::MAX - 1) + 1;
+        self.registered.fetch_max(stamp, Ordering::AcqRel);
+    }
+
+    /// Time since the feed last renewed this mirror's registration in the revocation
+    /// barrier's roster; `None` while not registered (before the first full sync, or for the
+    /// in-process store). Sampled by metrics; the verification path never reads it.
+    pub fn registration_age(&self) -> Option<Duration> {
+        match self.registered.load(Ordering::Acquire) {
+            0 => None,
+            stamp => {
+                let renewed = self.origin + Duration::from_nanos(stamp - 1);
+                Some(Instant::now().saturating_duration_since(renewed))
+            }
+        }
     }
 
     /// Marks the first full sync as complete.

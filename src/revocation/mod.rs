@@ -28,12 +28,18 @@
 //! - [`RedisFeed`]: keeps a mirror equal to Redis through an ordered, replayable change feed
 //!   that survives lost pub/sub messages, disconnects and Redis restarting empty. The Redis key
 //!   layout and message format are documented in [`redis`].
-//! - [`RevocationEngine`]: wires the three from [`RevocationSettings`].
+//! - [`barrier`]: the revocation barrier. Every mirror fed from Redis registers and reports
+//!   the position it applied; a revoke waits until every registered mirror confirmed, up to
+//!   `barrier_timeout`, and answers with a [`Propagation`] (confirmed, or how many lag and
+//!   the bound within which they refuse anyway). The protocol and its soundness argument are
+//!   in that module.
+//! - [`RevocationEngine`]: wires them from [`RevocationSettings`].
 //!
 //! Typical wiring: `let engine = RevocationEngine::start(&settings, clock).await?;` then hand
 //! `engine.check()` to the verifier and `engine.store()` to the revoke handlers; `/readyz` is
 //! `engine.mirror().is_fresh()`; metrics read `engine.mirror().size()` and `.staleness()`.
 
+pub mod barrier;
 mod engine;
 mod memory;
 mod mirror;
@@ -41,6 +47,7 @@ pub mod redis;
 mod settings;
 mod store;
 
+pub use self::barrier::{InstanceId, Propagation};
 pub use self::engine::RevocationEngine;
 pub use self::memory::MemoryRevocations;
 pub use self::mirror::{Mirror, MirrorHealth, MirrorSize};

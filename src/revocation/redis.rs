@@ -50,6 +50,9 @@
 //! | `{P}:ten` | sorted set | tenant watermarks: member tenant, score `before` |
 //! | `{P}:kid` | sorted set | key watermarks: member kid, score `before` |
 //! | `{P}:feed` | pub/sub channel | the live feed |
+//! | `{P}:live` | sorted set | barrier registrations: member instance id, score its deadline (ms, Redis clock) |
+//! | `{P}:inst` | hash | barrier positions: field instance id, value `<generation> <seq>` applied |
+//! | `{P}:acks` | pub/sub channel | barrier acknowledgements: `<instance> <generation> <seq>` |
 //!
 //! Scores are whole Unix seconds (exact in a double). Watermarks are written with `ZADD GT`,
 //! so they only rise. Pruning (a script run every `prune_interval`, with Redis' own `TIME`)
@@ -69,7 +72,15 @@
 //! either the JSON of a [`Revocation`] (for example
 //! `{"kind":"token","jti":"…","expires_at":1767229140}`) or the word `resync`, which asks
 //! every mirror to reload from the state sets. Log entries carry the same `gen` and `body`.
+//!
+//! # The barrier
+//!
+//! `{P}:live`, `{P}:inst` and `{P}:acks` let a revoke wait until every live mirror applied
+//! it; the protocol and why it is sound are in [`crate::revocation::barrier`]. Scripts:
+//! `HEAD` (renew a registration and read the head), `REPORT` (raise a position and publish
+//! it), `ROSTER` (Redis' time and every registration, removing the expired ones).
 
+mod barrier;
 mod feed;
 mod protocol;
 mod store;
@@ -101,6 +112,12 @@ pub(crate) struct Keys {
     pub(crate) tenants: String,
     pub(crate) kids: String,
     pub(crate) channel: String,
+    /// The barrier's registrations: instance → deadline (sorted set).
+    pub(crate) live: String,
+    /// The barrier's positions: instance → `<generation> <seq>` (hash).
+    pub(crate) instances: String,
+    /// The barrier's acknowledgement channel.
+    pub(crate) acks: String,
 }
 
 impl Keys {
@@ -115,6 +132,9 @@ impl Keys {
             tenants: key("ten"),
             kids: key("kid"),
             channel: key("feed"),
+            live: key("live"),
+            instances: key("inst"),
+            acks: key("acks"),
         }
     }
 

@@ -13,6 +13,9 @@ use super::StoreError;
 /// this plus the leeway has passed since its `before`.
 pub const MAX_TOKEN_LIFETIME: Duration = Duration::from_hours(12);
 
+/// The longest `barrier_timeout` accepted.
+const MAX_BARRIER_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// What a verifier does once its revocation state is older than `max_staleness` (SPEC §3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -58,6 +61,11 @@ pub struct RevocationSettings {
     pub log_max_len: u64,
     /// How often expired entries are pruned from the mirror and from Redis. Default 30 s.
     pub prune_interval: Duration,
+    /// How long a revoke waits, after Redis accepted it, for every registered mirror to
+    /// confirm it applied the change (the barrier, SPEC §3). Past it the revoke answers that
+    /// some mirrors lag, and the bound within which they refuse anyway. Zero: do not wait.
+    /// Default 50 ms; at most 10 s.
+    pub barrier_timeout: Duration,
 }
 
 impl Default for RevocationSettings {
@@ -72,6 +80,7 @@ impl Default for RevocationSettings {
             command_timeout: Duration::from_secs(2),
             log_max_len: 100_000,
             prune_interval: Duration::from_secs(30),
+            barrier_timeout: Duration::from_millis(50),
         }
     }
 }
@@ -116,6 +125,12 @@ impl RevocationSettings {
         if self.leeway > Duration::from_mins(5) {
             return Err(invalid("leeway", "must be at most 5 min (SPEC §1)"));
         }
+        if self.barrier_timeout > MAX_BARRIER_TIMEOUT {
+            return Err(invalid(
+                "barrier_timeout",
+                "must be at most 10 s: a revoke holds its caller that long",
+            ));
+        }
         if self.log_max_len == 0 {
             return Err(invalid("log_max_len", "must be greater than zero"));
         }
@@ -147,6 +162,7 @@ impl fmt::Debug for RevocationSettings {
             .field("command_timeout", &self.command_timeout)
             .field("log_max_len", &self.log_max_len)
             .field("prune_interval", &self.prune_interval)
+            .field("barrier_timeout", &self.barrier_timeout)
             .finish()
     }
 }

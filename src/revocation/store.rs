@@ -16,6 +16,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use super::Revocation;
+use super::barrier::Propagation;
 
 /// A boxed future, so stores can sit behind `dyn RevocationStore`.
 pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
@@ -27,14 +28,17 @@ const MAX_ID_LEN: usize = 255;
 
 /// Where revocations are written.
 pub trait RevocationStore: Send + Sync + fmt::Debug {
-    /// Commits `revocation`. Success means it is durable in the store and on its way to every
-    /// connected mirror; it is idempotent, so a caller may retry after an error.
+    /// Commits `revocation`, then waits at the revocation barrier (up to `barrier_timeout`)
+    /// until every registered mirror applied it. Success means it is durable in the store;
+    /// the [`Propagation`] says how many mirrors confirmed it and how many lag (each of which
+    /// refuses the token within its `max_staleness`). Idempotent, so a caller may retry after
+    /// an error.
     ///
     /// # Errors
     /// [`StoreError`] when the store is unreachable, too slow, refused the write, or the
     /// revocation is malformed. After an error the revocation may or may not have been
     /// applied (a reply can be lost after the write): the caller reports failure and retries.
-    fn revoke(&self, revocation: Revocation) -> StoreFuture<'_, ()>;
+    fn revoke(&self, revocation: Revocation) -> StoreFuture<'_, Propagation>;
 
     /// Which kind of store this is, for the startup log line and metrics.
     fn kind(&self) -> StoreKind;

@@ -265,3 +265,66 @@ fn a_configured_issuer_without_a_directory_gets_no_demo_user() {
     assert_fails(&output, 2, "issuer.directory");
     assert!(!String::from_utf8_lossy(&output.stdout).contains("password"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoke_from_the_command_line_says_whether_every_verifier_confirmed() {
+    use edgetoken::clock::SystemClock;
+    use edgetoken::revocation::{RedisFeed, RevocationSettings};
+
+    let redis = crate::support::redis::RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let settings = RevocationSettings {
+        redis_url: Some(redis.url()),
+        key_prefix: "cli-barrier".into(),
+        ..RevocationSettings::default()
+    };
+    let feed = RedisFeed::start(&settings, std::sync::Arc::new(SystemClock))
+        .await
+        .unwrap();
+    let mut health = feed.mirror().health();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        health.wait_for(|h| h.ready),
+    )
+    .await
+    .expect("mirror ready in 10 s")
+    .unwrap();
+    let revoke = || {
+        let output = edgetoken(dir.path())
+            .args(["revoke", "--tenant", "acme", "--all"])
+            .env("EDGETOKEN_REVOCATION__REDIS_URL", redis.url())
+            .env("EDGETOKEN_REVOCATION__KEY_PREFIX", "cli-barrier")
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let stdout = revoke();
+    assert!(
+        stdout.contains("confirmed by every verifier (1 registered)"),
+        "{stdout}"
+    );
+
+    // A verifier that registered and went silent (frozen, or cut off from Redis): its
+    // registration lives on until its deadline, here far ahead.
+    let mut conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    redis::cmd("ZADD")
+        .arg("{cli-barrier}:live")
+        .arg(4_000_000_000_000_000_i64)
+        .arg("silent")
+        .exec(&mut conn)
+        .unwrap();
+    let stdout = revoke();
+    assert!(
+        stdout.contains("NOT confirmed by 1 verifier(s)"),
+        "{stdout}"
+    );
+    feed.shutdown().await;
+}

@@ -26,6 +26,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 
+use super::barrier::{BarrierScripts, deregister, register_and_read_head, reporter};
 use super::protocol::{Action, Failure, Input, LogEntry, MAX_SYNC_ROUNDS, Protocol, Reason};
 use super::{
     Change, Event, Keys, LogFields, RESYNC_BODY, Scripts, check_eviction_policy, client,
@@ -34,6 +35,7 @@ use super::{
 };
 use crate::clock::Clock;
 use crate::revocation::StoreError;
+use crate::revocation::barrier::{InstanceId, Position};
 use crate::revocation::mirror::Mirror;
 use crate::revocation::settings::RevocationSettings;
 
@@ -58,6 +60,12 @@ pub struct RedisFeed {
     mirror: Arc<Mirror>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    /// This mirror's id in the revocation barrier's roster.
+    instance: InstanceId,
+    /// What leaving the roster needs.
+    client: Client,
+    keys: Keys,
+    settings: RevocationSettings,
 }
 
 impl RedisFeed {
@@ -104,23 +112,48 @@ impl RedisFeed {
             }
         };
         let (shutdown, shutdown_rx) = watch::channel(false);
+        let (positions, positions_rx) = watch::channel(None);
+        let instance = InstanceId::random();
+        let keys = Keys::new(&settings.key_prefix);
         let worker = Worker {
-            client,
-            keys: Keys::new(&settings.key_prefix),
+            client: client.clone(),
+            keys: keys.clone(),
             scripts: Scripts::new(),
+            barrier_scripts: BarrierScripts::new(),
             settings: settings.clone(),
             mirror: Arc::clone(&mirror),
             protocol: Protocol::new(settings.heartbeat),
+            instance: instance.clone(),
+            registered_at: None,
+            positions,
         };
         let tasks = vec![
             tokio::spawn(worker.run(probe, shutdown_rx.clone())),
+            tokio::spawn(reporter(
+                client.clone(),
+                keys.clone(),
+                settings.clone(),
+                instance.clone(),
+                positions_rx,
+                shutdown_rx.clone(),
+            )),
             tokio::spawn(watchdog(Arc::clone(&mirror), shutdown_rx)),
         ];
         Ok(Self {
             mirror,
             shutdown,
             tasks,
+            instance,
+            client,
+            keys,
+            settings: settings.clone(),
         })
+    }
+
+    /// This mirror's id in the revocation barrier's roster (it registers after its first
+    /// full sync; see [`crate::revocation::barrier`]).
+    pub fn instance(&self) -> &InstanceId {
+        &self.instance
     }
 
     /// The mirror this feed keeps in sync: hand it to the verifier as its
@@ -129,8 +162,8 @@ impl RedisFeed {
         &self.mirror
     }
 
-    /// Stops the feed and waits for its tasks. The mirror keeps its last state (and turns
-    /// stale).
+    /// Stops the feed, waits for its tasks and leaves the barrier's roster, so revokes stop
+    /// waiting for this mirror. The mirror keeps its last state (and turns stale).
     pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
         for task in std::mem::take(&mut self.tasks) {
@@ -138,14 +171,38 @@ impl RedisFeed {
                 tracing::warn!(error = %err, "revocation feed task failed");
             }
         }
+        if let Err(err) = deregister(&self.client, &self.keys, &self.settings, &self.instance).await
+        {
+            tracing::warn!(
+                error = %err,
+                "could not leave the revocation barrier; revokes wait for this process until \
+                 its registration expires"
+            );
+        }
     }
 }
 
 impl Drop for RedisFeed {
     fn drop(&mut self) {
         let _ = self.shutdown.send(true);
+        if self.tasks.is_empty() {
+            return;
+        }
         for task in &self.tasks {
             task.abort();
+        }
+        // Dropped without `shutdown`: leave the roster in the background if a runtime is
+        // still there; otherwise the registration expires after max_staleness.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let (client, keys, settings, instance) = (
+                self.client.clone(),
+                self.keys.clone(),
+                self.settings.clone(),
+                self.instance.clone(),
+            );
+            runtime.spawn(async move {
+                let _ = deregister(&client, &keys, &settings, &instance).await;
+            });
         }
     }
 }
@@ -176,10 +233,18 @@ struct Worker {
     client: Client,
     keys: Keys,
     scripts: Scripts,
+    barrier_scripts: BarrierScripts,
     settings: RevocationSettings,
     mirror: Arc<Mirror>,
     /// What the mirror follows and what to do next; this task only carries it out.
     protocol: Protocol,
+    /// This mirror's id in the barrier's roster.
+    instance: InstanceId,
+    /// When the last head read that renewed the registration was sent: no "heard" mark may
+    /// be later than it (see [`crate::revocation::barrier`], soundness point 1).
+    registered_at: Option<Instant>,
+    /// The position applied, for the reporter task (it keeps only the latest).
+    positions: watch::Sender<Option<Position>>,
 }
 
 impl Worker {
@@ -296,7 +361,31 @@ impl Worker {
                 actions.extend(self.protocol.handle(answer));
             }
         }
+        self.report_position();
         Ok(())
+    }
+
+    /// Hands the applied position to the reporter once the mirror joined the barrier. Called
+    /// once per input, after all its changes are applied; the reporter coalesces further.
+    fn report_position(&self) {
+        if !self.protocol.is_joined() {
+            return;
+        }
+        let Some((generation, seq)) = self.protocol.position() else {
+            return;
+        };
+        self.positions.send_if_modified(|known| {
+            let same = known
+                .as_ref()
+                .is_some_and(|p| p.seq == seq && p.generation == generation);
+            if !same {
+                *known = Some(Position {
+                    generation: generation.to_owned(),
+                    seq,
+                });
+            }
+            !same
+        });
     }
 
     /// Carries out one action; returns the protocol's input for a request.
@@ -308,8 +397,12 @@ impl Worker {
     ) -> Result<Option<Input>, FeedError> {
         match action {
             Action::MarkConnected => self.mirror.update_health(|h| h.connected = true),
-            Action::ReadHead => {
-                let (generation, seq) = self.read_head(conn).await?;
+            Action::ReadHead | Action::Join => {
+                let (generation, seq) = if self.protocol.is_joined() {
+                    self.register_and_read_head(conn).await?
+                } else {
+                    self.read_head(conn).await?
+                };
                 return Ok(Some(Input::Head { generation, seq }));
             }
             Action::CreateGeneration => {
@@ -352,13 +445,39 @@ impl Worker {
             }
             // Heard first, then ready: whoever sees `ready` must also see a fresh mirror, or a
             // caller waking on readiness would find it answering Unavailable for an instant.
-            Action::MarkHeard => self.mirror.mark_heard(at),
+            Action::MarkHeard => {
+                let at = self
+                    .registered_at
+                    .map_or(at, |registered| at.min(registered));
+                self.mirror.mark_heard(at);
+            }
             Action::MarkReady => self.mirror.mark_ready(),
             Action::Fail(failure) => return Err(failure.into()),
             // Only answers `Disconnected`, which `run` handles.
             Action::Reconnect { .. } => {}
         }
         Ok(None)
+    }
+
+    /// Renews this mirror's registration in the barrier's roster and reads the head, in one
+    /// script; records when, for the cap on "heard" and for metrics.
+    async fn register_and_read_head(
+        &mut self,
+        conn: &mut MultiplexedConnection,
+    ) -> Result<(Option<String>, u64), FeedError> {
+        let sent = Instant::now();
+        let head = register_and_read_head(
+            conn,
+            &self.keys,
+            &self.barrier_scripts,
+            &self.settings,
+            &self.instance,
+            self.protocol.position(),
+        )
+        .await?;
+        self.registered_at = Some(sent);
+        self.mirror.mark_registered(sent);
+        Ok(head)
     }
 
     async fn read_head(

@@ -36,6 +36,11 @@
 //!   heartbeat, a subscription or an applied message, or an in-order message; a session is
 //!   marked ready only after its first complete sync. Turning stale is a matter of time, not of
 //!   input, so the driver's watchdog does it.
+//! - **Joined before ready.** The first complete sync does not mark the mirror ready: it
+//!   joins the revocation barrier ([`Action::Join`]: register, then read the head) and syncs
+//!   once more. From then on every head read renews the registration, so the mirror is only
+//!   ever fresh on the strength of a head read made while registered (see
+//!   `crate::revocation::barrier`).
 
 use std::time::Duration;
 
@@ -157,6 +162,11 @@ pub(crate) enum Action {
     MarkHeard,
     /// The mirror holds a complete state: ready.
     MarkReady,
+    /// Join the revocation barrier (register this instance with the position it applied),
+    /// then read the head, in one step; answer [`Input::Head`]. Emitted once, when the first
+    /// full sync completes: the sync it starts must end before [`Action::MarkReady`], so a
+    /// revocation written before the registration is applied before the mirror answers.
+    Join,
     /// End the session; reconnect.
     Fail(Failure),
     /// Wait `after`, then open a new session.
@@ -274,6 +284,9 @@ pub(crate) struct Protocol {
     backoff: Duration,
     /// The longest reconnect delay: the heartbeat (at least [`MIN_BACKOFF`]).
     max_backoff: Duration,
+    /// The first full sync completed and the mirror joined the barrier: every head read from
+    /// now on also renews the registration.
+    joined: bool,
 }
 
 impl Protocol {
@@ -288,7 +301,19 @@ impl Protocol {
             phase: Phase::Connecting,
             backoff: MIN_BACKOFF,
             max_backoff: heartbeat.max(MIN_BACKOFF),
+            joined: false,
         }
+    }
+
+    /// Whether the mirror joined the barrier: the driver then renews the registration with
+    /// every head read.
+    pub(crate) fn is_joined(&self) -> bool {
+        self.joined
+    }
+
+    /// The position applied so far (generation and sequence), once a generation is followed.
+    pub(crate) fn position(&self) -> Option<(&str, u64)> {
+        self.generation.as_deref().map(|g| (g, self.last_seq))
     }
 
     /// Takes one input; returns what the driver does next, in order.
@@ -450,7 +475,7 @@ impl Protocol {
                 if self.needs_full {
                     full_resync(progress, theirs, head_seq, out)
                 } else if head_seq == self.last_seq {
-                    finish(progress.then, out)
+                    self.finish(progress, out)
                 } else {
                     out.push(Action::ReadLog {
                         from: self.last_seq + 1,
@@ -482,6 +507,23 @@ impl Protocol {
                 progress.awaiting(Awaiting::Reseeded)
             }
         }
+    }
+
+    /// A sync reached the head. The first one to do so joins the barrier and syncs once more
+    /// (the join's head read registers this instance), so the mirror turns ready only after
+    /// a head read made while registered: any revocation written before the registration is
+    /// applied by then, and any written after it is waited for by the revoke.
+    fn finish(&mut self, progress: Progress, out: &mut Vec<Action>) -> Phase {
+        match progress.then {
+            AfterSync::Nothing => {}
+            AfterSync::Heard => out.push(Action::MarkHeard),
+            AfterSync::Ready if !self.joined => {
+                self.joined = true;
+                return next_round_with(progress, Action::Join, out);
+            }
+            AfterSync::Ready => out.extend([Action::MarkHeard, Action::MarkReady]),
+        }
+        Phase::Following
     }
 
     /// Applies a page of the log, at least up to the head read before it.
@@ -528,7 +570,7 @@ impl Protocol {
             out.push(Action::CountCatchUp);
         }
         match outcome {
-            CatchUp::Done => finish(progress.then, out),
+            CatchUp::Done => self.finish(progress, out),
             CatchUp::Trimmed => {
                 self.needs_full = true;
                 next_round(progress, out)
@@ -544,16 +586,7 @@ fn start_sync(then: AfterSync, out: &mut Vec<Action>) -> Phase {
 }
 
 fn next_round(progress: Progress, out: &mut Vec<Action>) -> Phase {
-    if progress.round >= MAX_SYNC_ROUNDS {
-        out.push(Action::Fail(Failure::NoProgress));
-        return Phase::Failed;
-    }
-    out.push(Action::ReadHead);
-    Progress {
-        round: progress.round + 1,
-        ..progress
-    }
-    .awaiting(Awaiting::Head)
+    next_round_with(progress, Action::ReadHead, out)
 }
 
 fn full_resync(progress: Progress, generation: String, seq: u64, out: &mut Vec<Action>) -> Phase {
@@ -564,13 +597,17 @@ fn full_resync(progress: Progress, generation: String, seq: u64, out: &mut Vec<A
     progress.awaiting(Awaiting::Resynced { generation, seq })
 }
 
-fn finish(then: AfterSync, out: &mut Vec<Action>) -> Phase {
-    match then {
-        AfterSync::Nothing => {}
-        AfterSync::Heard => out.push(Action::MarkHeard),
-        AfterSync::Ready => out.extend([Action::MarkHeard, Action::MarkReady]),
+fn next_round_with(progress: Progress, request: Action, out: &mut Vec<Action>) -> Phase {
+    if progress.round >= MAX_SYNC_ROUNDS {
+        out.push(Action::Fail(Failure::NoProgress));
+        return Phase::Failed;
     }
-    Phase::Following
+    out.push(request);
+    Progress {
+        round: progress.round + 1,
+        ..progress
+    }
+    .awaiting(Awaiting::Head)
 }
 
 #[cfg(test)]
@@ -629,13 +666,15 @@ mod tests {
         protocol
     }
 
-    /// A mirror following `generation` at `seq`, on Redis run `run-a`.
+    /// A mirror following `generation` at `seq`, on Redis run `run-a`, joined.
     fn following(generation: &str, seq: u64) -> Protocol {
         let mut protocol = subscribed("run-a");
         protocol.handle(head(generation, seq));
         protocol.handle(Input::Resynced);
+        assert_eq!(protocol.handle(head(generation, seq)), [Action::Join]);
         protocol.handle(head(generation, seq));
         assert_eq!(protocol.phase, Phase::Following);
+        assert!(protocol.is_joined());
         protocol
     }
 
@@ -704,15 +743,52 @@ mod tests {
     }
 
     #[test]
-    fn first_sync_reaching_the_head_marks_heard_then_ready() {
+    fn first_sync_reaching_the_head_joins_the_barrier_before_ready() {
         let mut protocol = subscribed("run-a");
         protocol.handle(head("g1", 7));
         protocol.handle(Input::Resynced);
+        assert!(!protocol.is_joined());
+        assert_eq!(protocol.handle(head("g1", 7)), [Action::Join]);
+        assert!(protocol.is_joined());
         assert_eq!(
             protocol.handle(head("g1", 7)),
             [Action::MarkHeard, Action::MarkReady]
         );
         assert_eq!(protocol.phase, Phase::Following);
+        assert_eq!(protocol.position(), Some(("g1", 7)));
+    }
+
+    #[test]
+    fn a_revocation_written_before_the_join_is_applied_before_ready() {
+        let mut protocol = subscribed("run-a");
+        protocol.handle(head("g1", 7));
+        protocol.handle(Input::Resynced);
+        assert_eq!(protocol.handle(head("g1", 7)), [Action::Join]);
+        // Seq 8 was written between the sync's head read and the registration.
+        assert_eq!(
+            protocol.handle(head("g1", 8)),
+            [Action::ReadLog { from: 8 }]
+        );
+        assert_eq!(
+            protocol.handle(page(vec![entry(8, "g1", Change::Revoke(token(8)))])),
+            [
+                Action::Apply(token(8)),
+                Action::Advance { seq: 8 },
+                Action::CountCatchUp,
+                Action::MarkHeard,
+                Action::MarkReady
+            ]
+        );
+    }
+
+    #[test]
+    fn a_reconnected_mirror_does_not_join_again() {
+        let mut protocol = reconnected("g1", 7, "run-a");
+        assert_eq!(
+            protocol.handle(head("g1", 7)),
+            [Action::MarkHeard, Action::MarkReady]
+        );
+        assert!(protocol.is_joined());
     }
 
     #[test]

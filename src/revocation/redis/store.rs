@@ -4,6 +4,10 @@
 //! only after Redis returned the change's sequence number; with Redis down or refusing, it fails
 //! and nothing local changes (THREATS §3.4, hashicorp/vault#2028). The connection is opened
 //! lazily, so an issuer can start while Redis is down and answer 503 until it is back.
+//!
+//! [`RevocationStore::revoke`] then waits at the revocation barrier (up to
+//! `barrier_timeout`) until every registered mirror confirmed the change, and says how many
+//! did ([`Propagation`]); [`RedisStore::revoke_with_seq`] commits without waiting.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,7 +17,9 @@ use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::OnceCell;
 use tokio::time::Instant;
 
+use super::barrier::Waiter;
 use super::{Keys, Scripts, check_eviction_policy, client, prune, timed, write_event};
+use crate::revocation::barrier::{InstanceId, Position, Propagation};
 use crate::revocation::mirror::Mirror;
 use crate::revocation::settings::RevocationSettings;
 use crate::revocation::store::{self, RevocationStore, StoreFuture, StoreKind};
@@ -39,6 +45,8 @@ struct Shared {
     /// This process's own mirror, if any: updated right after Redis acknowledged, so the
     /// revoking process rejects the token without waiting for the feed.
     local: Option<Arc<Mirror>>,
+    /// The revocation barrier: what a revoke waits on after Redis accepted it.
+    waiter: Waiter,
     /// Milliseconds after `origin` at which the next opportunistic prune may run.
     next_prune_ms: AtomicU64,
     origin: Instant,
@@ -53,7 +61,7 @@ impl RedisStore {
     /// [`StoreError::Settings`] / [`StoreError::RedisUrl`] for bad settings, and
     /// [`StoreError::EvictionPolicy`] for a Redis that may evict revocations.
     pub async fn open(settings: &RevocationSettings) -> Result<Self, StoreError> {
-        Self::open_inner(settings, None).await
+        Self::open_inner(settings, None, None).await
     }
 
     /// As [`RedisStore::open`], and also applies every acknowledged revocation to `mirror`
@@ -66,17 +74,34 @@ impl RedisStore {
         settings: &RevocationSettings,
         mirror: Arc<Mirror>,
     ) -> Result<Self, StoreError> {
-        Self::open_inner(settings, Some(mirror)).await
+        Self::open_inner(settings, Some(mirror), None).await
+    }
+
+    /// As [`RedisStore::open_with_local_mirror`], where `mirror` is registered in the
+    /// barrier's roster as `instance` (by its feed): the revoke counts it confirmed, having
+    /// applied the change to it before waiting.
+    ///
+    /// # Errors
+    /// As [`RedisStore::open`].
+    pub async fn open_with_registered_mirror(
+        settings: &RevocationSettings,
+        mirror: Arc<Mirror>,
+        instance: InstanceId,
+    ) -> Result<Self, StoreError> {
+        Self::open_inner(settings, Some(mirror), Some(instance)).await
     }
 
     async fn open_inner(
         settings: &RevocationSettings,
         local: Option<Arc<Mirror>>,
+        own: Option<InstanceId>,
     ) -> Result<Self, StoreError> {
         settings.validate()?;
+        let client = client(settings)?;
         let store = Self {
             shared: Arc::new(Shared {
-                client: client(settings)?,
+                waiter: Waiter::new(client.clone(), settings, own),
+                client,
                 settings: settings.clone(),
                 keys: Keys::new(&settings.key_prefix),
                 scripts: Scripts::new(),
@@ -97,12 +122,13 @@ impl RedisStore {
         Ok(store)
     }
 
-    /// Commits `revocation` to Redis and returns its sequence number.
+    /// Commits `revocation` to Redis and returns its sequence number, without waiting at the
+    /// barrier (tools and tests that watch the mirrors themselves).
     ///
     /// # Errors
     /// See [`RevocationStore::revoke`].
     pub async fn revoke_with_seq(&self, revocation: &Revocation) -> Result<u64, StoreError> {
-        self.shared.revoke(revocation).await
+        Ok(self.shared.commit(revocation).await?.seq)
     }
 
     /// Removes expired entries from Redis now. Returns how many.
@@ -138,7 +164,24 @@ impl Shared {
             .await
     }
 
-    async fn revoke(self: &Arc<Self>, revocation: &Revocation) -> Result<u64, StoreError> {
+    /// Commits, then waits at the barrier.
+    async fn revoke(self: &Arc<Self>, revocation: &Revocation) -> Result<Propagation, StoreError> {
+        let target = self.commit(revocation).await?;
+        let mut conn = self.connection().await?.clone();
+        let propagation = self.waiter.wait(&mut conn, &target).await?;
+        if !propagation.is_confirmed() {
+            tracing::warn!(
+                lagging = propagation.lagging,
+                confirmed = propagation.confirmed,
+                refused_within = ?propagation.max_staleness,
+                "revocation not confirmed by every mirror within the barrier timeout"
+            );
+        }
+        Ok(propagation)
+    }
+
+    /// Writes the change; returns its position (generation and sequence) in the feed.
+    async fn commit(self: &Arc<Self>, revocation: &Revocation) -> Result<Position, StoreError> {
         store::validate(revocation)?;
         let body = serde_json::to_string(revocation).map_err(|err| StoreError::Protocol {
             operation: "encode a revocation",
@@ -158,7 +201,7 @@ impl Shared {
         .await;
         // A connection that died since the last command (Redis restarted) fails once while the
         // manager reconnects; one retry hides that. Safe: a change applied twice is a no-op.
-        let (seq, _generation) = match written {
+        let (seq, generation) = match written {
             Err(StoreError::Redis { source, .. })
                 if source.is_connection_dropped() || source.is_io_error() =>
             {
@@ -179,7 +222,7 @@ impl Shared {
             mirror.apply(revocation);
         }
         self.maybe_prune();
-        Ok(seq)
+        Ok(Position { generation, seq })
     }
 
     /// Prunes Redis in the background at most once per `prune_interval`, so a deployment with
@@ -219,11 +262,8 @@ impl Shared {
 }
 
 impl RevocationStore for RedisStore {
-    fn revoke(&self, revocation: Revocation) -> StoreFuture<'_, ()> {
-        Box::pin(async move {
-            self.shared.revoke(&revocation).await?;
-            Ok(())
-        })
+    fn revoke(&self, revocation: Revocation) -> StoreFuture<'_, Propagation> {
+        Box::pin(async move { self.shared.revoke(&revocation).await })
     }
 
     fn kind(&self) -> StoreKind {

@@ -172,6 +172,40 @@ impl EdgetokenProcess {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
 
+    /// Sends `signal` (`STOP`, `CONT`, `TERM`, `KILL`) to the process, as `kill -SIGNAL`.
+    pub(crate) fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("running").id().to_string();
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(&pid)
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} {pid}");
+    }
+
+    /// SIGKILL, then reap: the process gets no chance to clean up.
+    pub(crate) fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, then await the exit (a clean shutdown).
+    pub(crate) fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let exited = eventually("edgetoken to exit on SIGTERM", Duration::from_secs(10))
+                .try_until_blocking(|| child.try_wait().unwrap());
+            if exited.is_err() {
+                let _ = child.kill();
+            }
+            let _ = child.wait();
+        }
+    }
+
     /// The process's standard error so far.
     #[expect(dead_code, reason = "kept for debugging failing process tests")]
     pub(crate) fn stderr(&self) -> String {
@@ -188,6 +222,10 @@ impl EdgetokenProcess {
 impl Drop for EdgetokenProcess {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
+            // A stopped process still dies of SIGKILL; CONT first only so nothing lingers.
+            let _ = Command::new("kill")
+                .args(["-CONT", &child.id().to_string()])
+                .status();
             let _ = child.kill();
             let _ = child.wait();
         }

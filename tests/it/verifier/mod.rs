@@ -2,6 +2,7 @@
 //! decisions, introspection, JWKS key loading, the in-process layer, and several real
 //! processes sharing one Redis.
 
+mod barrier;
 mod deploy;
 mod forward_auth;
 mod introspection;
