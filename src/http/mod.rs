@@ -15,6 +15,7 @@ pub mod layer;
 pub mod limits;
 mod memo;
 mod ops;
+pub mod page;
 pub mod server;
 pub mod verifier;
 
@@ -111,6 +112,8 @@ pub struct IssuerState {
     pub mints: Arc<RateLimiter>,
     /// User and tenant revocations per tenant admin.
     pub tenant_revocations: Arc<RateLimiter>,
+    /// The tokens page's sessions.
+    pub sessions: page::Sessions,
 }
 
 impl Services {
@@ -160,7 +163,7 @@ impl Services {
 pub fn router(state: AppState) -> Router {
     let mut router = ops::router();
     if state.role.has_issuer() {
-        router = router.merge(issuer::router());
+        router = router.merge(issuer::router()).merge(page::router());
     }
     router = router.layer(
         TraceLayer::new_for_http()
