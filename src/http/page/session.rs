@@ -14,6 +14,7 @@
 //! is full, and the map is bounded ([`MAX_MEMORY_SESSIONS`]).
 
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -121,7 +122,7 @@ fn digest(id: &str) -> String {
     let hash = Sha256::digest(id.as_bytes());
     let mut hex = String::with_capacity(64);
     for byte in hash {
-        hex.push_str(&format!("{byte:02x}"));
+        let _ = write!(hex, "{byte:02x}");
     }
     hex
 }
@@ -388,8 +389,8 @@ mod tests {
     fn store() -> (Sessions, Arc<ManualClock>) {
         let clock = Arc::new(ManualClock::at(1_000_000));
         let sessions = Sessions::memory(
-            Duration::from_secs(60),
-            Duration::from_secs(300),
+            Duration::from_mins(1),
+            Duration::from_mins(5),
             Arc::clone(&clock) as Arc<dyn Clock>,
         );
         (sessions, clock)
