@@ -958,11 +958,16 @@ fn token_row(catalogue: &Catalogue, token: &TokenView, now: OffsetDateTime) -> T
         created_iso: iso(token.created_at),
         created_text: utc_text(token.created_at),
         expires_iso: iso(token.expires_at),
-        expires_text: format!(
-            "{} ({})",
-            utc_text(token.expires_at),
-            relative(token.expires_at - now)
-        ),
+        // A revoked token's expiry is history: no countdown that suggests it still works.
+        expires_text: if token.status == "revoked" {
+            utc_text(token.expires_at)
+        } else {
+            format!(
+                "{} ({})",
+                utc_text(token.expires_at),
+                relative(token.expires_at - now)
+            )
+        },
         status: token.status,
         status_label: match token.status {
             "active" => "Active",
