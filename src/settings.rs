@@ -1,7 +1,7 @@
 //! Typed settings: the configuration parsed once, validated, and turned into the values the
 //! services use (SPEC §7).
 //!
-//! [`Config`](crate::config::Config) is the raw TOML tree, with its defaults, its environment
+//! [`Config`] is the raw TOML tree, with its defaults, its environment
 //! overrides and its field names; it stays at the edge. [`Settings::new`] checks every rule
 //! that serde's types cannot express and builds, once, everything that validating it needs
 //! anyway (the catalogue, the route policy, the trusted proxies, the revocation settings,

@@ -85,7 +85,7 @@ impl ServerLimits {
     }
 
     /// These limits with `max_connections` lowered, when needed, to leave
-    /// [`RESERVED_DESCRIPTORS`] free under the process's soft descriptor limit (read from
+    /// `RESERVED_DESCRIPTORS` free under the process's soft descriptor limit (read from
     /// `/proc/self/limits`; unchanged where that cannot be read).
     #[must_use]
     pub fn fitted_to_descriptors(self) -> Self {

@@ -12,9 +12,10 @@
 //! - sessions: [`session`]; the cookie is `HttpOnly`, `SameSite=Strict`, and `Secure` with
 //!   the `__Host-` prefix when `page.public_origin` is `https`; a new id at every sign-in.
 //! - CSRF: every state-changing post carries the session's CSRF token (sign-in: a
-//!   double-submit cookie, as there is no session yet), compared in constant time, and its
-//!   `Origin` (or, without one, `Sec-Fetch-Site: same-origin`) must be our own ([`same_origin`]).
-//! - headers on every response of this router ([`security_headers`]): a CSP without inline
+//!   double-submit cookie, as there is no session yet), compared in constant time, and it must
+//!   come from our origin (`same_origin`: `Sec-Fetch-Site: same-origin` when sent, `Origin`
+//!   ours, or `null`/absent only with that `Sec-Fetch-Site`).
+//! - headers on every response of this router (`security_headers`): a CSP without inline
 //!   script or style, `frame-ancestors 'none'`, `X-Frame-Options`, `nosniff`,
 //!   `Referrer-Policy: no-referrer`, and `Cache-Control: no-store` on every page.
 //! - the raw token is rendered once, into the response of the create post (no redirect that
