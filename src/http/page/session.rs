@@ -20,12 +20,13 @@ use std::time::Duration;
 
 use rand_core::RngCore as _;
 use redis::AsyncCommands as _;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
 use crate::clock::Clock;
 use crate::encoding::b64_encode;
+use crate::redis_conn::{LazyConnection, OpenError};
 
 /// Sessions kept at most by the in-process store.
 pub const MAX_MEMORY_SESSIONS: usize = 100_000;
@@ -168,10 +169,11 @@ impl Sessions {
     ) -> Result<Self, SessionError> {
         Ok(Self {
             backend: Backend::Redis(RedisSessions {
-                client: redis::Client::open(url).map_err(SessionError::RedisUrl)?,
-                conn: Arc::default(),
+                conn: LazyConnection::new(
+                    redis::Client::open(url).map_err(SessionError::RedisUrl)?,
+                    timeout,
+                ),
                 prefix: prefix.to_owned(),
-                timeout,
             }),
             idle,
             absolute,
@@ -291,10 +293,8 @@ impl Sessions {
 
 /// Sessions in Redis.
 struct RedisSessions {
-    client: redis::Client,
-    conn: Arc<tokio::sync::Mutex<Option<ConnectionManager>>>,
+    conn: LazyConnection,
     prefix: String,
-    timeout: Duration,
 }
 
 impl std::fmt::Debug for RedisSessions {
@@ -312,28 +312,11 @@ impl RedisSessions {
     }
 
     async fn conn(&self) -> Result<ConnectionManager, SessionError> {
-        let mut slot = self.conn.lock().await;
-        if let Some(conn) = slot.as_ref() {
-            return Ok(conn.clone());
-        }
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(self.timeout))
-            .set_response_timeout(Some(self.timeout))
-            .set_number_of_retries(1);
-        let conn = tokio::time::timeout(
-            self.timeout,
-            ConnectionManager::new_with_config(self.client.clone(), config),
-        )
-        .await
-        .map_err(|_elapsed| SessionError::Timeout {
-            operation: "connect",
-        })?
-        .map_err(|source| SessionError::Redis {
-            operation: "connect",
-            source,
-        })?;
-        *slot = Some(conn.clone());
-        Ok(conn)
+        let operation = "connect";
+        self.conn.get().await.map_err(|error| match error {
+            OpenError::Timeout => SessionError::Timeout { operation },
+            OpenError::Redis(source) => SessionError::Redis { operation, source },
+        })
     }
 
     async fn get(&self, digest: &str) -> Result<Option<Session>, SessionError> {
