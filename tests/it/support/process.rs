@@ -44,11 +44,20 @@ pub(crate) struct Served {
 impl Served {
     /// Starts `role` from `config` on `127.0.0.1:0`.
     pub(crate) async fn start(config: Settings, role: Role) -> Self {
+        Self::start_with_clock(config, role, Arc::new(SystemClock)).await
+    }
+
+    /// As [`Served::start`], with its own clock.
+    pub(crate) async fn start_with_clock(
+        config: Settings,
+        role: Role,
+        clock: Arc<dyn edgetoken::Clock>,
+    ) -> Self {
         let Started {
             services,
             revocation,
             ..
-        } = boot::start(config, role, false, Arc::new(SystemClock))
+        } = boot::start(config, role, false, clock)
             .await
             .expect("start the service");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
