@@ -475,3 +475,97 @@ async fn redis_killed_during_flushes_keeps_verifying_and_counts_dropped_usage() 
     );
     assert!(usage.stats().failed_flushes >= 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn active_introspection_records_a_use_and_inactive_does_not() {
+    let deployment = Deployment::new();
+    let secret = "introspection-secret-0123456789-abcdef";
+    let extra =
+        format!("[[verifier.introspection_clients]]\nid = \"gateway\"\nsecret = \"{secret}\"\n");
+    let served = Served::start(
+        with_flush(deployment.config(&extra), Duration::from_secs(1)),
+        Role::Verifier,
+    )
+    .await;
+    let issuer = deployment.offline_issuer();
+    let (active, tampered) = (
+        mint(&issuer, "alice", "acme", "runs:read"),
+        mint(&issuer, "alice", "acme", "runs:read"),
+    );
+    let introspect = async |token: &str| -> serde_json::Value {
+        reqwest::Client::new()
+            .post(served.url("/v1/introspect"))
+            .basic_auth("gateway", Some(secret))
+            .form(&[("token", token)])
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    };
+    assert_eq!(introspect(&format!("{tampered}x")).await["active"], false);
+    assert_eq!(introspect(&active).await["active"], true);
+    let hash = eventually("the introspected use to be flushed", Duration::from_secs(5))
+        .until(async || {
+            let hash = usage_hash(&deployment, &jti(&active));
+            (hash.get("uses")? == "1").then_some(hash)
+        })
+        .await;
+    assert_eq!(hash["from"], "127.0.0.1");
+    assert!(usage_hash(&deployment, &jti(&tampered)).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_layer_records_accepted_uses_with_the_tcp_peer() {
+    use edgetoken::http::layer::RequireToken;
+    use edgetoken::usage::{MemoryUsage, UsageRecorder, UsageSettings};
+    use tower::ServiceExt as _;
+
+    let deployment = Deployment::new();
+    let served = Served::start(deployment.config(""), Role::Verifier).await;
+    let clock: Arc<dyn edgetoken::Clock> = Arc::new(edgetoken::SystemClock);
+    let store = UsageStore::Memory(MemoryUsage::new(Arc::clone(&clock)));
+    let recorder = UsageRecorder::new(
+        UsageSettings::default(),
+        store.clone(),
+        Duration::from_hours(24),
+        clock,
+    );
+    let app = axum::Router::new()
+        .route("/", axum::routing::get(|| async { "ok" }))
+        .layer(
+            RequireToken::new(Arc::clone(&served.services.verifier)).with_usage(recorder.clone()),
+        );
+    let token = mint(&deployment.offline_issuer(), "alice", "acme", "runs:read");
+    let request = |token: &str| {
+        let mut request = axum::http::Request::builder()
+            .uri("/")
+            .header("authorization", format!("Bearer {token}"))
+            .header("user-agent", "layer-client")
+            .body(axum::body::Body::empty())
+            .unwrap();
+        request.extensions_mut().insert(axum::extract::ConnectInfo(
+            "198.51.100.20:4000"
+                .parse::<std::net::SocketAddr>()
+                .unwrap(),
+        ));
+        request
+    };
+    for _ in 0..2 {
+        let response = app.clone().oneshot(request(&token)).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    let refused = app.clone().oneshot(request("not.a.token")).await.unwrap();
+    assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+    recorder.flush_now().await;
+    let tenant = "acme".parse().unwrap();
+    let usage = store
+        .of_tokens(&tenant, &[jti(&token).as_str()])
+        .await
+        .unwrap();
+    let usage = &usage[&jti(&token)];
+    assert_eq!(usage.uses, 2);
+    assert_eq!(usage.last_used_from.as_deref(), Some("198.51.100.20"));
+    assert_eq!(usage.last_used_agent.as_deref(), Some("layer-client"));
+}
