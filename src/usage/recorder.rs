@@ -525,15 +525,21 @@ mod tests {
         let clock = Arc::new(ManualClock::at(2_000));
         let recorder = recorder(100, &clock);
         let token = claims("aaaaaaaaaaaaaaaaaaaaaa", "acme");
-        std::thread::scope(|s| {
-            for _ in 0..4 {
-                s.spawn(|| {
+        // Joined threads (not scoped ones, whose thread-local destructors may still be running
+        // when the scope returns), so their tables are gone when the flusher collects.
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let (recorder, token) = (recorder.clone(), token.clone());
+                std::thread::spawn(move || {
                     for _ in 0..1000 {
                         recorder.record(&token, presenter("10.0.0.1", b"curl"));
                     }
-                });
-            }
-        });
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().unwrap();
+        }
         clock.advance(3);
         recorder.record(&token, presenter("10.0.0.2", b"agent\n2"));
         let mut collector = recorder.flusher.collector.lock().await;
