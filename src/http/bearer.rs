@@ -289,11 +289,9 @@ impl Decider {
             Ok(_) if requirement.is_none() => Err(ApiError::NoRoute),
             Ok(claims) => {
                 if let Some(usage) = &self.usage {
-                    let client = match presented {
-                        Some(request) if usage.records_address() => request.presenter(),
-                        _ => Presenter::default(),
-                    };
-                    usage.record(&claims, client);
+                    usage.record(&claims, || {
+                        presented.map_or_else(Presenter::default, |request| request.presenter())
+                    });
                 }
                 Ok(claims)
             }

@@ -3,16 +3,17 @@
 //! # How the warm path avoids shared locks
 //!
 //! Each worker thread keeps, per recorder, a table of the tokens it accepted this interval:
-//! jti → a [`Slot`] (uses since the last flush, last-use second) plus the client it last
-//! reported. The table is `thread_local!`, so looking a token up takes no lock and touches no
-//! other thread's memory. A slot's two counters are atomics written by that one thread and
-//! read (and reset) by the flusher every `flush_secs`, so they are uncontended.
+//! jti → a [`Slot`] (uses, last-use second) plus the client it last reported. The table is
+//! `thread_local!`, so looking a token up takes no lock and touches no other thread's memory.
+//! A slot is written by its one thread with plain atomic loads and stores (no read-modify-write
+//! instruction) and only read by the flusher, which remembers how many uses it reported.
 //!
 //! The handoff is a `std::sync::mpsc` channel (a lock-free list): a thread sends a slot when
 //! it first sees a token in an interval (allocating it then, once), and a note when the
-//! token's client (address or user agent) changes, at most once a second per slot. A repeat
-//! use from the same client therefore costs a clock read, a hash lookup in the thread's table
-//! and two atomic writes to its own slot: no lock, no allocation, no shared write.
+//! token's client (address or user agent) changed. The client is looked at, and the caller's
+//! closure that reads the headers called, at most once a second per slot. A repeat use is
+//! therefore a clock read, a lookup in the thread's table and two stores to its own slot: no
+//! lock, no allocation, no shared write.
 //!
 //! The flusher bumps an interval counter (read with a relaxed load on each use); a thread
 //! that sees it changed empties its table, so idle tokens leave every tier and tables stay
@@ -54,12 +55,26 @@ struct TokenKey {
     expires_at: OffsetDateTime,
 }
 
-/// One token's uses on one thread: written by that thread, read and reset by the flusher.
+/// One token's uses on one thread: written by that thread only, read by the flusher.
 #[derive(Debug)]
 struct Slot {
     token: TokenKey,
+    /// Uses since the slot was made (the flusher remembers how many it reported).
     uses: AtomicU64,
+    /// The latest use, Unix seconds.
     last_at: AtomicI64,
+}
+
+impl Slot {
+    /// Counts a use at `now`. Only the owning thread writes, so plain loads and stores do:
+    /// no read-modify-write instruction on the request path.
+    fn count(&self, now: i64) {
+        let uses = self.uses.load(Ordering::Relaxed);
+        self.uses.store(uses + 1, Ordering::Release);
+        if now > self.last_at.load(Ordering::Relaxed) {
+            self.last_at.store(now, Ordering::Release);
+        }
+    }
 }
 
 /// The client of a use, as recorded: the address and the raw user agent (already cut to
@@ -134,6 +149,8 @@ struct Stats {
 #[derive(Debug)]
 struct Tracked {
     slot: Arc<Slot>,
+    /// The slot's use count at the last flush.
+    reported: u64,
     client: Option<(i64, Arc<Client>)>,
 }
 
@@ -245,20 +262,13 @@ impl UsageRecorder {
         }
     }
 
-    /// Records one accepted use of the token of `claims` by `presenter`. Never blocks and
-    /// never fails: at worst the use is dropped and counted.
-    pub fn record(&self, claims: &Claims, presenter: Presenter<'_>) {
+    /// Records one accepted use of the token of `claims`. `presenter` says who presented it;
+    /// it is called only when the client is recorded and this thread has not looked at this
+    /// token's client yet this second, so working out an address is not a per-request cost.
+    /// Never blocks and never fails: at worst the use is dropped and counted.
+    pub fn record<'a>(&self, claims: &Claims, presenter: impl FnOnce() -> Presenter<'a>) {
         let shared = &*self.shared;
         let now = shared.clock.unix_now();
-        let (address, agent) = if shared.record_address {
-            let agent = presenter.agent.unwrap_or_default();
-            (
-                presenter.address,
-                agent.get(..AGENT_MAX_BYTES).unwrap_or(agent),
-            )
-        } else {
-            (None, &[][..])
-        };
         let interval = shared.interval.load(Ordering::Relaxed);
         TABLES.with_borrow_mut(|tables| {
             let table = table_for(tables, &self.shared);
@@ -269,25 +279,27 @@ impl UsageRecorder {
             if let Some(held) = table.held.get_mut(claims.token_id.as_str())
                 && held.slot.token.tenant == claims.tenant
             {
-                held.slot.uses.fetch_add(1, Ordering::Relaxed);
-                held.slot.last_at.fetch_max(now, Ordering::Relaxed);
-                // A changed client is noted at most once a second per slot: the latest use's
-                // client is known to the second, like its time, and a token shared by
-                // clients that alternate costs no allocation per request.
-                if !held.client.is(address, agent) && now > held.client_at {
-                    let client = Arc::new(Client {
-                        address,
-                        agent: agent.into(),
-                    });
-                    held.client = Arc::clone(&client);
+                held.slot.count(now);
+                // The client is looked at once a second per slot: the latest use's client is
+                // known to the second, like its time, and neither reading headers nor a token
+                // shared by clients that alternate costs anything per request.
+                if now > held.client_at {
                     held.client_at = now;
-                    let note = Note {
-                        slot: Arc::clone(&held.slot),
-                        at: now,
-                        client,
-                    };
-                    // A closed channel means the recorder is being dropped: nothing to do.
-                    let _ = table.sender.send(note);
+                    let (address, agent) = client_of(shared.record_address, presenter);
+                    if !held.client.is(address, agent) {
+                        let client = Arc::new(Client {
+                            address,
+                            agent: agent.into(),
+                        });
+                        held.client = Arc::clone(&client);
+                        let note = Note {
+                            slot: Arc::clone(&held.slot),
+                            at: now,
+                            client,
+                        };
+                        // A closed channel means the recorder is being dropped: nothing to do.
+                        let _ = table.sender.send(note);
+                    }
                 }
                 return;
             }
@@ -295,6 +307,7 @@ impl UsageRecorder {
                 shared.stats.dropped_full.fetch_add(1, Ordering::Relaxed);
                 return;
             }
+            let (address, agent) = client_of(shared.record_address, presenter);
             let slot = Arc::new(Slot {
                 token: TokenKey {
                     tenant: claims.tenant.clone(),
@@ -331,6 +344,22 @@ impl UsageRecorder {
     pub async fn flush_now(&self) {
         self.flusher.flush(&self.shared).await;
     }
+}
+
+/// The address and the user agent (cut to [`AGENT_MAX_BYTES`]) to record, if any.
+fn client_of<'a>(
+    record_address: bool,
+    presenter: impl FnOnce() -> Presenter<'a>,
+) -> (Option<IpAddr>, &'a [u8]) {
+    if !record_address {
+        return (None, &[]);
+    }
+    let presenter = presenter();
+    let agent = presenter.agent.unwrap_or_default();
+    (
+        presenter.address,
+        agent.get(..AGENT_MAX_BYTES).unwrap_or(agent),
+    )
 }
 
 /// This thread's table for the recorder of `shared`, made on its first use (dropping tables
@@ -412,6 +441,7 @@ impl Flusher {
             let key = Arc::as_ptr(&note.slot).addr();
             let tracked = collector.tracked.entry(key).or_insert_with(|| Tracked {
                 slot: Arc::clone(&note.slot),
+                reported: 0,
                 client: None,
             });
             if tracked.client.as_ref().is_none_or(|(at, _)| note.at >= *at) {
@@ -423,7 +453,9 @@ impl Flusher {
             // Checked before draining: once only the flusher holds a slot, no thread can add
             // to it, so this drain is its last.
             let orphan = Arc::strong_count(&tracked.slot) == 1;
-            let uses = tracked.slot.uses.swap(0, Ordering::AcqRel);
+            let total = tracked.slot.uses.load(Ordering::Acquire);
+            let uses = total - tracked.reported;
+            tracked.reported = total;
             let client = tracked.client.take();
             if uses > 0 || client.is_some() {
                 let last_at = tracked.slot.last_at.load(Ordering::Acquire);
@@ -532,7 +564,7 @@ mod tests {
                 let (recorder, token) = (recorder.clone(), token.clone());
                 std::thread::spawn(move || {
                     for _ in 0..1000 {
-                        recorder.record(&token, presenter("10.0.0.1", b"curl"));
+                        recorder.record(&token, || presenter("10.0.0.1", b"curl"));
                     }
                 })
             })
@@ -541,7 +573,7 @@ mod tests {
             thread.join().unwrap();
         }
         clock.advance(3);
-        recorder.record(&token, presenter("10.0.0.2", b"agent\n2"));
+        recorder.record(&token, || presenter("10.0.0.2", b"agent\n2"));
         let mut collector = recorder.flusher.collector.lock().await;
         let batch = recorder.flusher.collect(&mut collector, &recorder.shared);
         assert_eq!(batch.len(), 1);
@@ -558,6 +590,27 @@ mod tests {
         );
     }
 
+    #[test]
+    fn the_client_is_worked_out_once_a_second_per_token_not_per_request() {
+        let clock = Arc::new(ManualClock::at(2_000));
+        let recorder = recorder(100, &clock);
+        let token = claims("hhhhhhhhhhhhhhhhhhhhhh", "acme");
+        let asked = std::cell::Cell::new(0);
+        let ask = || {
+            asked.set(asked.get() + 1);
+            presenter("10.0.0.1", b"curl")
+        };
+        for _ in 0..1000 {
+            recorder.record(&token, ask);
+        }
+        assert_eq!(asked.get(), 1, "once for the new slot");
+        clock.advance(1);
+        for _ in 0..1000 {
+            recorder.record(&token, ask);
+        }
+        assert_eq!(asked.get(), 2, "once more in the next second");
+    }
+
     #[tokio::test]
     async fn record_address_off_keeps_neither_address_nor_agent() {
         let clock = Arc::new(ManualClock::at(2_000));
@@ -571,10 +624,9 @@ mod tests {
             Duration::from_mins(1),
             dyn_clock,
         );
-        recorder.record(
-            &claims("bbbbbbbbbbbbbbbbbbbbbb", "acme"),
-            presenter("10.0.0.1", b"curl"),
-        );
+        recorder.record(&claims("bbbbbbbbbbbbbbbbbbbbbb", "acme"), || {
+            presenter("10.0.0.1", b"curl")
+        });
         let mut collector = recorder.flusher.collector.lock().await;
         let batch = recorder.flusher.collect(&mut collector, &recorder.shared);
         assert_eq!(batch.len(), 1);
@@ -597,11 +649,11 @@ mod tests {
         .enumerate()
         {
             clock.advance(1);
-            recorder.record(&claims(id, "acme"), Presenter::default());
+            recorder.record(&claims(id, "acme"), Presenter::default);
             assert_eq!(recorder.stats().dropped_full, 0, "token {n}");
         }
         for id in ["ffffffffffffffffffffff", "gggggggggggggggggggggg"] {
-            recorder.record(&claims(id, "acme"), Presenter::default());
+            recorder.record(&claims(id, "acme"), Presenter::default);
         }
         // Five started against a bound of 2 × 2: the fifth is refused at once.
         assert_eq!(recorder.stats().dropped_full, 1);
