@@ -19,7 +19,7 @@ use time::OffsetDateTime;
 
 use crate::support::deployment::{ALICE_PASSWORD, Deployment, mint, mint_via_api};
 use crate::support::eventually::eventually;
-use crate::support::process::Served;
+use crate::support::process::{EdgetokenProcess, Served};
 use crate::support::redis::RedisServer;
 use crate::support::tokens::{parts, unb64};
 
@@ -568,4 +568,55 @@ async fn the_layer_records_accepted_uses_with_the_tcp_peer() {
     assert_eq!(usage.uses, 2);
     assert_eq!(usage.last_used_from.as_deref(), Some("198.51.100.20"));
     assert_eq!(usage.last_used_agent.as_deref(), Some("layer-client"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_verifier_processes_sum_their_uses_and_audit_the_first_use_once() {
+    let deployment = Deployment::new();
+    let config = deployment.config_text("[usage]\nflush_secs = 1\n");
+    let verifiers = futures_util::future::join_all(
+        (0..2).map(|_| EdgetokenProcess::start_logging(&config, "verifier", "warn,audit=info")),
+    )
+    .await;
+    let token = mint(&deployment.offline_issuer(), "alice", "acme", "runs:read");
+    let id = jti(&token);
+    let client = reqwest::Client::new();
+    for (verifier, uses) in verifiers.iter().zip([2, 3]) {
+        for _ in 0..uses {
+            let status = client
+                .get(verifier.url(VERIFY))
+                .bearer_auth(&token)
+                .send()
+                .await
+                .unwrap()
+                .status();
+            assert_eq!(status, StatusCode::OK);
+        }
+    }
+    eventually("both processes' uses to be summed", Duration::from_secs(5))
+        .until(async || (usage_hash(&deployment, &id).get("uses")? == "5").then_some(()))
+        .await;
+    let audits = || -> Vec<usize> {
+        verifiers
+            .iter()
+            .map(|v| {
+                v.stderr()
+                    .lines()
+                    .filter(|l| l.contains("first_use") && l.contains(&id))
+                    .count()
+            })
+            .collect()
+    };
+    // Logged just after the flush that created the key returned.
+    let audited = eventually("the first-use audit event", Duration::from_secs(5))
+        .until(async || {
+            let audited = audits();
+            (audited.iter().sum::<usize>() >= 1).then_some(audited)
+        })
+        .await;
+    assert_eq!(
+        audited.iter().sum::<usize>(),
+        1,
+        "one first_use audit event across both verifiers: {audited:?}"
+    );
 }
