@@ -47,6 +47,34 @@ pub struct Config {
     pub verifier: VerifierConfig,
     /// Token usage ("last used") recorded by verifiers.
     pub usage: UsageConfig,
+    /// The personal tokens page (`/`), served with the issuer.
+    pub page: PageConfig,
+}
+
+/// `[page]`: the personal tokens page served by the issuer at `/` (issue 9).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PageConfig {
+    /// The page's public origin as browsers see it, e.g. `https://tokens.example.com`.
+    /// Empty (the default): the page is served over plain HTTP straight to the browser, and
+    /// the expected origin is `http://` plus the request's `Host`. Set it whenever a proxy
+    /// terminates TLS or rewrites `Host`: an `https` origin makes the session cookie `Secure`
+    /// with the `__Host-` prefix, and every form post must come from exactly this origin.
+    pub public_origin: String,
+    /// A session unused for this many seconds ends. Default 1800 (30 minutes).
+    pub session_idle_secs: u64,
+    /// A session ends this many seconds after sign-in, however busy. Default 28800 (8 hours).
+    pub session_absolute_secs: u64,
+}
+
+impl Default for PageConfig {
+    fn default() -> Self {
+        Self {
+            public_origin: String::new(),
+            session_idle_secs: 1800,
+            session_absolute_secs: 8 * 3600,
+        }
+    }
 }
 
 /// Which services one process runs (SPEC §7 `--role`).

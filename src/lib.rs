@@ -96,6 +96,7 @@ pub mod permissions;
 pub mod policy;
 pub mod proxies;
 pub mod records;
+mod redis_conn;
 pub mod revocation;
 pub mod settings;
 pub mod token;

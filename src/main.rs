@@ -316,6 +316,17 @@ async fn serve(config: Settings, role: Role, development: bool) -> anyhow::Resul
     for line in &started.banner {
         let _ = write!(banner, "\n  {line}");
     }
+    if role.has_issuer() {
+        let _ = write!(
+            banner,
+            "\n  tokens page: http://{address}/ (open it in a browser and sign in{})",
+            if development {
+                " as the demo user above"
+            } else {
+                ""
+            }
+        );
+    }
     print(&banner)?;
     tracing::info!(%address, %role, "listening");
     let router = edgetoken::http::router(Arc::clone(&started.services));

@@ -41,6 +41,34 @@ pub struct Settings {
     pub verifier: VerifierServiceSettings,
     /// Token usage recording (`[usage]`).
     pub usage: UsageSettings,
+    /// The personal tokens page (`[page]`).
+    pub page: PageSettings,
+}
+
+/// `[page]`: the personal tokens page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PageSettings {
+    /// The public origin (`scheme://host[:port]`, no path); `None` means plain HTTP, origin
+    /// taken from the request's `Host`.
+    pub public_origin: Option<String>,
+    /// Whether the session cookie is `Secure` with the `__Host-` prefix: exactly when the
+    /// public origin is `https`.
+    pub secure_cookies: bool,
+    /// Idle timeout of a session.
+    pub session_idle: Duration,
+    /// Absolute timeout of a session.
+    pub session_absolute: Duration,
+}
+
+impl Default for PageSettings {
+    fn default() -> Self {
+        Self {
+            public_origin: None,
+            secure_cookies: false,
+            session_idle: Duration::from_mins(30),
+            session_absolute: Duration::from_hours(8),
+        }
+    }
 }
 
 /// `[keys]`.
@@ -209,6 +237,7 @@ impl Settings {
         let issuer = issuer(config)?;
         let verifier = verifier(config, &catalogue)?;
         let usage = usage(config)?;
+        let page = page(config)?;
         Ok(Self {
             token,
             keys: KeySettings {
@@ -226,6 +255,7 @@ impl Settings {
             issuer,
             verifier,
             usage,
+            page,
         })
     }
 }
@@ -243,6 +273,52 @@ fn usage(config: &Config) -> Result<UsageSettings, ConfigError> {
         record_address: u.record_address,
         flush: Duration::from_secs(u.flush_secs),
         max_entries: u.max_entries,
+    })
+}
+
+fn page(config: &Config) -> Result<PageSettings, ConfigError> {
+    let p = &config.page;
+    let public_origin = if p.public_origin.is_empty() {
+        None
+    } else {
+        let origin = p.public_origin.trim_end_matches('/');
+        let rest = origin
+            .strip_prefix("https://")
+            .or_else(|| origin.strip_prefix("http://"));
+        let valid = rest.is_some_and(|host| {
+            !host.is_empty()
+                && host
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
+        });
+        if !valid {
+            return Err(field(
+                "page.public_origin",
+                "must be an origin like https://tokens.example.com (scheme, host, optional \
+                 port; no path)",
+            ));
+        }
+        Some(origin.to_ascii_lowercase())
+    };
+    if p.session_idle_secs == 0 || p.session_absolute_secs == 0 {
+        return Err(field(
+            "page",
+            "session_idle_secs and session_absolute_secs must be above 0",
+        ));
+    }
+    if p.session_idle_secs > p.session_absolute_secs {
+        return Err(field(
+            "page.session_idle_secs",
+            "must be at most page.session_absolute_secs",
+        ));
+    }
+    Ok(PageSettings {
+        secure_cookies: public_origin
+            .as_deref()
+            .is_some_and(|o| o.starts_with("https://")),
+        public_origin,
+        session_idle: Duration::from_secs(p.session_idle_secs),
+        session_absolute: Duration::from_secs(p.session_absolute_secs),
     })
 }
 

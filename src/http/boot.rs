@@ -399,7 +399,25 @@ async fn issuer_state(
         )?),
         None => RecordStore::Memory(MemoryRecords::new(retention, Arc::clone(clock))),
     };
+    let page = &settings.page;
+    let sessions = match &store.redis_url {
+        Some(url) => crate::http::page::Sessions::redis(
+            url,
+            &store.key_prefix,
+            store.command_timeout,
+            page.session_idle,
+            page.session_absolute,
+            Arc::clone(clock),
+        )
+        .map_err(|e| StartError::Other(e.to_string()))?,
+        None => crate::http::page::Sessions::memory(
+            page.session_idle,
+            page.session_absolute,
+            Arc::clone(clock),
+        ),
+    };
     Ok(IssuerState {
+        sessions,
         issuer: Issuer::new(
             key,
             settings.token.issuer.clone(),

@@ -45,7 +45,7 @@ impl FromRequestParts<AppState> for Person {
         }
         match issuer.auth.mode {
             AuthMode::Directory => basic(authorization, issuer).await,
-            AuthMode::TrustedHeader => trusted_header(parts, issuer),
+            AuthMode::TrustedHeader => trusted_header(&parts.headers, issuer).map(Person),
         }
     }
 }
@@ -86,6 +86,23 @@ async fn basic(authorization: Option<&str>, issuer: &IssuerState) -> Result<Pers
     let decoded = zeroize::Zeroizing::new(decoded);
     let text = std::str::from_utf8(&decoded).map_err(|_| ApiError::Unauthenticated)?;
     let (user, password) = text.split_once(':').ok_or(ApiError::Unauthenticated)?;
+    sign_in(issuer, user, password).await.map(Person)
+}
+
+/// Checks `user` and `password` against the directory: the one sign-in path of both the API
+/// (HTTP Basic) and the tokens page's form, so both share the failed-sign-in limit, the
+/// bounded argon2 work and the audit events (THREATS #53).
+///
+/// # Errors
+///
+/// [`ApiError::Unauthenticated`] for any wrong user or password (one answer for both),
+/// [`ApiError::RateLimited`] past the failed-sign-in limit or when no password-check slot
+/// frees up in time, [`ApiError::Internal`] when the check could not run.
+///
+/// # Security
+///
+/// The password is never logged; the user id only when it names a directory user.
+pub async fn sign_in(issuer: &IssuerState, user: &str, password: &str) -> Result<User, ApiError> {
     // Checked against the user-id grammar before anything is stored, counted or hashed: an
     // id no user can have (a 250 KB string, a token pasted as the user name) is refused here,
     // so attacker-chosen text never pins memory in the limiter (THREATS #54).
@@ -126,7 +143,7 @@ async fn basic(authorization: Option<&str>, issuer: &IssuerState) -> Result<Pers
             .map_err(|e| ApiError::Internal(Box::new(e)))?;
     if let Some(user) = found {
         issuer.failed_signins.refund(&user_id);
-        return Ok(Person(user));
+        return Ok(user);
     }
     audit_failed_sign_in(issuer, &user_id);
     Err(ApiError::Unauthenticated)
@@ -158,8 +175,15 @@ fn log_digest(text: &str) -> String {
     format!("{:08x}", digest >> 32)
 }
 
-fn trusted_header(parts: &Parts, issuer: &IssuerState) -> Result<Person, ApiError> {
-    let secret = single_header(&parts.headers, issuer.auth.proxy_secret_header.as_str())
+/// Trusted-header mode: the person the proxy names in the user header, accepted only with the
+/// proxy secret (compared in constant time); the one check of both the API and the page.
+///
+/// # Errors
+///
+/// [`ApiError::Unauthenticated`] for a missing, repeated or wrong secret, or a missing,
+/// repeated or unknown user.
+pub fn trusted_header(headers: &HeaderMap, issuer: &IssuerState) -> Result<User, ApiError> {
+    let secret = single_header(headers, issuer.auth.proxy_secret_header.as_str())
         .map_err(|_| ApiError::Unauthenticated)?
         .map(HeaderValue::as_bytes)
         .ok_or(ApiError::Unauthenticated)?;
@@ -168,12 +192,12 @@ fn trusted_header(parts: &Parts, issuer: &IssuerState) -> Result<Person, ApiErro
     }
     // Exactly one user header: a proxy that appends rather than replaces would otherwise let
     // a client-sent value ride along, and which one wins must not be left to chance.
-    let user = single_header(&parts.headers, issuer.auth.user_header.as_str())
+    let user = single_header(headers, issuer.auth.user_header.as_str())
         .map_err(|_| ApiError::Unauthenticated)?
         .and_then(|v| v.to_str().ok())
         .and_then(|id| issuer.directory.user(id))
         .ok_or(ApiError::Unauthenticated)?;
-    Ok(Person(user.clone()))
+    Ok(user.clone())
 }
 
 /// A JSON body parsed strictly into `T` (which should `deny_unknown_fields`), with every

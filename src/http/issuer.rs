@@ -20,6 +20,7 @@ use utoipa::{OpenApi, ToSchema};
 use super::error::{ApiError, ErrorChain};
 use super::extract::{JsonBody, Person, body_bytes};
 use super::{AppState, IssuerState};
+use crate::directory::User;
 use crate::issuance::{self, MintRefusal};
 use crate::permissions::{PermissionError, READ_ALL, READ_WRITE_ALL};
 use crate::records::TokenRecord;
@@ -100,19 +101,28 @@ struct MintBody {
 
 /// A freshly minted token. The only response that ever contains the raw token.
 #[derive(Serialize, ToSchema)]
-struct MintedBody {
-    id: String,
+pub(super) struct MintedBody {
+    pub(super) id: String,
     /// The raw token: shown once, stored nowhere.
-    token: String,
-    name: Option<String>,
-    tenant: String,
-    permissions: Vec<String>,
+    pub(super) token: String,
+    pub(super) name: Option<String>,
+    pub(super) tenant: String,
+    pub(super) permissions: Vec<String>,
     #[serde(with = "time::serde::rfc3339")]
     #[schema(value_type = String, format = DateTime)]
-    created_at: OffsetDateTime,
+    pub(super) created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
     #[schema(value_type = String, format = DateTime)]
-    expires_at: OffsetDateTime,
+    pub(super) expires_at: OffsetDateTime,
+}
+
+/// What a mint asks for, from the API's JSON body or the tokens page's form: both go through
+/// [`mint_for`], so the rules exist once.
+#[derive(Debug)]
+pub(super) struct MintInput {
+    pub(super) name: Option<String>,
+    pub(super) duration: Option<String>,
+    pub(super) permissions: Vec<String>,
 }
 
 fn tenant_id(raw: &str) -> Result<TenantId, ApiError> {
@@ -168,8 +178,35 @@ async fn mint_token(
     Person(person): Person,
     JsonBody(body): JsonBody<MintBody>,
 ) -> Result<Response, ApiError> {
+    let input = MintInput {
+        name: body.name,
+        duration: body.duration,
+        permissions: body.permissions,
+    };
+    let body = mint_for(&state, &person, &tenant, input).await?;
+    let mut response = (StatusCode::CREATED, Json(body)).into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    Ok(response)
+}
+
+/// Mints a token for `person` in `tenant`: name, duration and permissions checked, the
+/// permissions held re-checked, the mint limit applied, the record written before the token
+/// is handed out, and one audit event. The API and the tokens page both call this.
+///
+/// # Errors
+///
+/// 400 for bad input, 403 for a tenant or permission not held, 429 past the mint limit, 503
+/// when the record could not be stored (the token is then dropped unseen).
+pub(super) async fn mint_for(
+    state: &AppState,
+    person: &User,
+    tenant: &str,
+    body: MintInput,
+) -> Result<MintedBody, ApiError> {
     let issuer = state.issuer()?;
-    let tenant = tenant_id(&tenant)?;
+    let tenant = tenant_id(tenant)?;
     let name = validate_name(body.name)?;
     let lifetime = body
         .duration
@@ -184,7 +221,7 @@ async fn mint_token(
             PermissionError::Empty => ApiError::bad_request("invalid_request", e.to_string()),
             _ => ApiError::bad_request("unknown_permission", e.to_string()),
         })?;
-    if let Err(refusal) = issuance::check_mint(&person, &tenant, &scope) {
+    if let Err(refusal) = issuance::check_mint(person, &tenant, &scope) {
         if matches!(refusal, MintRefusal::PermissionNotHeld(_)) {
             audit_mint(
                 &person.id,
@@ -236,7 +273,7 @@ async fn mint_token(
         &claims.scope.to_claim(),
         "ok",
     );
-    let body = MintedBody {
+    Ok(MintedBody {
         id: claims.token_id.as_str().to_owned(),
         token: minted.token.expose().to_owned(),
         name,
@@ -244,12 +281,7 @@ async fn mint_token(
         permissions: claims.scope.iter().map(ToString::to_string).collect(),
         created_at: claims.issued_at,
         expires_at: claims.expires_at,
-    };
-    let mut response = (StatusCode::CREATED, Json(body)).into_response();
-    let headers = response.headers_mut();
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
-    Ok(response)
+    })
 }
 
 fn audit_mint(
@@ -282,30 +314,30 @@ struct TokenList {
 
 /// One token's metadata; never the token itself.
 #[derive(Serialize, ToSchema)]
-struct TokenView {
-    id: String,
-    name: Option<String>,
-    permissions: Vec<String>,
+pub(super) struct TokenView {
+    pub(super) id: String,
+    pub(super) name: Option<String>,
+    pub(super) permissions: Vec<String>,
     #[serde(with = "time::serde::rfc3339")]
     #[schema(value_type = String, format = DateTime)]
-    created_at: OffsetDateTime,
+    pub(super) created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
     #[schema(value_type = String, format = DateTime)]
-    expires_at: OffsetDateTime,
+    pub(super) expires_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339::option")]
     #[schema(value_type = Option<String>, format = DateTime)]
-    revoked_at: Option<OffsetDateTime>,
+    pub(super) revoked_at: Option<OffsetDateTime>,
     /// `active`, `expired` or `revoked`.
-    status: &'static str,
+    pub(super) status: &'static str,
     /// When a verifier last accepted it (to the second, fresh to within `usage.flush_secs`),
     /// or null: never used.
     #[serde(with = "time::serde::rfc3339::option")]
     #[schema(value_type = Option<String>, format = DateTime)]
-    last_used_at: Option<OffsetDateTime>,
+    pub(super) last_used_at: Option<OffsetDateTime>,
     /// The client address of that use, or null (never used, or addresses not recorded).
-    last_used_from: Option<String>,
+    pub(super) last_used_from: Option<String>,
     /// Approximate number of uses; 0 means never used.
-    uses: u64,
+    pub(super) uses: u64,
 }
 
 /// `person`'s token records in `tenant`, newest first, each with its usage (the list API's
@@ -343,8 +375,22 @@ async fn list_tokens(
     Path(tenant): Path<String>,
     Person(person): Person,
 ) -> Result<Json<TokenList>, ApiError> {
+    let tokens = list_for(&state, &person, &tenant).await?;
+    Ok(Json(TokenList { tokens }))
+}
+
+/// `person`'s tokens in `tenant`, newest first, with their status; for the API and the page.
+///
+/// # Errors
+///
+/// 403 `not_a_member`, 503 when the records cannot be read.
+pub(super) async fn list_for(
+    state: &AppState,
+    person: &User,
+    tenant: &str,
+) -> Result<Vec<TokenView>, ApiError> {
     let issuer = state.issuer()?;
-    let tenant = tenant_id(&tenant)?;
+    let tenant = tenant_id(tenant)?;
     // The same answer as minting there: a non-member learns nothing from an empty list that
     // a refusal would not tell them, and the two must not disagree.
     if person.membership(&tenant).is_none() {
@@ -380,7 +426,7 @@ async fn list_tokens(
             }
         })
         .collect();
-    Ok(Json(TokenList { tokens }))
+    Ok(tokens)
 }
 
 /// Revoke one of your tokens. Idempotent; a token that is not yours is 404.
@@ -395,11 +441,28 @@ async fn revoke_token(
     Path((tenant, id)): Path<(String, String)>,
     Person(person): Person,
 ) -> Result<Response, ApiError> {
+    let propagation = revoke_own(&state, &person, &tenant, &id).await?;
+    Ok(revoked(StatusCode::NO_CONTENT, propagation))
+}
+
+/// Revokes `person`'s own token `id` in `tenant` (idempotent) and waits at the barrier; for
+/// the API and the page.
+///
+/// # Errors
+///
+/// 404 for a token that is not theirs (or no token id at all), 503 when the revocation store
+/// did not accept it (nothing is acknowledged then).
+pub(super) async fn revoke_own(
+    state: &AppState,
+    person: &User,
+    tenant: &str,
+    id: &str,
+) -> Result<Propagation, ApiError> {
     let issuer = state.issuer()?;
-    let tenant = tenant_id(&tenant)?;
+    let tenant = tenant_id(tenant)?;
     // Only a well-formed token id can name a record; anything else is simply not found, and
     // never reaches a Redis key.
-    let id = TokenId::new(&id).map_err(|_| ApiError::NotFound)?;
+    let id = TokenId::new(id).map_err(|_| ApiError::NotFound)?;
     let record = issuer
         .records
         .get(&tenant, id.as_str())
@@ -407,7 +470,7 @@ async fn revoke_token(
         .filter(|record| record.user == person.id)
         .ok_or(ApiError::NotFound)?;
     let propagation = revoke(
-        &state,
+        state,
         issuer,
         &person.id,
         Revocation::Token {
@@ -416,8 +479,8 @@ async fn revoke_token(
         },
     )
     .await?;
-    mark_record_revoked(&state, issuer, &tenant, record.id.as_str()).await;
-    Ok(revoked(StatusCode::NO_CONTENT, propagation))
+    mark_record_revoked(state, issuer, &tenant, record.id.as_str()).await;
+    Ok(propagation)
 }
 
 /// The `Edgetoken-Barrier` header of every revoke answer: how many verifiers confirmed, and

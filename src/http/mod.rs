@@ -26,6 +26,8 @@ mod memo;
 #[cfg(feature = "server")]
 mod ops;
 #[cfg(feature = "server")]
+pub mod page;
+#[cfg(feature = "server")]
 pub mod server;
 #[cfg(feature = "server")]
 pub mod verifier;
@@ -147,6 +149,8 @@ pub struct IssuerState {
     pub mints: Arc<RateLimiter>,
     /// User and tenant revocations per tenant admin.
     pub tenant_revocations: Arc<RateLimiter>,
+    /// The tokens page's sessions.
+    pub sessions: page::Sessions,
 }
 
 #[cfg(feature = "server")]
@@ -205,7 +209,7 @@ impl Services {
 pub fn router(state: AppState) -> Router {
     let mut router = ops::router();
     if state.role.has_issuer() {
-        router = router.merge(issuer::router());
+        router = router.merge(issuer::router()).merge(page::router());
     }
     router = router.layer(
         TraceLayer::new_for_http()

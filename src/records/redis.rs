@@ -17,19 +17,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use redis::AsyncCommands as _;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 use time::OffsetDateTime;
-use tokio::sync::Mutex;
 
 use super::{RecordError, TokenRecord};
 use crate::clock::Clock;
+use crate::redis_conn::{LazyConnection, OpenError};
 use crate::token::{Subject, TenantId};
 
 /// Records in Redis, shared by every issuer of a deployment.
 #[derive(Clone)]
 pub struct RedisRecords {
-    client: redis::Client,
-    conn: Arc<Mutex<Option<ConnectionManager>>>,
+    conn: Arc<LazyConnection>,
     prefix: String,
     retention: Duration,
     timeout: Duration,
@@ -63,8 +62,10 @@ impl RedisRecords {
         clock: Arc<dyn Clock>,
     ) -> Result<Self, RecordError> {
         Ok(Self {
-            client: redis::Client::open(url).map_err(RecordError::RedisUrl)?,
-            conn: Arc::default(),
+            conn: Arc::new(LazyConnection::new(
+                redis::Client::open(url).map_err(RecordError::RedisUrl)?,
+                timeout,
+            )),
             prefix: prefix.to_owned(),
             retention,
             timeout,
@@ -73,26 +74,14 @@ impl RedisRecords {
     }
 
     async fn conn(&self) -> Result<ConnectionManager, RecordError> {
-        let mut slot = self.conn.lock().await;
-        if let Some(conn) = slot.as_ref() {
-            return Ok(conn.clone());
-        }
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(self.timeout))
-            .set_response_timeout(Some(self.timeout))
-            .set_number_of_retries(1);
-        let conn = tokio::time::timeout(
-            self.timeout,
-            ConnectionManager::new_with_config(self.client.clone(), config),
-        )
-        .await
-        .map_err(|_| RecordError::Timeout {
-            operation: "connect for token records",
-            timeout: self.timeout,
-        })?
-        .map_err(redis_error("connect for token records"))?;
-        *slot = Some(conn.clone());
-        Ok(conn)
+        let operation = "connect for token records";
+        self.conn.get().await.map_err(|error| match error {
+            OpenError::Timeout => RecordError::Timeout {
+                operation,
+                timeout: self.timeout,
+            },
+            OpenError::Redis(source) => RecordError::Redis { operation, source },
+        })
     }
 
     /// Runs one idempotent operation, once more on a fresh connection if the first attempt

@@ -18,6 +18,7 @@ mod interop;
 mod issuer;
 mod minting;
 mod mutations;
+mod page;
 mod revocation;
 mod serve;
 mod support;

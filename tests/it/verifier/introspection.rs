@@ -157,16 +157,21 @@ async fn a_refused_introspection_keeps_the_connection_usable() {
     let deployment = Deployment::new();
     let served = verifier(&deployment).await;
     let mut stream = tokio::net::TcpStream::connect(served.addr).await.unwrap();
-    let body = "token=abc";
-    let request = format!(
+    // A client whose body follows its head a moment later (a large form, a slow link): the
+    // refusal must not be sent before the body is read and then leave the connection dead.
+    let body = format!("token={}", "a".repeat(4000));
+    let head = format!(
         "POST /v1/introspect HTTP/1.1\r\nHost: x\r\nAuthorization: Basic Z2F0ZXdheTp3cm9uZw==\r\n\
-         Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+         Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n",
         body.len()
     );
     // Two requests on one keep-alive connection: the 401 must not silently end it.
     let mut answers = String::new();
     for _ in 0..2 {
-        stream.write_all(request.as_bytes()).await.unwrap();
+        stream.write_all(head.as_bytes()).await.unwrap();
+        // Simulates the client's pace, not a synchronisation: the answer is awaited below.
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        stream.write_all(body.as_bytes()).await.unwrap();
         let answer =
             tokio::time::timeout(std::time::Duration::from_secs(5), read_answer(&mut stream))
                 .await
