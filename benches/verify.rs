@@ -11,6 +11,8 @@
 //! - `reject_vs_cold`: cheap rejections (random base64url, 9 KiB, `alg: none`) against the
 //!   cold verify.
 //! - `mint_vs_sign`: `Issuer::mint` against a bare Ed25519 sign of the same bytes.
+//! - `usage_vs_warm`: the warm verify alone against the warm verify plus recording the
+//!   token's use (issue 10: a repeat use in the same interval, as on a busy verifier).
 //!
 //! The realistic token is about 450 bytes (checked at start-up): a 43-character kid, a
 //! 22-character jti and three permissions. Cold tokens come from a pool minted before any
@@ -327,6 +329,41 @@ fn warm_vs_cold(c: &mut Criterion, fixture: &Fixture) {
     group.finish();
 }
 
+fn usage_vs_warm(c: &mut Criterion, fixture: &Fixture) {
+    use edgetoken::usage::{MemoryUsage, Presenter, UsageRecorder, UsageSettings, UsageStore};
+    let mut group = c.benchmark_group("usage_vs_warm");
+    let verifier = fixture.verifier(CacheSettings::default());
+    for _ in 0..2 {
+        verifier
+            .verify(&fixture.token, &fixture.requirement)
+            .expect("warm-up verify");
+    }
+    group.bench_function("warm_verify", |b| {
+        b.iter(|| verifier.verify(black_box(&fixture.token), black_box(&fixture.requirement)));
+    });
+    let clock: Arc<dyn edgetoken::Clock> = Arc::new(SystemClock);
+    let recorder = UsageRecorder::new(
+        UsageSettings::default(),
+        UsageStore::Memory(MemoryUsage::new(Arc::clone(&clock))),
+        Duration::from_hours(24),
+        clock,
+    );
+    let address = "203.0.113.7".parse().expect("address");
+    group.bench_function("warm_verify_and_record_use", |b| {
+        b.iter(|| {
+            let claims = verifier
+                .verify(black_box(&fixture.token), black_box(&fixture.requirement))
+                .expect("warm verify");
+            recorder.record(&claims, || Presenter {
+                address: Some(address),
+                agent: Some(b"bench/1.0"),
+            });
+            claims
+        });
+    });
+    group.finish();
+}
+
 fn reject_vs_cold(c: &mut Criterion, fixture: &Fixture) {
     let verifier = fixture.verifier(CacheSettings::default());
     let garbage = garbage_token(450);
@@ -410,5 +447,6 @@ fn main() {
     warm_vs_cold(&mut c, &fixture);
     reject_vs_cold(&mut c, &fixture);
     mint_vs_sign(&mut c, &fixture);
+    usage_vs_warm(&mut c, &fixture);
     c.final_summary();
 }

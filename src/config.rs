@@ -45,6 +45,8 @@ pub struct Config {
     pub issuer: IssuerConfig,
     /// The verifier service: where keys come from, forward-auth route policy, introspection.
     pub verifier: VerifierConfig,
+    /// Token usage ("last used") recorded by verifiers.
+    pub usage: UsageConfig,
     /// The personal tokens page (`/`), served with the issuer.
     pub page: PageConfig,
 }
@@ -466,6 +468,39 @@ impl Default for CacheConfig {
         Self {
             max_entries: defaults.max_entries,
             max_token_bytes: defaults.max_token_bytes,
+        }
+    }
+}
+
+/// `[usage]`: what verifiers record about the tokens they accept (issue 10), shown by the
+/// list API as `last_used_at`, `last_used_from` and `uses`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UsageConfig {
+    /// Record each accepted token's last use and use count. Default true. Recording never
+    /// delays or fails a verification: usage is aggregated in memory and flushed in the
+    /// background.
+    pub enabled: bool,
+    /// Also record the client address (the trusted forwarded address, else the TCP peer) and
+    /// user agent (first 128 bytes, control characters removed) of the latest use. Default
+    /// true. Privacy: false records only the time and count.
+    pub record_address: bool,
+    /// Seconds between two flushes to the store, 1 to 3600: how fresh "last used" is.
+    /// Default 10.
+    pub flush_secs: u64,
+    /// Most tokens aggregated per flush interval; past it the least recently used are dropped
+    /// (counted in `edgetoken_usage_dropped_total`). Default 100000.
+    pub max_entries: usize,
+}
+
+impl Default for UsageConfig {
+    fn default() -> Self {
+        let defaults = crate::usage::UsageSettings::default();
+        Self {
+            enabled: defaults.enabled,
+            record_address: defaults.record_address,
+            flush_secs: defaults.flush.as_secs(),
+            max_entries: defaults.max_entries,
         }
     }
 }

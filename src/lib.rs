@@ -31,6 +31,8 @@
 //! - [`revocation`]: the [`RevocationCheck`] seam the verifier calls, the in-memory mirror,
 //!   and the Redis store and feed that keep it current (why `redis` is not optional).
 //! - [`records`]: token metadata (never the token), in memory or in Redis.
+//! - [`usage`]: "last used": each verifier's per-thread aggregate of accepted uses and its
+//!   periodic, commutative flush to Redis or memory.
 //! - [`permissions`], [`policy`], [`proxies`]: scopes and the catalogue, the route policy
 //!   that turns a method and path into a [`Requirement`], and trusted proxy addresses; no I/O.
 //! - [`directory`]: people and their memberships; password hashing and checking only with the
@@ -98,6 +100,7 @@ mod redis_conn;
 pub mod revocation;
 pub mod settings;
 pub mod token;
+pub mod usage;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use keys::{KeyRing, SigningKey};

@@ -339,6 +339,15 @@ async fn serve(config: Settings, role: Role, development: bool) -> anyhow::Resul
     if let Some(reload) = &started.key_reload {
         reload.abort();
     }
+    // The last interval's token usage, so a clean stop loses none.
+    if let Some(usage) = started
+        .services
+        .verifier_api
+        .as_ref()
+        .and_then(|api| api.decider.usage())
+    {
+        usage.flush_now().await;
+    }
     started.revocation.shutdown().await;
     tracing::info!("stopped");
     Ok(())

@@ -18,10 +18,24 @@ use prometheus_client::registry::Registry;
 
 use crate::revocation::Propagation;
 use crate::token::{CacheStats, Rejection};
+use crate::usage::UsageStats;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabel {
     outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
+/// Token usage counters (issue 10), copied from the recorder at scrape time.
+#[derive(Default)]
+struct UsageMetrics {
+    dropped: Family<ReasonLabel, Counter>,
+    flushed: Counter,
+    flush_failures: Counter,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -51,6 +65,8 @@ pub struct StateSample {
     /// Time since the mirror last renewed its registration in the revocation barrier;
     /// `None` when not registered (in-process store, or before the first full sync).
     pub registration_age: Option<Duration>,
+    /// Token usage counters; `None` when this process records no usage.
+    pub usage: Option<UsageStats>,
 }
 
 /// Outcomes of a forward-auth or layer decision that happen before a token is verified, or
@@ -81,6 +97,7 @@ pub struct Metrics {
     barrier_mirrors: Family<OutcomeLabel, Counter>,
     applied_seq: Gauge<u64, AtomicU64>,
     registration_age: Gauge<f64, AtomicU64>,
+    usage: UsageMetrics,
 }
 
 impl fmt::Debug for Metrics {
@@ -127,6 +144,7 @@ impl Metrics {
             barrier_mirrors: Family::default(),
             applied_seq: Gauge::default(),
             registration_age: Gauge::default(),
+            usage: UsageMetrics::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -190,7 +208,7 @@ impl Metrics {
             "Seconds since the JWKS was last fetched successfully (+Inf if never; 0 without a JWKS URL)",
             metrics.jwks_age.clone(),
         );
-        metrics.register_barrier(&mut registry);
+        metrics.register_groups(&mut registry);
         for code in Rejection::CODES.iter().chain(&DECISION_OUTCOMES) {
             // Pre-register every label so dashboards see zeros, not gaps.
             let _ = metrics
@@ -201,6 +219,12 @@ impl Metrics {
             registry,
             ..metrics
         }
+    }
+
+    /// Registers the metrics of the features added since SPEC §8's first list.
+    fn register_groups(&self, registry: &mut Registry) {
+        self.register_barrier(registry);
+        self.register_usage(registry);
     }
 
     /// Registers the revocation barrier's metrics (issue 15).
@@ -234,6 +258,28 @@ impl Metrics {
             let label = OutcomeLabel { outcome };
             let _ = self.barrier_revokes.get_or_create(&label);
             let _ = self.barrier_mirrors.get_or_create(&label);
+        }
+    }
+
+    /// Registers the token usage metrics (issue 10); sampled from the recorder at scrape time.
+    fn register_usage(&self, registry: &mut Registry) {
+        registry.register(
+            "usage_dropped",
+            "Token usage aggregates dropped: store (Redis failed or slow) or full (memory bound)",
+            self.usage.dropped.clone(),
+        );
+        registry.register(
+            "usage_flushed",
+            "Token usage aggregates written to the store",
+            self.usage.flushed.clone(),
+        );
+        registry.register(
+            "usage_flush_failures",
+            "Usage flushes that failed or timed out (their usage was dropped)",
+            self.usage.flush_failures.clone(),
+        );
+        for reason in ["store", "full"] {
+            let _ = self.usage.dropped.get_or_create(&ReasonLabel { reason });
         }
     }
 
@@ -330,6 +376,29 @@ impl Metrics {
                 age.as_secs_f64()
             }
         }));
+        let sampled = state.usage.unwrap_or_default();
+        // Counters owned by the recorder, copied in: a scrape sees its totals since start.
+        let set = |counter: &Counter, value: u64| {
+            counter
+                .inner()
+                .store(value, std::sync::atomic::Ordering::Relaxed);
+        };
+        set(
+            &self
+                .usage
+                .dropped
+                .get_or_create(&ReasonLabel { reason: "store" }),
+            sampled.dropped_store,
+        );
+        set(
+            &self
+                .usage
+                .dropped
+                .get_or_create(&ReasonLabel { reason: "full" }),
+            sampled.dropped_full,
+        );
+        set(&self.usage.flushed, sampled.flushed);
+        set(&self.usage.flush_failures, sampled.failed_flushes);
         let mut text = String::new();
         // Encoding into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);

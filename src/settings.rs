@@ -18,6 +18,7 @@ use crate::policy::RoutePolicy;
 use crate::proxies::TrustedProxies;
 use crate::revocation::RevocationSettings;
 use crate::token::{CacheSettings, MAX_LEEWAY, VerifierSettings};
+use crate::usage::UsageSettings;
 
 /// The validated settings of one process.
 #[derive(Debug, Clone)]
@@ -38,6 +39,8 @@ pub struct Settings {
     pub issuer: IssuerSettings,
     /// The verifier service (`[verifier]`).
     pub verifier: VerifierServiceSettings,
+    /// Token usage recording (`[usage]`).
+    pub usage: UsageSettings,
     /// The personal tokens page (`[page]`).
     pub page: PageSettings,
 }
@@ -233,6 +236,7 @@ impl Settings {
             .map_err(|e| field("revocation", e.to_string()))?;
         let issuer = issuer(config)?;
         let verifier = verifier(config, &catalogue)?;
+        let usage = usage(config)?;
         let page = page(config)?;
         Ok(Self {
             token,
@@ -250,9 +254,26 @@ impl Settings {
             revocation,
             issuer,
             verifier,
+            usage,
             page,
         })
     }
+}
+
+fn usage(config: &Config) -> Result<UsageSettings, ConfigError> {
+    let u = &config.usage;
+    if !(1..=3600).contains(&u.flush_secs) {
+        return Err(field("usage.flush_secs", "must be 1 to 3600 seconds"));
+    }
+    if u.max_entries == 0 {
+        return Err(field("usage.max_entries", "must be above 0"));
+    }
+    Ok(UsageSettings {
+        enabled: u.enabled,
+        record_address: u.record_address,
+        flush: Duration::from_secs(u.flush_secs),
+        max_entries: u.max_entries,
+    })
 }
 
 fn page(config: &Config) -> Result<PageSettings, ConfigError> {

@@ -8,6 +8,10 @@
 #   cold:  the same /v1/verify, every request a token never seen before
 #          vs bare axum GET /strict doing one ed25519 verify_strict per request on the same
 #          kind of never-seen token
+#   usage: the warm run above (token usage recorded, the default) vs the same warm requests
+#          to a second verifier with [usage] enabled = false (issue 10; target >= 0.97); and
+#          the cold run likewise (every request a new token: a new usage slot each), for
+#          information
 #
 # Usage: benches/load/run.sh   (env: DURATION=10s CONNECTIONS=32 THREADS=2 COLD_TOKENS=400000
 #                                    PIN=1)
@@ -33,6 +37,7 @@ if [ "$PIN" = 1 ]; then
 fi
 VERIFIER_PORT=${VERIFIER_PORT:-18481}
 BARE_PORT=${BARE_PORT:-18482}
+USAGE_OFF_PORT=${USAGE_OFF_PORT:-18484}
 
 command -v wrk >/dev/null || { echo "wrk is not installed (apt-get install wrk)" >&2; exit 2; }
 command -v redis-server >/dev/null || { echo "redis-server is not installed" >&2; exit 2; }
@@ -68,6 +73,9 @@ listen = "127.0.0.1:$VERIFIER_PORT"
 redis_url = "redis://127.0.0.1:$REDIS_PORT/"
 key_prefix = "load-bench"
 TOML
+# The same verifier with token usage off, for the usage on / off pair.
+sed "s/127.0.0.1:$VERIFIER_PORT/127.0.0.1:$USAGE_OFF_PORT/" "$work/edgetoken.toml" >"$work/usage-off.toml"
+printf '[usage]\nenabled = false\n' >>"$work/usage-off.toml"
 
 echo "minting $ROUNDS x $COLD_TOKENS cold tokens and 100 warm ones..." >&2
 for round in $(seq "$ROUNDS"); do
@@ -78,17 +86,22 @@ done
 env RUST_LOG=warn "${server_cpu[@]}" "$bin/edgetoken" serve --config "$work/edgetoken.toml" --role verifier \
     >"$work/verifier.log" 2>&1 &
 pids+=($!)
+env RUST_LOG=warn "${server_cpu[@]}" "$bin/edgetoken" serve --config "$work/usage-off.toml" --role verifier \
+    >"$work/verifier-usage-off.log" 2>&1 &
+pids+=($!)
 "${server_cpu[@]}" "$bin/examples/bare_axum" "127.0.0.1:$BARE_PORT" "$work/keys" >"$work/bare.log" 2>&1 &
 pids+=($!)
-for url in "http://127.0.0.1:$VERIFIER_PORT/readyz" "http://127.0.0.1:$BARE_PORT/ok"; do
+for url in "http://127.0.0.1:$VERIFIER_PORT/readyz" "http://127.0.0.1:$USAGE_OFF_PORT/readyz" \
+    "http://127.0.0.1:$BARE_PORT/ok"; do
     for _ in $(seq 100); do curl -fs -o /dev/null "$url" && break; sleep 0.1; done
     curl -fs -o /dev/null "$url" || { echo "$url never answered" >&2; cat "$work"/*.log >&2; exit 1; }
 done
 
 verify="http://127.0.0.1:$VERIFIER_PORT/v1/verify?tenant=acme&permission=runs:read"
+verify_usage_off="http://127.0.0.1:$USAGE_OFF_PORT/v1/verify?tenant=acme&permission=runs:read"
 # Sanity: each side answers 200 to what it will be measured on.
 warm_token=$(head -1 "$work/warm.txt")
-for url in "$verify" "http://127.0.0.1:$BARE_PORT/strict"; do
+for url in "$verify" "$verify_usage_off" "http://127.0.0.1:$BARE_PORT/strict"; do
     code=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $warm_token" "$url")
     [ "$code" = 200 ] || { echo "$url answered $code, not 200" >&2; exit 1; }
 done
@@ -113,12 +126,18 @@ run() {
 
 # Each pair is measured back to back, ROUNDS times, alternating sides, so a slow spell of the
 # machine lands on both sides of a ratio; each cold round walks its own never-seen tokens.
-rows=() warm_ratios=() cold_ratios=()
+rows=() warm_ratios=() cold_ratios=() usage_rows=() usage_ratios=()
 for round in $(seq "$ROUNDS"); do
     read -r b_rps b_p99 b_bad _ < <(run "bare-ok-$round" "http://127.0.0.1:$BARE_PORT/ok" "$work/warm.txt")
     read -r w_rps w_p99 w_bad _ < <(run "warm-$round" "$verify" "$work/warm.txt")
+    read -r o_rps o_p99 o_bad _ < <(run "warm-usage-off-$round" "$verify_usage_off" "$work/warm.txt")
+    usage_ratios+=("$(awk -v a="$w_rps" -v b="$o_rps" 'BEGIN {printf "%.2f", a / b}')")
+    usage_rows+=("| $round | $o_rps | $w_rps | **${usage_ratios[-1]}** | $o_p99 / $w_p99 | $((o_bad + w_bad)) |")
     read -r s_rps s_p99 s_bad s_n < <(run "bare-strict-$round" "http://127.0.0.1:$BARE_PORT/strict" "$work/cold-$round.txt")
     read -r c_rps c_p99 c_bad c_n < <(run "cold-$round" "$verify" "$work/cold-$round.txt")
+    # The same never-seen tokens: never seen by this verifier either.
+    read -r co_rps _ co_bad _ < <(run "cold-usage-off-$round" "$verify_usage_off" "$work/cold-$round.txt")
+    usage_rows[-1]+=" $co_rps | $c_rps | $(awk -v a="$c_rps" -v b="$co_rps" 'BEGIN {printf "%.2f", a / b}') | $co_bad |"
     warm_ratios+=("$(awk -v a="$w_rps" -v b="$b_rps" 'BEGIN {printf "%.2f", a / b}')")
     cold_ratios+=("$(awk -v a="$c_rps" -v b="$s_rps" 'BEGIN {printf "%.2f", a / b}')")
     rows+=("| $round | $b_rps | $w_rps | **${warm_ratios[-1]}** | $s_rps | $c_rps | **${cold_ratios[-1]}** | $b_p99 / $w_p99 | $s_p99 / $c_p99 | $((b_bad + w_bad + s_bad + c_bad)) |")
@@ -127,12 +146,19 @@ done
 
 echo "verifier outcomes after all runs:" >&2
 curl -s "http://127.0.0.1:$VERIFIER_PORT/metrics" | grep '^edgetoken_verify_total' | grep -v ' 0$' >&2 || true
+echo "token usage on the usage-on verifier:" >&2
+curl -s "http://127.0.0.1:$VERIFIER_PORT/metrics" | grep '^edgetoken_usage_' >&2 || true
 
 median() { printf '%s\n' "$@" | sort -n | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}'; }
 echo "| round | bare 200 rps | warm rps | warm / bare | bare strict rps | cold rps | cold / strict | p99 bare / warm (ms) | p99 strict / cold (ms) | non-2xx |"
 echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- | ---: |"
 printf '%s\n' "${rows[@]}"
 echo
+echo "| round | warm, usage off rps | warm, usage on rps | on / off | p99 off / on (ms) | non-2xx | cold, usage off rps | cold, usage on rps | on / off | non-2xx |"
+echo "| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |"
+printf '%s\n' "${usage_rows[@]}"
+echo
 echo "median warm / bare 200: $(median "${warm_ratios[@]}") (target >= 0.90)"
 echo "median cold / bare verify_strict: $(median "${cold_ratios[@]}") (target >= 0.90)"
+echo "median warm usage on / usage off: $(median "${usage_ratios[@]}") (target >= 0.97)"
 echo "settings: wrk -t $THREADS -c $CONNECTIONS -d $DURATION, $ROUNDS rounds, $(nproc) cores, pinned: $PIN"

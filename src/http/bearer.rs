@@ -1,12 +1,15 @@
 //! The access decision shared by forward-auth (`/v1/verify`) and the in-process layer
 //! (SPEC §5, §6): read exactly one bearer token, verify it against a requirement, record the
 //! outcome, and (with the `server` feature) ask for a JWKS refetch when the `kid` is unknown.
+//! An accepted token's use is handed to the [`UsageRecorder`], when there is one, with the
+//! client it came from (see [`client_address`]).
 //!
 //! # Security
 //!
 //! The token and the `Authorization` header are never logged; decisions log `jti`, `kid`,
 //! `tenant` and `reason` at debug level, and metrics count every outcome.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -16,10 +19,12 @@ use super::error::ApiError;
 #[cfg(feature = "server")]
 use super::jwks::JwksRefresher;
 use crate::metrics::Metrics;
+use crate::proxies::TrustedProxies;
 #[cfg(feature = "server")]
 use crate::token::Rejection;
 use crate::token::warm::Verified;
 use crate::token::{Claims, Requirement, Verifier};
+use crate::usage::{Presenter, UsageRecorder};
 
 /// The bearer token of `headers`: exactly one `Authorization` header, scheme `Bearer` in any
 /// case, one or more spaces, then one token of RFC 6750 `b64token` characters and nothing
@@ -78,11 +83,82 @@ fn is_b64token_byte(b: u8) -> bool {
         | (b == b'~')
 }
 
+/// The client address of a request from TCP peer `peer`: when the peer is one of `proxies`,
+/// the address it forwards (`X-Real-IP`, else the right-most `X-Forwarded-For` entry that is
+/// not itself a trusted proxy), else the peer itself.
+///
+/// # Security
+///
+/// Forwarded headers from any other peer are ignored, as for the route headers: a client
+/// cannot choose the address recorded for its use. A forwarded value that does not parse
+/// stops the walk and the peer is used.
+pub fn client_address(
+    headers: &HeaderMap,
+    peer: Option<IpAddr>,
+    proxies: Option<&TrustedProxies>,
+) -> Option<IpAddr> {
+    let peer = peer?.to_canonical();
+    let Some(proxies) = proxies.filter(|p| p.contains(peer)) else {
+        return Some(peer);
+    };
+    let mut real = headers.get_all("x-real-ip").iter();
+    if let (Some(value), None) = (real.next(), real.next()) {
+        return Some(
+            value
+                .to_str()
+                .ok()
+                .and_then(|v| v.trim().parse::<IpAddr>().ok())
+                .map_or(peer, |ip| ip.to_canonical()),
+        );
+    }
+    let mut hops = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .rev()
+        .flat_map(|value| value.to_str().unwrap_or(",").rsplit(','));
+    let mut nearest = peer;
+    for hop in hops.by_ref() {
+        let Ok(ip) = hop.trim().parse::<IpAddr>() else {
+            return Some(peer);
+        };
+        nearest = ip.to_canonical();
+        if !proxies.contains(nearest) {
+            return Some(nearest);
+        }
+    }
+    Some(nearest)
+}
+
+/// The request an accepted token came with, from which usage takes the client address and
+/// user agent, worked out only when a use is recorded with addresses.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Presented<'a> {
+    /// The request headers.
+    pub(crate) headers: &'a HeaderMap,
+    /// The TCP peer, when known.
+    pub(crate) peer: Option<IpAddr>,
+    /// Peers whose forwarded headers are trusted (none for the layer).
+    pub(crate) proxies: Option<&'a TrustedProxies>,
+}
+
+impl<'a> Presented<'a> {
+    fn presenter(&self) -> Presenter<'a> {
+        Presenter {
+            address: client_address(self.headers, self.peer, self.proxies),
+            agent: self
+                .headers
+                .get(header::USER_AGENT)
+                .map(axum::http::HeaderValue::as_bytes),
+        }
+    }
+}
+
 /// Verifies tokens for HTTP callers: the verifier plus what surrounds a decision.
 #[derive(Debug, Clone)]
 pub struct Decider {
     verifier: Arc<Verifier>,
     metrics: Option<Arc<Metrics>>,
+    usage: Option<UsageRecorder>,
     #[cfg(feature = "server")]
     jwks: Option<Arc<JwksRefresher>>,
 }
@@ -93,9 +169,22 @@ impl Decider {
         Self {
             verifier,
             metrics: None,
+            usage: None,
             #[cfg(feature = "server")]
             jwks: None,
         }
+    }
+
+    /// Records every accepted token's use in `usage`.
+    #[must_use]
+    pub fn with_usage(mut self, usage: UsageRecorder) -> Self {
+        self.usage = Some(usage);
+        self
+    }
+
+    /// The usage recorder, if usage is recorded.
+    pub fn usage(&self) -> Option<&UsageRecorder> {
+        self.usage.as_ref()
     }
 
     /// Records every decision in `metrics`.
@@ -145,17 +234,19 @@ impl Decider {
         requirement: Option<&Requirement>,
         started: Instant,
     ) -> Result<Arc<Claims>, ApiError> {
-        self.decide_warm(token, requirement, started)
+        self.decide_warm(token, requirement, started, None)
             .map(Verified::into_claims)
     }
 
     /// As [`Decider::decide_since`], telling claims served from the verified-token cache from
-    /// claims verified afresh (see [`Verifier::verify_warm`]).
+    /// claims verified afresh (see [`Verifier::verify_warm`]), and recording an accepted
+    /// token's use with the client of `presented` (no address without it).
     pub(crate) fn decide_warm(
         &self,
         token: &str,
         requirement: Option<&Requirement>,
         started: Instant,
+        presented: Option<Presented<'_>>,
     ) -> Result<Verified, ApiError> {
         let any = Requirement::any();
         let result = self
@@ -196,7 +287,14 @@ impl Decider {
         }
         match result {
             Ok(_) if requirement.is_none() => Err(ApiError::NoRoute),
-            Ok(claims) => Ok(claims),
+            Ok(claims) => {
+                if let Some(usage) = &self.usage {
+                    usage.record(&claims, || {
+                        presented.map_or_else(Presenter::default, |request| request.presenter())
+                    });
+                }
+                Ok(claims)
+            }
             Err(rejection) => Err(ApiError::Token(rejection)),
         }
     }
@@ -222,6 +320,57 @@ mod tests {
             headers.append(header::AUTHORIZATION, HeaderValue::from_str(value).unwrap());
         }
         headers
+    }
+
+    fn forwarded(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (name, value) in pairs {
+            headers.append(
+                axum::http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        headers
+    }
+
+    #[test]
+    fn client_address_honours_forwarded_headers_only_from_trusted_proxies() {
+        let proxies = TrustedProxies::parse(&["127.0.0.1", "10.0.0.0/8"]).unwrap();
+        let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
+        let xff = forwarded(&[("x-forwarded-for", "203.0.113.9, 198.51.100.7, 10.1.1.1")]);
+        assert_eq!(
+            client_address(&xff, ip("127.0.0.1"), Some(&proxies)),
+            ip("198.51.100.7"),
+            "right-most address that is not a trusted proxy"
+        );
+        assert_eq!(
+            client_address(&xff, ip("192.0.2.1"), Some(&proxies)),
+            ip("192.0.2.1"),
+            "an untrusted peer's headers are ignored"
+        );
+        assert_eq!(client_address(&xff, ip("127.0.0.1"), None), ip("127.0.0.1"));
+        let real = forwarded(&[
+            ("x-real-ip", "198.51.100.8"),
+            ("x-forwarded-for", "1.2.3.4"),
+        ]);
+        assert_eq!(
+            client_address(&real, ip("127.0.0.1"), Some(&proxies)),
+            ip("198.51.100.8")
+        );
+        let junk = forwarded(&[("x-forwarded-for", "not-an-ip, 198.51.100.7")]);
+        assert_eq!(
+            client_address(&junk, ip("127.0.0.1"), Some(&proxies)),
+            ip("198.51.100.7")
+        );
+        let only_junk = forwarded(&[("x-forwarded-for", "198.51.100.7, junk")]);
+        assert_eq!(
+            client_address(&only_junk, ip("127.0.0.1"), Some(&proxies)),
+            ip("127.0.0.1")
+        );
+        assert_eq!(
+            client_address(&HeaderMap::new(), ip("::ffff:127.0.0.1"), Some(&proxies)),
+            ip("127.0.0.1")
+        );
     }
 
     #[test]

@@ -24,6 +24,7 @@ use crate::records::{MemoryRecords, RecordError, RecordStore, RedisRecords};
 use crate::revocation::{RevocationEngine, RevocationStore, StoreError, StoreKind};
 use crate::settings::Settings;
 use crate::token::{Issuer, Subject, TenantId, Verifier};
+use crate::usage::{MemoryUsage, RedisUsage, UsageRecorder, UsageStore};
 
 /// Why the service could not start.
 #[derive(Debug, thiserror::Error)]
@@ -122,15 +123,26 @@ pub async fn start(
         .reload
         .filter(|_| jwks.is_none())
         .map(|period| spawn_key_reload(key_dir.clone(), Arc::clone(&verifier), period));
+    let usage = usage_store(&settings, &clock)?;
     let verifier_api = if role.has_verifier() {
-        Some(verifier_api(&settings, &verifier, &metrics, jwks.as_ref()))
+        let recorder = usage_recorder(&settings, &usage, &clock, &mut banner);
+        Some(verifier_api(
+            &settings,
+            &verifier,
+            &metrics,
+            jwks.as_ref(),
+            recorder,
+        ))
     } else {
         None
     };
     let issuer = match signing_key {
         Some(key) => {
             let store = revocation.store();
-            Some(issuer_state(&settings, key, store, development, &clock, &mut banner).await?)
+            let mut state =
+                issuer_state(&settings, key, store, development, &clock, &mut banner).await?;
+            state.usage = usage;
+            Some(state)
         }
         None => None,
     };
@@ -230,17 +242,66 @@ fn spawn_key_reload(
     })
 }
 
+/// Where token usage is merged and read: the deployment's Redis, or this process's memory
+/// (the in-process store, one process).
+fn usage_store(settings: &Settings, clock: &Arc<dyn Clock>) -> Result<UsageStore, StartError> {
+    let store = &settings.revocation;
+    Ok(match &store.redis_url {
+        Some(url) => UsageStore::Redis(RedisUsage::new(
+            url,
+            &store.key_prefix,
+            store.command_timeout,
+        )?),
+        None => UsageStore::Memory(MemoryUsage::new(Arc::clone(clock))),
+    })
+}
+
+/// The verifier's usage recorder (with its flusher task), unless `usage.enabled` is off.
+fn usage_recorder(
+    settings: &Settings,
+    store: &UsageStore,
+    clock: &Arc<dyn Clock>,
+    banner: &mut Vec<String>,
+) -> Option<UsageRecorder> {
+    let usage = settings.usage;
+    banner.push(if usage.enabled {
+        format!(
+            "token usage: recorded{}, flushed every {} s",
+            if usage.record_address {
+                " with client address and user agent"
+            } else {
+                " (time and count only)"
+            },
+            usage.flush.as_secs()
+        )
+    } else {
+        "token usage: not recorded (usage.enabled = false)".to_owned()
+    });
+    usage.enabled.then(|| {
+        UsageRecorder::start(
+            usage,
+            store.clone(),
+            settings.issuer.records_retention,
+            Arc::clone(clock),
+        )
+    })
+}
+
 /// The verifier API: route policy, trusted proxies, introspection clients, and a decider that
-/// records metrics and asks the JWKS refresher for unknown kids.
+/// records metrics and usage and asks the JWKS refresher for unknown kids.
 fn verifier_api(
     settings: &Settings,
     verifier: &Arc<Verifier>,
     metrics: &Arc<Metrics>,
     jwks: Option<&Arc<JwksRefresher>>,
+    usage: Option<UsageRecorder>,
 ) -> VerifierApi {
     let mut decider = Decider::new(Arc::clone(verifier)).with_metrics(Arc::clone(metrics));
     if let Some(jwks) = jwks {
         decider = decider.with_jwks(Arc::clone(jwks));
+    }
+    if let Some(usage) = usage {
+        decider = decider.with_usage(usage);
     }
     VerifierApi {
         decider,
@@ -366,6 +427,8 @@ async fn issuer_state(
         directory: Arc::new(directory),
         catalogue,
         records,
+        // Replaced by `start` with the store the verifier's recorder shares.
+        usage: UsageStore::Memory(MemoryUsage::new(Arc::clone(clock))),
         revocations,
         auth: AuthSettings {
             mode: settings.issuer.auth,

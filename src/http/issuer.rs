@@ -26,6 +26,7 @@ use crate::permissions::{PermissionError, READ_ALL, READ_WRITE_ALL};
 use crate::records::TokenRecord;
 use crate::revocation::{Propagation, Revocation, RevocationCheck as _, RevocationStatus};
 use crate::token::{Lifetime, MintRequest, Rejection, Requirement, Subject, TenantId, TokenId};
+use crate::usage::TokenUsage;
 
 pub(super) fn router() -> Router<AppState> {
     Router::new()
@@ -328,6 +329,38 @@ pub(super) struct TokenView {
     pub(super) revoked_at: Option<OffsetDateTime>,
     /// `active`, `expired` or `revoked`.
     pub(super) status: &'static str,
+    /// When a verifier last accepted it (to the second, fresh to within `usage.flush_secs`),
+    /// or null: never used.
+    #[serde(with = "time::serde::rfc3339::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub(super) last_used_at: Option<OffsetDateTime>,
+    /// The client address of that use, or null (never used, or addresses not recorded).
+    pub(super) last_used_from: Option<String>,
+    /// Approximate number of uses; 0 means never used.
+    pub(super) uses: u64,
+}
+
+/// `person`'s token records in `tenant`, newest first, each with its usage (the list API's
+/// and the tokens page's data).
+///
+/// # Errors
+///
+/// [`ApiError`] 503 when the record or usage store cannot be read.
+pub(crate) async fn records_with_usage(
+    issuer: &IssuerState,
+    tenant: &TenantId,
+    person: &Subject,
+) -> Result<Vec<(TokenRecord, TokenUsage)>, ApiError> {
+    let records = issuer.records.list(tenant, person).await?;
+    let ids: Vec<&str> = records.iter().map(|r| r.id.as_str()).collect();
+    let mut usage = issuer.usage.of_tokens(tenant, &ids).await?;
+    Ok(records
+        .into_iter()
+        .map(|record| {
+            let used = usage.remove(record.id.as_str()).unwrap_or_default();
+            (record, used)
+        })
+        .collect())
 }
 
 /// List your tokens in a tenant (metadata only).
@@ -363,11 +396,11 @@ pub(super) async fn list_for(
     if person.membership(&tenant).is_none() {
         return Err(MintRefusal::NotAMember(tenant).into());
     }
-    let records = issuer.records.list(&tenant, &person.id).await?;
+    let records = records_with_usage(issuer, &tenant, &person.id).await?;
     let now = state.clock.now();
     let tokens = records
         .into_iter()
-        .map(|record| {
+        .map(|(record, usage)| {
             // A token revoked by a user, tenant or key watermark has no revoked_at of its
             // own; the mirror knows it is revoked all the same.
             let revoked = record.revoked_at.is_some()
@@ -387,6 +420,9 @@ pub(super) async fn list_for(
                 expires_at: record.expires_at,
                 revoked_at: record.revoked_at,
                 status,
+                last_used_at: usage.last_used_at,
+                last_used_from: usage.last_used_from,
+                uses: usage.uses,
             }
         })
         .collect();

@@ -20,25 +20,31 @@
 //! path (apply the layer to the outer router: a nested router sees a shortened path), or from
 //! one fixed [`Requirement`]; with neither, any valid token passes. Verification is
 //! synchronous and in memory, so the layer adds no `.await` of its own.
+//!
+//! With [`RequireToken::with_usage`], every accepted token's use is recorded (issue 10), with
+//! the TCP peer from axum's `ConnectInfo<SocketAddr>` (when the service is served with
+//! `into_make_service_with_connect_info`) and the user agent.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use axum::extract::{FromRequestParts, Request};
+use axum::extract::{ConnectInfo, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use futures_util::future::{Either, Ready, ready};
 use tower::{Layer, Service};
 
-use super::bearer::{Decider, bearer_token};
+use super::bearer::{Decider, Presented, bearer_token};
 use super::error::ApiError;
 #[cfg(feature = "server")]
 use super::jwks::JwksRefresher;
 use crate::metrics::Metrics;
 use crate::policy::RoutePolicy;
 use crate::token::{Claims, Requirement, Verifier};
+use crate::usage::UsageRecorder;
 
 #[derive(Debug)]
 enum Rule {
@@ -111,6 +117,15 @@ impl RequireToken {
         })
     }
 
+    /// Records every accepted token's use in `usage` (see the module docs for the address).
+    #[must_use]
+    pub fn with_usage(self, usage: UsageRecorder) -> Self {
+        self.map(|guard| Guard {
+            decider: guard.decider.with_usage(usage),
+            ..guard
+        })
+    }
+
     /// Asks `jwks` for a refetch when a token names an unknown `kid` (the refresher fetches
     /// over HTTP, so it needs the `server` feature).
     #[cfg(feature = "server")]
@@ -144,7 +159,17 @@ impl Guard {
                 }
             }
         };
-        self.decider.decide(token, requirement.as_ref())
+        let presented = Presented {
+            headers: request.headers(),
+            peer: request
+                .extensions()
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|ConnectInfo(address)| address.ip()),
+            proxies: None,
+        };
+        self.decider
+            .decide_warm(token, requirement.as_ref(), started, Some(presented))
+            .map(crate::token::warm::Verified::into_claims)
     }
 }
 

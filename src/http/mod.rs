@@ -135,6 +135,8 @@ pub struct IssuerState {
     pub catalogue: Catalogue,
     /// Token metadata.
     pub records: RecordStore,
+    /// Token usage ("last used"), as every verifier flushes it.
+    pub usage: crate::usage::UsageStore,
     /// Where revocations are written.
     pub revocations: Arc<dyn RevocationStore>,
     /// How people sign in.
@@ -186,6 +188,11 @@ impl Services {
             }),
             applied_seq: self.mirror.health().borrow().applied_seq,
             registration_age: self.mirror.registration_age(),
+            usage: self
+                .verifier_api
+                .as_ref()
+                .and_then(|api| api.decider.usage())
+                .map(crate::usage::UsageRecorder::stats),
         }
     }
 

@@ -41,7 +41,7 @@ use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq as _;
 
 use super::AppState;
-use super::bearer::{Decider, bearer_token};
+use super::bearer::{Decider, Presented, bearer_token};
 use super::error::ApiError;
 use super::extract::{body_bytes, single_header};
 use super::memo;
@@ -307,8 +307,16 @@ fn decide(api: &VerifierApi, parts: &Parts, started: Instant) -> Result<Verified
     };
     let token = bearer_token(&parts.headers).map_err(refused)?;
     let requirement = api.requirement(parts).map_err(refused)?;
+    let presented = Presented {
+        headers: &parts.headers,
+        peer: parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(address)| address.ip()),
+        proxies: Some(&api.trusted_proxies),
+    };
     api.decider
-        .decide_warm(token, requirement.as_deref(), started)
+        .decide_warm(token, requirement.as_deref(), started, Some(presented))
 }
 
 /// The `X-Auth-*` headers a proxy copies to the upstream.
@@ -373,6 +381,15 @@ async fn introspect(State(state): State<AppState>, request: Request) -> Result<R
         return Err(ApiError::NotFound);
     }
     let authorization = single_header(request.headers(), header::AUTHORIZATION.as_str())?.cloned();
+    // Kept for usage: the body read below consumes the request. Introspection is not the warm
+    // path, so a copy of the headers is affordable.
+    let (headers, peer) = (
+        request.headers().clone(),
+        request
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(address)| address.ip()),
+    );
     let is_form = request
         .headers()
         .get(header::CONTENT_TYPE)
@@ -396,7 +413,18 @@ async fn introspect(State(state): State<AppState>, request: Request) -> Result<R
     }
     let form: IntrospectForm = serde_urlencoded::from_bytes(&bytes)
         .map_err(|e| ApiError::bad_request("invalid_request", e.to_string()))?;
-    let body = match api.decider.decide(&form.token, Some(&Requirement::any())) {
+    let presented = Presented {
+        headers: &headers,
+        peer,
+        proxies: Some(&api.trusted_proxies),
+    };
+    let decided = api.decider.decide_warm(
+        &form.token,
+        Some(&Requirement::any()),
+        Instant::now(),
+        Some(presented),
+    );
+    let body = match decided.map(Verified::into_claims) {
         Ok(claims) => serde_json::json!({
             "active": true,
             "sub": claims.subject.as_str(),

@@ -99,6 +99,29 @@ def test_list_shows_the_token_and_revoke_ends_it_on_the_next_request(page, serve
     expect(row.get_by_role("button", name="Revoke")).to_have_count(0)
 
 
+def test_the_list_shows_when_and_from_where_a_token_was_last_used(browser):
+    # Usage is flushed every second here (default 10 s), so the list shows a use quickly.
+    server = start_server(extra_toml="[usage]\nflush_secs = 1\n")
+    try:
+        page = browser.new_page()
+        sign_in(page, server.base, "alice", ALICE_PASSWORD)
+        token = create_token(page, name="used once")
+        page.get_by_role("link", name="Done, back to my tokens").click()
+        row = page.locator("tr", has=page.get_by_role("cell", name="used once", exact=True))
+        expect(row.get_by_text("Never used")).to_be_visible()
+        assert server.verify(token, "acme", "runs:read")[0] == 200
+        deadline = time.time() + 5
+        while time.time() < deadline and row.get_by_text("about 1 use").count() == 0:
+            page.reload()
+        expect(row.get_by_text("about 1 use")).to_be_visible()
+        expect(row.get_by_text("from 127.0.0.1")).to_be_visible()
+        expect(row.get_by_text("Never used")).to_have_count(0)
+        page.close()
+    finally:
+        server.stop()
+        shutil.rmtree(server.dir, ignore_errors=True)
+
+
 def test_a_dismissed_confirmation_revokes_nothing(page, server):
     sign_in(page, server.base, "alice", ALICE_PASSWORD)
     token = create_token(page, name="keep me")

@@ -197,8 +197,21 @@ struct TokenRow {
     created_text: String,
     expires_iso: String,
     expires_text: String,
+    /// When and from where it was last used, as verifiers reported (issue 10).
+    last_used: Option<LastUsed>,
     status: &'static str,
     status_label: &'static str,
+}
+
+/// A token's last reported use.
+#[derive(Debug)]
+struct LastUsed {
+    iso: String,
+    text: String,
+    /// The client address, when addresses are recorded.
+    from: Option<String>,
+    /// Approximate uses so far.
+    uses: u64,
 }
 
 #[derive(Template)]
@@ -990,6 +1003,12 @@ fn token_row(catalogue: &Catalogue, token: &TokenView, now: OffsetDateTime) -> T
                 relative(token.expires_at - now)
             )
         },
+        last_used: token.last_used_at.map(|at| LastUsed {
+            iso: iso(at),
+            text: format!("{} ({})", utc_text(at), relative(at - now)),
+            from: token.last_used_from.clone(),
+            uses: token.uses,
+        }),
         status: token.status,
         status_label: match token.status {
             "active" => "Active",
@@ -1286,6 +1305,9 @@ pub fn render_list_for_bench(
             expires_at: *expires,
             revoked_at: None,
             status: if now >= *expires { "expired" } else { "active" },
+            last_used_at: None,
+            last_used_from: None,
+            uses: 0,
         })
         .collect();
     let chrome = Chrome::of("Tokens", &current, AuthMode::Directory, Some(tenant));

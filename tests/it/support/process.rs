@@ -44,11 +44,20 @@ pub(crate) struct Served {
 impl Served {
     /// Starts `role` from `config` on `127.0.0.1:0`.
     pub(crate) async fn start(config: Settings, role: Role) -> Self {
+        Self::start_with_clock(config, role, Arc::new(SystemClock)).await
+    }
+
+    /// As [`Served::start`], with its own clock.
+    pub(crate) async fn start_with_clock(
+        config: Settings,
+        role: Role,
+        clock: Arc<dyn edgetoken::Clock>,
+    ) -> Self {
         let Started {
             services,
             revocation,
             ..
-        } = boot::start(config, role, false, Arc::new(SystemClock))
+        } = boot::start(config, role, false, clock)
             .await
             .expect("start the service");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -120,6 +129,11 @@ impl EdgetokenProcess {
     /// Writes `config` plus `[server] listen` on a free port to a temp dir and runs
     /// `edgetoken serve --config FILE --role ROLE`, waiting for `/readyz`.
     pub(crate) async fn start(config: &str, role: &str) -> Self {
+        Self::start_logging(config, role, "warn").await
+    }
+
+    /// As [`EdgetokenProcess::start`], logging what `filter` (`RUST_LOG`) lets through.
+    pub(crate) async fn start_logging(config: &str, role: &str, filter: &str) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("edgetoken-proc-")
             .tempdir()
@@ -138,7 +152,7 @@ impl EdgetokenProcess {
             .arg("--config")
             .arg(&file)
             .args(["--role", role])
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", filter)
             .stdin(Stdio::null())
             .stdout(log("stdout.log"))
             .stderr(log("stderr.log"))
@@ -207,7 +221,6 @@ impl EdgetokenProcess {
     }
 
     /// The process's standard error so far.
-    #[expect(dead_code, reason = "kept for debugging failing process tests")]
     pub(crate) fn stderr(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
     }

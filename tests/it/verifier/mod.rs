@@ -11,6 +11,7 @@ mod layer;
 mod nginx;
 mod processes;
 mod rotation;
+mod usage;
 
 use std::time::Duration;
 
