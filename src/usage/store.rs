@@ -28,12 +28,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 use time::OffsetDateTime;
 
 use super::TokenUsage;
 use crate::clock::Clock;
 use crate::records::RecordError;
+use crate::redis_conn::{LazyConnection, OpenError};
 use crate::token::{TenantId, TokenId};
 
 /// One token's usage since the last flush, as the flusher writes it.
@@ -192,8 +193,7 @@ impl MemoryUsage {
 /// Usage in Redis (see the module docs for the layout).
 #[derive(Clone)]
 pub struct RedisUsage {
-    client: redis::Client,
-    conn: Arc<tokio::sync::Mutex<Option<ConnectionManager>>>,
+    conn: Arc<LazyConnection>,
     prefix: String,
     timeout: Duration,
     script: Arc<redis::Script>,
@@ -221,8 +221,10 @@ impl RedisUsage {
     /// [`RecordError::RedisUrl`] when the URL does not parse.
     pub fn new(url: &str, prefix: &str, timeout: Duration) -> Result<Self, RecordError> {
         Ok(Self {
-            client: redis::Client::open(url).map_err(RecordError::RedisUrl)?,
-            conn: Arc::default(),
+            conn: Arc::new(LazyConnection::new(
+                redis::Client::open(url).map_err(RecordError::RedisUrl)?,
+                timeout,
+            )),
             prefix: prefix.to_owned(),
             timeout,
             script: Arc::new(redis::Script::new(MERGE_SCRIPT)),
@@ -235,26 +237,14 @@ impl RedisUsage {
     }
 
     async fn conn(&self) -> Result<ConnectionManager, RecordError> {
-        let mut slot = self.conn.lock().await;
-        if let Some(conn) = slot.as_ref() {
-            return Ok(conn.clone());
-        }
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(self.timeout))
-            .set_response_timeout(Some(self.timeout))
-            .set_number_of_retries(1);
-        let conn = tokio::time::timeout(
-            self.timeout,
-            ConnectionManager::new_with_config(self.client.clone(), config),
-        )
-        .await
-        .map_err(|_| RecordError::Timeout {
-            operation: "connect for token usage",
-            timeout: self.timeout,
-        })?
-        .map_err(redis_error("connect for token usage"))?;
-        *slot = Some(conn.clone());
-        Ok(conn)
+        let operation = "connect for token usage";
+        self.conn.get().await.map_err(|error| match error {
+            OpenError::Timeout => RecordError::Timeout {
+                operation,
+                timeout: self.timeout,
+            },
+            OpenError::Redis(source) => RecordError::Redis { operation, source },
+        })
     }
 
     async fn merge(
