@@ -200,6 +200,16 @@ pub fn trusted_header(headers: &HeaderMap, issuer: &IssuerState) -> Result<User,
     Ok(user.clone())
 }
 
+/// Whether `Content-Type` names `media_type` (parameters such as `charset` aside, case
+/// ignored): the one check of a body's declared type, for JSON and form bodies alike.
+pub fn has_media_type(headers: &HeaderMap, media_type: &str) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case(media_type))
+}
+
 /// A JSON body parsed strictly into `T` (which should `deny_unknown_fields`), with every
 /// failure mapped to the API's error shape: 413 over the body limit, 400 otherwise, with
 /// `unknown_field` for a member `T` does not know.
@@ -210,12 +220,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let is_json = req
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(';').next())
-            .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
+        let is_json = has_media_type(req.headers(), "application/json");
         let bytes = body_bytes(req, state).await?;
         if !is_json {
             // Also blocks cross-site form posts riding on a browser's cached credentials.

@@ -43,7 +43,7 @@ use subtle::ConstantTimeEq as _;
 use super::AppState;
 use super::bearer::{Decider, Presented, bearer_token};
 use super::error::ApiError;
-use super::extract::{body_bytes, single_header};
+use super::extract::{body_bytes, has_media_type, single_header};
 use super::memo;
 use crate::config::IntrospectionClient;
 use crate::permissions::Permission;
@@ -390,15 +390,7 @@ async fn introspect(State(state): State<AppState>, request: Request) -> Result<R
             .get::<ConnectInfo<SocketAddr>>()
             .map(|ConnectInfo(address)| address.ip()),
     );
-    let is_form = request
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|v| {
-            v.trim()
-                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
-        });
+    let is_form = has_media_type(request.headers(), "application/x-www-form-urlencoded");
     // The body (under the body limit) is read before the caller is authenticated: a refusal
     // that left it unread would make hyper drop the keep-alive connection without saying so.
     let bytes = body_bytes(request, &()).await?;

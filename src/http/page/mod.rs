@@ -39,7 +39,7 @@ use time::OffsetDateTime;
 pub use self::session::{Session, Sessions};
 use super::AppState;
 use super::error::{ApiError, ErrorChain};
-use super::extract::{self, body_bytes, single_header};
+use super::extract::{self, body_bytes, has_media_type, single_header};
 use super::issuer::{self, MintInput, TokenView};
 use crate::config::AuthMode;
 use crate::directory::User;
@@ -555,15 +555,7 @@ impl Form {
 
 async fn read_form(state: &AppState, request: Request) -> Result<(HeaderMap, Form), Box<Response>> {
     let (parts, body) = request.into_parts();
-    let is_form = parts
-        .headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|v| {
-            v.trim()
-                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
-        });
+    let is_form = has_media_type(&parts.headers, "application/x-www-form-urlencoded");
     let bytes = body_bytes(Request::from_parts(parts.clone(), body), state)
         .await
         .map_err(|e| Box::new(api_failure(&e, Chrome::new("Error"), "/", "Back")))?;
