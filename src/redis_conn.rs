@@ -46,6 +46,11 @@ impl LazyConnection {
         }
     }
 
+    /// Another lazy connection to the same server, sharing nothing with this one.
+    pub(crate) fn fresh(&self) -> Self {
+        Self::new(self.client.clone(), self.timeout)
+    }
+
     /// The connection, opened now if it is not yet.
     pub(crate) async fn get(&self) -> Result<ConnectionManager, OpenError> {
         let mut slot = self.slot.lock().await;

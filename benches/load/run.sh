@@ -136,8 +136,8 @@ for round in $(seq "$ROUNDS"); do
     read -r s_rps s_p99 s_bad s_n < <(run "bare-strict-$round" "http://127.0.0.1:$BARE_PORT/strict" "$work/cold-$round.txt")
     read -r c_rps c_p99 c_bad c_n < <(run "cold-$round" "$verify" "$work/cold-$round.txt")
     # The same never-seen tokens: never seen by this verifier either.
-    read -r co_rps _ co_bad _ < <(run "cold-usage-off-$round" "$verify_usage_off" "$work/cold-$round.txt")
-    usage_rows[-1]+=" $co_rps | $c_rps | $(awk -v a="$c_rps" -v b="$co_rps" 'BEGIN {printf "%.2f", a / b}') | $co_bad |"
+    read -r co_rps co_p99 co_bad _ < <(run "cold-usage-off-$round" "$verify_usage_off" "$work/cold-$round.txt")
+    usage_rows[-1]+=" $co_rps | $c_rps | $(awk -v a="$c_rps" -v b="$co_rps" 'BEGIN {printf "%.2f", a / b}') | $co_p99 / $c_p99 | $co_bad |"
     warm_ratios+=("$(awk -v a="$w_rps" -v b="$b_rps" 'BEGIN {printf "%.2f", a / b}')")
     cold_ratios+=("$(awk -v a="$c_rps" -v b="$s_rps" 'BEGIN {printf "%.2f", a / b}')")
     rows+=("| $round | $b_rps | $w_rps | **${warm_ratios[-1]}** | $s_rps | $c_rps | **${cold_ratios[-1]}** | $b_p99 / $w_p99 | $s_p99 / $c_p99 | $((b_bad + w_bad + s_bad + c_bad)) |")
@@ -154,8 +154,8 @@ echo "| round | bare 200 rps | warm rps | warm / bare | bare strict rps | cold r
 echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- | ---: |"
 printf '%s\n' "${rows[@]}"
 echo
-echo "| round | warm, usage off rps | warm, usage on rps | on / off | p99 off / on (ms) | non-2xx | cold, usage off rps | cold, usage on rps | on / off | non-2xx |"
-echo "| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |"
+echo "| round | warm, usage off rps | warm, usage on rps | on / off | p99 off / on (ms) | non-2xx | cold, usage off rps | cold, usage on rps | on / off | cold p99 off / on (ms) | non-2xx |"
+echo "| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | --- | ---: |"
 printf '%s\n' "${usage_rows[@]}"
 echo
 echo "median warm / bare 200: $(median "${warm_ratios[@]}") (target >= 0.90)"

@@ -280,7 +280,7 @@ fn usage_recorder(
     usage.enabled.then(|| {
         UsageRecorder::start(
             usage,
-            store.clone(),
+            store,
             settings.issuer.records_retention,
             Arc::clone(clock),
         )

@@ -8,9 +8,10 @@
 //! - `store.rs`: where usage is merged (Redis, or this process's memory), commutatively, so
 //!   any number of verifiers flushing in any order keep the latest time and add the counts.
 //! - [`UsageRecorder::start`] runs the flusher: every `usage.flush_secs` it collects every
-//!   thread's aggregate and writes it in one pipelined batch, with a timeout, off the request
-//!   path. A failed or slow flush drops that interval's usage and counts it; verification is
-//!   never delayed or failed by usage.
+//!   thread's aggregate and writes it in pipelined batches (one for any interval of up to
+//!   10,000 tokens), each with a timeout, on a thread of its own: a large flush never holds
+//!   a request worker. A failed or slow flush drops that interval's usage and counts it;
+//!   verification is never delayed or failed by usage.
 //!
 //! Only accepted requests are recorded (forward-auth 200, the layer's accept, active
 //! introspection): a rejected token records nothing. What is kept is approximate by design:

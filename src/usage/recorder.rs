@@ -40,8 +40,13 @@ use crate::token::{Claims, TenantId, TokenId};
 /// Longest user agent kept, in bytes (after removing control characters).
 pub const AGENT_MAX_BYTES: usize = 128;
 
-/// Longest time one flush may take before its batch is dropped.
+/// Longest time one pipeline of a flush may take before the rest of its batch is dropped.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Most tokens written in one pipeline. An ordinary interval is one pipeline; an interval of
+/// many tokens (every request a new token) is written in several, one after the other, so no
+/// single pipeline outgrows [`FLUSH_TIMEOUT`] on a loaded Redis and a failure loses less.
+const FLUSH_CHUNK: usize = 10_000;
 
 /// Distinguishes recorders in one process (tests run several services in one binary), so
 /// each has its own thread-local table.
@@ -180,30 +185,45 @@ pub struct UsageRecorder {
 }
 
 impl UsageRecorder {
-    /// A recorder writing to `store`, whose keys expire `retention` after their token, and
-    /// its flusher task, every `settings.flush` (call from within a Tokio runtime).
+    /// A recorder writing to `store` (on a connection of its own), whose keys expire
+    /// `retention` after their token, and its flusher, every `settings.flush`.
+    ///
+    /// The flusher runs on its own thread with its own single-threaded runtime and its own
+    /// store connection: collecting a large interval (up to `2 × max_entries` slots), packing
+    /// its pipeline and reading the replies are milliseconds of work that must never hold a
+    /// request worker. On that thread the kernel interleaves it with the workers, where a
+    /// task on the request runtime would run to completion before the requests queued behind
+    /// it. If the thread cannot be started, the flusher runs as a task on the current runtime
+    /// (call from within a Tokio runtime).
     pub fn start(
         settings: UsageSettings,
-        store: UsageStore,
+        store: &UsageStore,
         retention: Duration,
         clock: Arc<dyn Clock>,
     ) -> Self {
-        let recorder = Self::new(settings, store, retention, clock);
-        let shared = Arc::downgrade(&recorder.shared);
-        let flusher = Arc::clone(&recorder.flusher);
-        let period = settings.flush;
-        tokio::spawn(async move {
-            let mut ticks = tokio::time::interval(period);
-            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            ticks.tick().await;
-            loop {
-                ticks.tick().await;
-                let Some(shared) = shared.upgrade() else {
-                    break;
-                };
-                flusher.flush(&shared).await;
-            }
-        });
+        let recorder = Self::new(settings, store.with_own_connection(), retention, clock);
+        let flushes = flush_every(
+            settings.flush,
+            Arc::downgrade(&recorder.shared),
+            Arc::clone(&recorder.flusher),
+        );
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build();
+        let spawned = match runtime {
+            Ok(runtime) => std::thread::Builder::new()
+                .name("edgetoken-usage".to_owned())
+                .spawn(move || runtime.block_on(flushes)),
+            Err(error) => Err(error),
+        };
+        if let Err(error) = spawned {
+            tracing::warn!(%error, "no thread for the usage flusher; it runs on the request runtime");
+            tokio::spawn(flush_every(
+                settings.flush,
+                Arc::downgrade(&recorder.shared),
+                Arc::clone(&recorder.flusher),
+            ));
+        }
         recorder
     }
 
@@ -346,6 +366,20 @@ impl UsageRecorder {
     }
 }
 
+/// Flushes every `period` until every clone of the recorder is gone.
+async fn flush_every(period: Duration, shared: Weak<Shared>, flusher: Arc<Flusher>) {
+    let mut ticks = tokio::time::interval(period);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks.tick().await;
+    loop {
+        ticks.tick().await;
+        let Some(shared) = shared.upgrade() else {
+            break;
+        };
+        flusher.flush(&shared).await;
+    }
+}
+
 /// The address and the user agent (cut to [`AGENT_MAX_BYTES`]) to record, if any.
 fn client_of<'a>(
     record_address: bool,
@@ -390,46 +424,52 @@ struct Merged {
 }
 
 impl Flusher {
-    /// One flush: collect, bound, write with a timeout; on failure drop the batch and count.
+    /// One flush: collect, bound, write in pipelines of at most [`FLUSH_CHUNK`] tokens, each
+    /// with a timeout; at the first failure, drop what is left of the batch and count it.
     async fn flush(&self, shared: &Shared) {
         let mut collector = self.collector.lock().await;
         let batch = self.collect(&mut collector, shared);
-        if batch.is_empty() {
-            return;
-        }
-        let count = u64::try_from(batch.len()).unwrap_or(u64::MAX);
         let stats = &shared.stats;
-        match tokio::time::timeout(FLUSH_TIMEOUT, self.store.merge(&batch, self.retention)).await {
-            Ok(Ok(first_uses)) => {
-                stats.flushed.fetch_add(count, Ordering::Relaxed);
-                for token in batch
-                    .iter()
-                    .zip(first_uses)
-                    .filter_map(|(t, f)| f.then_some(t))
-                {
-                    tracing::info!(
-                        target: "audit",
-                        event = "first_use",
-                        tenant = %token.tenant,
-                        jti = token.id.as_str(),
-                        from = token.from.as_deref().unwrap_or("-"),
-                    );
+        for (index, chunk) in batch.chunks(FLUSH_CHUNK).enumerate() {
+            let count = |tokens: usize| u64::try_from(tokens).unwrap_or(u64::MAX);
+            let outcome =
+                tokio::time::timeout(FLUSH_TIMEOUT, self.store.merge(chunk, self.retention)).await;
+            let failure = match outcome {
+                Ok(Ok(first_uses)) => {
+                    stats
+                        .flushed
+                        .fetch_add(count(chunk.len()), Ordering::Relaxed);
+                    for token in chunk
+                        .iter()
+                        .zip(first_uses)
+                        .filter_map(|(t, f)| f.then_some(t))
+                    {
+                        tracing::info!(
+                            target: "audit",
+                            event = "first_use",
+                            tenant = %token.tenant,
+                            jti = token.id.as_str(),
+                            from = token.from.as_deref().unwrap_or("-"),
+                        );
+                    }
+                    continue;
                 }
-            }
-            Ok(Err(error)) => {
-                stats.dropped_store.fetch_add(count, Ordering::Relaxed);
-                stats.failed_flushes.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(%error, tokens = count, "usage flush failed; this interval's usage is dropped");
-            }
-            Err(_) => {
-                stats.dropped_store.fetch_add(count, Ordering::Relaxed);
-                stats.failed_flushes.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(
-                    timeout = ?FLUSH_TIMEOUT,
-                    tokens = count,
-                    "usage flush timed out; this interval's usage is dropped"
-                );
-            }
+                Ok(Err(error)) => error.to_string(),
+                Err(_) => format!("no answer within {FLUSH_TIMEOUT:?}"),
+            };
+            // The store is down or overloaded: the rest of the batch would fare no better,
+            // and waiting for it would only make the next flush late.
+            let left = batch.len() - index * FLUSH_CHUNK;
+            stats
+                .dropped_store
+                .fetch_add(count(left), Ordering::Relaxed);
+            stats.failed_flushes.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                error = failure,
+                tokens = left,
+                "usage flush failed; this interval's usage is dropped"
+            );
+            break;
         }
     }
 
@@ -666,5 +706,24 @@ mod tests {
                 .iter()
                 .all(|u| u.id.as_str() != "cccccccccccccccccccccc")
         );
+    }
+
+    #[tokio::test]
+    async fn an_interval_larger_than_one_pipeline_is_written_whole() {
+        let clock = Arc::new(ManualClock::at(2_000));
+        let tokens = FLUSH_CHUNK * 2 + 7;
+        let recorder = recorder(tokens, &clock);
+        let ids: Vec<String> = (0..tokens).map(|n| format!("{n:0>22}")).collect();
+        for id in &ids {
+            recorder.record(&claims(id, "acme"), Presenter::default);
+        }
+        recorder.flush_now().await;
+        let stats = recorder.stats();
+        assert_eq!(stats.flushed, u64::try_from(tokens).unwrap());
+        assert_eq!((stats.dropped_store, stats.failed_flushes), (0, 0));
+        let tenant: TenantId = "acme".parse().unwrap();
+        let last: Vec<&str> = ids.iter().rev().take(3).map(String::as_str).collect();
+        let stored = recorder.store().of_tokens(&tenant, &last).await.unwrap();
+        assert_eq!(stored.len(), 3, "the last pipeline's tokens are stored too");
     }
 }

@@ -21,8 +21,9 @@
 //! Each token is merged by one script call ([`MERGE_SCRIPT`]): add the count, keep the larger
 //! time and the client that goes with it, create `first_at` only if absent (`HSETNX`, whose
 //! answer says whether this flush saw the token's first use). Adding and taking a maximum
-//! commute, so verifiers may flush in any order. A flush is one pipeline: `SCRIPT LOAD` (so a
-//! restarted Redis never answers `NOSCRIPT`) and one `EVALSHA` per token.
+//! commute, so verifiers may flush in any order. A merge is one pipeline: `SCRIPT LOAD` (so a
+//! restarted Redis never answers `NOSCRIPT`) and one `EVALSHA` per token; the flusher sends
+//! an interval of more than 10,000 tokens as several merges.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -107,6 +108,17 @@ impl UsageStore {
         match self {
             Self::Memory(store) => Ok(store.merge(batch, retention)),
             Self::Redis(store) => store.merge(batch, retention).await,
+        }
+    }
+
+    /// The same store on a connection of its own (the flusher's, so that its large batches
+    /// neither wait behind nor delay the list API's reads, and its replies are parsed on the
+    /// flusher's thread).
+    #[must_use]
+    pub fn with_own_connection(&self) -> Self {
+        match self {
+            Self::Memory(store) => Self::Memory(store.clone()),
+            Self::Redis(store) => Self::Redis(store.with_own_connection()),
         }
     }
 
@@ -229,6 +241,17 @@ impl RedisUsage {
             timeout,
             script: Arc::new(redis::Script::new(MERGE_SCRIPT)),
         })
+    }
+
+    /// The same store on a new connection (opened lazily, like the first).
+    #[must_use]
+    pub fn with_own_connection(&self) -> Self {
+        Self {
+            conn: Arc::new(self.conn.fresh()),
+            prefix: self.prefix.clone(),
+            timeout: self.timeout,
+            script: Arc::clone(&self.script),
+        }
     }
 
     /// The usage hash of token `id` in `tenant`.

@@ -18,13 +18,22 @@ use crate::support::deployment::{
 use crate::support::nginx::Nginx;
 use crate::support::process::Served;
 
+/// The response's `WWW-Authenticate` challenge (empty when absent), which must be sent at most
+/// once: nginx's `auth_request` relays a 401's challenge itself, so a config that also added
+/// it would answer with two.
 fn challenge(response: &reqwest::Response) -> String {
-    response
+    let all: Vec<&str> = response
         .headers()
-        .get("www-authenticate")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned()
+        .get_all("www-authenticate")
+        .iter()
+        .map(|v| v.to_str().unwrap_or("<not visible ASCII>"))
+        .collect();
+    assert!(
+        all.len() <= 1,
+        "WWW-Authenticate sent {} times: {all:?}",
+        all.len()
+    );
+    all.first().copied().unwrap_or_default().to_owned()
 }
 
 /// Sends one raw HTTP/1.1 request, so the request target reaches nginx byte for byte (HTTP
