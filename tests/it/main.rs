@@ -16,6 +16,7 @@ mod cli;
 mod golden;
 mod interop;
 mod issuer;
+mod leaked;
 mod minting;
 mod mutations;
 mod page;
