@@ -22,6 +22,7 @@ mod mutations;
 mod page;
 mod revocation;
 mod serve;
+mod signing_reload;
 mod support;
 mod token_rejections;
 mod vectors;
