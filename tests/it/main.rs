@@ -20,6 +20,7 @@ mod leaked;
 mod minting;
 mod mutations;
 mod page;
+mod records_lost;
 mod revocation;
 mod serve;
 mod signing_reload;
