@@ -417,9 +417,11 @@ impl Default for TokenConfig {
 pub struct KeysConfig {
     /// Directory of PKCS#8 private keys (mode 0600), public JWKs and `ACTIVE`. Default `keys`.
     pub dir: PathBuf,
-    /// How often a running service reloads the trusted public keys from `dir`, in seconds, so
-    /// a key added or retired (`edgetoken keys revoke`) takes effect without a restart.
-    /// Default 30; 0 never reloads. A directory that fails to load keeps the last good keys.
+    /// How often a running service reloads `dir`, in seconds, so a key added or retired
+    /// (`edgetoken keys revoke`) and, on the issuer, a changed `ACTIVE` (`edgetoken keys
+    /// rotate`) take effect without a restart; the new signing key is trusted before it signs.
+    /// Default 30; 0 never reloads. A directory or signing key that fails to load keeps the
+    /// last good one.
     pub reload_secs: u64,
 }
 

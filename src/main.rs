@@ -151,6 +151,14 @@ enum KeysCommand {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// Make KID the signing key (its private key must be in the directory). A running issuer
+    /// switches to it at its next key reload (`keys.reload_secs`).
+    Activate {
+        /// The key id.
+        kid: String,
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
     /// Print the JWKS (public keys only) of every trusted key.
     Jwks {
         #[arg(long)]
@@ -468,6 +476,10 @@ fn keys(
         KeysCommand::Rotate { dir } => {
             let key = key_dir(dir).generate(true)?;
             print(&format!("{} (active)", key.kid()))
+        }
+        KeysCommand::Activate { kid, dir } => {
+            key_dir(dir).activate(&kid)?;
+            print(&format!("{kid} (active)"))
         }
         KeysCommand::Revoke { kid, dir } => {
             let keys = key_dir(dir);

@@ -118,11 +118,6 @@ pub async fn start(
             Some(Arc::new(refresher))
         }
     };
-    let key_reload = settings
-        .keys
-        .reload
-        .filter(|_| jwks.is_none())
-        .map(|period| spawn_key_reload(key_dir.clone(), Arc::clone(&verifier), period));
     let usage = usage_store(&settings, &clock)?;
     let verifier_api = if role.has_verifier() {
         let recorder = usage_recorder(&settings, &usage, &clock, &mut banner);
@@ -146,6 +141,14 @@ pub async fn start(
         }
         None => None,
     };
+    let key_reload = settings
+        .keys
+        .reload
+        .filter(|_| jwks.is_none())
+        .map(|period| {
+            let signer = issuer.as_ref().map(|state| Arc::clone(&state.issuer));
+            spawn_key_reload(key_dir, Arc::clone(&verifier), signer, period)
+        });
     Ok(Started {
         services: Arc::new(Services {
             settings,
@@ -198,13 +201,13 @@ fn initial_ring(settings: &Settings, key_dir: &KeyDir, role: Role) -> Result<Key
     Ok(ring)
 }
 
-/// Reloads the trusted public keys from `key_dir` every `period`, so keys added or retired
-/// on disk take effect without a restart (the issuer's JWKS follows, and with it every
-/// JWKS-fed verifier). A directory that fails to load, or holds no key, keeps the last good
-/// ring: a half-edited directory must not stop every token.
+/// Reloads the key directory every `period`, so keys added or retired on disk and a changed
+/// `ACTIVE` take effect without a restart (the issuer's JWKS follows, and with it every
+/// JWKS-fed verifier).
 fn spawn_key_reload(
     key_dir: KeyDir,
     verifier: Arc<Verifier>,
+    signer: Option<Arc<Issuer>>,
     period: Duration,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
@@ -214,32 +217,98 @@ fn spawn_key_reload(
         loop {
             ticks.tick().await;
             let dir = key_dir.clone();
-            let loaded = tokio::task::spawn_blocking(move || dir.load_ring()).await;
+            let wants_signing = signer.is_some();
+            let loaded = tokio::task::spawn_blocking(move || {
+                (dir.load_ring(), wants_signing.then(|| dir.load_signing()))
+            })
+            .await;
             match loaded {
-                Ok(Ok(ring)) if !ring.is_empty() => {
-                    let kids = |ring: &KeyRing| -> Vec<String> {
-                        ring.keys().iter().map(|k| k.kid().to_string()).collect()
-                    };
-                    let (before, after) = (kids(&verifier.keys()), kids(&ring));
-                    if before != after {
-                        tracing::info!(
-                            ?before,
-                            ?after,
-                            "trusted keys reloaded from the key directory"
-                        );
-                        verifier.set_keys(ring);
-                    }
-                }
-                Ok(Ok(_)) => {
-                    tracing::warn!("key directory holds no key now; keeping the last good keys");
-                }
-                Ok(Err(error)) => {
-                    tracing::warn!(%error, "key directory reload failed; keeping the last good keys");
+                Ok((ring, signing)) => {
+                    apply_key_reload(&verifier, signer.as_deref(), ring, signing);
                 }
                 Err(error) => tracing::warn!(%error, "key directory reload task failed"),
             }
         }
     })
+}
+
+/// Applies one reload of the key directory: the trusted keys, then (on an issuer) the signing
+/// key `ACTIVE` names.
+///
+/// - A directory that fails to load, holds no key, or does not hold the key that is to sign
+///   keeps the last good keys and signing key whole: a half-edited directory must not stop
+///   every token, nor have this process sign tokens it does not itself trust.
+/// - A signing key that fails to load (`ACTIVE` naming a missing or bad private key) keeps
+///   the last good signing key; the trusted keys still reload.
+/// - The new signing key is put in the verifier's ring before it signs anything, so its first
+///   token already verifies here and appears in this issuer's JWKS.
+fn apply_key_reload(
+    verifier: &Verifier,
+    signer: Option<&Issuer>,
+    ring: Result<KeyRing, KeyError>,
+    signing: Option<Result<SigningKey, KeyError>>,
+) {
+    let ring = match ring {
+        Ok(ring) if !ring.is_empty() => ring,
+        Ok(_) => {
+            tracing::warn!("key directory holds no key now; keeping the last good keys");
+            return;
+        }
+        Err(error) => {
+            tracing::warn!(%error, "key directory reload failed; keeping the last good keys");
+            return;
+        }
+    };
+    let next_signing = match signing {
+        Some(Ok(key)) => Some(key),
+        Some(Err(error)) => {
+            let kid = signer.map(|s| s.kid().to_string()).unwrap_or_default();
+            tracing::warn!(
+                %error,
+                kid,
+                "signing key in the key directory failed to load; keeping the last good \
+                 signing key"
+            );
+            None
+        }
+        None => None,
+    };
+    if let Some(signer) = signer {
+        let signing_kid = next_signing
+            .as_ref()
+            .map_or_else(|| signer.kid(), |key| key.kid().clone());
+        if !ring.contains(signing_kid.as_str()) {
+            tracing::warn!(
+                kid = %signing_kid,
+                "key directory does not hold the public key of the signing key; keeping the \
+                 last good keys"
+            );
+            return;
+        }
+    }
+    let kids = |ring: &KeyRing| -> Vec<String> {
+        ring.keys().iter().map(|k| k.kid().to_string()).collect()
+    };
+    let (before, after) = (kids(&verifier.keys()), kids(&ring));
+    if before != after {
+        tracing::info!(
+            ?before,
+            ?after,
+            "trusted keys reloaded from the key directory"
+        );
+        verifier.set_keys(ring);
+    }
+    if let (Some(signer), Some(key)) = (signer, next_signing) {
+        let previous = signer.kid();
+        if previous != *key.kid() {
+            tracing::info!(
+                previous = %previous,
+                kid = %key.kid(),
+                "issuer now signs with the key ACTIVE names"
+            );
+            signer.set_key(key);
+        }
+    }
 }
 
 /// Where token usage is merged and read: the deployment's Redis, or this process's memory
@@ -418,12 +487,12 @@ async fn issuer_state(
     };
     Ok(IssuerState {
         sessions,
-        issuer: Issuer::new(
+        issuer: Arc::new(Issuer::new(
             key,
             settings.token.issuer.clone(),
             settings.token.audience.clone(),
             Arc::clone(clock),
-        ),
+        )),
         directory: Arc::new(directory),
         catalogue,
         records,
@@ -476,4 +545,90 @@ async fn demo_directory(
         BTreeMap::from([(tenant, membership)]),
     );
     Ok((Directory::from_users([user]), password))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::revocation::MemoryRevocations;
+    use crate::token::VerifierSettings;
+
+    fn key(seed: u8) -> SigningKey {
+        SigningKey::from_seed(&[seed; 32])
+    }
+
+    fn ring(keys: &[&SigningKey]) -> KeyRing {
+        let mut ring = KeyRing::new();
+        for key in keys {
+            ring.insert(crate::keys::TrustedKey::from_bytes(&key.public_bytes()).unwrap());
+        }
+        ring
+    }
+
+    fn parts(old: &SigningKey) -> (Verifier, Issuer) {
+        let clock: Arc<dyn Clock> = Arc::new(ManualClock::at(1_767_225_600));
+        let verifier = Verifier::new(
+            VerifierSettings::new("iss", "aud"),
+            ring(&[old]),
+            Arc::new(MemoryRevocations::new()),
+            Arc::clone(&clock),
+        )
+        .unwrap();
+        (verifier, Issuer::new(old.clone(), "iss", "aud", clock))
+    }
+
+    #[test]
+    fn a_new_active_key_is_trusted_then_signs() {
+        let (old, new) = (key(1), key(2));
+        let (verifier, issuer) = parts(&old);
+        apply_key_reload(
+            &verifier,
+            Some(&issuer),
+            Ok(ring(&[&old, &new])),
+            Some(Ok(new.clone())),
+        );
+        assert_eq!(&issuer.kid(), new.kid());
+        assert!(verifier.keys().contains(new.kid().as_str()));
+        assert!(verifier.keys().contains(old.kid().as_str()));
+    }
+
+    #[test]
+    fn a_signing_key_that_fails_to_load_keeps_the_last_good_one() {
+        let (old, other) = (key(1), key(3));
+        let (verifier, issuer) = parts(&old);
+        apply_key_reload(
+            &verifier,
+            Some(&issuer),
+            Ok(ring(&[&old, &other])),
+            Some(Err(KeyError::UnknownKid("x".into()))),
+        );
+        assert_eq!(&issuer.kid(), old.kid());
+        assert_eq!(verifier.keys().len(), 2, "the trusted keys still reload");
+    }
+
+    #[test]
+    fn a_directory_without_the_signing_key_changes_nothing() {
+        let (old, new, other) = (key(1), key(2), key(3));
+        let (verifier, issuer) = parts(&old);
+        // ACTIVE names `new`, but its public key is not among the trusted keys.
+        apply_key_reload(&verifier, Some(&issuer), Ok(ring(&[&other])), Some(Ok(new)));
+        assert_eq!(&issuer.kid(), old.kid());
+        assert_eq!(verifier.keys().len(), 1);
+        assert!(verifier.keys().contains(old.kid().as_str()));
+    }
+
+    #[test]
+    fn a_directory_that_fails_to_load_keeps_everything() {
+        let (old, new) = (key(1), key(2));
+        let (verifier, issuer) = parts(&old);
+        apply_key_reload(
+            &verifier,
+            Some(&issuer),
+            Err(KeyError::UnknownKid("x".into())),
+            Some(Ok(new)),
+        );
+        assert_eq!(&issuer.kid(), old.kid());
+        assert!(verifier.keys().contains(old.kid().as_str()));
+    }
 }

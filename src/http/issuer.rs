@@ -310,10 +310,53 @@ fn audit_revoke(user: &Subject, tenant: &str, kind: &str, target: &str, outcome:
 #[derive(Serialize, ToSchema)]
 struct TokenList {
     tokens: Vec<TokenView>,
+    /// `false` when the token store lost its records (Redis came back empty, or was replaced)
+    /// recently enough that tokens minted before then could still be listed: those are
+    /// missing here, though they keep working until they expire.
+    records_complete: bool,
+    /// When records were lost, if `records_complete` is `false` (else null): tokens created
+    /// before this time may be missing from `tokens`.
+    #[serde(with = "time::serde::rfc3339::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    records_since: Option<OffsetDateTime>,
+}
+
+/// The list API's and the tokens page's data: the person's tokens, and since when the list
+/// is complete.
+#[derive(Debug)]
+pub(super) struct Listing {
+    pub(super) tokens: Vec<TokenView>,
+    /// Set when records from before this time may be missing ([`records_lost_at`]).
+    pub(super) records_since: Option<OffsetDateTime>,
+}
+
+/// When the token store lost its records, while that still matters: until every token minted
+/// before then has expired (12 h and the leeway later) and its record would have aged out
+/// (`issuer.records_retention_secs` more). `None` when the records are complete.
+///
+/// The loss is detected by the revocation feed (the same generation / `run_id` check that
+/// re-seeds revocations), which notes its time beside the records; see
+/// [`crate::records::RecordStore::lost_at`].
+///
+/// # Errors
+///
+/// 503 when the store cannot be read.
+pub(crate) async fn records_lost_at(
+    state: &AppState,
+    issuer: &IssuerState,
+) -> Result<Option<OffsetDateTime>, ApiError> {
+    let Some(lost) = issuer.records.lost_at().await? else {
+        return Ok(None);
+    };
+    let listed_until = lost
+        + time::Duration::seconds(crate::token::MAX_LIFETIME_SECS)
+        + state.settings.token.leeway
+        + state.settings.issuer.records_retention;
+    Ok((state.clock.now() < listed_until).then_some(lost))
 }
 
 /// One token's metadata; never the token itself.
-#[derive(Serialize, ToSchema)]
+#[derive(Debug, Serialize, ToSchema)]
 pub(super) struct TokenView {
     pub(super) id: String,
     pub(super) name: Option<String>,
@@ -375,11 +418,16 @@ async fn list_tokens(
     Path(tenant): Path<String>,
     Person(person): Person,
 ) -> Result<Json<TokenList>, ApiError> {
-    let tokens = list_for(&state, &person, &tenant).await?;
-    Ok(Json(TokenList { tokens }))
+    let listing = list_for(&state, &person, &tenant).await?;
+    Ok(Json(TokenList {
+        tokens: listing.tokens,
+        records_complete: listing.records_since.is_none(),
+        records_since: listing.records_since,
+    }))
 }
 
-/// `person`'s tokens in `tenant`, newest first, with their status; for the API and the page.
+/// `person`'s tokens in `tenant`, newest first, with their status, and whether records were
+/// lost; for the API and the page.
 ///
 /// # Errors
 ///
@@ -388,7 +436,7 @@ pub(super) async fn list_for(
     state: &AppState,
     person: &User,
     tenant: &str,
-) -> Result<Vec<TokenView>, ApiError> {
+) -> Result<Listing, ApiError> {
     let issuer = state.issuer()?;
     let tenant = tenant_id(tenant)?;
     // The same answer as minting there: a non-member learns nothing from an empty list that
@@ -397,6 +445,7 @@ pub(super) async fn list_for(
         return Err(MintRefusal::NotAMember(tenant).into());
     }
     let records = records_with_usage(issuer, &tenant, &person.id).await?;
+    let records_since = records_lost_at(state, issuer).await?;
     let now = state.clock.now();
     let tokens = records
         .into_iter()
@@ -426,7 +475,10 @@ pub(super) async fn list_for(
             }
         })
         .collect();
-    Ok(tokens)
+    Ok(Listing {
+        tokens,
+        records_since,
+    })
 }
 
 /// Revoke one of your tokens. Idempotent; a token that is not yours is 404.
@@ -617,7 +669,7 @@ async fn revoke_many(
     let (now, leeway) = (state.clock.unix_now(), state.settings.token.leeway);
     let revocation = match (body.user, body.all) {
         (Some(user), None) => {
-            let subject = revocable_user(issuer, &tenant, &user).await?;
+            let subject = revocable_user(&state, issuer, &tenant, &user).await?;
             issuance::revoke_user(tenant, subject, now, leeway)
         }
         (None, Some(true)) => issuance::revoke_tenant(tenant, now, leeway),
@@ -638,10 +690,12 @@ async fn revoke_many(
 }
 
 /// The user a tenant admin may revoke: a valid id that is a member of the tenant, or that owns
-/// a token record there (a former member whose tokens still live stays revocable). Anything
-/// else is refused, so an admin's typo does not silently revoke nobody, and junk ids do not
-/// fill every mirror (THREATS #58).
+/// a token record there (a former member whose tokens still live stays revocable), or any
+/// valid id while records are incomplete (a former member's records may be among those lost).
+/// Anything else is refused, so an admin's typo does not silently revoke nobody, and junk ids
+/// do not fill every mirror (THREATS #58).
 async fn revocable_user(
+    state: &AppState,
     issuer: &IssuerState,
     tenant: &TenantId,
     user: &str,
@@ -652,7 +706,10 @@ async fn revocable_user(
         .directory
         .user(subject.as_str())
         .is_some_and(|u| u.membership(tenant).is_some());
-    if is_member || !issuer.records.list(tenant, &subject).await?.is_empty() {
+    if is_member
+        || !issuer.records.list(tenant, &subject).await?.is_empty()
+        || records_lost_at(state, issuer).await?.is_some()
+    {
         return Ok(subject);
     }
     Err(ApiError::bad_request(

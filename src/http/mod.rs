@@ -127,8 +127,9 @@ impl std::fmt::Debug for AuthSettings {
 #[derive(Debug)]
 #[cfg(feature = "server")]
 pub struct IssuerState {
-    /// Signs tokens.
-    pub issuer: Issuer,
+    /// Signs tokens; shared with the key directory reload, which switches its key when
+    /// `keys/ACTIVE` changes.
+    pub issuer: Arc<Issuer>,
     /// People.
     pub directory: Arc<Directory>,
     /// The permission catalogue.

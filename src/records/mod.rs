@@ -145,6 +145,20 @@ impl RecordStore {
         Ok(records)
     }
 
+    /// When the store last lost its records (Redis found emptied or replaced by the
+    /// revocation feed), if it ever did; records written before then may be gone. Always
+    /// `None` in process: that store lives and dies with the process.
+    ///
+    /// # Errors
+    ///
+    /// [`RecordError`] when Redis cannot be read.
+    pub async fn lost_at(&self) -> Result<Option<OffsetDateTime>, RecordError> {
+        match self {
+            Self::Memory(_) => Ok(None),
+            Self::Redis(store) => store.lost_at().await,
+        }
+    }
+
     /// Notes that token `id` was revoked at `at` (the first time only).
     ///
     /// # Errors

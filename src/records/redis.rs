@@ -11,6 +11,11 @@
 //!
 //! A record and its index entry are written in one `MULTI`, so a failed write leaves neither;
 //! index entries past `exp + retention` are trimmed when the index is read.
+//!
+//! Records are not restored when Redis loses them (no process keeps them in memory, unlike
+//! revocations); the revocation feed, which detects an emptied or replaced data set, notes the
+//! time in `{P}:lost` (see [`crate::revocation::redis`]), and [`RedisRecords::lost_at`] reads
+//! it so listings can say they are incomplete.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -30,6 +35,8 @@ use crate::token::{Subject, TenantId};
 pub struct RedisRecords {
     conn: Arc<LazyConnection>,
     prefix: String,
+    /// The revocation feed's `{P}:lost`.
+    lost_key: String,
     retention: Duration,
     timeout: Duration,
     clock: Arc<dyn Clock>,
@@ -67,6 +74,7 @@ impl RedisRecords {
                 timeout,
             )),
             prefix: prefix.to_owned(),
+            lost_key: crate::revocation::redis::Keys::new(prefix).lost,
             retention,
             timeout,
             clock,
@@ -191,6 +199,18 @@ impl RedisRecords {
             })
             .await?;
         found.into_iter().flatten().map(|j| decode(&j)).collect()
+    }
+
+    /// When the data set holding the records was last found lost (see the module docs).
+    pub(super) async fn lost_at(&self) -> Result<Option<OffsetDateTime>, RecordError> {
+        let key = self.lost_key.clone();
+        let lost: Option<i64> = self
+            .run("read when token records were lost", |mut conn| {
+                let key = key.clone();
+                async move { conn.get(key).await }
+            })
+            .await?;
+        Ok(lost.and_then(|secs| OffsetDateTime::from_unix_timestamp(secs).ok()))
     }
 
     pub(super) async fn mark_revoked(

@@ -53,6 +53,7 @@
 //! | `{P}:live` | sorted set | barrier registrations: member instance id, score its deadline (ms, Redis clock) |
 //! | `{P}:inst` | hash | barrier positions: field instance id, value `<generation> <seq>` applied |
 //! | `{P}:acks` | pub/sub channel | barrier acknowledgements: `<instance> <generation> <seq>` |
+//! | `{P}:lost` | string | Unix seconds (Redis' clock) when a mirror last found the data set emptied or replaced; read by the token records (`crate::records`), whose entries from before it are gone |
 //!
 //! Scores are whole Unix seconds (exact in a double). Watermarks are written with `ZADD GT`,
 //! so they only rise. Pruning (a script run every `prune_interval`, with Redis' own `TIME`)
@@ -118,6 +119,8 @@ pub(crate) struct Keys {
     pub(crate) instances: String,
     /// The barrier's acknowledgement channel.
     pub(crate) acks: String,
+    /// When the data set was last found lost (emptied or replaced): Unix seconds.
+    pub(crate) lost: String,
 }
 
 impl Keys {
@@ -135,6 +138,7 @@ impl Keys {
             live: key("live"),
             instances: key("inst"),
             acks: key("acks"),
+            lost: key("lost"),
         }
     }
 
@@ -182,11 +186,22 @@ return {seq, gen}
 ";
 
 /// The `ROLLOVER` script: adopt the current generation, or create one if there is none or if
-/// it still equals `expected` (the generation whose sequence went backwards).
+/// it still equals `expected` (the generation whose sequence went backwards). When the data set
+/// was lost, it first raises `lost` to Redis' time (whole seconds): `1` says it was (the
+/// generation was found missing or replaced), `0` says it was if the generation is missing
+/// now (Redis restarted, and came back empty or not), empty says nothing was lost (the first
+/// generation of a data set).
 ///
-/// KEYS: gen. ARGV: expected (empty: none), fresh generation.
+/// KEYS: gen, lost. ARGV: expected (empty: none), fresh generation, lost (`1`, `0` or empty).
 const ROLLOVER_LUA: &str = r"
 local gen = redis.call('GET', KEYS[1])
+if ARGV[3] == '1' or (ARGV[3] == '0' and not gen) then
+  local now = tonumber(redis.call('TIME')[1])
+  local known = tonumber(redis.call('GET', KEYS[2]) or '0') or 0
+  if now > known then
+    redis.call('SET', KEYS[2], now)
+  end
+end
 if (not gen) or gen == ARGV[1] then
   redis.call('SET', KEYS[1], ARGV[2])
   return ARGV[2]

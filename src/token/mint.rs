@@ -1,7 +1,7 @@
 //! Minting: claims in, compact JWS out (SPEC §1, §2).
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use rand_core::{OsRng, RngCore as _};
 use serde::Serialize;
@@ -12,7 +12,7 @@ use super::claims::{Claims, Subject, TenantId, TokenId, WireClaims};
 use super::{TOKEN_ALGORITHM, TOKEN_TYPE};
 use crate::clock::Clock;
 use crate::encoding::b64_encode;
-use crate::keys::SigningKey;
+use crate::keys::{KeyId, SigningKey};
 use crate::permissions::Scope;
 
 /// The lifetimes a token can be minted with (SPEC §1). There is no other: a token never lives
@@ -134,16 +134,43 @@ struct WireHeader<'a> {
     kid: &'a str,
 }
 
+/// The key that signs and the header it produces, swapped together so a token's `kid`
+/// always names the key that signed it.
+#[derive(Debug)]
+struct Signer {
+    key: SigningKey,
+    /// The base64url header, the same for every token of this key: computed once.
+    header_b64: String,
+}
+
+impl Signer {
+    fn new(key: SigningKey) -> Self {
+        let header = WireHeader {
+            alg: TOKEN_ALGORITHM,
+            typ: TOKEN_TYPE,
+            kid: key.kid().as_str(),
+        };
+        // A struct of three string fields always serialises.
+        let header_json = serde_json::to_vec(&header).unwrap_or_default();
+        Self {
+            header_b64: b64_encode(&header_json),
+            key,
+        }
+    }
+}
+
 /// Signs tokens with the one active key.
+///
+/// The key can be replaced while the issuer serves ([`Issuer::set_key`], used by the key
+/// directory reload): each mint reads the current key once, so a token is wholly of the old
+/// key or wholly of the new one.
 #[derive(Debug)]
 #[expect(
     clippy::struct_field_names,
     reason = "`issuer` is the iss claim, named as in SPEC"
 )]
 pub struct Issuer {
-    key: SigningKey,
-    /// The base64url header, the same for every token of this key: computed once.
-    header_b64: String,
+    signer: RwLock<Arc<Signer>>,
     issuer: String,
     audience: String,
     clock: Arc<dyn Clock>,
@@ -157,25 +184,34 @@ impl Issuer {
         audience: impl Into<String>,
         clock: Arc<dyn Clock>,
     ) -> Self {
-        let header = WireHeader {
-            alg: TOKEN_ALGORITHM,
-            typ: TOKEN_TYPE,
-            kid: key.kid().as_str(),
-        };
-        // A struct of three string fields always serialises.
-        let header_json = serde_json::to_vec(&header).unwrap_or_default();
         Self {
-            header_b64: b64_encode(&header_json),
-            key,
+            signer: RwLock::new(Arc::new(Signer::new(key))),
             issuer: issuer.into(),
             audience: audience.into(),
             clock,
         }
     }
 
+    /// The current signer. The lock is held only to clone an `Arc`, never across signing.
+    fn signer(&self) -> Arc<Signer> {
+        Arc::clone(&self.signer.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
     /// The signing key's kid.
-    pub fn kid(&self) -> &crate::keys::KeyId {
-        self.key.kid()
+    pub fn kid(&self) -> KeyId {
+        self.signer().key.kid().clone()
+    }
+
+    /// Signs every later token with `key`; tokens being minted right now finish with the key
+    /// they started with.
+    ///
+    /// # Security
+    ///
+    /// Whoever verifies these tokens must trust `key` before it signs: the key directory
+    /// reload puts it in the verifier's ring first (`http::boot`).
+    pub fn set_key(&self, key: SigningKey) {
+        let signer = Arc::new(Signer::new(key));
+        *self.signer.write().unwrap_or_else(PoisonError::into_inner) = signer;
     }
 
     /// Mints a token: `iat` = `nbf` = now, `exp` = now + lifetime, a fresh 128-bit `jti`.
@@ -205,11 +241,12 @@ impl Issuer {
         };
         // Claims are built with a serializer, never by string concatenation (THREATS 1G#45).
         let payload = serde_json::to_vec(&wire).map_err(MintError::Encoding)?;
-        let mut token = String::with_capacity(self.header_b64.len() + payload.len() * 4 / 3 + 90);
-        token.push_str(&self.header_b64);
+        let signer = self.signer();
+        let mut token = String::with_capacity(signer.header_b64.len() + payload.len() * 4 / 3 + 90);
+        token.push_str(&signer.header_b64);
         token.push('.');
         token.push_str(&b64_encode(&payload));
-        let signature = self.key.sign(token.as_bytes());
+        let signature = signer.key.sign(token.as_bytes());
         token.push('.');
         token.push_str(&b64_encode(&signature));
 
@@ -227,7 +264,7 @@ impl Issuer {
             expires_at: time(exp),
             // 16 random bytes are always 22 base64url characters, a valid TokenId.
             token_id: TokenId::from_trusted(wire.jti),
-            kid: self.key.kid().clone(),
+            kid: signer.key.kid().clone(),
         };
         Ok(MintedToken {
             token: RawToken(Zeroizing::new(token)),

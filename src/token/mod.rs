@@ -22,6 +22,9 @@ pub use rejection::{Malformed, Rejection};
 pub use verify::{MAX_LEEWAY, Requirement, SettingsError, Verifier, VerifierSettings};
 pub use warm::{CacheSettings, CacheStats};
 
+#[cfg(test)]
+mod pattern_tests;
+
 /// The largest token accepted, in bytes (SPEC §1: 8 KiB), checked before any decoding.
 pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
 
@@ -30,3 +33,30 @@ pub const TOKEN_ALGORITHM: &str = "EdDSA";
 
 /// The only `typ` accepted and produced (RFC 9068 access token).
 pub const TOKEN_TYPE: &str = "at+jwt";
+
+/// The first 49 characters of every token edgetoken mints, whatever its key or claims.
+///
+/// The header is always serialised as `{"alg":"EdDSA","typ":"at+jwt","kid":"` + a 43-character
+/// kid + `"}`: its first 37 bytes are fixed, and 36 of them fill 48 base64url characters; the
+/// 49th holds the top six bits of the 37th byte (the kid's opening quote). The 50th already
+/// depends on the kid. Secret scanners can key on this prefix; see [`TOKEN_PATTERN`].
+pub const TOKEN_PREFIX: &str = "eyJhbGciOiJFZERTQSIsInR5cCI6ImF0K2p3dCIsImtpZCI6I";
+
+/// A regular expression that matches one whole edgetoken token, for secret scanners (GitHub
+/// secret scanning custom patterns, gitleaks, trufflehog) and log scrubbers.
+///
+/// Written in the syntax those tools share (RE2 / Rust `regex`: no look-around, no counted
+/// repetition above 1000):
+///
+/// - `\b` and [`TOKEN_PREFIX`]: the fixed start of the header;
+/// - `[i-n]`: the 50th character, the quote's last two bits and the top of the kid's first
+///   character (base64url characters lie between `0x2D` and `0x7A`);
+/// - `[A-Za-z0-9_-]{57}`: the rest of the kid; `ifQ`: the kid's closing `"}` (the header is
+///   always 110 characters);
+/// - `\.eyJpc3MiOi[A-Za-z0-9_-]+`: the claims, which always begin `{"iss":` (mint order);
+/// - `\.[A-Za-z0-9_-]{85}[AQgw]\b`: the 64-byte Ed25519 signature, 86 characters whose last
+///   one carries two bits.
+///
+/// The README's "Leaked tokens" section quotes it verbatim (a unit test checks that), and the
+/// integration test `leaked` checks every minted token matches and other JWTs do not.
+pub const TOKEN_PATTERN: &str = r"\beyJhbGciOiJFZERTQSIsInR5cCI6ImF0K2p3dCIsImtpZCI6I[i-n][A-Za-z0-9_-]{57}ifQ\.eyJpc3MiOi[A-Za-z0-9_-]+\.[A-Za-z0-9_-]{85}[AQgw]\b";

@@ -7,7 +7,8 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use reqwest::header::{HeaderMap, SET_COOKIE};
 
-use crate::support::issuer::{ALICE_PASSWORD, Options, TestIssuer};
+use crate::support::eventually::eventually;
+use crate::support::issuer::{ALICE, ALICE_PASSWORD, Options, TestIssuer};
 use crate::support::redis::RedisServer;
 
 const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; \
@@ -397,7 +398,7 @@ async fn the_confirmation_is_no_store_and_the_token_never_appears_again() {
     let again = browser.post("/tenants/acme/tokens", &fields).await;
     assert_eq!(again.status(), StatusCode::CONFLICT);
     assert!(!again.text().await.unwrap().contains(&token));
-    let api = crate::support::issuer::ALICE.list(&issuer, "acme").await;
+    let api = ALICE.list(&issuer, "acme").await;
     assert_eq!(api["tokens"].as_array().unwrap().len(), 1);
     assert!(!api.to_string().contains(&token));
     issuer.stop().await;
@@ -477,7 +478,7 @@ async fn failed_sign_ins_share_the_api_rate_limit() {
     assert_eq!(statuses[..5], [StatusCode::UNAUTHORIZED; 5]);
     assert_eq!(statuses[5], StatusCode::TOO_MANY_REQUESTS);
     // The API's Basic sign-in now counts against the same limit.
-    let response = crate::support::issuer::ALICE
+    let response = ALICE
         .get(issuer.url("/v1/tenants/acme/tokens"))
         .send()
         .await
@@ -514,6 +515,49 @@ async fn sessions_live_in_redis_under_a_digest_of_their_id() {
         .query(&mut admin)
         .unwrap();
     assert!(keys.is_empty(), "sign-out deletes the session: {keys:?}");
+    tokio::time::timeout(Duration::from_secs(10), issuer.stop())
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_list_says_when_the_store_lost_the_records() {
+    let redis = RedisServer::start();
+    let issuer = TestIssuer::start(Options {
+        redis_url: Some(redis.url()),
+        ..Options::default()
+    })
+    .await;
+    let mut browser = Browser::new(&issuer);
+    browser.sign_in().await;
+    let (page, _, _) = browser.list().await;
+    assert!(
+        !page.contains("id=\"records-lost\""),
+        "no note before any loss"
+    );
+
+    redis::cmd("FLUSHALL").exec(&mut redis.admin()).unwrap();
+    eventually(
+        "the issuer to notice the records were lost",
+        Duration::from_secs(10),
+    )
+    .every(Duration::from_millis(50))
+    .until(async || {
+        let list = ALICE.list(&issuer, "acme").await;
+        (list["records_complete"] == false).then_some(())
+    })
+    .await;
+    // The session went with the store: sign in again.
+    let mut browser = Browser::new(&issuer);
+    browser.sign_in().await;
+    let (page, _, _) = browser.list().await;
+    let note = page
+        .split("id=\"records-lost\"")
+        .nth(1)
+        .and_then(|rest| rest.split("</p>").next())
+        .unwrap_or_else(|| panic!("no records-lost note in {page}"));
+    assert!(note.contains("<time datetime=\""), "{note}");
+    assert!(note.contains("POST /v1/revoke"), "{note}");
     tokio::time::timeout(Duration::from_secs(10), issuer.stop())
         .await
         .unwrap();

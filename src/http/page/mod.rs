@@ -179,6 +179,16 @@ struct TokensPage {
     default_scope: &'static str,
     categories: Vec<CategoryChoice>,
     tokens: Vec<TokenRow>,
+    /// Set when the token store lost its records at this time (issue 13): the list says that
+    /// tokens created before it may be missing, and how to revoke them anyway.
+    records_lost: Option<LostRecords>,
+}
+
+/// When the token store lost its records, ready to print.
+#[derive(Debug)]
+struct LostRecords {
+    iso: String,
+    text: String,
 }
 
 #[derive(Debug)]
@@ -911,18 +921,22 @@ async fn list_response(
         return StatusCode::NOT_FOUND.into_response();
     };
     let chrome = Chrome::of("Tokens", current, issuer.auth.mode, Some(tenant));
-    let tokens = match issuer::list_for(state, &current.user, tenant.as_str()).await {
-        Ok(tokens) => tokens,
+    let listing = match issuer::list_for(state, &current.user, tenant.as_str()).await {
+        Ok(listing) => listing,
         Err(error) => return api_failure(&error, chrome, "", "Reload"),
     };
-    let page = tokens_view(
+    let mut page = tokens_view(
         chrome,
         &issuer.catalogue,
         current,
         tenant,
-        &tokens,
+        &listing.tokens,
         state.clock.now(),
     );
+    page.records_lost = listing.records_since.map(|at| LostRecords {
+        iso: iso(at),
+        text: utc_text(at),
+    });
     html(
         status,
         &TokensPage {
@@ -974,6 +988,7 @@ fn tokens_view(
             .iter()
             .map(|t| token_row(catalogue, t, now))
             .collect(),
+        records_lost: None,
     }
 }
 
@@ -1220,7 +1235,7 @@ async fn revoke(
     if form.get("confirm") != Some("yes") {
         // Without the script's confirmation, the server asks.
         let tokens = match issuer::list_for(&state, &current.user, tenant.as_str()).await {
-            Ok(tokens) => tokens,
+            Ok(listing) => listing.tokens,
             Err(error) => return api_failure(&error, chrome(), &back, "Back to my tokens"),
         };
         let Some(token) = tokens.iter().find(|t| t.id == id) else {

@@ -229,6 +229,17 @@ impl From<Failure> for FeedError {
     }
 }
 
+/// Whether a rollover records that the data set was lost (`{P}:lost`).
+#[derive(Debug, Clone, Copy)]
+enum Loss {
+    /// The first generation of a data set: nothing was there to lose.
+    None,
+    /// The generation was found missing or replaced.
+    Certain,
+    /// Redis restarted: lost if the generation is missing now.
+    IfEmpty,
+}
+
 struct Worker {
     client: Client,
     keys: Keys,
@@ -406,7 +417,7 @@ impl Worker {
                 return Ok(Some(Input::Head { generation, seq }));
             }
             Action::CreateGeneration => {
-                self.rollover(conn, "").await?;
+                self.rollover(conn, "", Loss::None).await?;
                 return Ok(Some(Input::GenerationCreated));
             }
             Action::FullResync { generation, seq } => {
@@ -499,12 +510,19 @@ impl Worker {
         &self,
         conn: &mut MultiplexedConnection,
         expected: &str,
+        loss: Loss,
     ) -> Result<String, FeedError> {
         let mut invocation = self.scripts.rollover.prepare_invoke();
         invocation
             .key(&self.keys.generation)
+            .key(&self.keys.lost)
             .arg(expected)
-            .arg(fresh_generation());
+            .arg(fresh_generation())
+            .arg(match loss {
+                Loss::None => "",
+                Loss::Certain => "1",
+                Loss::IfEmpty => "0",
+            });
         Ok(timed(
             self.settings.command_timeout,
             "set the revocation generation",
@@ -673,7 +691,14 @@ impl Worker {
             applied_seq,
             "revocation store may have lost revocations; re-seeding it from this mirror"
         );
-        let generation = self.rollover(conn, expected).await?;
+        // The same detection tells the token records (which no mirror can restore) that the
+        // data set was lost: emptied or replaced for certain; after a restart, if it came back
+        // without its generation. A restart that kept its data lost at most its last writes.
+        let loss = match reason {
+            Reason::Emptied | Reason::Replaced => Loss::Certain,
+            Reason::RolledBack | Reason::Restarted => Loss::IfEmpty,
+        };
+        let generation = self.rollover(conn, expected, loss).await?;
         let written = self.reseed(conn).await?;
         write_event(
             conn,

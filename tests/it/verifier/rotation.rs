@@ -179,7 +179,7 @@ async fn rotation_under_load_refuses_no_valid_token_and_retired_keys_fail_everyw
         wait_for_keys(&client, verifier, 2).await;
     }
     let new_issuer = deployment.offline_issuer();
-    assert_eq!(new_issuer.kid(), new_key.kid());
+    assert_eq!(&new_issuer.kid(), new_key.kid());
     let new_tokens: Vec<String> = (0..20)
         .map(|_| mint(&new_issuer, "alice", "acme", "runs:read"))
         .collect();
