@@ -147,7 +147,9 @@ impl EdgetokenProcess {
         .expect("write config");
         let log =
             |name: &str| std::fs::File::create(dir.path().join(name)).expect("create log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_edgetoken"))
+        // The config file is the whole configuration: no inherited `EDGETOKEN_*` override
+        // (a test's own knobs, such as `EDGETOKEN_F14_SECS`, would be refused as unknown).
+        let child = edgetoken(dir.path())
             .arg("serve")
             .arg("--config")
             .arg(&file)
