@@ -178,11 +178,12 @@ async fn f5_black_holed_redis_is_detected_fails_closed_at_max_staleness_and_reco
     let health_now = mirror.health().borrow().clone();
 
     eprintln!(
-        "F5: H {HEARTBEAT_MS} ms, command timeout {COMMAND_TIMEOUT_MS} ms, S_max {MAX_STALENESS_SECS} s; \
-         detected after {:.0} ms (bound 2·H = {:.0} ms, {} disconnects); \
-         {served} valid requests served unchanged, last 200 at {:.0} ms, first 503 at {:.0} ms \
-         (S_max ± H = {:.0}..{:.0} ms); staleness gauge rose from {:.2} s to {:.2} s over {} samples; \
-         threads {threads_before} before, {threads_stale} while stale; recovered {:.0} ms after the heal",
+        "F5: H {HEARTBEAT_MS} ms, command timeout {COMMAND_TIMEOUT_MS} ms, S_max \
+         {MAX_STALENESS_SECS} s; detected after {:.0} ms (bound 2·H = {:.0} ms, {} \
+         disconnects); {served} valid requests served unchanged, last 200 at {:.0} ms, first \
+         503 at {:.0} ms (S_max ± H = {:.0}..{:.0} ms); staleness gauge rose from {:.2} s to \
+         {:.2} s over {} samples; threads {threads_before} before, {threads_stale} while stale; \
+         recovered {:.0} ms after the heal",
         ms(detected),
         ms(2 * heartbeat),
         health_now.disconnects - disconnects_before,

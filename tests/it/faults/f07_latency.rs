@@ -155,8 +155,8 @@ async fn f7_redis_latency_leaves_verification_alone_and_revocations_arrive() {
         "F7: {:.0} ms ± {:.0} ms per chunk each way; verify requests in {:.0} s: {base_count} \
          baseline, {delayed_count} under latency (p99 {:.3} ms vs {:.3} ms); {REVOCATIONS} \
          revocations ack -> refused: p50 {:.0} ms, max {:.0} ms (bound {:.0} ms = 4 x (delay + \
-         jitter) + T_prop; THREATS' delay + jitter + T_prop = {:.0} ms); {reconnects} new Redis connections and {warnings} feed-lost warnings \
-         in {:.1} s under latency",
+         jitter) + T_prop; THREATS' delay + jitter + T_prop = {:.0} ms); {reconnects} new \
+         Redis connections and {warnings} feed-lost warnings in {:.1} s under latency",
         ms(DELAY),
         ms(JITTER),
         WINDOW.as_secs_f64(),

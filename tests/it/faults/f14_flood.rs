@@ -6,8 +6,8 @@
 //! Pass criteria: every answer is the expected one (status and reason code), the process
 //! neither panics nor exits, its resident memory in the last window stays within
 //! [`RSS_TOLERANCE`] of the first, and the server-side verify p99 stays within one histogram
-//! bucket of the 1 ms THREATS sets ([`P99_BOUND_SECS`]). `EDGETOKEN_F14_SECS` sets the flood's length (30 s by default; THREATS
-//! asks for 30 min on a release run).
+//! bucket of the 1 ms THREATS sets ([`P99_BOUND_SECS`]). `EDGETOKEN_F14_SECS` sets the flood's
+//! length (30 s by default; THREATS asks for 30 min on a release run).
 //!
 //! The signature vectors are keyed to their own public keys and messages, which no deployment
 //! trusts; here they test the HTTP path's handling of each signature's shape (non-canonical
@@ -627,7 +627,8 @@ async fn f14_flood_of_hostile_tokens_gets_expected_answers_without_panics_or_mem
         "F14: {} cases ({catalogue_len} catalogue incl. oversized, {} Wycheproof + CCTV) x \
          {CLIENTS} clients for {:.1} s: {requests} requests ({rate:.0}/s), {} unexpected, \
          {panics} panics; verify p99 <= {:.3} ms over {observed} verifications; RSS first \
-         window (after {WARMUP:?}) {first} KiB, last window {last} KiB ({:+.1} %, tolerance ±{:.0} % + {} KiB)",
+         window (after {WARMUP:?}) {first} KiB, last window {last} KiB ({:+.1} %, tolerance \
+         ±{:.0} % + {} KiB)",
         cases.len(),
         cases.len() - catalogue_len,
         elapsed.as_secs_f64(),

@@ -49,7 +49,7 @@ pub(crate) struct IsolatedRedis {
     host_link: String,
     address: SocketAddr,
     redis: Option<Child>,
-    _dir: TempDir,
+    dir: TempDir,
 }
 
 impl IsolatedRedis {
@@ -92,7 +92,7 @@ impl IsolatedRedis {
                 .parse()
                 .map_err(|e| format!("{e}"))?,
             redis: None,
-            _dir: dir,
+            dir,
         };
         let ns = namespace.as_str();
         run("ip", &["netns", "add", ns])?;
@@ -125,7 +125,7 @@ impl IsolatedRedis {
             .args(["netns", "exec", &self.namespace, "redis-server"])
             .args(["--port", &PORT.to_string(), "--bind", ip])
             .arg("--dir")
-            .arg(self._dir.path())
+            .arg(self.dir.path())
             .args(["--save", "", "--appendonly", "no"])
             .args(["--maxmemory-policy", "noeviction", "--protected-mode", "no"])
             .stdin(Stdio::null())
