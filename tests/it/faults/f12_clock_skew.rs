@@ -148,6 +148,29 @@ async fn f12_skewed_verifiers_apply_the_leeway_to_the_second_and_leave_revocatio
         })
         .await
         .unwrap();
+    // A canary whose `exp + leeway` passes two seconds from now by Redis' clock: its
+    // disappearance from Redis is the signal that a prune of Redis ran since.
+    let canary = "f12-canary-00000000000001";
+    store
+        .revoke_with_seq(&Revocation::Token {
+            jti: canary.parse().unwrap(),
+            expires_at: SystemClock.unix_now() - leeway + 2,
+        })
+        .await
+        .unwrap();
+    let mut admin = redis::Client::open(deployment.redis.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let tok_key = format!("{{{}}}:tok", settings.key_prefix);
+    let mut score = |jti: &str| -> Option<f64> {
+        redis::cmd("ZSCORE")
+            .arg(&tok_key)
+            .arg(jti)
+            .query(&mut admin)
+            .unwrap()
+    };
+    assert!(score(canary).is_some());
     let refused = |code: &str| Outcome {
         status: StatusCode::UNAUTHORIZED,
         code: Some(code.to_owned()),
@@ -180,22 +203,18 @@ async fn f12_skewed_verifiers_apply_the_leeway_to_the_second_and_leave_revocatio
     .await
     .expect("the mirror ahead never synced")
     .unwrap();
-    // A few prune ticks of the feed ahead, each of which also prunes Redis.
-    tokio::time::sleep(5 * settings.prune_interval).await;
     // By its clock no token the entry covers can still be valid: it holds none.
     assert_eq!(ahead.mirror().size().tokens, 0);
+    // The feed ahead prunes Redis on its tick (the verifiers' feeds only every 30 s).
+    eventually(
+        "a prune of Redis to remove the canary",
+        Duration::from_secs(10),
+    )
+    .until_blocking(|| score(canary).is_none().then_some(()));
     #[expect(clippy::cast_precision_loss, reason = "a Unix time, exact in an f64")]
     let expires_at = (r + 120) as f64;
     let pruned_by_redis_clock = store.prune().await.unwrap();
-    let mut admin = redis::Client::open(deployment.redis.url())
-        .unwrap()
-        .get_connection()
-        .unwrap();
-    let kept_until: Option<f64> = redis::cmd("ZSCORE")
-        .arg(format!("{{{}}}:tok", settings.key_prefix))
-        .arg(&jti)
-        .query(&mut admin)
-        .unwrap();
+    let kept_until = score(&jti);
     assert_eq!(
         kept_until,
         Some(expires_at),
