@@ -163,14 +163,14 @@ async fn f12_skewed_verifiers_apply_the_leeway_to_the_second_and_leave_revocatio
         .get_connection()
         .unwrap();
     let tok_key = format!("{{{}}}:tok", settings.key_prefix);
-    let mut score = |jti: &str| -> Option<f64> {
+    let mut stored_until = |jti: &str| -> Option<f64> {
         redis::cmd("ZSCORE")
             .arg(&tok_key)
             .arg(jti)
             .query(&mut admin)
             .unwrap()
     };
-    assert!(score(canary).is_some());
+    assert!(stored_until(canary).is_some());
     let refused = |code: &str| Outcome {
         status: StatusCode::UNAUTHORIZED,
         code: Some(code.to_owned()),
@@ -210,11 +210,11 @@ async fn f12_skewed_verifiers_apply_the_leeway_to_the_second_and_leave_revocatio
         "a prune of Redis to remove the canary",
         Duration::from_secs(10),
     )
-    .until_blocking(|| score(canary).is_none().then_some(()));
+    .until_blocking(|| stored_until(canary).is_none().then_some(()));
     #[expect(clippy::cast_precision_loss, reason = "a Unix time, exact in an f64")]
     let expires_at = (r + 120) as f64;
     let pruned_by_redis_clock = store.prune().await.unwrap();
-    let kept_until = score(&jti);
+    let kept_until = stored_until(&jti);
     assert_eq!(
         kept_until,
         Some(expires_at),
