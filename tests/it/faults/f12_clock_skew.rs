@@ -210,7 +210,8 @@ async fn f12_skewed_verifiers_apply_the_leeway_to_the_second_and_leave_revocatio
         "a prune of Redis to remove the canary",
         Duration::from_secs(10),
     )
-    .until_blocking(|| stored_until(canary).is_none().then_some(()));
+    .until(async || stored_until(canary).is_none().then_some(()))
+    .await;
     #[expect(clippy::cast_precision_loss, reason = "a Unix time, exact in an f64")]
     let expires_at = (r + 120) as f64;
     let pruned_by_redis_clock = store.prune().await.unwrap();
