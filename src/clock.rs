@@ -1,10 +1,12 @@
 //! Time as an injected dependency (SPEC §1 time rules).
 //!
 //! Every time rule in edgetoken reads the clock through [`Clock`], so tests move time with
-//! [`ManualClock`] instead of sleeping, and production uses [`SystemClock`]. This module owns
-//! nothing else: leeway and lifetime policy live in `token::verify`.
+//! [`ManualClock`] instead of sleeping, and production uses [`SystemClock`]. [`OffsetClock`]
+//! shifts another clock by a fixed amount, as a host whose clock is skewed (THREATS §4 F12).
+//! This module owns nothing else: leeway and lifetime policy live in `token::verify`.
 
 use std::fmt;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
 use time::OffsetDateTime;
@@ -89,6 +91,38 @@ impl Clock for ManualClock {
     }
 }
 
+/// Another clock shifted by a fixed number of seconds: a host whose clock runs ahead
+/// (positive offset) or behind (negative) of the reference, for clock-skew tests (F12).
+#[derive(Debug, Clone)]
+pub struct OffsetClock {
+    reference: Arc<dyn Clock>,
+    offset_secs: i64,
+}
+
+impl OffsetClock {
+    /// `reference` shifted by `offset_secs` (negative: behind it).
+    pub fn new(reference: Arc<dyn Clock>, offset_secs: i64) -> Self {
+        Self {
+            reference,
+            offset_secs,
+        }
+    }
+}
+
+impl Clock for OffsetClock {
+    fn now(&self) -> OffsetDateTime {
+        let reference = self.reference.now();
+        // Out-of-range results saturate to the reference rather than panic, as in ManualClock.
+        reference
+            .checked_add(time::Duration::seconds(self.offset_secs))
+            .unwrap_or(reference)
+    }
+
+    fn unix_now(&self) -> i64 {
+        self.reference.unix_now().saturating_add(self.offset_secs)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -102,6 +136,19 @@ mod tests {
         assert_eq!(clock.now().unix_timestamp(), 1_030);
         clock.set(5);
         assert_eq!(clock.unix_now(), 5);
+    }
+
+    #[test]
+    fn offset_clock_follows_its_reference_shifted() {
+        let reference = Arc::new(ManualClock::at(1_000));
+        let ahead = OffsetClock::new(reference.clone(), 300);
+        let behind = OffsetClock::new(reference.clone(), -300);
+        assert_eq!(ahead.unix_now(), 1_300);
+        assert_eq!(behind.unix_now(), 700);
+        reference.advance(5);
+        assert_eq!(ahead.unix_now(), 1_305);
+        assert_eq!(ahead.now().unix_timestamp(), 1_305);
+        assert_eq!(behind.now().unix_timestamp(), 705);
     }
 
     #[test]

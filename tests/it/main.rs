@@ -13,6 +13,7 @@
 )]
 
 mod cli;
+mod faults;
 mod golden;
 mod interop;
 mod issuer;

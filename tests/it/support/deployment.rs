@@ -89,14 +89,22 @@ impl Deployment {
     /// The shared configuration text; `extra` is appended (it may add `[verifier]` keys
     /// through a `[verifier]` table, but not `[server]`).
     pub(crate) fn config_text(&self, extra: &str) -> String {
+        self.config_text_for(
+            &self.redis.url(),
+            "heartbeat_ms = 200\nmax_staleness_secs = 5\n",
+            extra,
+        )
+    }
+
+    /// As [`Deployment::config_text`], but following the Redis at `redis_url` (a proxy, a
+    /// namespace) with `revocation` as the rest of the `[revocation]` table.
+    pub(crate) fn config_text_for(&self, redis_url: &str, revocation: &str, extra: &str) -> String {
         format!(
             "[token]\nissuer = \"{ISSUER}\"\naudience = \"{AUDIENCE}\"\n\
              [keys]\ndir = \"{}\"\n\
-             [revocation]\nredis_url = \"{}\"\nkey_prefix = \"{}\"\nheartbeat_ms = 200\n\
-             max_staleness_secs = 5\n\
+             [revocation]\nredis_url = \"{redis_url}\"\nkey_prefix = \"{}\"\n{revocation}\
              [issuer]\ndirectory = \"{}\"\nmints_per_hour = 100000\n{extra}\n",
             self.dir.path().join("keys").display(),
-            self.redis.url(),
             self.prefix,
             self.dir.path().join("users.toml").display(),
         )

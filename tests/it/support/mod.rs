@@ -1,14 +1,17 @@
 //! Shared test support: real external processes the integration tests drive (`redis`,
 //! `nginx`, edgetoken itself in `process`), a test deployment (`deployment`), a controllable
 //! JWKS endpoint (`jwks_server`), hand-built tokens (`tokens`), identifiers and token facts
-//! (`ids`), the shared test vectors read in place (`vectors`), and the one way to await a
-//! condition (`eventually`).
+//! (`ids`), the shared test vectors read in place (`vectors`), the one way to await a
+//! condition (`eventually`), and network faults: a delaying TCP proxy (`delay_proxy`) and a
+//! Redis in a network namespace that can be black-holed (`netns`).
 
+pub(crate) mod delay_proxy;
 pub(crate) mod deployment;
 pub(crate) mod eventually;
 pub(crate) mod ids;
 pub(crate) mod issuer;
 pub(crate) mod jwks_server;
+pub(crate) mod netns;
 pub(crate) mod nginx;
 pub(crate) mod process;
 pub(crate) mod redis;

@@ -147,7 +147,9 @@ impl EdgetokenProcess {
         .expect("write config");
         let log =
             |name: &str| std::fs::File::create(dir.path().join(name)).expect("create log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_edgetoken"))
+        // The config file is the whole configuration: no inherited `EDGETOKEN_*` override
+        // (a test's own knobs, such as `EDGETOKEN_F14_SECS`, would be refused as unknown).
+        let child = edgetoken(dir.path())
             .arg("serve")
             .arg("--config")
             .arg(&file)
@@ -218,6 +220,19 @@ impl EdgetokenProcess {
             }
             let _ = child.wait();
         }
+    }
+
+    /// A `kB` field (`VmRSS`, `VmHWM`) or a count (`Threads`) of `/proc/PID/status`.
+    pub(crate) fn proc_status(&self, field: &str) -> u64 {
+        let pid = self.child.as_ref().expect("running").id();
+        proc_status(pid, field)
+    }
+
+    /// Whether the process is still running (it did not crash or exit).
+    pub(crate) fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|child| matches!(child.try_wait(), Ok(None)))
     }
 
     /// The process's standard error so far.
@@ -317,14 +332,7 @@ impl ServeProcess {
 
     /// The resident memory of the process now, in KiB (`VmRSS`).
     pub(crate) fn rss_kib(&self) -> u64 {
-        let pid = self.child.as_ref().expect("running").id();
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-        status
-            .lines()
-            .find_map(|line| line.strip_prefix("VmRSS:"))
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|kib| kib.parse().ok())
-            .expect("VmRSS in /proc/PID/status")
+        proc_status(self.child.as_ref().expect("running").id(), "VmRSS")
     }
 
     /// Everything the process wrote to stdout and stderr so far.
@@ -358,6 +366,17 @@ impl Drop for ServeProcess {
             let _ = child.wait();
         }
     }
+}
+
+/// The number in field `field` of `/proc/PID/status` (kB for the `Vm*` fields).
+fn proc_status(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|value| value.parse().ok())
+        .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"))
 }
 
 /// Runs `edgetoken ARGS...` in `cwd` (clean environment) with `stdin` on its standard input,

@@ -1,0 +1,188 @@
+//! F7, Redis latency and jitter (THREATS §4): the verifier process follows Redis through a
+//! proxy that delays every chunk 500 ms ± 200 ms in each direction. Verification reads only
+//! the in-memory mirror, so the number of requests the verifier answers in a fixed window
+//! must not drop against a baseline taken through the same proxy without delay; revocations
+//! still arrive within the delay plus `T_prop`; and the verifier does not flap (the proxy counts
+//! every connection it accepts, so a reconnect shows whatever the verifier reports).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use edgetoken::revocation::{RedisStore, Revocation};
+use reqwest::StatusCode;
+
+use super::{REQUIREMENT, jti_and_exp, ms, percentile, status};
+use crate::support::delay_proxy::DelayProxy;
+use crate::support::deployment::{Deployment, mint};
+use crate::support::eventually::eventually;
+use crate::support::process::EdgetokenProcess;
+use crate::support::redis::RedisServer;
+
+/// The one-way delay and its jitter (THREATS F7: toxiproxy `latency` 500 ms ± 200 ms).
+const DELAY: Duration = Duration::from_millis(500);
+const JITTER: Duration = Duration::from_millis(200);
+/// H and the command timeout of the verifier: a head read through the proxy takes up to
+/// 2 × 700 ms, under the 2 s command timeout, so latency alone never fails a command.
+const HEARTBEAT_MS: u64 = 200;
+const COMMAND_TIMEOUT_MS: u64 = 2_000;
+/// The verifier's `max_staleness`, well above a delayed heartbeat's round trip.
+const MAX_STALENESS_SECS: u64 = 10;
+/// Each load window (baseline, then under latency).
+const WINDOW: Duration = Duration::from_secs(4);
+/// Revocations timed under latency.
+const REVOCATIONS: usize = 10;
+const LOAD_WORKERS: usize = 4;
+
+/// Requests answered by `workers` in `window`, with their latencies; every answer must be 200.
+async fn load(url: &str, token: &str, window: Duration) -> Vec<Duration> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let client = reqwest::Client::new();
+    let workers: Vec<_> = (0..LOAD_WORKERS)
+        .map(|_| {
+            let (client, url, token, stop) = (
+                client.clone(),
+                url.to_owned(),
+                token.to_owned(),
+                Arc::clone(&stop),
+            );
+            tokio::spawn(async move {
+                let mut took = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let sent = Instant::now();
+                    let answer = status(&client, &url, &token).await;
+                    assert_eq!(answer, StatusCode::OK, "valid token under latency");
+                    took.push(sent.elapsed());
+                }
+                took
+            })
+        })
+        .collect();
+    tokio::time::sleep(window).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut all = Vec::new();
+    for worker in workers {
+        all.extend(worker.await.unwrap());
+    }
+    all
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f7_redis_latency_leaves_verification_alone_and_revocations_arrive() {
+    let redis = RedisServer::start();
+    let upstream: SocketAddr = redis
+        .url()
+        .trim_start_matches("redis://")
+        .trim_end_matches('/')
+        .parse()
+        .unwrap();
+    let proxy = DelayProxy::start(upstream).await;
+    let deployment = Deployment::new();
+    let revocation = format!(
+        "heartbeat_ms = {HEARTBEAT_MS}\ncommand_timeout_ms = {COMMAND_TIMEOUT_MS}\n\
+         max_staleness_secs = {MAX_STALENESS_SECS}\n"
+    );
+    // Usage flushes every second, so its lazy Redis connection opens during the baseline and
+    // is not counted as a reconnect under latency.
+    let config_text =
+        deployment.config_text_for(&proxy.redis_url(), &revocation, "[usage]\nflush_secs = 1\n");
+    let mut verifier = EdgetokenProcess::start(&config_text, "verifier").await;
+    let url = verifier.url(REQUIREMENT);
+    // The revoking side talks to Redis directly: the fault is on the verifier's path.
+    let mut settings = edgetoken::settings::Settings::from_toml(&config_text)
+        .unwrap()
+        .revocation;
+    settings.redis_url = Some(redis.url());
+    let store = RedisStore::open(&settings).await.unwrap();
+    let issuer = deployment.offline_issuer();
+    let valid = mint(&issuer, "alice", "acme", "runs:read");
+    let client = reqwest::Client::new();
+
+    let mut baseline = load(&url, &valid, WINDOW).await;
+    proxy.set_delay(DELAY, JITTER);
+    // Let the delayed heartbeats settle in before counting.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let connections_before = proxy.accepted();
+    let latency_started = Instant::now();
+    let mut delayed = load(&url, &valid, WINDOW).await;
+
+    // T_prop as in F1: 2·H. The bound under latency is not THREATS' `delay + jitter + T_prop`:
+    // the feed handles one input at a time, and with a round trip (up to 2 × 700 ms) longer
+    // than H a head read is always in flight. A push (at most 700 ms late) waits for that read,
+    // which, sent after the change, finds the head ahead and starts a catch-up read: two round
+    // trips, 4 × (delay + jitter), plus T_prop. THREATS' bound is printed beside it.
+    let t_prop = 2 * Duration::from_millis(HEARTBEAT_MS);
+    let one_way = DELAY + JITTER;
+    let threats_bound = one_way + t_prop;
+    let bound = 4 * one_way + t_prop;
+    let mut delays = Vec::with_capacity(REVOCATIONS);
+    for _ in 0..REVOCATIONS {
+        let token = mint(&issuer, "alice", "acme", "runs:read");
+        assert_eq!(status(&client, &url, &token).await, StatusCode::OK);
+        let (jti, exp) = jti_and_exp(&token);
+        store
+            .revoke_with_seq(&Revocation::Token {
+                jti: jti.parse().unwrap(),
+                expires_at: exp,
+            })
+            .await
+            .unwrap();
+        let ack = Instant::now();
+        let delay = eventually(
+            "the revoked token refused under latency",
+            Duration::from_secs(10),
+        )
+        .every(Duration::from_millis(5))
+        .until(async || {
+            (status(&client, &url, &token).await == StatusCode::UNAUTHORIZED).then(|| ack.elapsed())
+        })
+        .await;
+        delays.push(delay);
+    }
+    let under_latency = latency_started.elapsed();
+    let reconnects = proxy.accepted() - connections_before;
+    assert!(verifier.is_running(), "{}", verifier.stderr());
+    let warnings = verifier.stderr().matches("revocation feed lost").count();
+
+    let (base_count, delayed_count) = (baseline.len(), delayed.len());
+    let (base_p99, delayed_p99) = (
+        percentile(&mut baseline, 99.0),
+        percentile(&mut delayed, 99.0),
+    );
+    let (prop_p50, prop_max) = (
+        percentile(&mut delays, 50.0),
+        percentile(&mut delays, 100.0),
+    );
+    eprintln!(
+        "F7: {:.0} ms ± {:.0} ms per chunk each way; verify requests in {:.0} s: {base_count} \
+         baseline, {delayed_count} under latency (p99 {:.3} ms vs {:.3} ms); {REVOCATIONS} \
+         revocations ack -> refused: p50 {:.0} ms, max {:.0} ms (bound {:.0} ms = 4 x (delay + \
+         jitter) + T_prop; THREATS' delay + jitter + T_prop = {:.0} ms); {reconnects} new \
+         Redis connections and {warnings} feed-lost warnings in {:.1} s under latency",
+        ms(DELAY),
+        ms(JITTER),
+        WINDOW.as_secs_f64(),
+        ms(base_p99),
+        ms(delayed_p99),
+        ms(prop_p50),
+        ms(prop_max),
+        ms(bound),
+        ms(threats_bound),
+        under_latency.as_secs_f64(),
+    );
+    // Counting, not timing: the in-memory path answers at least half as many requests as
+    // without latency (a loaded CI box varies; a path that waited on Redis would answer a few
+    // dozen at 0.5-1.4 s each).
+    assert!(
+        delayed_count * 2 >= base_count,
+        "{delayed_count} requests under latency vs {base_count} without"
+    );
+    assert!(prop_max <= bound, "propagation {prop_max:?} over {bound:?}");
+    // No reconnect storm: at most one new connection per started minute.
+    let minutes = under_latency.as_secs() / 60 + 1;
+    assert!(
+        reconnects <= minutes && warnings as u64 <= minutes,
+        "{reconnects} reconnects, {warnings} warnings in {under_latency:?}"
+    );
+}
