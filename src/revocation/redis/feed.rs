@@ -17,6 +17,8 @@
 //! through the log or a full resync when it runs again (THREATS F6).
 
 use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use ::redis::aio::MultiplexedConnection;
@@ -119,12 +121,13 @@ impl RedisFeed {
             client: client.clone(),
             keys: keys.clone(),
             scripts: Scripts::new(),
-            barrier_scripts: BarrierScripts::new(),
+            barrier_scripts: Arc::new(BarrierScripts::new()),
             settings: settings.clone(),
             mirror: Arc::clone(&mirror),
             protocol: Protocol::new(settings.heartbeat),
             instance: instance.clone(),
             registered_at: None,
+            heartbeat_head: None,
             positions,
         };
         let tasks = vec![
@@ -240,11 +243,76 @@ enum Loss {
     IfEmpty,
 }
 
+/// A heartbeat's head read, made concurrently with the live feed.
+///
+/// While it is in flight the mirror may apply messages `a0 + 1 ..= a1` (`a0` the sequence
+/// applied when it was sent). Redis handed those sequence numbers out, so its head is at least
+/// `a1`; a head that reads `a0 <= seq < a1` in the same generation only predates them, and is
+/// raised to `a1` before the protocol sees it. Below `a0` it is what it says: the sequence went
+/// backwards, and the protocol re-seeds.
+#[derive(Debug)]
+struct HeartbeatHead {
+    /// The generation and sequence read.
+    generation: Option<String>,
+    seq: u64,
+    /// When the read was sent: the mirror is fresh as of then, not as of the answer.
+    sent: Instant,
+    /// The position applied when it was sent.
+    applied: Option<(String, u64)>,
+    /// Whether the read also renewed the barrier registration.
+    registered: bool,
+}
+
+impl HeartbeatHead {
+    /// Whether it announces, in the generation followed, changes not applied yet.
+    fn is_ahead_of(&self, now: Option<(&str, u64)>) -> bool {
+        now.is_some_and(|(generation, applied)| {
+            self.generation.as_deref() == Some(generation) && self.adjusted(now).1 > applied
+        })
+    }
+
+    /// The head as the protocol must see it, given the position applied now.
+    fn adjusted(&self, now: Option<(&str, u64)>) -> (Option<String>, u64) {
+        let seq = match (&self.applied, now, self.generation.as_deref()) {
+            (Some((then_gen, then_seq)), Some((now_gen, now_seq)), Some(head_gen))
+                if then_gen == now_gen && head_gen == now_gen && self.seq >= *then_seq =>
+            {
+                self.seq.max(now_seq)
+            }
+            _ => self.seq,
+        };
+        (self.generation.clone(), seq)
+    }
+}
+
+/// A heartbeat's head read as it completes.
+type HeadRead = Result<HeartbeatHead, FeedError>;
+
+/// A heartbeat's head read in flight, if any.
+type InFlight = Option<Pin<Box<dyn Future<Output = HeadRead> + Send>>>;
+
+/// Completes at `deadline`; never, when there is none.
+async fn until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Completes with the read in flight; never, when there is none (the session's `select!` only
+/// polls it when there is one).
+async fn in_flight(read: &mut InFlight) -> HeadRead {
+    match read {
+        Some(read) => read.await,
+        None => std::future::pending().await,
+    }
+}
+
 struct Worker {
     client: Client,
     keys: Keys,
     scripts: Scripts,
-    barrier_scripts: BarrierScripts,
+    barrier_scripts: Arc<BarrierScripts>,
     settings: RevocationSettings,
     mirror: Arc<Mirror>,
     /// What the mirror follows and what to do next; this task only carries it out.
@@ -254,6 +322,9 @@ struct Worker {
     /// When the last head read that renewed the registration was sent: no "heard" mark may
     /// be later than it (see [`crate::revocation::barrier`], soundness point 1).
     registered_at: Option<Instant>,
+    /// A heartbeat's head read that completed while the live feed kept being applied, for the
+    /// [`Action::ReadHead`] of the heartbeat it answers (see [`HeartbeatHead`]).
+    heartbeat_head: Option<HeartbeatHead>,
     /// The position applied, for the reporter task (it keeps only the latest).
     positions: watch::Sender<Option<Position>>,
 }
@@ -332,6 +403,13 @@ impl Worker {
         let prune_every = self.settings.prune_interval;
         let mut prune_tick = tokio::time::interval_at(Instant::now() + prune_every, prune_every);
         prune_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        // The heartbeat's head read, in flight while live messages keep being applied: over a
+        // slow link (F7) a change published meanwhile lands when its message does, not after
+        // the read's round trip and a catch-up behind it.
+        let mut head_read: InFlight = None;
+        // A head read that announced changes the live feed had not delivered yet, and until
+        // when the feed may still deliver them.
+        let mut parked: Option<(Instant, HeartbeatHead)> = None;
         loop {
             tokio::select! {
                 biased;
@@ -342,9 +420,37 @@ impl Worker {
                     };
                     let received = Instant::now();
                     self.step(&mut conn, parse_message(&message), received).await?;
+                    let caught_up = parked
+                        .as_ref()
+                        .is_some_and(|(_, head)| !head.is_ahead_of(self.protocol.position()));
+                    if caught_up && let Some((_, head)) = parked.take() {
+                        self.answer_heartbeat(&mut conn, head).await?;
+                    }
                 }
-                _ = beat.tick() => {
-                    self.step(&mut conn, Input::Heartbeat, Instant::now()).await?;
+                read = in_flight(&mut head_read), if head_read.is_some() => {
+                    head_read = None;
+                    let head = read?;
+                    if head.is_ahead_of(self.protocol.position()) {
+                        // The head announces changes not applied yet. Their messages were
+                        // published before the read was answered and are likely on their way:
+                        // give them as long again as the read took before paying a catch-up.
+                        let answered = Instant::now();
+                        parked = Some((answered + (answered - head.sent), head));
+                    } else {
+                        self.answer_heartbeat(&mut conn, head).await?;
+                    }
+                }
+                () = until(parked.as_ref().map(|(deadline, _)| *deadline)), if parked.is_some() => {
+                    if let Some((_, head)) = parked.take() {
+                        self.answer_heartbeat(&mut conn, head).await?;
+                    }
+                }
+                _ = beat.tick(), if head_read.is_none() && parked.is_none() => {
+                    if self.protocol.is_following() {
+                        head_read = Some(Box::pin(self.start_head_read(conn.clone())));
+                    } else {
+                        self.step(&mut conn, Input::Heartbeat, Instant::now()).await?;
+                    }
                 }
                 _ = prune_tick.tick() => {
                     self.mirror.prune();
@@ -409,7 +515,19 @@ impl Worker {
         match action {
             Action::MarkConnected => self.mirror.update_health(|h| h.connected = true),
             Action::ReadHead | Action::Join => {
-                let (generation, seq) = if self.protocol.is_joined() {
+                let joined = self.protocol.is_joined();
+                let sent_ahead = self
+                    .heartbeat_head
+                    .take_if(|head| action == Action::ReadHead && head.registered == joined);
+                if let Some(head) = sent_ahead {
+                    if head.registered {
+                        self.registered_at = Some(head.sent);
+                        self.mirror.mark_registered(head.sent);
+                    }
+                    let (generation, seq) = head.adjusted(self.protocol.position());
+                    return Ok(Some(Input::Head { generation, seq }));
+                }
+                let (generation, seq) = if joined {
                     self.register_and_read_head(conn).await?
                 } else {
                     self.read_head(conn).await?
@@ -470,6 +588,59 @@ impl Worker {
         Ok(None)
     }
 
+    /// Answers a heartbeat with its head read: the protocol compares it with what the mirror
+    /// applied (catching up if it is still behind) and marks the mirror heard as of the read.
+    async fn answer_heartbeat(
+        &mut self,
+        conn: &mut MultiplexedConnection,
+        head: HeartbeatHead,
+    ) -> Result<(), FeedError> {
+        if !self.protocol.is_following() {
+            return Ok(());
+        }
+        let sent = head.sent;
+        self.heartbeat_head = Some(head);
+        let result = self.step(conn, Input::Heartbeat, sent).await;
+        // Unused when the heartbeat did not start with a head read.
+        self.heartbeat_head = None;
+        result
+    }
+
+    /// Sends a heartbeat's head read (renewing the registration once joined) on its own handle
+    /// of the connection, as a future that borrows nothing of the worker, so the session keeps
+    /// applying the live feed until it completes.
+    fn start_head_read(
+        &self,
+        mut conn: MultiplexedConnection,
+    ) -> impl Future<Output = HeadRead> + Send + 'static {
+        let registered = self.protocol.is_joined();
+        let applied = self
+            .protocol
+            .position()
+            .map(|(generation, seq)| (generation.to_owned(), seq));
+        let keys = self.keys.clone();
+        let scripts = Arc::clone(&self.barrier_scripts);
+        let settings = self.settings.clone();
+        let instance = self.instance.clone();
+        async move {
+            let sent = Instant::now();
+            let (generation, seq) = if registered {
+                let position = applied.as_ref().map(|(g, s)| (g.as_str(), *s));
+                register_and_read_head(&mut conn, &keys, &scripts, &settings, &instance, position)
+                    .await?
+            } else {
+                read_head(&mut conn, &keys, &settings).await?
+            };
+            Ok(HeartbeatHead {
+                generation,
+                seq,
+                sent,
+                applied,
+                registered,
+            })
+        }
+    }
+
     /// Renews this mirror's registration in the barrier's roster and reads the head, in one
     /// script; records when, for the cap on "heard" and for metrics.
     async fn register_and_read_head(
@@ -495,15 +666,7 @@ impl Worker {
         &self,
         conn: &mut MultiplexedConnection,
     ) -> Result<(Option<String>, u64), FeedError> {
-        let mut pipe = ::redis::pipe();
-        pipe.atomic().get(&self.keys.generation).get(&self.keys.seq);
-        let (generation, seq): (Option<String>, Option<u64>) = timed(
-            self.settings.command_timeout,
-            "read the revocation sequence",
-            pipe.query_async(conn),
-        )
-        .await?;
-        Ok((generation, seq.unwrap_or(0)))
+        read_head(conn, &self.keys, &self.settings).await
     }
 
     async fn rollover(
@@ -774,6 +937,23 @@ impl Worker {
 }
 
 /// The protocol input for one live feed message.
+/// Reads the head: the generation and the last sequence handed out (0 when missing).
+async fn read_head(
+    conn: &mut MultiplexedConnection,
+    keys: &Keys,
+    settings: &RevocationSettings,
+) -> Result<(Option<String>, u64), FeedError> {
+    let mut pipe = ::redis::pipe();
+    pipe.atomic().get(&keys.generation).get(&keys.seq);
+    let (generation, seq): (Option<String>, Option<u64>) = timed(
+        settings.command_timeout,
+        "read the revocation sequence",
+        pipe.query_async(conn),
+    )
+    .await?;
+    Ok((generation, seq.unwrap_or(0)))
+}
+
 fn parse_message(message: &Msg) -> Input {
     let event = message
         .get_payload::<String>()
@@ -852,5 +1032,64 @@ async fn watchdog(mirror: Arc<Mirror>, mut shutdown: watch::Receiver<bool>) {
                 _ = shutdown.changed() => return,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(generation: &str, seq: u64, applied: Option<(&str, u64)>) -> HeartbeatHead {
+        HeartbeatHead {
+            generation: Some(generation.to_owned()),
+            seq,
+            sent: Instant::now(),
+            applied: applied.map(|(g, s)| (g.to_owned(), s)),
+            registered: true,
+        }
+    }
+
+    #[test]
+    fn a_head_read_overtaken_by_applied_messages_is_raised_to_them() {
+        // Sent at 10; messages 11 and 12 applied before the answer (11) came back.
+        let read = head("g", 11, Some(("g", 10)));
+        assert_eq!(read.adjusted(Some(("g", 12))), (Some("g".to_owned()), 12));
+        // Nothing applied meanwhile: the head as read (a gap for the protocol to catch up).
+        let read = head("g", 15, Some(("g", 10)));
+        assert_eq!(read.adjusted(Some(("g", 10))), (Some("g".to_owned()), 15));
+    }
+
+    #[test]
+    fn a_head_below_what_was_applied_when_sent_is_left_for_the_protocol_to_re_seed() {
+        let read = head("g", 7, Some(("g", 10)));
+        assert_eq!(read.adjusted(Some(("g", 12))), (Some("g".to_owned()), 7));
+        // Another generation, or none, is never adjusted.
+        let read = head("other", 3, Some(("g", 10)));
+        assert_eq!(
+            read.adjusted(Some(("g", 12))),
+            (Some("other".to_owned()), 3)
+        );
+        let missing = HeartbeatHead {
+            generation: None,
+            ..head("g", 0, Some(("g", 10)))
+        };
+        assert_eq!(missing.adjusted(Some(("g", 12))), (None, 0));
+    }
+
+    #[test]
+    fn only_a_head_past_what_is_applied_in_the_followed_generation_waits_for_the_feed() {
+        let read = head("g", 12, Some(("g", 10)));
+        assert!(read.is_ahead_of(Some(("g", 10))));
+        assert!(read.is_ahead_of(Some(("g", 11))));
+        assert!(
+            !read.is_ahead_of(Some(("g", 12))),
+            "the feed delivered what it announced"
+        );
+        assert!(!head("other", 12, Some(("g", 10))).is_ahead_of(Some(("g", 10))));
+        assert!(
+            !head("g", 7, Some(("g", 10))).is_ahead_of(Some(("g", 10))),
+            "went backwards"
+        );
+        assert!(!read.is_ahead_of(None));
     }
 }

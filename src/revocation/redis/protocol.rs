@@ -311,6 +311,12 @@ impl Protocol {
         self.joined
     }
 
+    /// Whether the mirror is at the head, following the live feed (a heartbeat then starts
+    /// with a head read, which the driver may send ahead while it keeps applying messages).
+    pub(crate) fn is_following(&self) -> bool {
+        matches!(self.phase, Phase::Following)
+    }
+
     /// The position applied so far (generation and sequence), once a generation is followed.
     pub(crate) fn position(&self) -> Option<(&str, u64)> {
         self.generation.as_deref().map(|g| (g, self.last_seq))
