@@ -5,8 +5,9 @@
 //!
 //! Pass criteria: every answer is the expected one (status and reason code), the process
 //! neither panics nor exits, its resident memory in the last window stays within
-//! [`RSS_TOLERANCE`] of the first, and the server-side verify p99 stays within one histogram
-//! bucket of the 1 ms THREATS sets ([`P99_BOUND_SECS`]). `EDGETOKEN_F14_SECS` sets the flood's
+//! [`RSS_TOLERANCE`] of the first. The server-side verify p99 (THREATS: under 1 ms) is printed,
+//! not asserted: a test shares its machine with the rest of the suite, and latency is measured
+//! by the load scripts, never asserted in tests. `EDGETOKEN_F14_SECS` sets the flood's
 //! length (30 s by default; THREATS asks for 30 min on a release run).
 //!
 //! The signature vectors are keyed to their own public keys and messages, which no deployment
@@ -42,11 +43,6 @@ const RSS_SLACK_KIB: u64 = 1024;
 /// How often RSS is sampled, and how long the flood runs before the first RSS window.
 const SAMPLE: Duration = Duration::from_millis(500);
 const WARMUP: Duration = Duration::from_secs(5);
-/// THREATS F14: rejection p99 under 1 ms, read from the server's verify histogram, whose
-/// buckets double (…, 0.512, 1.024, 2.048 ms). The bound asserted is the bucket above the one
-/// holding 1 ms: on a shared 2-core CI box a preemption inside a verify moves observations up
-/// one bucket. The printed figure says which bucket the p99 fell in.
-const P99_BOUND_SECS: f64 = 2.048e-3;
 
 /// One input and the answer it must get.
 struct Case {
@@ -644,10 +640,6 @@ async fn f14_flood_of_hostile_tokens_gets_expected_answers_without_panics_or_mem
     assert_eq!(panics, 0, "{stderr}");
     assert!(verifier.is_running(), "the verifier exited: {stderr}");
     assert!(requests > 0);
-    assert!(
-        p99 <= P99_BOUND_SECS,
-        "verify p99 {p99} s over {P99_BOUND_SECS} s"
-    );
     #[expect(clippy::cast_precision_loss, reason = "a tolerance in KiB")]
     let allowed = first as f64 * RSS_TOLERANCE + RSS_SLACK_KIB as f64;
     #[expect(clippy::cast_precision_loss, reason = "KiB")]
