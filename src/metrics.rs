@@ -67,6 +67,9 @@ pub struct StateSample {
     pub registration_age: Option<Duration>,
     /// Token usage counters; `None` when this process records no usage.
     pub usage: Option<UsageStats>,
+    /// This process's clock minus Redis', as the revocation feed last measured it; `None`
+    /// when not measured (in-process store, or Redis not reached yet).
+    pub clock_skew: Option<f64>,
 }
 
 /// Outcomes of a forward-auth or layer decision that happen before a token is verified, or
@@ -97,6 +100,7 @@ pub struct Metrics {
     barrier_mirrors: Family<OutcomeLabel, Counter>,
     applied_seq: Gauge<u64, AtomicU64>,
     registration_age: Gauge<f64, AtomicU64>,
+    clock_skew: Gauge<f64, AtomicU64>,
     usage: UsageMetrics,
 }
 
@@ -110,6 +114,12 @@ impl Default for Metrics {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// The barrier wait's buckets, 10 µs to ~80 ms: a confirmed barrier on loopback sits well
+/// under a millisecond; the top buckets hold the revokes that waited out the timeout.
+fn barrier_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(1e-5, 2.0, 14))
 }
 
 impl Metrics {
@@ -137,13 +147,12 @@ impl Metrics {
             jwks_fetches: Family::default(),
             trusted_keys: Gauge::default(),
             jwks_age: Gauge::default(),
-            // 10 µs to ~80 ms: a confirmed barrier on loopback sits well under a millisecond;
-            // the top buckets hold the revokes that waited out the timeout.
-            barrier_wait: Histogram::new(exponential_buckets(1e-5, 2.0, 14)),
+            barrier_wait: barrier_histogram(),
             barrier_revokes: Family::default(),
             barrier_mirrors: Family::default(),
             applied_seq: Gauge::default(),
             registration_age: Gauge::default(),
+            clock_skew: Gauge::default(),
             usage: UsageMetrics::default(),
             registry: Registry::default(),
         };
@@ -193,21 +202,6 @@ impl Metrics {
             "1 when the revocation mirror is fresh enough to answer",
             metrics.ready.clone(),
         );
-        registry.register(
-            "jwks_fetches",
-            "JWKS fetches by outcome (ok, or why the document was refused and the last good set kept)",
-            metrics.jwks_fetches.clone(),
-        );
-        registry.register(
-            "trusted_keys",
-            "Public keys this process trusts now",
-            metrics.trusted_keys.clone(),
-        );
-        registry.register(
-            "jwks_age_seconds",
-            "Seconds since the JWKS was last fetched successfully (+Inf if never; 0 without a JWKS URL)",
-            metrics.jwks_age.clone(),
-        );
         metrics.register_groups(&mut registry);
         for code in Rejection::CODES.iter().chain(&DECISION_OUTCOMES) {
             // Pre-register every label so dashboards see zeros, not gaps.
@@ -223,8 +217,28 @@ impl Metrics {
 
     /// Registers the metrics of the features added since SPEC §8's first list.
     fn register_groups(&self, registry: &mut Registry) {
+        self.register_keys(registry);
         self.register_barrier(registry);
         self.register_usage(registry);
+    }
+
+    /// Registers the trusted keys' and the JWKS refresher's metrics.
+    fn register_keys(&self, registry: &mut Registry) {
+        registry.register(
+            "jwks_fetches",
+            "JWKS fetches by outcome (ok, or why the document was refused and the last good set kept)",
+            self.jwks_fetches.clone(),
+        );
+        registry.register(
+            "trusted_keys",
+            "Public keys this process trusts now",
+            self.trusted_keys.clone(),
+        );
+        registry.register(
+            "jwks_age_seconds",
+            "Seconds since the JWKS was last fetched successfully (+Inf if never; 0 without a JWKS URL)",
+            self.jwks_age.clone(),
+        );
     }
 
     /// Registers the revocation barrier's metrics (issue 15).
@@ -253,6 +267,11 @@ impl Metrics {
             "revocation_registration_age_seconds",
             "Seconds since this mirror renewed its barrier registration (-1 if not registered: in-process store, or not synced yet)",
             self.registration_age.clone(),
+        );
+        registry.register(
+            "clock_skew_seconds",
+            "This process's clock minus Redis' TIME, as the revocation feed last measured it (0 until measured); beyond half the leeway the feed logs a clock skew alarm",
+            self.clock_skew.clone(),
         );
         for outcome in ["confirmed", "lagging"] {
             let label = OutcomeLabel { outcome };
@@ -369,6 +388,7 @@ impl Metrics {
         self.applied_seq.set(state.applied_seq);
         self.registration_age
             .set(state.registration_age.map_or(-1.0, |age| age.as_secs_f64()));
+        self.clock_skew.set(state.clock_skew.unwrap_or(0.0));
         self.jwks_age.set(state.jwks_age.map_or(0.0, |age| {
             if age == Duration::MAX {
                 f64::INFINITY

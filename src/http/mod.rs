@@ -188,6 +188,16 @@ impl Services {
                     .map_or(std::time::Duration::MAX, |at| at.elapsed())
             }),
             applied_seq: self.mirror.health().borrow().applied_seq,
+            #[expect(
+                clippy::cast_precision_loss,
+                reason = "milliseconds of skew, far below 2^52"
+            )]
+            clock_skew: self
+                .mirror
+                .health()
+                .borrow()
+                .clock_skew_ms
+                .map(|ms| ms as f64 / 1000.0),
             registration_age: self.mirror.registration_age(),
             usage: self
                 .verifier_api

@@ -48,6 +48,8 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
             "fresh": state.mirror.is_fresh(),
             "staleness_seconds": sample.staleness.map(|s| s.as_secs_f64()),
             "entries": sample.mirror_entries,
+            "clock_skew_seconds": sample.clock_skew,
+            "clock_skew_alarm": state.mirror.clock_skew_alarm(),
         },
     });
     (status, Json(body))

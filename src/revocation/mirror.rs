@@ -308,6 +308,11 @@ pub struct MirrorHealth {
     pub pruned: u64,
     /// The last error the feed met, for operators.
     pub last_error: Option<String>,
+    /// This process's clock minus Redis' (`TIME`), in milliseconds, as the feed last measured
+    /// it (at each connection and every prune interval); `None` until measured, and for the
+    /// in-process store. Token times are judged by this process's clock and revocation
+    /// expiry by Redis', so a skew beyond half the leeway is logged as an alarm.
+    pub clock_skew_ms: Option<i64>,
 }
 
 /// The in-memory revocation state of one process, with its freshness.
@@ -346,6 +351,20 @@ impl Mirror {
     /// stale.
     pub fn authoritative(settings: &RevocationSettings, clock: Arc<dyn Clock>) -> Self {
         Self::build(settings, clock, true)
+    }
+
+    /// The clock skew alarm: the skew the feed last measured against Redis is beyond half
+    /// the leeway (THREATS F12).
+    pub fn clock_skew_alarm(&self) -> bool {
+        self.health
+            .borrow()
+            .clock_skew_ms
+            .is_some_and(|ms| ms.unsigned_abs() > self.limits.leeway.unsigned_abs() * 500)
+    }
+
+    /// The clock this mirror judges expiry by (the process's).
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
     }
 
     fn build(settings: &RevocationSettings, clock: Arc<dyn Clock>, authoritative: bool) -> Self {

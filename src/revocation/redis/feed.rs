@@ -128,6 +128,7 @@ impl RedisFeed {
             instance: instance.clone(),
             registered_at: None,
             heartbeat_head: None,
+            skew_alarm: false,
             positions,
         };
         let tasks = vec![
@@ -325,6 +326,8 @@ struct Worker {
     /// A heartbeat's head read that completed while the live feed kept being applied, for the
     /// [`Action::ReadHead`] of the heartbeat it answers (see [`HeartbeatHead`]).
     heartbeat_head: Option<HeartbeatHead>,
+    /// Whether the last clock measurement was beyond half the leeway (logged on change).
+    skew_alarm: bool,
     /// The position applied, for the reporter task (it keeps only the latest).
     positions: watch::Sender<Option<Position>>,
 }
@@ -380,6 +383,7 @@ impl Worker {
         let run_id = server_run_id(&mut conn, timeout).await?;
         self.step(&mut conn, Input::RunId(run_id), Instant::now())
             .await?;
+        self.check_clock(&mut conn).await;
         let mut pubsub = timed(
             timeout,
             "open the feed connection",
@@ -453,6 +457,7 @@ impl Worker {
                     }
                 }
                 _ = prune_tick.tick() => {
+                    self.check_clock(&mut conn).await;
                     self.mirror.prune();
                     let pruned = prune(&mut conn, &self.keys, &self.scripts, &self.settings).await;
                     if let Err(err) = pruned {
@@ -586,6 +591,48 @@ impl Worker {
             Action::Reconnect { .. } => {}
         }
         Ok(None)
+    }
+
+    /// Measures this process's clock against Redis' `TIME` (the clock revocation expiry is
+    /// judged by) and records the skew in the health; a skew beyond half the leeway is logged
+    /// as an alarm when it starts and when it ends (THREATS F12). A failed read only skips
+    /// this measurement: the heartbeat is what judges the connection.
+    async fn check_clock(&mut self, conn: &mut MultiplexedConnection) {
+        let sent = Instant::now();
+        let answer: Result<(i64, i64), _> = timed(
+            self.settings.command_timeout,
+            "read Redis' clock",
+            ::redis::cmd("TIME").query_async(conn),
+        )
+        .await;
+        let Ok((seconds, micros)) = answer else {
+            return;
+        };
+        let now = self.mirror.clock().now();
+        // Redis read its clock about halfway through the round trip.
+        let half_trip = i64::try_from(sent.elapsed().as_millis() / 2).unwrap_or(i64::MAX);
+        let local_ms = i64::try_from(now.unix_timestamp_nanos() / 1_000_000)
+            .unwrap_or(i64::MAX)
+            .saturating_sub(half_trip);
+        let redis_ms = seconds.saturating_mul(1000).saturating_add(micros / 1000);
+        let skew_ms = local_ms.saturating_sub(redis_ms);
+        let limit_ms = i64::try_from(self.settings.leeway.as_millis() / 2).unwrap_or(i64::MAX);
+        let alarm = skew_ms.unsigned_abs() > limit_ms.unsigned_abs();
+        if alarm != self.skew_alarm {
+            self.skew_alarm = alarm;
+            if alarm {
+                tracing::warn!(
+                    skew_ms,
+                    leeway_ms = self.settings.leeway.as_millis(),
+                    "clock skew: this process's clock is off Redis' by more than half the \
+                     leeway; tokens are judged by this clock, revocation expiry by Redis'"
+                );
+            } else {
+                tracing::info!(skew_ms, "clock skew back within half the leeway");
+            }
+        }
+        self.mirror
+            .update_health(|h| h.clock_skew_ms = Some(skew_ms));
     }
 
     /// Answers a heartbeat with its head read: the protocol compares it with what the mirror

@@ -94,6 +94,37 @@ async fn f12_skewed_verifiers_apply_the_leeway_to_the_second_and_leave_revocatio
     }
     let client = reqwest::Client::new();
 
+    // The skew alarm: each verifier measured its clock against Redis' when it connected, and
+    // `/readyz` says so. The reference clock is frozen at the test's start, so each measured
+    // skew is its offset less the seconds since (at most a minute here).
+    let mut measured = Vec::new();
+    for (skew, served) in &verifiers {
+        let ready: serde_json::Value = client
+            .get(served.url("/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let revocation = &ready["revocation"];
+        let seen = revocation["clock_skew_seconds"]
+            .as_f64()
+            .expect("skew measured");
+        #[expect(clippy::cast_precision_loss, reason = "seconds of skew")]
+        let offset = *skew as f64;
+        assert!(
+            (offset - 60.0..=offset + 1.0).contains(&seen),
+            "verifier at {skew:+} s measured {seen} s against Redis"
+        );
+        assert_eq!(
+            revocation["clock_skew_alarm"].as_bool(),
+            Some(*skew != 0),
+            "alarm at {skew:+} s (measured {seen} s, leeway {leeway} s)"
+        );
+        measured.push((*skew, seen));
+    }
+
     let mut checked = 0;
     let mut refused_by_skew = Vec::new();
     for (skew, served) in &verifiers {
@@ -238,6 +269,6 @@ async fn f12_skewed_verifiers_apply_the_leeway_to_the_second_and_leave_revocatio
         "F12: leeway {leeway} s, skews -{SKEW}/0/+{SKEW} s: {checked} time-claim cases decided \
          to the second by each verifier's clock; {refused_by_skew:?}; a revocation pruned by \
          the mirror {SKEW} s ahead stayed in Redis (score {kept_until:?}) and refused at -{SKEW} s \
-         and 0 s"
+         and 0 s; skew measured against Redis (offset, seconds): {measured:?}, alarm at ±{SKEW} s"
     );
 }
