@@ -4,7 +4,7 @@
 //! with only the addresses changed, in front of a real verifier process (route mode) and an
 //! upstream that echoes what it received. Every scenario is one function run against each
 //! proxy; nginx has its own module (`verifier::nginx`). The README's snippets of these files
-//! are checked against them here too.
+//! are checked here to be verbatim excerpts of them.
 
 use std::sync::Arc;
 
@@ -412,4 +412,60 @@ for_each_proxy! {
     envoy => ProxyKind::Envoy,
     traefik => ProxyKind::Traefik,
     caddy => ProxyKind::Caddy,
+}
+
+/// Whether `block` occurs in `file` as consecutive whole lines, all indented by one prefix
+/// (a README snippet may drop the file's common indentation).
+fn is_excerpt(file: &str, block: &str) -> bool {
+    let lines: Vec<&str> = file.lines().collect();
+    let block: Vec<&str> = block.lines().collect();
+    let Some(first) = block.first() else {
+        return false;
+    };
+    lines.windows(block.len()).any(|window| {
+        let Some(prefix) = window[0].strip_suffix(*first) else {
+            return false;
+        };
+        prefix.chars().all(|c| c == ' ' || c == '\t')
+            && window.iter().zip(&block).all(|(line, wanted)| {
+                if wanted.is_empty() {
+                    line.trim().is_empty()
+                } else {
+                    line.strip_prefix(prefix) == Some(*wanted)
+                }
+            })
+    })
+}
+
+#[test]
+fn readme_snippets_are_excerpts_of_the_deployed_files() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let marker = "<!-- snippet: ";
+    let mut checked = Vec::new();
+    for (index, _) in readme.match_indices(marker) {
+        let rest = &readme[index + marker.len()..];
+        let (file, rest) = rest.split_once(" -->\n").expect("snippet marker closes");
+        let rest = rest
+            .strip_prefix("```")
+            .expect("a code block follows the marker");
+        let (_language, rest) = rest.split_once('\n').unwrap();
+        let (block, _) = rest.split_once("\n```").expect("the code block closes");
+        let text = std::fs::read_to_string(root.join(file))
+            .unwrap_or_else(|e| panic!("README snippet names {file}: {e}"));
+        assert!(
+            is_excerpt(&text, block),
+            "the README's snippet of {file} is not an excerpt of it:\n{block}"
+        );
+        checked.push(file);
+    }
+    checked.sort_unstable();
+    assert_eq!(
+        checked,
+        [
+            "deploy/caddy/Caddyfile",
+            "deploy/envoy/edge.yaml",
+            "deploy/traefik/dynamic.yml"
+        ]
+    );
 }
