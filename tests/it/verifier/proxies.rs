@@ -14,11 +14,13 @@ use edgetoken::token::{Issuer, Lifetime, MintRequest};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
+use super::WAIT;
 use crate::support::deployment::{
     AUDIENCE, Deployment, ISSUER, ROUTES, mint, mint_via_api, revoke_via_api,
 };
 use crate::support::echo_upstream::EchoUpstream;
 use crate::support::edge_proxy::{EdgeProxy, ProxyKind};
+use crate::support::eventually::eventually;
 use crate::support::process::{EdgetokenProcess, Served};
 
 /// A deployment behind one proxy: the issuer (in process), a verifier process with the route
@@ -349,6 +351,9 @@ async fn fails_closed_when_the_verifier_hangs(kind: ProxyKind) {
     echoed(&edge.send("GET", path, Some(&token)).await);
     // Frozen: connections are accepted by the kernel, nothing answers.
     edge.verifier.signal("STOP");
+    eventually("the verifier to be stopped", WAIT)
+        .until(async || edge.verifier.is_stopped().then_some(()))
+        .await;
     let hits = edge.upstream.hits();
     // Each proxy gives up after its timeout: Envoy 0.25 s, Caddy 1 s, Traefik 30 s (fixed).
     let answer = edge.send("GET", path, Some(&token)).await;
