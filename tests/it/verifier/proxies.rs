@@ -16,7 +16,7 @@ use serde_json::Value;
 
 use super::WAIT;
 use crate::support::deployment::{
-    AUDIENCE, Deployment, ISSUER, ROUTES, mint, mint_via_api, revoke_via_api,
+    ALICE_PASSWORD, AUDIENCE, Deployment, ISSUER, ROUTES, mint, mint_via_api, revoke_via_api,
 };
 use crate::support::echo_upstream::EchoUpstream;
 use crate::support::edge_proxy::{EdgeProxy, ProxyKind};
@@ -37,7 +37,9 @@ struct Edge {
 async fn edge(kind: ProxyKind) -> Edge {
     let deployment = Deployment::new();
     let issuer = Served::start(deployment.config(""), Role::Issuer).await;
-    let verifier = EdgetokenProcess::start(&deployment.config_text(ROUTES), "verifier").await;
+    // Uses are flushed every second, for the "last used" scenario.
+    let config = deployment.config_text(&format!("{ROUTES}\n[usage]\nflush_secs = 1\n"));
+    let verifier = EdgetokenProcess::start(&config, "verifier").await;
     let upstream = EchoUpstream::start().await;
     let proxy = EdgeProxy::start(kind, verifier.port, upstream.addr.port()).await;
     Edge {
@@ -177,6 +179,43 @@ async fn passes_a_valid_token_with_only_the_verifiers_headers(kind: ProxyKind) {
         !log.to_ascii_lowercase().contains("deprecat"),
         "{kind} reports a deprecated option in the shipped configuration:\n{log}"
     );
+}
+
+async fn records_the_clients_address_for_last_used_not_a_forged_one(kind: ProxyKind) {
+    let edge = edge(kind).await;
+    let (id, token) = mint_via_api(&edge.issuer.url(""), &["runs:read"]).await;
+    let forged = [
+        ("X-Real-IP", "203.0.113.66"),
+        ("X-Forwarded-For", "203.0.113.67"),
+    ];
+    echoed(
+        &edge
+            .send_with("GET", "/api/acme/runs/1", Some(&token), &forged)
+            .await,
+    );
+    let client = edge.client.clone();
+    let list = edge.issuer.url("/v1/tenants/acme/tokens");
+    let used = eventually("the use in the list API", WAIT)
+        .every(std::time::Duration::from_millis(100))
+        .until(async || {
+            let body: Value = client
+                .get(&list)
+                .basic_auth("alice", Some(ALICE_PASSWORD))
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            body["tokens"]
+                .as_array()?
+                .iter()
+                .find(|t| t["id"] == id.as_str() && t["uses"] == 1)
+                .cloned()
+        })
+        .await;
+    // The test client is on loopback: the proxy's view of it, not what it claimed.
+    assert_eq!(used["last_used_from"], "127.0.0.1", "{used}");
 }
 
 async fn refuses_missing_forged_and_expired_tokens_with_401(kind: ProxyKind) {
@@ -376,6 +415,11 @@ macro_rules! for_each_proxy {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn passes_a_valid_token_with_only_the_verifiers_headers() {
                 super::passes_a_valid_token_with_only_the_verifiers_headers($kind).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn records_the_clients_address_for_last_used_not_a_forged_one() {
+                super::records_the_clients_address_for_last_used_not_a_forged_one($kind).await;
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
