@@ -199,6 +199,24 @@ impl EdgetokenProcess {
         assert!(status.success(), "kill -{signal} {pid}");
     }
 
+    /// Whether every thread of the process is stopped (`kill -STOP` took effect): state `T` in
+    /// `/proc/PID/stat`.
+    pub(crate) fn is_stopped(&self) -> bool {
+        let pid = self.child.as_ref().expect("running").id();
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            return false;
+        };
+        tasks.filter_map(Result::ok).all(|task| {
+            std::fs::read_to_string(task.path().join("stat"))
+                .ok()
+                .and_then(|stat| {
+                    stat.rsplit_once(") ")
+                        .and_then(|(_, rest)| rest.chars().next())
+                })
+                == Some('T')
+        })
+    }
+
     /// SIGKILL, then reap: the process gets no chance to clean up.
     pub(crate) fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -1,6 +1,6 @@
-//! The verifier service (SPEC §5, §6, §8): forward-auth through a real nginx, the HTTP API's
-//! decisions, introspection, JWKS key loading, the in-process layer, and several real
-//! processes sharing one Redis.
+//! The verifier service (SPEC §5, §6, §8): forward-auth through a real nginx, Envoy, Traefik
+//! and Caddy, the HTTP API's decisions, introspection, JWKS key loading, the in-process layer,
+//! and several real processes sharing one Redis.
 
 mod barrier;
 mod deploy;
@@ -10,6 +10,7 @@ mod jwks;
 mod layer;
 mod nginx;
 mod processes;
+mod proxies;
 mod rotation;
 mod usage;
 
