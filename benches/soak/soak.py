@@ -286,7 +286,11 @@ permission = "runs:read"
         conf = (f"daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\n"
                 f"error_log {d}/nginx-error.log warn;\nworker_rlimit_nofile 4096;\n"
                 f"events {{ worker_connections 2048; }}\n"
-                f"http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n"
+                # Server-side timing of every edge request, for the checker: the answer's wall
+                # time and nginx's own request time (auth subrequest and upstream included).
+                f"http {{\n  log_format soak '$msec $request_time $status $request_uri';\n"
+                f"  access_log {d}/access.log soak buffer=64k flush=1s;\n"
+                f"  client_body_temp_path {d}/body;\n"
                 f"  proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fastcgi;\n"
                 f"  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n{edge}\n{upstream}\n}}\n")
         path = os.path.join(d, "nginx.conf")
