@@ -28,7 +28,8 @@ exits with its status.
 Usage: python3 benches/soak/soak.py        (from the repository root, after
        cargo build --release --all-features --bin edgetoken --example soak_tokens)
 Environment: SOAK_DURATION=600 SOAK_RATE=400 SOAK_REVOKE_RATE=50 SOAK_DELETE_EVERY=25
-             SOAK_FAULTS=default|none|<comma list of client_pause,redis_kill9,verifier_restart> SOAK_GRACE=2 SOAK_DIR=<run dir> SOAK_BIN=target/release
+             SOAK_FAULTS=default|none|<comma list of client_pause,redis_kill9,verifier_restart>
+             SOAK_GRACE=2 SOAK_DIR=<run dir> SOAK_BIN=target/release
              PIN=1 (services on CPU 1, this driver on CPU 0) SOAK_KEEP=1 (keep the run dir)
 """
 
@@ -262,9 +263,10 @@ permission = "runs:read"
             self.procs[f"verifier-{i}"] = Proc(f"verifier-{i}", serve + ["verifier"], self.dir,
                                                env={"EDGETOKEN_SERVER__LISTEN":
                                                     f"127.0.0.1:{port}", "RUST_LOG": "warn"})
-        self.procs["nginx"] = Proc("nginx", [shutil.which("nginx") or "/usr/sbin/nginx", "-p",
-                                             self.dir, "-e", os.path.join(self.dir, "nginx-error.log"),
-                                             "-c", self.nginx_conf()], self.dir)
+        nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+        self.procs["nginx"] = Proc("nginx", [
+            nginx, "-p", self.dir, "-e", os.path.join(self.dir, "nginx-error.log"),
+            "-c", self.nginx_conf()], self.dir)
 
     def nginx_conf(self):
         def replace_once(text, old, new):
@@ -279,7 +281,8 @@ permission = "runs:read"
         v1, v2 = self.verifier_ports
         edge = replace_once(edge, "server verifier-1:8080;\n    server verifier-2:8080;",
                             f"server 127.0.0.1:{v1};\n    server 127.0.0.1:{v2};")
-        edge = replace_once(edge, "server upstream:8080;", f"server 127.0.0.1:{self.upstream_port};")
+        edge = replace_once(edge, "server upstream:8080;",
+                            f"server 127.0.0.1:{self.upstream_port};")
         edge = replace_once(edge, "listen 80;", f"listen 127.0.0.1:{self.edge_port};")
         upstream = replace_once(upstream, "listen 8080;", f"listen 127.0.0.1:{self.upstream_port};")
         d = self.dir
@@ -292,7 +295,8 @@ permission = "runs:read"
                 f"  access_log {d}/access.log soak buffer=64k flush=1s;\n"
                 f"  client_body_temp_path {d}/body;\n"
                 f"  proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fastcgi;\n"
-                f"  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n{edge}\n{upstream}\n}}\n")
+                f"  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n"
+                f"{edge}\n{upstream}\n}}\n")
         path = os.path.join(d, "nginx.conf")
         with open(path, "w") as f:
             f.write(conf)
@@ -359,7 +363,8 @@ class Tokens:
         r = subprocess.run([os.path.join(BIN, "examples", "soak_tokens"), deployment.config, path,
                             str(targets), "300", "100", "100"], capture_output=True, text=True)
         if r.returncode != 0:
-            die(f"soak_tokens failed: {r.stderr.strip()} (cargo build --release --example soak_tokens)")
+            die(f"soak_tokens failed: {r.stderr.strip()} "
+                "(cargo build --release --example soak_tokens)")
         pools = {}
         with open(path) as f:
             for line in f:
@@ -612,7 +617,8 @@ def fault_schedule(duration):
     if FAULTS != "default":
         wanted = FAULTS.split(",")
         kinds = [next(k for k in kinds if k[0] == w) for w in wanted]
-    return [(duration * (k + 1) / (len(kinds) + 1), kind, arg) for k, (kind, arg) in enumerate(kinds)]
+    return [(duration * (k + 1) / (len(kinds) + 1), kind, arg)
+            for k, (kind, arg) in enumerate(kinds)]
 
 
 def inject(dep, log, start, stop_event, duration):
@@ -715,6 +721,7 @@ def main():
         os.sched_setaffinity(0, {0})
     run_dir = os.environ.get("SOAK_DIR") or tempfile.mkdtemp(prefix="edgetoken-soak-")
     os.makedirs(run_dir, exist_ok=True)
+    print(f"soak: run dir {run_dir}", file=sys.stderr)
     log = Log(os.path.join(run_dir, "events.jsonl"))
     dep = Deployment(run_dir, log)
     stop_event = threading.Event()
@@ -726,7 +733,7 @@ def main():
         api_targets = (n_revokes // DELETE_EVERY) if DELETE_EVERY > 0 else 0
         t_mint = now()
         tokens = Tokens(run_dir, dep, n_revokes, api_targets)
-        print(f"soak: run dir {run_dir}; {len(tokens.targets)} revocation targets "
+        print(f"soak: {len(tokens.targets)} revocation targets "
               f"({api_targets} minted through the API) in {now() - t_mint:.1f}s", file=sys.stderr)
         log(ev="config", wall_start=time.time() - now(), duration_s=DURATION, rate=RATE,
             revoke_rate=REVOKE_RATE, delete_every=DELETE_EVERY, heartbeat_ms=HEARTBEAT_MS,
