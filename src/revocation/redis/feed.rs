@@ -29,7 +29,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use super::barrier::{BarrierScripts, deregister, register_and_read_head, reporter};
 use super::protocol::{Action, Failure, Input, LogEntry, MAX_SYNC_ROUNDS, Protocol, Reason};
 use super::{
-    Change, Event, Keys, LogFields, RESYNC_BODY, Scripts, check_eviction_policy, client,
+    Keys, LogFields, RESYNC_BODY, Scripts, check_eviction_policy, client,
     command_connection, fresh_generation, parse_score, prune, server_run_id, timed, watermark,
     write_event,
 };
@@ -644,14 +644,7 @@ impl Worker {
         let is_last = entries.len() < LOG_PAGE;
         let entries = entries
             .into_iter()
-            .map(|(id, mut fields)| LogEntry {
-                seq: id
-                    .split_once('-')
-                    .and_then(|(seq, _)| seq.parse::<u64>().ok()),
-                generation: fields.remove("gen"),
-                change: fields.get("body").and_then(|b| Change::parse_body(b)),
-                id,
-            })
+            .map(|(id, fields)| LogEntry::read(id, fields))
             .collect();
         Ok((entries, is_last))
     }
@@ -750,16 +743,12 @@ impl Worker {
 
 /// The protocol input for one live feed message.
 fn parse_message(message: &Msg) -> Input {
-    let event = message
-        .get_payload::<String>()
-        .ok()
-        .and_then(|payload| Event::parse(&payload));
-    if let Some(event) = event {
-        Input::Message(event)
-    } else {
+    let payload = message.get_payload::<String>().ok();
+    let input = Input::from_payload(payload.as_deref());
+    if input == Input::MalformedMessage {
         tracing::warn!("malformed revocation feed message; checking the log instead");
-        Input::MalformedMessage
     }
+    input
 }
 
 /// A reply element as text.
