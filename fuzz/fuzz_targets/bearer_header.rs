@@ -31,17 +31,30 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(values.len(), 1, "a token from more than one header");
         let value = values[0].as_bytes();
         assert!(value.len() > 7 && value[..7].eq_ignore_ascii_case(b"bearer "));
-        assert!(value.ends_with(token.as_bytes()), "the token is not the value's tail");
+        assert!(
+            value.ends_with(token.as_bytes()),
+            "the token is not the value's tail"
+        );
         let between = &value[6..value.len() - token.len()];
-        assert!(between.iter().all(|b| *b == b' '), "something between scheme and token");
+        assert!(
+            between.iter().all(|b| *b == b' '),
+            "something between scheme and token"
+        );
         let body = token.trim_end_matches('=');
-        assert!(!body.is_empty() && body.bytes().all(is_b64token), "not a b64token");
+        assert!(
+            !body.is_empty() && body.bytes().all(is_b64token),
+            "not a b64token"
+        );
     }
 
     let proxies = TrustedProxies::parse(&["127.0.0.1", "10.0.0.0/8", "::1"]).expect("proxies");
     let mut forwarded = HeaderMap::new();
     for (i, value) in values.into_iter().enumerate() {
-        let name = if i % 3 == 2 { "x-real-ip" } else { "x-forwarded-for" };
+        let name = if i % 3 == 2 {
+            "x-real-ip"
+        } else {
+            "x-forwarded-for"
+        };
         forwarded.append(name, value);
     }
     for peer in ["127.0.0.1", "192.0.2.1", "::ffff:10.1.2.3"] {

@@ -23,7 +23,11 @@ fuzz_target!(|data: &[u8]| {
             .decode(encoded.trim())
             .expect("credentials are base64");
         let expected = format!("{INTROSPECTION_CLIENT_ID}:{INTROSPECTION_CLIENT_SECRET}");
-        assert_eq!(decoded, expected.as_bytes(), "wrong credentials authenticated");
+        assert_eq!(
+            decoded,
+            expected.as_bytes(),
+            "wrong credentials authenticated"
+        );
     }
     if let Ok(query) = std::str::from_utf8(data) {
         let _ = verify_query(query);

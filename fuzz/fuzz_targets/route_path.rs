@@ -18,7 +18,11 @@ use libfuzzer_sys::fuzz_target;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
 /// Everything but RFC 3986 unreserved characters is encoded.
-const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
 
 fn policy() -> &'static RoutePolicy {
     static POLICY: OnceLock<RoutePolicy> = OnceLock::new();
@@ -40,7 +44,9 @@ fuzz_target!(|data: &[u8]| {
     for segment in &segments {
         assert!(segment != "." && segment != "..", "dot segment {segment:?}");
         assert!(
-            !segment.chars().any(|c| matches!(c, '/' | '\\' | '%') || c.is_control()),
+            !segment
+                .chars()
+                .any(|c| matches!(c, '/' | '\\' | '%') || c.is_control()),
             "ambiguous segment {segment:?}"
         );
     }
@@ -56,5 +62,8 @@ fuzz_target!(|data: &[u8]| {
     let rematched = policy()
         .requirement(method, &again)
         .map(|m| m.map(|m| (m.pattern.to_owned(), m.requirement)));
-    assert_eq!(matched, rematched, "{target:?} and {again:?} match differently");
+    assert_eq!(
+        matched, rematched,
+        "{target:?} and {again:?} match differently"
+    );
 });

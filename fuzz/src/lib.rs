@@ -135,23 +135,50 @@ pub fn minted_tokens() -> Vec<(String, String)> {
     };
     let hour = 3600;
     vec![
-        ("accepted", mint(&TRUSTED_SEED, NOW - 60, "alice", "acme", "runs:read")),
+        (
+            "accepted",
+            mint(&TRUSTED_SEED, NOW - 60, "alice", "acme", "runs:read"),
+        ),
         (
             "accepted-wide",
-            mint(&TRUSTED_SEED, NOW, "bob", "golden", "billing:read policies:write runs:write"),
+            mint(
+                &TRUSTED_SEED,
+                NOW,
+                "bob",
+                "golden",
+                "billing:read policies:write runs:write",
+            ),
         ),
-        ("expired", mint(&TRUSTED_SEED, NOW - 5 * hour, "alice", "acme", "runs:read")),
-        ("not-yet-valid", mint(&TRUSTED_SEED, NOW + hour, "alice", "acme", "runs:read")),
+        (
+            "expired",
+            mint(&TRUSTED_SEED, NOW - 5 * hour, "alice", "acme", "runs:read"),
+        ),
+        (
+            "not-yet-valid",
+            mint(&TRUSTED_SEED, NOW + hour, "alice", "acme", "runs:read"),
+        ),
         (
             "revoked-tenant",
-            mint(&TRUSTED_SEED, NOW - 60, "alice", REVOKED_TENANT, "runs:read"),
+            mint(
+                &TRUSTED_SEED,
+                NOW - 60,
+                "alice",
+                REVOKED_TENANT,
+                "runs:read",
+            ),
         ),
         (
             "revoked-user",
             mint(&TRUSTED_SEED, NOW - 60, REVOKED_USER, "golden", "runs:read"),
         ),
-        ("revoked-key", mint(&REVOKED_KEY_SEED, NOW - 60, "alice", "acme", "runs:read")),
-        ("unknown-key", mint(&UNTRUSTED_SEED, NOW - 60, "alice", "acme", "runs:read")),
+        (
+            "revoked-key",
+            mint(&REVOKED_KEY_SEED, NOW - 60, "alice", "acme", "runs:read"),
+        ),
+        (
+            "unknown-key",
+            mint(&UNTRUSTED_SEED, NOW - 60, "alice", "acme", "runs:read"),
+        ),
     ]
     .into_iter()
     .map(|(name, token)| (name.to_owned(), token))

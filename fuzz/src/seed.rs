@@ -42,7 +42,12 @@ fn main() -> std::io::Result<()> {
         }
         let name = format!("minted-{name}");
         write(&root, "verify_token", &name, token.as_bytes())?;
-        write(&root, "bearer_header", &name, format!("Bearer {token}").as_bytes())?;
+        write(
+            &root,
+            "bearer_header",
+            &name,
+            format!("Bearer {token}").as_bytes(),
+        )?;
         let body = format!("token={token}&token_type_hint=access_token");
         write(&root, "introspect_form", &name, body.as_bytes())?;
         count += 3;
@@ -98,22 +103,47 @@ fn crafted_tokens(accepted: &str) -> Vec<(String, String)> {
         ("typ-jwt", with(&header, "typ", "JWT".into())),
         ("no-kid", without(&header, "kid")),
         ("crit", with(&header, "crit", serde_json::json!(["exp"]))),
-        ("jku", with(&header, "jku", "https://attacker.example/jwks".into())),
-        ("x5u", with(&header, "x5u", "https://attacker.example/x5u".into())),
+        (
+            "jku",
+            with(&header, "jku", "https://attacker.example/jwks".into()),
+        ),
+        (
+            "x5u",
+            with(&header, "x5u", "https://attacker.example/x5u".into()),
+        ),
         ("x5c", with(&header, "x5c", serde_json::json!(["MIIB"]))),
-        ("jwk", with(&header, "jwk", serde_json::json!({"kty": "OKP", "crv": "Ed25519"}))),
+        (
+            "jwk",
+            with(
+                &header,
+                "jwk",
+                serde_json::json!({"kty": "OKP", "crv": "Ed25519"}),
+            ),
+        ),
     ] {
         out.push((format!("header-{name}"), sign(&header, &claims)));
     }
     for (name, claims) in [
-        ("iss-other", with(&claims, "iss", "https://attacker.example".into())),
+        (
+            "iss-other",
+            with(&claims, "iss", "https://attacker.example".into()),
+        ),
         ("aud-other", with(&claims, "aud", "other-api".into())),
-        ("aud-array", with(&claims, "aud", serde_json::json!(["edge-api"]))),
+        (
+            "aud-array",
+            with(&claims, "aud", serde_json::json!(["edge-api"])),
+        ),
         ("exp-float", with(&claims, "exp", serde_json::json!(1.5e9))),
         ("exp-string", with(&claims, "exp", "1767232800".into())),
-        ("lifetime-13h", with(&claims, "exp", serde_json::json!(1_767_225_600 + 13 * 3600))),
+        (
+            "lifetime-13h",
+            with(&claims, "exp", serde_json::json!(1_767_225_600 + 13 * 3600)),
+        ),
         ("scope-shortcut", with(&claims, "scope", "runs".into())),
-        ("scope-spaces", with(&claims, "scope", "runs:read  runs:write".into())),
+        (
+            "scope-spaces",
+            with(&claims, "scope", "runs:read  runs:write".into()),
+        ),
         ("tenant-bad", with(&claims, "tenant", "Not A Slug".into())),
         ("extra-claim", with(&claims, "admin", true.into())),
         ("no-jti", without(&claims, "jti")),
@@ -125,8 +155,13 @@ fn crafted_tokens(accepted: &str) -> Vec<(String, String)> {
     let tampered = sign(&header, &with(&claims, "sub", "mallory".into()));
     let original_signature = accepted.rsplit('.').next().unwrap_or_default();
     let (signing_input, _) = tampered.rsplit_once('.').expect("three parts");
-    out.push(("tampered-payload".into(), format!("{signing_input}.{original_signature}")));
-    let mut signature = URL_SAFE_NO_PAD.decode(original_signature).expect("base64url");
+    out.push((
+        "tampered-payload".into(),
+        format!("{signing_input}.{original_signature}"),
+    ));
+    let mut signature = URL_SAFE_NO_PAD
+        .decode(original_signature)
+        .expect("base64url");
     add_group_order(&mut signature[32..]);
     let (accepted_input, _) = accepted.rsplit_once('.').expect("three parts");
     out.push((
