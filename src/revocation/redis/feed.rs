@@ -29,9 +29,8 @@ use tokio::time::{Instant, MissedTickBehavior};
 use super::barrier::{BarrierScripts, deregister, register_and_read_head, reporter};
 use super::protocol::{Action, Failure, Input, LogEntry, MAX_SYNC_ROUNDS, Protocol, Reason};
 use super::{
-    Keys, LogFields, RESYNC_BODY, Scripts, check_eviction_policy, client,
-    command_connection, fresh_generation, parse_score, prune, server_run_id, timed, watermark,
-    write_event,
+    Keys, LogFields, RESYNC_BODY, Scripts, check_eviction_policy, client, command_connection,
+    fresh_generation, parse_score, prune, server_run_id, timed, watermark, write_event,
 };
 use crate::clock::Clock;
 use crate::revocation::StoreError;
