@@ -199,3 +199,55 @@ pub fn introspection_token(body: &[u8]) -> Result<String, &'static str> {
 pub fn verify_query(query: &str) -> Result<Option<Requirement>, &'static str> {
     query_requirement(query).map_err(|e| e.code())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn feed_script_reaches_the_following_phase_and_applies_messages() {
+        // Connect, sync to g at 3, join, then one in-order message: its Apply must come out,
+        // so the script language reaches the live feed and fuzzing is not stuck connecting.
+        let script = b"0run-a\n1\n4g 3\n6\n4g 3\n4g 3\n\
+            24 g {\"kind\":\"tenant\",\"tenant\":\"acme\",\"before\":1}";
+        let mut protocol = Protocol::new(std::time::Duration::from_millis(200));
+        let mut last = Vec::new();
+        for line in script.split(|b| *b == b'\n') {
+            let (selector, argument) = line.split_first().unwrap();
+            let argument = String::from_utf8_lossy(argument);
+            last = protocol.handle(feed_input(selector.wrapping_sub(b'0') % 10, &argument));
+        }
+        assert!(matches!(last.first(), Some(Action::Apply(_))), "{last:?}");
+        assert!(drive_feed_protocol(script).is_ok());
+    }
+
+    #[test]
+    fn only_the_configured_introspection_client_authenticates() {
+        use base64::Engine as _;
+        let basic = |text: &str| {
+            format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(text)
+            )
+        };
+        let good = basic(&format!(
+            "{INTROSPECTION_CLIENT_ID}:{INTROSPECTION_CLIENT_SECRET}"
+        ));
+        assert!(introspection_authenticates(good.as_bytes()));
+        assert!(!introspection_authenticates(
+            basic("fuzz-client:wrong").as_bytes()
+        ));
+        assert!(!introspection_authenticates(b"Bearer x"));
+    }
+
+    #[test]
+    fn introspection_body_and_verify_query_read_as_the_handlers_do() {
+        assert_eq!(introspection_token(b"token=a.b.c").as_deref(), Ok("a.b.c"));
+        assert_eq!(
+            introspection_token(b"token=a&token=b"),
+            Err("invalid_request")
+        );
+        assert!(matches!(verify_query("tenant=acme"), Ok(Some(_))));
+        assert_eq!(verify_query("role=admin"), Err("invalid_request"));
+    }
+}

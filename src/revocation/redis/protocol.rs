@@ -1363,4 +1363,53 @@ mod tests {
             [Action::MarkHeard, Action::MarkReady]
         );
     }
+
+    #[test]
+    fn log_entry_reads_sequence_generation_and_body_and_keeps_what_it_cannot_read_as_none() {
+        let fields = |pairs: &[(&str, &str)]| -> LogFields {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        assert_eq!(
+            LogEntry::read("5-0".into(), fields(&[("gen", "g1"), ("body", "resync")])),
+            LogEntry {
+                id: "5-0".into(),
+                seq: Some(5),
+                generation: Some("g1".into()),
+                change: Some(Change::Resync),
+            }
+        );
+        assert_eq!(
+            LogEntry::read("x-0".into(), fields(&[("body", "{not json")])),
+            LogEntry {
+                id: "x-0".into(),
+                seq: None,
+                generation: None,
+                change: None,
+            }
+        );
+    }
+
+    #[test]
+    fn payload_that_does_not_decode_is_a_malformed_message() {
+        assert_eq!(
+            Input::from_payload(Some("3 g1 resync")),
+            message(3, "g1", Change::Resync)
+        );
+        for payload in [
+            None,
+            Some(""),
+            Some("3 g1"),
+            Some("x g1 resync"),
+            Some("3 g1 {}"),
+        ] {
+            assert_eq!(
+                Input::from_payload(payload),
+                Input::MalformedMessage,
+                "{payload:?}"
+            );
+        }
+    }
 }
