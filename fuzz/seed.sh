@@ -22,9 +22,13 @@ for dir in seeds/*/; do
     cp -- "$dir"* "$corpus/$target/"
 done
 
-cargo +nightly fuzz build seed >/dev/null
-# The seed writer is built with the fuzzing flags; leaks at its exit are not findings.
-ASAN_OPTIONS=detect_leaks=0 target/x86_64-unknown-linux-gnu/release/seed "$corpus"
+# Built with the targets' flags (FUZZ_BUILD_FLAGS, as run.sh), so it adds no second build.
+read -ra build_flags <<<"${FUZZ_BUILD_FLAGS:-}"
+bin=target/x86_64-unknown-linux-gnu/release
+[[ " ${build_flags[*]} " == *" --dev "* ]] && bin=target/x86_64-unknown-linux-gnu/debug
+cargo +nightly fuzz build "${build_flags[@]}" seed
+# Leaks at the seed writer's exit are not findings.
+ASAN_OPTIONS=detect_leaks=0 "$bin/seed" "$corpus"
 
 cp "$repo/tests/data/golden/token.jwt" "$corpus/verify_token/golden-token.jwt"
 python3 - "$repo" "$corpus" <<'PY'
