@@ -7,7 +7,8 @@
 #
 # Environment: FUZZ_PARALLEL targets at once (default 1), FUZZ_NICE niceness (default 19, so a
 # shared machine's builds keep the CPU), FUZZ_TIMEOUT seconds one input may take (default 10),
-# FUZZ_RSS_MB memory limit (default 2048). See docs/fuzzing.md.
+# FUZZ_RSS_MB memory limit (default 2048), FUZZ_BUILD_FLAGS extra `cargo fuzz build` flags
+# (CI: `--dev`, a quicker build for a short run). See docs/fuzzing.md.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -34,15 +35,16 @@ for target in "${targets[@]}"; do
     fi
 done
 
+read -ra build_flags <<<"${FUZZ_BUILD_FLAGS:-}"
+bin=target/x86_64-unknown-linux-gnu/release
+[[ " ${build_flags[*]} " == *" --dev "* ]] && bin=target/x86_64-unknown-linux-gnu/debug
 # Build each named target (cargo fuzz build takes one target or all).
 if (($# == 0)); then
-    cargo +nightly fuzz build
+    cargo +nightly fuzz build "${build_flags[@]}"
 else
-    for target in "${targets[@]}"; do cargo +nightly fuzz build "$target"; done
+    for target in "${targets[@]}"; do cargo +nightly fuzz build "${build_flags[@]}" "$target"; done
 fi
 [[ -d corpus ]] || ./seed.sh
-
-bin=target/x86_64-unknown-linux-gnu/release
 logs=artifacts/logs
 mkdir -p "$logs"
 
@@ -69,7 +71,8 @@ done
 wait
 
 failed=0
-printf '\n%-16s %8s %14s %10s %8s %s\n' target seconds executions exec/s rss_mb result
+printf '\n%-16s %8s %14s %10s %8s %6s %7s %s\n' \
+    target seconds executions exec/s rss_mb cov corpus result
 for target in "${targets[@]}"; do
     log=$logs/$target.log
     status=$(cat "$logs/$target.status")
@@ -83,8 +86,13 @@ for target in "${targets[@]}"; do
         result=CRASH
     fi
     [[ $result == ok ]] || failed=1
-    printf '%-16s %8s %14s %10s %8s %s\n' "$target" "$seconds" "$(stat_of number_of_executed_units)" \
-        "$(stat_of average_exec_per_sec)" "$(stat_of peak_rss_mb)" "$result"
+    # The last status line: `#N DONE cov: EDGES ft: F corp: ENTRIES/SIZE ...`.
+    done_line=$(grep -E '^#[0-9]+[[:space:]]+(DONE|pulse|NEW|REDUCE)' "$log" | tail -1)
+    cov=$(grep -oE 'cov: [0-9]+' <<<"$done_line" | grep -oE '[0-9]+' || echo '?')
+    corp=$(grep -oE 'corp: [0-9]+' <<<"$done_line" | grep -oE '[0-9]+' || echo '?')
+    printf '%-16s %8s %14s %10s %8s %6s %7s %s\n' "$target" "$seconds" \
+        "$(stat_of number_of_executed_units)" "$(stat_of average_exec_per_sec)" \
+        "$(stat_of peak_rss_mb)" "$cov" "$corp" "$result"
 done
 if ((failed)); then
     echo "run.sh: a target crashed, timed out or ran out of memory; inputs in fuzz/artifacts/, logs in $logs/" >&2
