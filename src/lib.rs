@@ -88,6 +88,9 @@ pub mod clock;
 pub mod config;
 pub mod directory;
 mod encoding;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 #[cfg(feature = "layer")]
 pub mod http;
 pub mod issuance;

@@ -371,7 +371,7 @@ fn parse_pattern(path: &str) -> Result<(Vec<Segment>, bool), String> {
 
 /// Splits a raw request target into decoded path segments (see the module's security notes).
 /// `/` is the empty list; an empty segment (`//`) is kept as `""`, which no pattern has.
-fn decode_path(target: &str) -> Result<Vec<String>, PathError> {
+pub(crate) fn decode_path(target: &str) -> Result<Vec<String>, PathError> {
     if target.len() > MAX_PATH_BYTES {
         return Err(PathError::TooLong);
     }

@@ -112,7 +112,7 @@ impl IntrospectionClients {
     /// Whether `authorization` is HTTP Basic for a known client and its secret. Every
     /// configured secret is compared (in constant time, on digests, so neither the length nor
     /// the position of a difference shows in timing).
-    fn authenticate(&self, authorization: Option<&HeaderValue>) -> bool {
+    pub(crate) fn authenticate(&self, authorization: Option<&HeaderValue>) -> bool {
         let Some(encoded) = authorization
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.split_once(' '))
@@ -266,7 +266,7 @@ struct VerifyQuery {
 }
 
 /// The requirement a non-empty query names, or `None` when it names no parameter.
-fn query_requirement(query: &str) -> Result<Option<Requirement>, ApiError> {
+pub(crate) fn query_requirement(query: &str) -> Result<Option<Requirement>, ApiError> {
     let invalid = |message: String| ApiError::bad_request("invalid_request", message);
     let params: VerifyQuery =
         serde_urlencoded::from_str(query).map_err(|e| invalid(format!("query: {e}")))?;
@@ -368,10 +368,18 @@ fn auth_headers(claims: &Claims) -> Result<HeaderMap, ApiError> {
 
 /// No `Debug`: it holds a raw token.
 #[derive(Deserialize)]
-struct IntrospectForm {
-    token: String,
+pub(crate) struct IntrospectForm {
+    pub(crate) token: String,
     #[serde(rename = "token_type_hint")]
     _hint: Option<String>,
+}
+
+/// The RFC 7662 form of an introspection body: `token` exactly once, `token_type_hint` at
+/// most once; other parameters are ignored (RFC 7662 §2.1 lets a server define extensions).
+/// One function, so the handler and the fuzz target read bodies the same way.
+pub(crate) fn introspect_form(body: &[u8]) -> Result<IntrospectForm, ApiError> {
+    serde_urlencoded::from_bytes(body)
+        .map_err(|e| ApiError::bad_request("invalid_request", e.to_string()))
 }
 
 /// RFC 7662 token introspection for authenticated clients.
@@ -403,8 +411,7 @@ async fn introspect(State(state): State<AppState>, request: Request) -> Result<R
             "Content-Type must be application/x-www-form-urlencoded",
         ));
     }
-    let form: IntrospectForm = serde_urlencoded::from_bytes(&bytes)
-        .map_err(|e| ApiError::bad_request("invalid_request", e.to_string()))?;
+    let form = introspect_form(&bytes)?;
     let presented = Presented {
         headers: &headers,
         peer,

@@ -83,7 +83,7 @@
 
 mod barrier;
 mod feed;
-mod protocol;
+pub(crate) mod protocol;
 mod store;
 
 pub use self::feed::RedisFeed;

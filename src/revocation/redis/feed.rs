@@ -31,9 +31,8 @@ use tokio::time::{Instant, MissedTickBehavior};
 use super::barrier::{BarrierScripts, deregister, register_and_read_head, reporter};
 use super::protocol::{Action, Failure, Input, LogEntry, MAX_SYNC_ROUNDS, Protocol, Reason};
 use super::{
-    Change, Event, Keys, LogFields, RESYNC_BODY, Scripts, check_eviction_policy, client,
-    command_connection, fresh_generation, parse_score, prune, server_run_id, timed, watermark,
-    write_event,
+    Keys, LogFields, RESYNC_BODY, Scripts, check_eviction_policy, client, command_connection,
+    fresh_generation, parse_score, prune, server_run_id, timed, watermark, write_event,
 };
 use crate::clock::Clock;
 use crate::revocation::StoreError;
@@ -872,14 +871,7 @@ impl Worker {
         let is_last = entries.len() < LOG_PAGE;
         let entries = entries
             .into_iter()
-            .map(|(id, mut fields)| LogEntry {
-                seq: id
-                    .split_once('-')
-                    .and_then(|(seq, _)| seq.parse::<u64>().ok()),
-                generation: fields.remove("gen"),
-                change: fields.get("body").and_then(|b| Change::parse_body(b)),
-                id,
-            })
+            .map(|(id, fields)| LogEntry::read(id, fields))
             .collect();
         Ok((entries, is_last))
     }
@@ -1002,16 +994,12 @@ async fn read_head(
 }
 
 fn parse_message(message: &Msg) -> Input {
-    let event = message
-        .get_payload::<String>()
-        .ok()
-        .and_then(|payload| Event::parse(&payload));
-    if let Some(event) = event {
-        Input::Message(event)
-    } else {
+    let payload = message.get_payload::<String>().ok();
+    let input = Input::from_payload(payload.as_deref());
+    if input == Input::MalformedMessage {
         tracing::warn!("malformed revocation feed message; checking the log instead");
-        Input::MalformedMessage
     }
+    input
 }
 
 /// A reply element as text.

@@ -44,7 +44,7 @@
 
 use std::time::Duration;
 
-use super::{Change, Event};
+use super::{Change, Event, LogFields};
 use crate::revocation::Revocation;
 
 /// Head reads a sync may take before giving up and reconnecting.
@@ -90,6 +90,17 @@ pub(crate) enum Input {
     Disconnected,
 }
 
+impl Input {
+    /// The input for one live feed payload (`None` when it is not text): the decoded
+    /// [`Input::Message`], else [`Input::MalformedMessage`], which makes the protocol check the
+    /// log rather than trust or drop the message.
+    pub(crate) fn from_payload(payload: Option<&str>) -> Self {
+        payload
+            .and_then(Event::parse)
+            .map_or(Self::MalformedMessage, Self::Message)
+    }
+}
+
 /// One log entry, as far as the driver could read it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct LogEntry {
@@ -101,6 +112,22 @@ pub(crate) struct LogEntry {
     pub(crate) generation: Option<String>,
     /// The `body` field; `None` if missing or unreadable.
     pub(crate) change: Option<Change>,
+}
+
+impl LogEntry {
+    /// Reads one `XRANGE` entry: the sequence from the id `<seq>-0`, the `gen` and `body`
+    /// fields. Whatever cannot be read stays `None`, so the protocol, not the reader, decides
+    /// what an unreadable entry costs (it interrupts the catch-up).
+    pub(crate) fn read(id: String, mut fields: LogFields) -> Self {
+        Self {
+            seq: id
+                .split_once('-')
+                .and_then(|(seq, _)| seq.parse::<u64>().ok()),
+            generation: fields.remove("gen"),
+            change: fields.get("body").and_then(|b| Change::parse_body(b)),
+            id,
+        }
+    }
 }
 
 /// What the driver does next.
@@ -1341,5 +1368,54 @@ mod tests {
             protocol.handle(head("g1", 7)),
             [Action::MarkHeard, Action::MarkReady]
         );
+    }
+
+    #[test]
+    fn log_entry_reads_sequence_generation_and_body_and_keeps_what_it_cannot_read_as_none() {
+        let fields = |pairs: &[(&str, &str)]| -> LogFields {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        assert_eq!(
+            LogEntry::read("5-0".into(), fields(&[("gen", "g1"), ("body", "resync")])),
+            LogEntry {
+                id: "5-0".into(),
+                seq: Some(5),
+                generation: Some("g1".into()),
+                change: Some(Change::Resync),
+            }
+        );
+        assert_eq!(
+            LogEntry::read("x-0".into(), fields(&[("body", "{not json")])),
+            LogEntry {
+                id: "x-0".into(),
+                seq: None,
+                generation: None,
+                change: None,
+            }
+        );
+    }
+
+    #[test]
+    fn payload_that_does_not_decode_is_a_malformed_message() {
+        assert_eq!(
+            Input::from_payload(Some("3 g1 resync")),
+            message(3, "g1", Change::Resync)
+        );
+        for payload in [
+            None,
+            Some(""),
+            Some("3 g1"),
+            Some("x g1 resync"),
+            Some("3 g1 {}"),
+        ] {
+            assert_eq!(
+                Input::from_payload(payload),
+                Input::MalformedMessage,
+                "{payload:?}"
+            );
+        }
     }
 }
