@@ -270,3 +270,330 @@ async fn denied(error: ApiError) -> CheckResponse {
         ..CheckResponse::default()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use envoy_types::pb::envoy::config::core::v3::{Address as EnvoyAddress, SocketAddress};
+    use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
+    use envoy_types::pb::envoy::service::auth::v3::attribute_context::{
+        HttpRequest, Peer, Request,
+    };
+
+    use super::*;
+    use crate::clock::{Clock, ManualClock};
+    use crate::http::bearer::Decider;
+    use crate::http::verifier::IntrospectionClients;
+    use crate::keys::{KeyRing, SigningKey, TrustedKey};
+    use crate::revocation::MemoryRevocations;
+    use crate::settings::Settings;
+    use crate::token::{Issuer, Lifetime, MintRequest, Rejection, Verifier, VerifierSettings};
+
+    const ROUTES: &str = r#"
+[[verifier.routes]]
+method = "GET"
+path = "/api/{tenant}/runs/*"
+permission = "runs:read"
+
+[[verifier.routes]]
+method = "POST"
+path = "/api/{tenant}/runs"
+permission = "runs:write"
+"#;
+
+    /// A verifier API with the routes above (loopback trusted) and a `runs:read` token of
+    /// alice in acme.
+    fn api() -> (VerifierApi, String) {
+        let clock: Arc<dyn Clock> = Arc::new(ManualClock::at(1_767_225_600));
+        let key = SigningKey::from_seed(&[7; 32]);
+        let mut ring = KeyRing::new();
+        ring.insert(TrustedKey::from_bytes(&key.public_bytes()).unwrap());
+        let verifier = Verifier::new(
+            VerifierSettings::new("iss", "aud"),
+            ring,
+            Arc::new(MemoryRevocations::new()),
+            Arc::clone(&clock),
+        )
+        .unwrap();
+        let token = Issuer::new(key, "iss", "aud", clock)
+            .mint(&MintRequest {
+                subject: "alice".parse().unwrap(),
+                tenant: "acme".parse().unwrap(),
+                scope: crate::Scope::parse_claim("runs:read").unwrap(),
+                lifetime: Lifetime::OneHour,
+            })
+            .unwrap()
+            .token
+            .expose()
+            .to_owned();
+        let settings = Settings::from_toml(ROUTES).unwrap();
+        let api = VerifierApi {
+            decider: Decider::new(Arc::new(verifier)),
+            policy: settings.verifier.policy,
+            trusted_proxies: settings.verifier.trusted_proxies,
+            introspection: IntrospectionClients::default(),
+        };
+        (api, token)
+    }
+
+    fn check(method: &str, path: &str, headers: &[(&str, &str)], source: &str) -> CheckRequest {
+        CheckRequest {
+            attributes: Some(AttributeContext {
+                source: Some(Peer {
+                    address: Some(EnvoyAddress {
+                        address: Some(Address::SocketAddress(SocketAddress {
+                            address: source.to_owned(),
+                            ..SocketAddress::default()
+                        })),
+                    }),
+                    ..Peer::default()
+                }),
+                request: Some(Request {
+                    http: Some(HttpRequest {
+                        method: method.to_owned(),
+                        path: path.to_owned(),
+                        headers: headers
+                            .iter()
+                            .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
+                            .collect(),
+                        ..HttpRequest::default()
+                    }),
+                    ..Request::default()
+                }),
+                ..AttributeContext::default()
+            }),
+        }
+    }
+
+    /// Envoy's address, in `trusted_proxies` by default.
+    const LOOPBACK: Option<IpAddr> = Some(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
+
+    fn decide_for(
+        api: &VerifierApi,
+        request: &CheckRequest,
+        peer: Option<IpAddr>,
+    ) -> Result<Verified, ApiError> {
+        decide(api, &original(request), peer, Instant::now())
+    }
+
+    #[test]
+    fn a_trusted_check_is_judged_by_its_method_and_path() {
+        let (api, token) = api();
+        let bearer = format!("Bearer {token}");
+        let auth = [("authorization", bearer.as_str())];
+        let ok = check("GET", "/api/acme/runs/1?page=2", &auth, "198.51.100.7");
+        assert!(decide_for(&api, &ok, LOOPBACK).is_ok());
+        let write = check("POST", "/api/acme/runs", &auth, "198.51.100.7");
+        assert!(matches!(
+            decide_for(&api, &write, LOOPBACK),
+            Err(ApiError::Token(Rejection::InsufficientScope))
+        ));
+        let other = check("GET", "/api/globex/runs/1", &auth, "198.51.100.7");
+        assert!(matches!(
+            decide_for(&api, &other, LOOPBACK),
+            Err(ApiError::Token(Rejection::WrongTenant))
+        ));
+        let unrouted = check("GET", "/api/acme/secrets", &auth, "198.51.100.7");
+        assert!(matches!(
+            decide_for(&api, &unrouted, LOOPBACK),
+            Err(ApiError::NoRoute)
+        ));
+    }
+
+    #[test]
+    fn an_untrusted_callers_request_is_unmatched() {
+        let (api, token) = api();
+        let bearer = format!("Bearer {token}");
+        let request = check(
+            "GET",
+            "/api/acme/runs/1",
+            &[("authorization", &bearer)],
+            "198.51.100.7",
+        );
+        let stranger = Some(IpAddr::from([192, 0, 2, 1]));
+        assert!(matches!(
+            decide_for(&api, &request, stranger),
+            Err(ApiError::NoRoute)
+        ));
+    }
+
+    #[test]
+    fn token_problems_are_refused_before_the_route_as_over_http() {
+        let (api, token) = api();
+        let none = check("GET", "/api/acme/runs/1", &[], "198.51.100.7");
+        assert!(matches!(
+            decide_for(&api, &none, LOOPBACK),
+            Err(ApiError::MissingToken)
+        ));
+        // Two Authorization headers arrive joined by a comma: not one bearer token.
+        let joined = format!("Bearer {token},Bearer {token}");
+        let two = check(
+            "GET",
+            "/api/acme/runs/1",
+            &[("authorization", &joined)],
+            "198.51.100.7",
+        );
+        assert!(matches!(
+            decide_for(&api, &two, LOOPBACK),
+            Err(ApiError::MalformedAuthorization)
+        ));
+        let mut forged = token.clone();
+        forged.pop();
+        forged.push(if token.ends_with('A') { 'B' } else { 'A' });
+        let bearer = format!("Bearer {forged}");
+        let bad = check(
+            "GET",
+            "/api/acme/runs/1",
+            &[("authorization", &bearer)],
+            "198.51.100.7",
+        );
+        assert!(matches!(
+            decide_for(&api, &bad, LOOPBACK),
+            Err(ApiError::Token(_))
+        ));
+    }
+
+    #[test]
+    fn original_reads_headers_without_pseudo_headers_and_the_canonical_source() {
+        let request = check(
+            "GET",
+            "/api/acme/runs/1",
+            &[
+                (":path", "/api/acme/runs/1"),
+                (":method", "GET"),
+                ("authorization", "Bearer x"),
+                ("user-agent", "curl/8"),
+            ],
+            "::ffff:198.51.100.7",
+        );
+        let original = original(&request);
+        assert_eq!(original.method, "GET");
+        assert_eq!(original.target, "/api/acme/runs/1");
+        assert_eq!(original.headers.len(), 2, "{:?}", original.headers);
+        assert_eq!(original.headers["user-agent"], "curl/8");
+        assert_eq!(original.source, Some(IpAddr::from([198, 51, 100, 7])));
+        let empty = original_default();
+        assert!(empty.headers.is_empty() && empty.source.is_none());
+    }
+
+    fn original_default() -> Original<'static> {
+        static EMPTY: std::sync::OnceLock<CheckRequest> = std::sync::OnceLock::new();
+        original(EMPTY.get_or_init(CheckRequest::default))
+    }
+
+    #[test]
+    fn allowed_overwrites_the_auth_headers_and_removes_the_clients_others() {
+        let (api, token) = api();
+        let bearer = format!("Bearer {token}");
+        let request = check(
+            "GET",
+            "/api/acme/runs/1",
+            &[
+                ("authorization", &bearer),
+                ("x-auth-subject", "mallory"),
+                ("x-auth-role", "admin"),
+            ],
+            "198.51.100.7",
+        );
+        let original = original(&request);
+        let verified = decide(&api, &original, LOOPBACK, Instant::now()).unwrap();
+        let response = allowed(&verified, &original.headers).unwrap();
+        assert_eq!(response.status.unwrap().code, i32::from(tonic::Code::Ok));
+        let Some(HttpResponse::OkResponse(ok)) = response.http_response else {
+            panic!("not an OK response");
+        };
+        let set: Vec<(&str, &str, i32)> = ok
+            .headers
+            .iter()
+            .map(|option| {
+                let header = option.header.as_ref().unwrap();
+                (
+                    header.key.as_str(),
+                    header.value.as_str(),
+                    option.append_action,
+                )
+            })
+            .collect();
+        let names: Vec<&str> = set.iter().map(|(name, _, _)| *name).collect();
+        assert_eq!(names, AUTH_HEADERS);
+        assert!(set.contains(&(
+            "x-auth-subject",
+            "alice",
+            HeaderAppendAction::OverwriteIfExistsOrAdd.into()
+        )));
+        // `append_action` only: the deprecated `append` stays unset.
+        assert!(
+            set.iter()
+                .all(|(_, _, action)| *action
+                    == i32::from(HeaderAppendAction::OverwriteIfExistsOrAdd))
+        );
+        assert_eq!(ok.headers_to_remove, ["x-auth-role"]);
+    }
+
+    #[tokio::test]
+    async fn denied_is_the_status_challenge_and_body_of_v1_verify() {
+        type Case = (fn() -> ApiError, u16, tonic::Code);
+        let cases: [Case; 5] = [
+            (|| ApiError::MissingToken, 401, tonic::Code::Unauthenticated),
+            (
+                || ApiError::Token(Rejection::Expired),
+                401,
+                tonic::Code::Unauthenticated,
+            ),
+            (
+                || ApiError::Token(Rejection::WrongTenant),
+                403,
+                tonic::Code::PermissionDenied,
+            ),
+            (|| ApiError::NoRoute, 403, tonic::Code::PermissionDenied),
+            // Not ready, or revocation state too stale: 503 as over HTTP.
+            (
+                || ApiError::Token(Rejection::Unavailable),
+                503,
+                tonic::Code::Unavailable,
+            ),
+        ];
+        for (error, status, code) in cases {
+            let http = error().into_response();
+            let response = denied(error()).await;
+            assert_eq!(response.status.unwrap().code, i32::from(code));
+            let Some(HttpResponse::DeniedResponse(denied)) = response.http_response else {
+                panic!("not a denied response");
+            };
+            assert_eq!(denied.status.unwrap().code, i32::from(status));
+            let (parts, body) = http.into_parts();
+            let body = axum::body::to_bytes(body, 1 << 16).await.unwrap();
+            assert_eq!(denied.body.as_bytes(), &body[..]);
+            let challenge = |options: &[HeaderValueOption]| {
+                options
+                    .iter()
+                    .filter_map(|o| o.header.as_ref())
+                    .filter(|h| h.key == "www-authenticate")
+                    .map(|h| h.value.clone())
+                    .collect::<Vec<_>>()
+            };
+            let expected: Vec<String> = parts
+                .headers
+                .get_all("www-authenticate")
+                .iter()
+                .map(|v| v.to_str().unwrap().to_owned())
+                .collect();
+            assert_eq!(challenge(&denied.headers), expected, "{status}");
+            assert!(
+                denied
+                    .headers
+                    .iter()
+                    .filter_map(|o| o.header.as_ref())
+                    .any(|h| h.key == "content-type" && h.value == "application/json")
+            );
+            assert!(
+                !denied
+                    .headers
+                    .iter()
+                    .filter_map(|o| o.header.as_ref())
+                    .any(|h| h.key == "content-length")
+            );
+        }
+    }
+}
