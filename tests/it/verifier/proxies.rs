@@ -521,6 +521,8 @@ fn readme_snippets_are_excerpts_of_the_deployed_files() {
         checked,
         [
             "deploy/caddy/Caddyfile",
+            "deploy/envoy/edge-grpc.yaml",
+            "deploy/envoy/edge-grpc.yaml",
             "deploy/envoy/edge.yaml",
             "deploy/traefik/dynamic.yml"
         ]
