@@ -1,7 +1,7 @@
 //! Envoy's gRPC `ext_authz` (SPEC §5, issue 12): `envoy.service.auth.v3.Authorization/Check`
 //! on its own listener (`verifier.grpc_listen`), answering exactly what `/v1/verify` answers.
 //!
-//! The decision is `/v1/verify`'s own ([`super::verifier::decide_check`]): one bearer token,
+//! The decision is `/v1/verify`'s own (`verifier::decide_check`): one bearer token,
 //! the route policy, the decider (verification, metrics, usage). Only the mapping lives here:
 //!
 //! - **In**: the client's headers from `attributes.request.http` (`headers`, or `header_map`
