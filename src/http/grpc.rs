@@ -167,15 +167,9 @@ fn decide(
     peer: Option<IpAddr>,
     started: Instant,
 ) -> Result<Verified, ApiError> {
-    // Envoy's view of the client, from a trusted Envoy; else the caller itself.
-    let client = if api.is_trusted(peer) {
-        original.source.or(peer)
-    } else {
-        peer
-    };
     let presented = Presented {
         headers: &original.headers,
-        peer: client,
+        peer: client(api.is_trusted(peer), peer, original.source),
         // The address is settled above: the client's own X-Real-IP or X-Forwarded-For (in
         // `headers`) are never read.
         proxies: None,
@@ -186,6 +180,14 @@ fn decide(
         || Ok(api.original_requirement(peer, original.method, original.target)),
         started,
     )
+}
+
+/// The client address recorded for "last used": Envoy's view of the downstream peer
+/// (`source`) when the gRPC `peer` is a trusted proxy, else the peer itself (as a forwarded
+/// address over HTTP).
+fn client(is_trusted: bool, peer: Option<IpAddr>, source: Option<IpAddr>) -> Option<IpAddr> {
+    let peer = peer.map(|ip| ip.to_canonical());
+    if is_trusted { source.or(peer) } else { peer }
 }
 
 /// `OK`: the `X-Auth-*` headers replace the client's, and the client's other `x-auth-*`
@@ -375,6 +377,21 @@ permission = "runs:write"
         peer: Option<IpAddr>,
     ) -> Result<Verified, ApiError> {
         decide(api, &original(request), peer, Instant::now())
+    }
+
+    #[test]
+    fn the_client_is_envoys_source_address_only_from_a_trusted_peer() {
+        let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
+        assert_eq!(
+            client(true, LOOPBACK, ip("198.51.100.7")),
+            ip("198.51.100.7")
+        );
+        assert_eq!(client(true, LOOPBACK, None), LOOPBACK);
+        assert_eq!(
+            client(false, ip("192.0.2.1"), ip("198.51.100.7")),
+            ip("192.0.2.1")
+        );
+        assert_eq!(client(false, ip("::ffff:192.0.2.1"), None), ip("192.0.2.1"));
     }
 
     #[test]
