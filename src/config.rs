@@ -327,6 +327,11 @@ pub struct VerifierConfig {
     /// Callers allowed to use `/v1/introspect` (RFC 7662), by HTTP Basic `id:secret`. Default
     /// none: the endpoint answers 404.
     pub introspection_clients: Vec<IntrospectionClient>,
+    /// Where the gRPC `envoy.service.auth.v3.Authorization/Check` service listens, for Envoy's
+    /// gRPC `ext_authz` (`127.0.0.1:9191`). Default empty: off. Same decisions as
+    /// `/v1/verify`; its attributes are believed only from peers in `trusted_proxies`, and it
+    /// has no authentication of its own, so bind it where only Envoy reaches it.
+    pub grpc_listen: String,
 }
 
 impl std::fmt::Debug for VerifierConfig {
@@ -342,6 +347,7 @@ impl std::fmt::Debug for VerifierConfig {
             .field("unmatched", &self.unmatched)
             .field("routes", &self.routes)
             .field("introspection_clients", &self.introspection_clients)
+            .field("grpc_listen", &self.grpc_listen)
             .finish()
     }
 }
@@ -359,6 +365,7 @@ impl Default for VerifierConfig {
             unmatched: crate::policy::Unmatched::Deny,
             routes: Vec::new(),
             introspection_clients: Vec::new(),
+            grpc_listen: String::new(),
         }
     }
 }

@@ -303,6 +303,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn serve(config: Settings, role: Role, development: bool) -> anyhow::Result<()> {
+    // Refused, not ignored: Envoy would fail every request closed with no hint why.
+    #[cfg(not(feature = "grpc"))]
+    if role.has_verifier() && config.verifier.grpc_listen.is_some() {
+        bail!("verifier.grpc_listen is set, but this binary was built without the `grpc` feature");
+    }
     let listen = config.server.listen;
     let limits =
         edgetoken::http::ServerLimits::from_settings(&config.server).fitted_to_descriptors();
@@ -335,12 +340,48 @@ async fn serve(config: Settings, role: Role, development: bool) -> anyhow::Resul
             }
         );
     }
+    #[cfg(feature = "grpc")]
+    let grpc = match started.services.settings.verifier.grpc_listen {
+        Some(grpc_listen) if role.has_verifier() => {
+            let grpc_listener = tokio::net::TcpListener::bind(&grpc_listen)
+                .await
+                .with_context(|| {
+                    format!("could not listen on {grpc_listen} (verifier.grpc_listen)")
+                })?;
+            let grpc_address = grpc_listener
+                .local_addr()
+                .context("reading the gRPC listen address")?;
+            let _ = write!(
+                banner,
+                "\n  gRPC ext_authz (envoy.service.auth.v3.Authorization/Check) on {grpc_address}: \
+                 for Envoy only, never reachable by clients"
+            );
+            Some((grpc_listener, grpc_address))
+        }
+        _ => None,
+    };
     print(&banner)?;
     tracing::info!(%address, %role, "listening");
+    #[cfg(feature = "grpc")]
+    let grpc = grpc.map(|(grpc_listener, grpc_address)| {
+        tracing::info!(address = %grpc_address, "gRPC ext_authz listening");
+        let services = Arc::clone(&started.services);
+        tokio::spawn(edgetoken::http::grpc::serve_grpc(
+            grpc_listener,
+            services,
+            shutdown_signal(),
+        ))
+    });
     let router = edgetoken::http::router(Arc::clone(&started.services));
     edgetoken::http::serve(listener, router, limits, shutdown_signal())
         .await
         .context("server failed")?;
+    #[cfg(feature = "grpc")]
+    if let Some(grpc) = grpc {
+        grpc.await
+            .context("gRPC ext_authz task failed")?
+            .context("gRPC ext_authz server failed")?;
+    }
     if let Some(jwks) = &started.services.jwks {
         jwks.shutdown().await;
     }

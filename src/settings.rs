@@ -153,6 +153,8 @@ pub struct VerifierServiceSettings {
     pub policy: RoutePolicy,
     /// Who may introspect.
     pub introspection_clients: Vec<IntrospectionClient>,
+    /// Where the gRPC `ext_authz` `Check` service listens; `None` (the default) runs none.
+    pub grpc_listen: Option<SocketAddr>,
 }
 
 /// Where and how often to fetch the JWKS.
@@ -236,6 +238,12 @@ impl Settings {
             .map_err(|e| field("revocation", e.to_string()))?;
         let issuer = issuer(config)?;
         let verifier = verifier(config, &catalogue)?;
+        if verifier.grpc_listen == Some(server.listen) {
+            return Err(field(
+                "verifier.grpc_listen",
+                "must differ from server.listen: gRPC ext_authz has its own listener",
+            ));
+        }
         let usage = usage(config)?;
         let page = page(config)?;
         Ok(Self {
@@ -514,11 +522,22 @@ fn verifier(
             return Err(field(&name("secret"), "must be at least 32 characters"));
         }
     }
+    let grpc_listen = if v.grpc_listen.is_empty() {
+        None
+    } else {
+        Some(v.grpc_listen.parse::<SocketAddr>().map_err(|e| {
+            field(
+                "verifier.grpc_listen",
+                format!("`{}` is not an IP address and port ({e})", v.grpc_listen),
+            )
+        })?)
+    };
     Ok(VerifierServiceSettings {
         jwks,
         trusted_proxies,
         policy,
         introspection_clients: v.introspection_clients.clone(),
+        grpc_listen,
     })
 }
 
@@ -565,6 +584,23 @@ fn is_loopback_host(host_port: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn grpc_listen_is_off_by_default_and_parsed_when_set() {
+        assert_eq!(Settings::from_toml("").unwrap().verifier.grpc_listen, None);
+        let set = Settings::from_toml("[verifier]\ngrpc_listen = \"127.0.0.1:9191\"\n").unwrap();
+        assert_eq!(
+            set.verifier.grpc_listen,
+            Some("127.0.0.1:9191".parse().unwrap())
+        );
+        for bad in ["9191", "localhost:9191", "127.0.0.1", "127.0.0.1:8080"] {
+            let text = format!("[verifier]\ngrpc_listen = \"{bad}\"\n");
+            let Err(ConfigError::Field { field, .. }) = Settings::from_toml(&text) else {
+                panic!("{bad} accepted");
+            };
+            assert_eq!(field, "verifier.grpc_listen", "{bad}");
+        }
+    }
 
     #[test]
     fn loopback_hosts_are_recognised_whole() {

@@ -14,6 +14,8 @@ pub mod boot;
 pub mod error;
 #[cfg(feature = "server")]
 pub mod extract;
+#[cfg(feature = "grpc")]
+pub mod grpc;
 #[cfg(feature = "server")]
 mod issuer;
 #[cfg(feature = "server")]

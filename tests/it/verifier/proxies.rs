@@ -1,5 +1,6 @@
 //! Forward-auth through the other common edge proxies, for real (SPEC §5, issue 12): Envoy
-//! (HTTP `ext_authz`, `deploy/envoy/edge.yaml`), Traefik (`ForwardAuth`, `deploy/traefik/`) and
+//! (HTTP `ext_authz`, `deploy/envoy/edge.yaml`; gRPC `ext_authz` to the verifier's
+//! `grpc_listen`, `deploy/envoy/edge-grpc.yaml`), Traefik (`ForwardAuth`, `deploy/traefik/`) and
 //! Caddy (`forward_auth`, `deploy/caddy/Caddyfile`), each running its shipped configuration
 //! with only the addresses changed, in front of a real verifier process (route mode) and an
 //! upstream that echoes what it received. Every scenario is one function run against each
@@ -21,7 +22,7 @@ use crate::support::deployment::{
 use crate::support::echo_upstream::EchoUpstream;
 use crate::support::edge_proxy::{EdgeProxy, ProxyKind};
 use crate::support::eventually::eventually;
-use crate::support::process::{EdgetokenProcess, Served};
+use crate::support::process::{EdgetokenProcess, Served, free_port};
 
 /// A deployment behind one proxy: the issuer (in process), a verifier process with the route
 /// policy, the echo upstream and the proxy.
@@ -37,11 +38,17 @@ struct Edge {
 async fn edge(kind: ProxyKind) -> Edge {
     let deployment = Deployment::new();
     let issuer = Served::start(deployment.config(""), Role::Issuer).await;
+    // gRPC ext_authz talks to the verifier's own gRPC listener.
+    let grpc_port = (kind == ProxyKind::EnvoyGrpc).then(free_port);
+    let grpc = grpc_port.map_or_else(String::new, |port| {
+        format!("[verifier]\ngrpc_listen = \"127.0.0.1:{port}\"\n")
+    });
     // Uses are flushed every second, for the "last used" scenario.
-    let config = deployment.config_text(&format!("{ROUTES}\n[usage]\nflush_secs = 1\n"));
+    let config = deployment.config_text(&format!("{grpc}{ROUTES}\n[usage]\nflush_secs = 1\n"));
     let verifier = EdgetokenProcess::start(&config, "verifier").await;
     let upstream = EchoUpstream::start().await;
-    let proxy = EdgeProxy::start(kind, verifier.port, upstream.addr.port()).await;
+    let verifier_port = grpc_port.unwrap_or(verifier.port);
+    let proxy = EdgeProxy::start(kind, verifier_port, upstream.addr.port()).await;
     Edge {
         deployment,
         issuer,
@@ -459,6 +466,7 @@ macro_rules! for_each_proxy {
 
 for_each_proxy! {
     envoy => ProxyKind::Envoy,
+    envoy_grpc => ProxyKind::EnvoyGrpc,
     traefik => ProxyKind::Traefik,
     caddy => ProxyKind::Caddy,
 }
@@ -513,6 +521,8 @@ fn readme_snippets_are_excerpts_of_the_deployed_files() {
         checked,
         [
             "deploy/caddy/Caddyfile",
+            "deploy/envoy/edge-grpc.yaml",
+            "deploy/envoy/edge-grpc.yaml",
             "deploy/envoy/edge.yaml",
             "deploy/traefik/dynamic.yml"
         ]

@@ -1,0 +1,616 @@
+//! Envoy's gRPC `ext_authz` (SPEC §5, issue 12): `envoy.service.auth.v3.Authorization/Check`
+//! on its own listener (`verifier.grpc_listen`), answering exactly what `/v1/verify` answers.
+//!
+//! The decision is `/v1/verify`'s own (`verifier::decide_check`): one bearer token,
+//! the route policy, the decider (verification, metrics, usage). Only the mapping lives here:
+//!
+//! - **In**: the client's headers from `attributes.request.http` (`headers`, or `header_map`
+//!   when Envoy sends raw headers); route mode from `attributes.request.http.method` and
+//!   `path` (the request target, query included, never read as a query-mode requirement, as
+//!   for the Envoy HTTP path form); the client address for "last used" from
+//!   `attributes.source.address`, Envoy's view of the downstream peer.
+//! - **Out**: allowed is `OK` with `OkHttpResponse.headers` = the `X-Auth-*` headers, each
+//!   `OVERWRITE_IF_EXISTS_OR_ADD` so a client's value is replaced, and every other client
+//!   `x-auth-*` in `headers_to_remove`. Refused is `DeniedHttpResponse` with the status, the
+//!   headers (one `WWW-Authenticate`, `Content-Type`) and the JSON body that `ApiError`
+//!   gives `/v1/verify`, with gRPC status `UNAUTHENTICATED` (401), `PERMISSION_DENIED` (403)
+//!   or `UNAVAILABLE` (503: not ready, revocation state stale).
+//!
+//! # Security
+//!
+//! A `Check` says which request to judge and who sent it: its attributes are believed only
+//! from a gRPC peer in `verifier.trusted_proxies`, as forwarded headers are over HTTP. From
+//! any other peer the request is unmatched (so `unmatched` decides, `deny` by default) and
+//! the peer itself is recorded as the client. The listener has no authentication of its own:
+//! bind it where only Envoy reaches it, never where clients can.
+
+use std::future::Future;
+use std::net::IpAddr;
+use std::time::Instant;
+
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::IntoResponse as _;
+use envoy_types::ext_authz::v3::pb::{
+    Authorization, AuthorizationServer, CheckRequest, CheckResponse, DeniedHttpResponse,
+    HeaderAppendAction, HeaderValueOption, HttpResponse, HttpStatus, OkHttpResponse,
+};
+use envoy_types::pb::envoy::config::core::v3::HeaderValue as EnvoyHeader;
+use envoy_types::pb::envoy::config::core::v3::address::Address;
+use envoy_types::pb::google::rpc;
+use tokio::net::TcpListener;
+
+use super::bearer::Presented;
+use super::error::ApiError;
+use super::verifier::{AUTH_HEADERS, VerifierApi, answer_headers, decide_check};
+use super::{AppState, error::ErrorChain};
+use crate::token::warm::Verified;
+
+/// Serves `Check` on `listener` until `shutdown` completes.
+///
+/// # Errors
+///
+/// tonic's transport error if serving fails.
+pub async fn serve_grpc(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), tonic::transport::Error> {
+    tonic::transport::Server::builder()
+        .serve_with_incoming_shutdown(
+            AuthorizationServer::new(Check { state }),
+            tonic::transport::server::TcpIncoming::from(listener),
+            shutdown,
+        )
+        .await
+}
+
+/// The `Authorization` service.
+#[derive(Debug)]
+struct Check {
+    state: AppState,
+}
+
+#[tonic::async_trait]
+impl Authorization for Check {
+    async fn check(
+        &self,
+        request: tonic::Request<CheckRequest>,
+    ) -> Result<tonic::Response<CheckResponse>, tonic::Status> {
+        let started = Instant::now();
+        let peer = request.remote_addr().map(|address| address.ip());
+        let check = request.into_inner();
+        let original = original(&check);
+        let decided = self
+            .state
+            .verifier_api()
+            .and_then(|api| decide(api, &original, peer, started));
+        let response = match decided.and_then(|verified| allowed(&verified, &original.headers)) {
+            Ok(response) => response,
+            Err(error) => denied(error).await,
+        };
+        Ok(tonic::Response::new(response))
+    }
+}
+
+/// The parts of a `Check` the decision reads.
+#[derive(Debug, Default)]
+struct Original<'a> {
+    method: &'a str,
+    target: &'a str,
+    headers: HeaderMap,
+    source: Option<IpAddr>,
+}
+
+/// The method, target, headers and source address in `check`'s attributes (empty when
+/// absent: no headers is no token, so 401). A header whose name or value HTTP would not carry
+/// is left out, and so are Envoy's pseudo-headers (`:path`, ...).
+fn original(check: &CheckRequest) -> Original<'_> {
+    let Some(attributes) = check.attributes.as_ref() else {
+        return Original::default();
+    };
+    let source = attributes
+        .source
+        .as_ref()
+        .and_then(|peer| peer.address.as_ref())
+        .and_then(|address| match &address.address {
+            Some(Address::SocketAddress(socket)) => socket.address.parse::<IpAddr>().ok(),
+            _ => None,
+        })
+        .map(|ip| ip.to_canonical());
+    let Some(http) = attributes.request.as_ref().and_then(|r| r.http.as_ref()) else {
+        return Original {
+            source,
+            ..Original::default()
+        };
+    };
+    let mut headers = HeaderMap::new();
+    let mut add = |name: &str, value: &[u8]| {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_bytes(value),
+        ) {
+            headers.append(name, value);
+        }
+    };
+    match &http.header_map {
+        // `encode_raw_headers`: each header as sent, repeated ones kept apart.
+        Some(map) => {
+            for header in &map.headers {
+                let value = if header.raw_value.is_empty() {
+                    header.value.as_bytes()
+                } else {
+                    &header.raw_value
+                };
+                add(&header.key, value);
+            }
+        }
+        // Repeated headers arrive joined by `,`: two `Authorization` headers become one value
+        // that is not a single bearer token, so they are refused as over HTTP.
+        None => {
+            for (name, value) in &http.headers {
+                add(name, value.as_bytes());
+            }
+        }
+    }
+    Original {
+        method: &http.method,
+        target: &http.path,
+        headers,
+        source,
+    }
+}
+
+/// `/v1/verify`'s decision for `check`, asked by gRPC peer `peer`.
+fn decide(
+    api: &VerifierApi,
+    original: &Original<'_>,
+    peer: Option<IpAddr>,
+    started: Instant,
+) -> Result<Verified, ApiError> {
+    let presented = Presented {
+        headers: &original.headers,
+        peer: client(api.is_trusted(peer), peer, original.source),
+        // The address is settled above: the client's own X-Real-IP or X-Forwarded-For (in
+        // `headers`) are never read.
+        proxies: None,
+    };
+    decide_check(
+        api,
+        presented,
+        || Ok(api.original_requirement(peer, original.method, original.target)),
+        started,
+    )
+}
+
+/// The client address recorded for "last used": Envoy's view of the downstream peer
+/// (`source`) when the gRPC `peer` is a trusted proxy, else the peer itself (as a forwarded
+/// address over HTTP).
+fn client(is_trusted: bool, peer: Option<IpAddr>, source: Option<IpAddr>) -> Option<IpAddr> {
+    let peer = peer.map(|ip| ip.to_canonical());
+    if is_trusted { source.or(peer) } else { peer }
+}
+
+/// `OK`: the `X-Auth-*` headers replace the client's, and the client's other `x-auth-*`
+/// (`client`) are removed.
+fn allowed(verified: &Verified, client: &HeaderMap) -> Result<CheckResponse, ApiError> {
+    let answer = answer_headers(verified)?;
+    let headers = AUTH_HEADERS
+        .iter()
+        .filter_map(|name| answer.get(*name).map(|value| overwrite(name, value)))
+        .collect();
+    let headers_to_remove = client
+        .keys()
+        .map(HeaderName::as_str)
+        .filter(|name| name.starts_with("x-auth-") && !AUTH_HEADERS.contains(name))
+        .map(str::to_owned)
+        .collect();
+    Ok(CheckResponse {
+        status: Some(rpc::Status {
+            code: tonic::Code::Ok.into(),
+            ..rpc::Status::default()
+        }),
+        http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
+            headers,
+            headers_to_remove,
+            ..OkHttpResponse::default()
+        })),
+        ..CheckResponse::default()
+    })
+}
+
+/// A header that replaces any value of the same name.
+fn overwrite(name: &str, value: &HeaderValue) -> HeaderValueOption {
+    HeaderValueOption {
+        header: Some(EnvoyHeader {
+            key: name.to_owned(),
+            value: String::from_utf8_lossy(value.as_bytes()).into_owned(),
+            ..EnvoyHeader::default()
+        }),
+        append_action: HeaderAppendAction::OverwriteIfExistsOrAdd.into(),
+        ..HeaderValueOption::default()
+    }
+}
+
+/// The refusal `/v1/verify` answers with, as a `DeniedHttpResponse`: `ApiError`'s own
+/// response (status, headers, JSON body), so both protocols say the same.
+async fn denied(error: ApiError) -> CheckResponse {
+    let code = match error.status() {
+        StatusCode::UNAUTHORIZED => tonic::Code::Unauthenticated,
+        StatusCode::FORBIDDEN => tonic::Code::PermissionDenied,
+        StatusCode::SERVICE_UNAVAILABLE => tonic::Code::Unavailable,
+        StatusCode::BAD_REQUEST => tonic::Code::InvalidArgument,
+        _ => tonic::Code::Internal,
+    };
+    let (parts, body) = error.into_response().into_parts();
+    // The body is a small JSON object already in memory.
+    let body = match axum::body::to_bytes(body, 64 * 1024).await {
+        Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+        Err(error) => {
+            tracing::error!(error = %ErrorChain(&error), "reading an error body");
+            String::new()
+        }
+    };
+    let headers = parts
+        .headers
+        .iter()
+        // Envoy sets the length of the body it sends.
+        .filter(|(name, _)| *name != axum::http::header::CONTENT_LENGTH)
+        .map(|(name, value)| overwrite(name.as_str(), value))
+        .collect();
+    CheckResponse {
+        status: Some(rpc::Status {
+            code: code.into(),
+            ..rpc::Status::default()
+        }),
+        http_response: Some(HttpResponse::DeniedResponse(DeniedHttpResponse {
+            status: Some(HttpStatus {
+                code: i32::from(parts.status.as_u16()),
+            }),
+            headers,
+            body,
+        })),
+        ..CheckResponse::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use envoy_types::pb::envoy::config::core::v3::{Address as EnvoyAddress, SocketAddress};
+    use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
+    use envoy_types::pb::envoy::service::auth::v3::attribute_context::{
+        HttpRequest, Peer, Request,
+    };
+
+    use super::*;
+    use crate::clock::{Clock, ManualClock};
+    use crate::http::bearer::Decider;
+    use crate::http::verifier::IntrospectionClients;
+    use crate::keys::{KeyRing, SigningKey, TrustedKey};
+    use crate::revocation::MemoryRevocations;
+    use crate::settings::Settings;
+    use crate::token::{Issuer, Lifetime, MintRequest, Rejection, Verifier, VerifierSettings};
+
+    const ROUTES: &str = r#"
+[[verifier.routes]]
+method = "GET"
+path = "/api/{tenant}/runs/*"
+permission = "runs:read"
+
+[[verifier.routes]]
+method = "POST"
+path = "/api/{tenant}/runs"
+permission = "runs:write"
+"#;
+
+    /// A verifier API with the routes above (loopback trusted) and a `runs:read` token of
+    /// alice in acme.
+    fn api() -> (VerifierApi, String) {
+        let clock: Arc<dyn Clock> = Arc::new(ManualClock::at(1_767_225_600));
+        let key = SigningKey::from_seed(&[7; 32]);
+        let mut ring = KeyRing::new();
+        ring.insert(TrustedKey::from_bytes(&key.public_bytes()).unwrap());
+        let verifier = Verifier::new(
+            VerifierSettings::new("iss", "aud"),
+            ring,
+            Arc::new(MemoryRevocations::new()),
+            Arc::clone(&clock),
+        )
+        .unwrap();
+        let token = Issuer::new(key, "iss", "aud", clock)
+            .mint(&MintRequest {
+                subject: "alice".parse().unwrap(),
+                tenant: "acme".parse().unwrap(),
+                scope: crate::Scope::parse_claim("runs:read").unwrap(),
+                lifetime: Lifetime::OneHour,
+            })
+            .unwrap()
+            .token
+            .expose()
+            .to_owned();
+        let settings = Settings::from_toml(ROUTES).unwrap();
+        let api = VerifierApi {
+            decider: Decider::new(Arc::new(verifier)),
+            policy: settings.verifier.policy,
+            trusted_proxies: settings.verifier.trusted_proxies,
+            introspection: IntrospectionClients::default(),
+        };
+        (api, token)
+    }
+
+    fn check(method: &str, path: &str, headers: &[(&str, &str)], source: &str) -> CheckRequest {
+        CheckRequest {
+            attributes: Some(AttributeContext {
+                source: Some(Peer {
+                    address: Some(EnvoyAddress {
+                        address: Some(Address::SocketAddress(SocketAddress {
+                            address: source.to_owned(),
+                            ..SocketAddress::default()
+                        })),
+                    }),
+                    ..Peer::default()
+                }),
+                request: Some(Request {
+                    http: Some(HttpRequest {
+                        method: method.to_owned(),
+                        path: path.to_owned(),
+                        headers: headers
+                            .iter()
+                            .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
+                            .collect(),
+                        ..HttpRequest::default()
+                    }),
+                    ..Request::default()
+                }),
+                ..AttributeContext::default()
+            }),
+        }
+    }
+
+    /// Envoy's address, in `trusted_proxies` by default.
+    const LOOPBACK: Option<IpAddr> = Some(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
+
+    fn decide_for(
+        api: &VerifierApi,
+        request: &CheckRequest,
+        peer: Option<IpAddr>,
+    ) -> Result<Verified, ApiError> {
+        decide(api, &original(request), peer, Instant::now())
+    }
+
+    #[test]
+    fn the_client_is_envoys_source_address_only_from_a_trusted_peer() {
+        let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
+        assert_eq!(
+            client(true, LOOPBACK, ip("198.51.100.7")),
+            ip("198.51.100.7")
+        );
+        assert_eq!(client(true, LOOPBACK, None), LOOPBACK);
+        assert_eq!(
+            client(false, ip("192.0.2.1"), ip("198.51.100.7")),
+            ip("192.0.2.1")
+        );
+        assert_eq!(client(false, ip("::ffff:192.0.2.1"), None), ip("192.0.2.1"));
+    }
+
+    #[test]
+    fn a_trusted_check_is_judged_by_its_method_and_path() {
+        let (api, token) = api();
+        let bearer = format!("Bearer {token}");
+        let auth = [("authorization", bearer.as_str())];
+        let ok = check("GET", "/api/acme/runs/1?page=2", &auth, "198.51.100.7");
+        assert!(decide_for(&api, &ok, LOOPBACK).is_ok());
+        let write = check("POST", "/api/acme/runs", &auth, "198.51.100.7");
+        assert!(matches!(
+            decide_for(&api, &write, LOOPBACK),
+            Err(ApiError::Token(Rejection::InsufficientScope))
+        ));
+        let other = check("GET", "/api/globex/runs/1", &auth, "198.51.100.7");
+        assert!(matches!(
+            decide_for(&api, &other, LOOPBACK),
+            Err(ApiError::Token(Rejection::WrongTenant))
+        ));
+        let unrouted = check("GET", "/api/acme/secrets", &auth, "198.51.100.7");
+        assert!(matches!(
+            decide_for(&api, &unrouted, LOOPBACK),
+            Err(ApiError::NoRoute)
+        ));
+    }
+
+    #[test]
+    fn an_untrusted_callers_request_is_unmatched() {
+        let (api, token) = api();
+        let bearer = format!("Bearer {token}");
+        let request = check(
+            "GET",
+            "/api/acme/runs/1",
+            &[("authorization", &bearer)],
+            "198.51.100.7",
+        );
+        let stranger = Some(IpAddr::from([192, 0, 2, 1]));
+        assert!(matches!(
+            decide_for(&api, &request, stranger),
+            Err(ApiError::NoRoute)
+        ));
+    }
+
+    #[test]
+    fn token_problems_are_refused_before_the_route_as_over_http() {
+        let (api, token) = api();
+        let none = check("GET", "/api/acme/runs/1", &[], "198.51.100.7");
+        assert!(matches!(
+            decide_for(&api, &none, LOOPBACK),
+            Err(ApiError::MissingToken)
+        ));
+        // Two Authorization headers arrive joined by a comma: not one bearer token.
+        let joined = format!("Bearer {token},Bearer {token}");
+        let two = check(
+            "GET",
+            "/api/acme/runs/1",
+            &[("authorization", &joined)],
+            "198.51.100.7",
+        );
+        assert!(matches!(
+            decide_for(&api, &two, LOOPBACK),
+            Err(ApiError::MalformedAuthorization)
+        ));
+        let mut forged = token.clone();
+        forged.pop();
+        forged.push(if token.ends_with('A') { 'B' } else { 'A' });
+        let bearer = format!("Bearer {forged}");
+        let bad = check(
+            "GET",
+            "/api/acme/runs/1",
+            &[("authorization", &bearer)],
+            "198.51.100.7",
+        );
+        assert!(matches!(
+            decide_for(&api, &bad, LOOPBACK),
+            Err(ApiError::Token(_))
+        ));
+    }
+
+    #[test]
+    fn original_reads_headers_without_pseudo_headers_and_the_canonical_source() {
+        let request = check(
+            "GET",
+            "/api/acme/runs/1",
+            &[
+                (":path", "/api/acme/runs/1"),
+                (":method", "GET"),
+                ("authorization", "Bearer x"),
+                ("user-agent", "curl/8"),
+            ],
+            "::ffff:198.51.100.7",
+        );
+        let original = original(&request);
+        assert_eq!(original.method, "GET");
+        assert_eq!(original.target, "/api/acme/runs/1");
+        assert_eq!(original.headers.len(), 2, "{:?}", original.headers);
+        assert_eq!(original.headers["user-agent"], "curl/8");
+        assert_eq!(original.source, Some(IpAddr::from([198, 51, 100, 7])));
+        let empty = original_default();
+        assert!(empty.headers.is_empty() && empty.source.is_none());
+    }
+
+    fn original_default() -> Original<'static> {
+        static EMPTY: std::sync::OnceLock<CheckRequest> = std::sync::OnceLock::new();
+        original(EMPTY.get_or_init(CheckRequest::default))
+    }
+
+    #[test]
+    fn allowed_overwrites_the_auth_headers_and_removes_the_clients_others() {
+        let (api, token) = api();
+        let bearer = format!("Bearer {token}");
+        let request = check(
+            "GET",
+            "/api/acme/runs/1",
+            &[
+                ("authorization", &bearer),
+                ("x-auth-subject", "mallory"),
+                ("x-auth-role", "admin"),
+            ],
+            "198.51.100.7",
+        );
+        let original = original(&request);
+        let verified = decide(&api, &original, LOOPBACK, Instant::now()).unwrap();
+        let response = allowed(&verified, &original.headers).unwrap();
+        assert_eq!(response.status.unwrap().code, i32::from(tonic::Code::Ok));
+        let Some(HttpResponse::OkResponse(ok)) = response.http_response else {
+            panic!("not an OK response");
+        };
+        let set: Vec<(&str, &str, i32)> = ok
+            .headers
+            .iter()
+            .map(|option| {
+                let header = option.header.as_ref().unwrap();
+                (
+                    header.key.as_str(),
+                    header.value.as_str(),
+                    option.append_action,
+                )
+            })
+            .collect();
+        let names: Vec<&str> = set.iter().map(|(name, _, _)| *name).collect();
+        assert_eq!(names, AUTH_HEADERS);
+        assert!(set.contains(&(
+            "x-auth-subject",
+            "alice",
+            HeaderAppendAction::OverwriteIfExistsOrAdd.into()
+        )));
+        // `append_action` only: the deprecated `append` stays unset.
+        assert!(
+            set.iter()
+                .all(|(_, _, action)| *action
+                    == i32::from(HeaderAppendAction::OverwriteIfExistsOrAdd))
+        );
+        assert_eq!(ok.headers_to_remove, ["x-auth-role"]);
+    }
+
+    #[tokio::test]
+    async fn denied_is_the_status_challenge_and_body_of_v1_verify() {
+        type Case = (fn() -> ApiError, u16, tonic::Code);
+        let cases: [Case; 5] = [
+            (|| ApiError::MissingToken, 401, tonic::Code::Unauthenticated),
+            (
+                || ApiError::Token(Rejection::Expired),
+                401,
+                tonic::Code::Unauthenticated,
+            ),
+            (
+                || ApiError::Token(Rejection::WrongTenant),
+                403,
+                tonic::Code::PermissionDenied,
+            ),
+            (|| ApiError::NoRoute, 403, tonic::Code::PermissionDenied),
+            // Not ready, or revocation state too stale: 503 as over HTTP.
+            (
+                || ApiError::Token(Rejection::Unavailable),
+                503,
+                tonic::Code::Unavailable,
+            ),
+        ];
+        for (error, status, code) in cases {
+            let http = error().into_response();
+            let response = denied(error()).await;
+            assert_eq!(response.status.unwrap().code, i32::from(code));
+            let Some(HttpResponse::DeniedResponse(denied)) = response.http_response else {
+                panic!("not a denied response");
+            };
+            assert_eq!(denied.status.unwrap().code, i32::from(status));
+            let (parts, body) = http.into_parts();
+            let body = axum::body::to_bytes(body, 1 << 16).await.unwrap();
+            assert_eq!(denied.body.as_bytes(), &body[..]);
+            let challenge = |options: &[HeaderValueOption]| {
+                options
+                    .iter()
+                    .filter_map(|o| o.header.as_ref())
+                    .filter(|h| h.key == "www-authenticate")
+                    .map(|h| h.value.clone())
+                    .collect::<Vec<_>>()
+            };
+            let expected: Vec<String> = parts
+                .headers
+                .get_all("www-authenticate")
+                .iter()
+                .map(|v| v.to_str().unwrap().to_owned())
+                .collect();
+            assert_eq!(challenge(&denied.headers), expected, "{status}");
+            assert!(
+                denied
+                    .headers
+                    .iter()
+                    .filter_map(|o| o.header.as_ref())
+                    .any(|h| h.key == "content-type" && h.value == "application/json")
+            );
+            assert!(
+                !denied
+                    .headers
+                    .iter()
+                    .filter_map(|o| o.header.as_ref())
+                    .any(|h| h.key == "content-length")
+            );
+        }
+    }
+}
