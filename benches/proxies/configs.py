@@ -67,6 +67,26 @@ def nginx(work, p):
     plain = once(edge, "listen 80;", f"listen 127.0.0.1:{p['nginx']};", "nginx listen")
     plain = once(plain, "auth_request /_edgetoken_verify;", "auth_request off;", "nginx auth")
     write(work, "nginx.conf", nginx_main(work, "nginx", plain))
+    # Variants (not deployed): the same two with keep-alive connections to the upstream, which
+    # edge.conf's edgetoken_app lacks, so both sides of the pair pay the same.
+    keepalive = once(
+        edge,
+        f"server 127.0.0.1:{p['upstream']};\n}}",
+        f"server 127.0.0.1:{p['upstream']};\n    keepalive 16;\n}}",
+        "nginx app keepalive",
+    )
+    keepalive = once(
+        keepalive,
+        "proxy_pass http://edgetoken_app;\n",
+        'proxy_pass http://edgetoken_app;\n        proxy_http_version 1.1;\n'
+        '        proxy_set_header Connection "";\n',
+        "nginx app keepalive",
+    )
+    auth = once(keepalive, "listen 80;", f"listen 127.0.0.1:{p['nginx_auth_ka']};", "nginx listen")
+    write(work, "nginx-auth-ka.conf", nginx_main(work, "nginx-auth-ka", auth))
+    plain = once(keepalive, "listen 80;", f"listen 127.0.0.1:{p['nginx_ka']};", "nginx listen")
+    plain = once(plain, "auth_request /_edgetoken_verify;", "auth_request off;", "nginx auth")
+    write(work, "nginx-ka.conf", nginx_main(work, "nginx-ka", plain))
 
 
 ENVOY_API_ROUTE = "                          route: { cluster: edgetoken_app }\n"
