@@ -2,7 +2,8 @@
 //! per line, each with a fresh `jti`, signed with the active key of the configuration's key
 //! directory and stamped with its issuer and audience.
 //!
-//! Usage: `mint_many CONFIG_FILE OUT_FILE COUNT` (tenant `acme`, scope `runs:read`, 1 h).
+//! Usage: `mint_many CONFIG_FILE OUT_FILE COUNT [TENANT]` (tenant `acme` unless named, scope
+//! `runs:read`, 1 h).
 
 use std::error::Error;
 use std::io::{BufWriter, Write as _};
@@ -17,8 +18,9 @@ use edgetoken::token::{Issuer, Lifetime, MintRequest};
 fn main() -> Result<(), Box<dyn Error>> {
     let mut args = std::env::args().skip(1);
     let (Some(config), Some(out), Some(count)) = (args.next(), args.next(), args.next()) else {
-        return Err("usage: mint_many CONFIG_FILE OUT_FILE COUNT".into());
+        return Err("usage: mint_many CONFIG_FILE OUT_FILE COUNT [TENANT]".into());
     };
+    let tenant = args.next().unwrap_or_else(|| "acme".to_owned());
     let config = Settings::load(Some(config.as_ref()), std::iter::empty())?;
     let issuer = Issuer::new(
         KeyDir::new(&config.keys.dir).load_signing()?,
@@ -28,7 +30,7 @@ fn main() -> Result<(), Box<dyn Error>> {
     );
     let request = MintRequest {
         subject: "bench".parse()?,
-        tenant: "acme".parse()?,
+        tenant: tenant.parse()?,
         scope: Scope::parse_claim("runs:read")?,
         lifetime: Lifetime::OneHour,
     };

@@ -24,7 +24,12 @@ use crate::token::Requirement;
 ///
 /// The [`PathError`] the policy answers with.
 pub fn decode_path(target: &str) -> Result<Vec<String>, PathError> {
-    crate::policy::decode_path(target)
+    crate::policy::decode_path(target).map(|segments| {
+        segments
+            .into_iter()
+            .map(std::borrow::Cow::into_owned)
+            .collect()
+    })
 }
 
 /// One live revocation feed message, decoded (the crate-private `Event`, made inspectable).

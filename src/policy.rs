@@ -18,6 +18,7 @@
 //! `.` in an upstream that decodes twice); and malformed escapes. Comparison is
 //! case-sensitive, byte for byte. A refused path matches no route, so it is denied by default.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use percent_encoding::percent_decode_str;
@@ -267,7 +268,11 @@ impl Route {
     ///
     /// [`PathError::InvalidTenant`] when every literal segment matches but the `{tenant}`
     /// segment is not a tenant slug.
-    fn matches(&self, method: &str, path: &[String]) -> Result<Option<Requirement>, PathError> {
+    fn matches(
+        &self,
+        method: &str,
+        path: &[Cow<'_, str>],
+    ) -> Result<Option<Requirement>, PathError> {
         if let MethodMatch::Exactly(expected) = &self.method
             && expected != method
         {
@@ -279,7 +284,7 @@ impl Route {
         let mut captured = None;
         for (segment, actual) in self.segments.iter().zip(path) {
             match segment {
-                Segment::Literal(literal) if literal == actual => {}
+                Segment::Literal(literal) if *literal == **actual => {}
                 Segment::Literal(_) => return Ok(None),
                 Segment::Tenant => captured = Some(actual),
             }
@@ -370,8 +375,10 @@ fn parse_pattern(path: &str) -> Result<(Vec<Segment>, bool), String> {
 }
 
 /// Splits a raw request target into decoded path segments (see the module's security notes).
-/// `/` is the empty list; an empty segment (`//`) is kept as `""`, which no pattern has.
-pub(crate) fn decode_path(target: &str) -> Result<Vec<String>, PathError> {
+/// `/` is the empty list; an empty segment (`//`) is kept as `""`, which no pattern has. A
+/// segment without an escape is borrowed from `target` (every segment is still checked): on
+/// the route-mode hot path this is one allocation, not one per segment.
+pub(crate) fn decode_path(target: &str) -> Result<Vec<Cow<'_, str>>, PathError> {
     if target.len() > MAX_PATH_BYTES {
         return Err(PathError::TooLong);
     }
@@ -380,23 +387,38 @@ pub(crate) fn decode_path(target: &str) -> Result<Vec<String>, PathError> {
     if body.is_empty() {
         return Ok(Vec::new());
     }
-    body.split('/').map(decode_segment).collect()
+    let mut segments = Vec::with_capacity(SEGMENTS_HINT);
+    for raw in body.split('/') {
+        segments.push(decode_segment(raw)?);
+    }
+    Ok(segments)
 }
 
-fn decode_segment(raw: &str) -> Result<String, PathError> {
+/// Room for this many path segments is made at once: typical API paths have fewer.
+const SEGMENTS_HINT: usize = 8;
+
+fn decode_segment(raw: &str) -> Result<Cow<'_, str>, PathError> {
     // percent_decode_str passes a malformed escape through unchanged; refuse it instead.
     let bytes = raw.as_bytes();
+    let mut escaped = false;
     for (i, b) in bytes.iter().enumerate() {
         if *b == b'%' {
+            escaped = true;
             let hex = bytes.get(i + 1..i + 3).ok_or(PathError::BadEncoding)?;
             if !hex.iter().all(u8::is_ascii_hexdigit) {
                 return Err(PathError::BadEncoding);
             }
         }
     }
-    let decoded = percent_decode_str(raw)
-        .decode_utf8()
-        .map_err(|_| PathError::BadEncoding)?;
+    // Without an escape, decoding is the identity on text that is already UTF-8: the
+    // segment is used as it is, and checked below exactly as a decoded one.
+    let decoded = if escaped {
+        percent_decode_str(raw)
+            .decode_utf8()
+            .map_err(|_| PathError::BadEncoding)?
+    } else {
+        Cow::Borrowed(raw)
+    };
     if decoded == "." || decoded == ".." {
         return Err(PathError::DotSegment);
     }
@@ -406,7 +428,7 @@ fn decode_segment(raw: &str) -> Result<String, PathError> {
     {
         return Err(PathError::Ambiguous);
     }
-    Ok(decoded.into_owned())
+    Ok(decoded)
 }
 
 impl fmt::Display for Unmatched {

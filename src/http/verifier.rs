@@ -141,13 +141,15 @@ impl IntrospectionClients {
 
 impl VerifierApi {
     /// The requirement of this request, or `None` when it is denied (see the module docs).
-    fn requirement(&self, parts: &Parts) -> Result<Option<Arc<Requirement>>, ApiError> {
+    fn requirement(&self, parts: &Parts) -> Result<Option<Need>, ApiError> {
         let lookup = if self.policy.has_routes() {
             self.route_requirement(parts)
         } else if parts.uri.path() == VERIFY_PATH {
             match parts.uri.query().filter(|query| !query.is_empty()) {
                 Some(query) => memo::query_requirement(query, query_requirement)?
-                    .map_or(Lookup::Unmatched, Lookup::Found),
+                    .map_or(Lookup::Unmatched, |shared| {
+                        Lookup::Found(Need::Shared(shared))
+                    }),
                 None => Lookup::Unmatched,
             }
         } else {
@@ -167,7 +169,7 @@ impl VerifierApi {
         peer: Option<IpAddr>,
         method: &str,
         target: &str,
-    ) -> Option<Arc<Requirement>> {
+    ) -> Option<Need> {
         let lookup = if !self.policy.has_routes() {
             Lookup::Unmatched
         } else if self.is_trusted(peer) {
@@ -187,10 +189,10 @@ impl VerifierApi {
         peer.is_some_and(|ip| self.trusted_proxies.contains(ip))
     }
 
-    fn resolve(&self, lookup: Lookup) -> Option<Arc<Requirement>> {
+    fn resolve(&self, lookup: Lookup) -> Option<Need> {
         match lookup {
             Lookup::Found(requirement) => Some(requirement),
-            Lookup::Unmatched => self.policy.unmatched_requirement().map(Arc::new),
+            Lookup::Unmatched => self.policy.unmatched_requirement().map(Need::Owned),
             Lookup::Refused => None,
         }
     }
@@ -212,7 +214,7 @@ impl VerifierApi {
         let Some((method, target)) = forwarded_request(parts) else {
             return Lookup::Unmatched;
         };
-        self.route_lookup(&method, &target)
+        self.route_lookup(method, target)
     }
 
     /// The route policy's answer for `method` and `target`.
@@ -220,7 +222,7 @@ impl VerifierApi {
         match self.policy.requirement(method, target) {
             Ok(Some(matched)) => {
                 tracing::debug!(route = matched.pattern, "route matched");
-                Lookup::Found(Arc::new(matched.requirement))
+                Lookup::Found(Need::Owned(matched.requirement))
             }
             Ok(None) => Lookup::Unmatched,
             Err(error) => {
@@ -231,10 +233,30 @@ impl VerifierApi {
     }
 }
 
+/// A request's requirement: shared from the query memo, or built for this request by the
+/// route policy (which a shared pointer would only add an allocation to).
+pub(super) enum Need {
+    /// The query memo's requirement.
+    Shared(Arc<Requirement>),
+    /// Built by the route policy (or `verifier.unmatched`) for this request.
+    Owned(Requirement),
+}
+
+impl std::ops::Deref for Need {
+    type Target = Requirement;
+
+    fn deref(&self) -> &Requirement {
+        match self {
+            Self::Shared(shared) => shared,
+            Self::Owned(owned) => owned,
+        }
+    }
+}
+
 /// Where a request's requirement came from.
 enum Lookup {
     /// A route or the query named it.
-    Found(Arc<Requirement>),
+    Found(Need),
     /// Nothing describes this request: `verifier.unmatched` decides.
     Unmatched,
     /// The path is one no route may be trusted to judge (a dot segment, an encoded slash, a
@@ -243,57 +265,81 @@ enum Lookup {
     Refused,
 }
 
-const FORWARDED_PAIRS: [(&str, &str); 2] = [
-    ("x-forwarded-method", "x-forwarded-uri"),
-    ("x-original-method", "x-original-uri"),
+/// The forwarded header pairs, as header names built once (a `&str` name is parsed and
+/// lower-cased on every lookup).
+const FORWARDED_PAIRS: [(HeaderName, HeaderName); 2] = [
+    (
+        HeaderName::from_static("x-forwarded-method"),
+        HeaderName::from_static("x-forwarded-uri"),
+    ),
+    (
+        HeaderName::from_static("x-original-method"),
+        HeaderName::from_static("x-original-uri"),
+    ),
 ];
 
 fn has_forwarded_headers(headers: &HeaderMap) -> bool {
     FORWARDED_PAIRS
         .iter()
-        .any(|(m, u)| headers.contains_key(*m) || headers.contains_key(*u))
+        .any(|(m, u)| headers.contains_key(m) || headers.contains_key(u))
 }
 
-/// The one value of `name`, or `None` when absent, repeated or not visible ASCII.
-fn single<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+/// What a request carries under one header name.
+#[derive(Clone, Copy)]
+enum Field<'a> {
+    Absent,
+    /// Exactly one value, visible ASCII.
+    One(&'a str),
+    /// Repeated, or not visible ASCII.
+    Unusable,
+}
+
+/// The value of `name`, looked up once (presence and value together).
+fn field<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Field<'a> {
     let mut values = headers.get_all(name).iter();
-    let value = values.next()?;
+    let Some(value) = values.next() else {
+        return Field::Absent;
+    };
     if values.next().is_some() {
-        return None;
+        return Field::Unusable;
     }
-    value.to_str().ok()
+    value.to_str().map_or(Field::Unusable, Field::One)
 }
 
-/// The original method and request target from the forwarded pair present. Both pairs at
-/// once, or a pair with one half missing or repeated, is no answer at all: a proxy that passes
-/// a client's own `X-Forwarded-*` next to its `X-Original-*` must not let the client choose.
-fn forwarded_request(parts: &Parts) -> Option<(String, String)> {
-    let present: Vec<_> = FORWARDED_PAIRS
-        .iter()
-        .filter(|(m, u)| parts.headers.contains_key(*m) || parts.headers.contains_key(*u))
-        .collect();
+/// The original method and request target from the forwarded pair present, borrowed from the
+/// request. Both pairs at once, or a pair with one half missing or repeated, is no answer at
+/// all: a proxy that passes a client's own `X-Forwarded-*` next to its `X-Original-*` must not
+/// let the client choose.
+fn forwarded_request(parts: &Parts) -> Option<(&str, &str)> {
+    let mut found = None;
+    for (method, uri) in &FORWARDED_PAIRS {
+        let pair = (field(&parts.headers, method), field(&parts.headers, uri));
+        if matches!(pair, (Field::Absent, Field::Absent)) {
+            continue;
+        }
+        if found.is_some() {
+            return None; // two pairs
+        }
+        found = Some(pair);
+    }
     // The Envoy form: the original path after `/v1/verify/`.
     let original = parts
         .uri
         .path()
         .strip_prefix(VERIFY_PATH)
         .filter(|rest| !rest.is_empty());
-    match (present.as_slice(), original) {
-        ([], Some(original)) => {
+    match (found, original) {
+        (None, Some(original)) => {
             let target = parts.uri.path_and_query().map_or(original, |pq| {
                 pq.as_str().get(VERIFY_PATH.len()..).unwrap_or(original)
             });
             original
                 .starts_with('/')
-                .then(|| (parts.method.as_str().to_owned(), target.to_owned()))
+                .then(|| (parts.method.as_str(), target))
         }
         // Two sources of the original request (the path form and a header pair) is as
         // ambiguous as two header pairs: neither may win.
-        ([(method, uri)], None) => {
-            let method = single(&parts.headers, method)?;
-            let uri = single(&parts.headers, uri)?;
-            Some((method.to_owned(), uri.to_owned()))
-        }
+        (Some((Field::One(method), Field::One(uri))), None) => Some((method, uri)),
         _ => None,
     }
 }
@@ -363,7 +409,7 @@ fn decide(api: &VerifierApi, parts: &Parts, started: Instant) -> Result<Verified
 pub(super) fn decide_check(
     api: &VerifierApi,
     presented: Presented<'_>,
-    requirement: impl FnOnce() -> Result<Option<Arc<Requirement>>, ApiError>,
+    requirement: impl FnOnce() -> Result<Option<Need>, ApiError>,
     started: Instant,
 ) -> Result<Verified, ApiError> {
     let refused = |error: ApiError| {

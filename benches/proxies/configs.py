@@ -1,0 +1,219 @@
+#!/usr/bin/env python3
+"""Writes the configurations benches/proxies/run.sh measures, into a work directory.
+
+The edgetoken integrations are the shipped files under deploy/ with only the addresses
+changed (as the integration tests run them); each "no auth" configuration is the same file
+with the check taken out, so a pair differs by the check alone. Envoy's own JWT check
+(jwt_authn + RBAC) is benches/proxies/envoy-jwt.yaml. Every replacement must match exactly
+once: a deploy/ file that drifts makes this fail instead of measuring something else.
+
+Usage: configs.py WORK_DIR PORTS_JSON JWKS_FILE   (PORTS_JSON: {"upstream": 18610, ...}, see run.sh;
+JWKS_FILE: the issuer's JWKS document, inlined into the Envoy jwt_authn configuration)
+"""
+
+import json
+import os
+import re
+import sys
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
+
+
+def deploy(path):
+    with open(os.path.join(ROOT, "deploy", path), encoding="utf-8") as f:
+        return f.read()
+
+
+def once(text, old, new, what):
+    count = text.count(old)
+    if count != 1:
+        sys.exit(f"configs.py: {what}: expected {old!r} once, found it {count} times")
+    return text.replace(old, new)
+
+
+def write(work, name, text):
+    with open(os.path.join(work, name), "w", encoding="utf-8") as f:
+        f.write(text)
+
+
+def nginx_main(work, name, servers):
+    """A whole nginx.conf: one process, one worker (master_process off), as the tests run."""
+    d = os.path.join(work, name)
+    os.makedirs(d, exist_ok=True)
+    return (
+        f"daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\n"
+        f"error_log {d}/error.log warn;\nevents {{ worker_connections 1024; }}\n"
+        f"http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n"
+        f"  proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fastcgi;\n"
+        f"  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n{servers}\n}}\n"
+    )
+
+
+def nginx(work, p):
+    upstream = once(
+        deploy("nginx/upstream.conf"), "listen 8080;", f"listen 127.0.0.1:{p['upstream']};", "upstream"
+    )
+    write(work, "upstream.conf", nginx_main(work, "upstream", upstream))
+    edge = deploy("nginx/edge.conf")
+    edge = once(
+        edge,
+        "server verifier-1:8080;\n    server verifier-2:8080;",
+        f"server 127.0.0.1:{p['verifier']};",
+        "nginx verifiers",
+    )
+    edge = once(edge, "server upstream:8080;", f"server 127.0.0.1:{p['upstream']};", "nginx app")
+    auth = once(edge, "listen 80;", f"listen 127.0.0.1:{p['nginx_auth']};", "nginx listen")
+    write(work, "nginx-auth.conf", nginx_main(work, "nginx-auth", auth))
+    plain = once(edge, "listen 80;", f"listen 127.0.0.1:{p['nginx']};", "nginx listen")
+    plain = once(plain, "auth_request /_edgetoken_verify;", "auth_request off;", "nginx auth")
+    write(work, "nginx.conf", nginx_main(work, "nginx", plain))
+    # Variants (not deployed): the same two with keep-alive connections to the upstream, which
+    # edge.conf's edgetoken_app lacks, so both sides of the pair pay the same.
+    keepalive = once(
+        edge,
+        f"server 127.0.0.1:{p['upstream']};\n}}",
+        f"server 127.0.0.1:{p['upstream']};\n    keepalive 16;\n}}",
+        "nginx app keepalive",
+    )
+    keepalive = once(
+        keepalive,
+        "proxy_pass http://edgetoken_app;\n",
+        'proxy_pass http://edgetoken_app;\n        proxy_http_version 1.1;\n'
+        '        proxy_set_header Connection "";\n',
+        "nginx app keepalive",
+    )
+    auth = once(keepalive, "listen 80;", f"listen 127.0.0.1:{p['nginx_auth_ka']};", "nginx listen")
+    write(work, "nginx-auth-ka.conf", nginx_main(work, "nginx-auth-ka", auth))
+    plain = once(keepalive, "listen 80;", f"listen 127.0.0.1:{p['nginx_ka']};", "nginx listen")
+    plain = once(plain, "auth_request /_edgetoken_verify;", "auth_request off;", "nginx auth")
+    write(work, "nginx-ka.conf", nginx_main(work, "nginx-ka", plain))
+
+
+ENVOY_API_ROUTE = "                          route: { cluster: edgetoken_app }\n"
+ENVOY_NO_AUTHZ = (
+    ENVOY_API_ROUTE
+    + "                          typed_per_filter_config:\n"
+    + "                            envoy.filters.http.ext_authz:\n"
+    + '                              "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute\n'
+    + "                              disabled: true\n"
+)
+
+
+def envoy_addresses(text, what, listen, verifier, upstream):
+    text = once(
+        text,
+        "{ address: 0.0.0.0, port_value: 8000 }",
+        f"{{ address: 127.0.0.1, port_value: {listen} }}",
+        what,
+    )
+    if verifier is not None:
+        for name in ("verifier-1", "verifier-2"):
+            text = once(
+                text,
+                f"{{ address: {name}, port_value: 8080 }}",
+                f"{{ address: 127.0.0.1, port_value: {verifier} }}",
+                what,
+            )
+    return once(
+        text,
+        "{ address: upstream, port_value: 8080 }",
+        f"{{ address: 127.0.0.1, port_value: {upstream} }}",
+        what,
+    )
+
+
+def envoy(work, p, jwks):
+    edge = deploy("envoy/edge.yaml")
+    write(
+        work,
+        "envoy-http.yaml",
+        envoy_addresses(edge, "envoy http", p["envoy_http"], p["verifier"], p["upstream"]),
+    )
+    plain = once(edge, ENVOY_API_ROUTE, ENVOY_NO_AUTHZ, "envoy plain")
+    write(
+        work,
+        "envoy.yaml",
+        envoy_addresses(plain, "envoy plain", p["envoy"], p["verifier"], p["upstream"]),
+    )
+    with open(os.path.join(ROOT, "benches", "proxies", "envoy-jwt.yaml"), encoding="utf-8") as f:
+        jwt = f.read()
+    jwt = once(jwt, "@JWKS@", json.dumps(jwks), "envoy jwt")
+    jwt = envoy_addresses(jwt, "envoy jwt", p["envoy_jwt"], None, p["upstream"])
+    write(work, "envoy-jwt.yaml", jwt)
+    grpc = os.path.join(ROOT, "deploy", "envoy", "edge-grpc.yaml")
+    if os.path.exists(grpc):
+        # The gRPC edge (branch grpc-authz): its verifier endpoints are expected at port 8081
+        # (the gRPC listener) or 8080, like edge.yaml's; both are pointed at the bench's.
+        text = deploy("envoy/edge-grpc.yaml")
+        for port in ("8081", "8080"):
+            for name in ("verifier-1", "verifier-2"):
+                text = text.replace(
+                    f"{{ address: {name}, port_value: {port} }}",
+                    f"{{ address: 127.0.0.1, port_value: {p['verifier_grpc']} }}",
+                )
+        text = envoy_addresses(text, "envoy grpc", p["envoy_grpc"], None, p["upstream"])
+        write(work, "envoy-grpc.yaml", text)
+
+
+def traefik(work, p):
+    dynamic = deploy("traefik/dynamic.yml")
+    dynamic = once(
+        dynamic,
+        'address: "http://verifier-1:8080/v1/verify"',
+        f'address: "http://127.0.0.1:{p["verifier"]}/v1/verify"',
+        "traefik verifier",
+    )
+    dynamic = once(
+        dynamic, 'url: "http://upstream:8080"', f'url: "http://127.0.0.1:{p["upstream"]}"', "traefik app"
+    )
+    plain = once(
+        dynamic,
+        "middlewares: [edgetoken, edgetoken-drop-token]",
+        "middlewares: [edgetoken-drop-token]",
+        "traefik plain",
+    )
+    static = deploy("traefik/traefik.yml")
+    for name, text, port in (("traefik-auth", dynamic, p["traefik_auth"]), ("traefik", plain, p["traefik"])):
+        path = os.path.join(work, f"{name}-dynamic.yml")
+        write(work, f"{name}-dynamic.yml", text)
+        config = once(static, 'address: ":8000"', f'address: "127.0.0.1:{port}"', "traefik listen")
+        config = once(config, "filename: /etc/traefik/dynamic.yml", f"filename: {path}", "traefik file")
+        write(work, f"{name}.yml", config)
+
+
+def caddy(work, p):
+    text = deploy("caddy/Caddyfile")
+    text = once(
+        text,
+        "forward_auth verifier-1:8080 verifier-2:8080 {",
+        f"forward_auth 127.0.0.1:{p['verifier']} {{",
+        "caddy verifier",
+    )
+    text = once(
+        text, "reverse_proxy upstream:8080 {", f"reverse_proxy 127.0.0.1:{p['upstream']} {{", "caddy app"
+    )
+    # The same site without the forward_auth block.
+    plain, count = re.subn(r"\n\t\tforward_auth .*?\n\t\t}\n", "\n", text, flags=re.S)
+    if count != 1:
+        sys.exit("configs.py: caddy plain: forward_auth block not found once")
+    for name, site, port, admin in (
+        ("caddy-auth", text, p["caddy_auth"], p["caddy_auth_admin"]),
+        ("caddy", plain, p["caddy"], p["caddy_admin"]),
+    ):
+        site = once(site, "admin localhost:2019", f"admin 127.0.0.1:{admin}", "caddy admin")
+        site = once(site, "http://:8000 {", f"http://127.0.0.1:{port} {{", "caddy listen")
+        write(work, f"{name}.Caddyfile", site)
+
+
+def main():
+    work, ports, jwks_file = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
+    with open(jwks_file, encoding="utf-8") as f:
+        jwks = f.read().strip()
+    nginx(work, ports)
+    envoy(work, ports, jwks)
+    traefik(work, ports)
+    caddy(work, ports)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# What route mode costs the verifier against query mode, in instructions (issue 12): runs a
+# verifier under `valgrind --tool=callgrind`, collecting only inside the forward-auth handler's
+# decision and answer (`--toggle-collect` on `verifier::decide`, which finds the requirement and
+# verifies the token, and `verifier::allowed`, which builds the 200), and sends it N warm
+# requests over one keep-alive connection, once per mode:
+#
+#   query: GET /v1/verify?tenant=acme&permission=runs:read   (a verifier without routes)
+#   route: GET /v1/verify with X-Forwarded-Method: GET, X-Forwarded-Uri: /api/acme/runs/42
+#          from 127.0.0.1 (trusted), against deploy/verifier.toml's routes
+#
+# Instruction counts do not move with the machine's load, unlike CPU time on a shared machine.
+# Prints instructions per request of the decision for each mode.
+#
+# Usage: benches/proxies/route_cost.sh   (env: REQUESTS=20000 BASE_PORT=18650 SKIP_BUILD=
+#                                              BIN_DIR=target/release)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+REQUESTS=${REQUESTS:-20000}
+base=${BASE_PORT:-18650}
+redis_port=$((base + 2))
+command -v valgrind >/dev/null || { echo "valgrind is not installed" >&2; exit 2; }
+command -v redis-server >/dev/null || { echo "redis-server is not installed" >&2; exit 2; }
+[ -n "${SKIP_BUILD:-}" ] || cargo build --release --quiet --bin edgetoken --example mint_many
+bin=${BIN_DIR:-target/release}
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    [ -n "${KEEP_WORK:-}" ] || rm -rf "$work"
+}
+trap cleanup EXIT
+
+"$bin/edgetoken" keygen --dir "$work/keys" >/dev/null
+redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no --dir "$work" \
+    --daemonize no >"$work/redis.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 50); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.1; done
+common() {
+    cat <<TOML
+[token]
+issuer = "https://issuer.bench"
+audience = "bench"
+[keys]
+dir = "$work/keys"
+[server]
+listen = "127.0.0.1:$1"
+[revocation]
+redis_url = "redis://127.0.0.1:$redis_port/"
+key_prefix = "route-cost"
+TOML
+}
+common "$base" >"$work/query.toml"
+{ common "$((base + 1))"; sed -n '/^\[verifier\]/,$p' deploy/verifier.toml; } >"$work/route.toml"
+"$bin/examples/mint_many" "$work/query.toml" "$work/warm.txt" 1
+token=$(head -1 "$work/warm.txt")
+
+# measure MODE PORT URL_PATH [HEADER...]: instructions collected over REQUESTS requests
+measure() {
+    local mode=$1 port=$2 target=$3; shift 3
+    env RUST_LOG=warn TOKIO_WORKER_THREADS=1 valgrind --tool=callgrind \
+        --callgrind-out-file="$work/callgrind.$mode" \
+        "--toggle-collect=edgetoken::http::verifier::decide" \
+        "--toggle-collect=edgetoken::http::verifier::allowed" \
+        "$bin/edgetoken" serve --config "$work/$mode.toml" --role verifier \
+        >"$work/$mode.log" 2>&1 &
+    local vpid=$!
+    pids+=("$vpid")
+    python3 - "$port" "$target" "$token" "$REQUESTS" "$@" <<'PY'
+import http.client, sys, time
+port, target, token, n = int(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4])
+headers = {"Authorization": f"Bearer {token}"}
+for h in sys.argv[5:]:
+    name, value = h.split(": ", 1)
+    headers[name] = value
+deadline = time.time() + 120
+while True:
+    try:
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        c.request("GET", target, headers=headers)
+        r = c.getresponse(); r.read()
+        if r.status == 200:
+            break
+    except OSError:
+        pass
+    if time.time() > deadline:
+        sys.exit(f"verifier on {port} never answered 200")
+    time.sleep(0.5)
+for _ in range(n - 1):
+    c.request("GET", target, headers=headers)
+    r = c.getresponse(); r.read()
+    if r.status != 200:
+        sys.exit(f"answered {r.status}")
+PY
+    kill -INT "$vpid"
+    wait "$vpid" 2>/dev/null || true
+    awk '/^summary:|^totals:/ {print $2; exit}' "$work/callgrind.$mode"
+}
+
+read -r q_handler < <(measure query "$base" "/v1/verify?tenant=acme&permission=runs:read")
+read -r r_handler < <(measure route "$((base + 1))" "/v1/verify" \
+    "X-Forwarded-Method: GET" "X-Forwarded-Uri: /api/acme/runs/42")
+awk -v q="$q_handler" -v r="$r_handler" -v n="$REQUESTS" 'BEGIN {
+    printf "| mode | decide + allowed: instructions per request |\n| --- | ---: |\n"
+    printf "| query | %.0f |\n| route | %.0f |\n", q / n, r / n
+    printf "\nroute - query: %.0f instructions per request (%d requests each)\n", (r - q) / n, n
+}'

