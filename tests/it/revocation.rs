@@ -716,7 +716,13 @@ async fn f6_slow_subscriber_dropped_for_its_output_buffer_recovers_to_equal_the_
     };
     let verifier = FreezableVerifier::start(&settings);
     let m = Arc::clone(&verifier.mirror);
-    let store = RedisStore::open(&settings).await.unwrap();
+    // The writer waits longer than the mirror: 100,000 revokes 256 at a time on a loaded CI
+    // box may take more than 2 s each, and this test is about the subscriber, not the writer.
+    let writer = RevocationSettings {
+        command_timeout: Duration::from_secs(30),
+        ..settings.clone()
+    };
+    let store = RedisStore::open(&writer).await.unwrap();
     wait_ready(&m).await;
 
     // The verifier stops reading for the whole burst: Redis' output buffer for its feed
