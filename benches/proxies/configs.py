@@ -67,26 +67,6 @@ def nginx(work, p):
     plain = once(edge, "listen 80;", f"listen 127.0.0.1:{p['nginx']};", "nginx listen")
     plain = once(plain, "auth_request /_edgetoken_verify;", "auth_request off;", "nginx auth")
     write(work, "nginx.conf", nginx_main(work, "nginx", plain))
-    # Variants (not deployed): the same two with keep-alive connections to the upstream, which
-    # edge.conf's edgetoken_app lacks, so both sides of the pair pay the same.
-    keepalive = once(
-        edge,
-        f"server 127.0.0.1:{p['upstream']};\n}}",
-        f"server 127.0.0.1:{p['upstream']};\n    keepalive 16;\n}}",
-        "nginx app keepalive",
-    )
-    keepalive = once(
-        keepalive,
-        "proxy_pass http://edgetoken_app;\n",
-        'proxy_pass http://edgetoken_app;\n        proxy_http_version 1.1;\n'
-        '        proxy_set_header Connection "";\n',
-        "nginx app keepalive",
-    )
-    auth = once(keepalive, "listen 80;", f"listen 127.0.0.1:{p['nginx_auth_ka']};", "nginx listen")
-    write(work, "nginx-auth-ka.conf", nginx_main(work, "nginx-auth-ka", auth))
-    plain = once(keepalive, "listen 80;", f"listen 127.0.0.1:{p['nginx_ka']};", "nginx listen")
-    plain = once(plain, "auth_request /_edgetoken_verify;", "auth_request off;", "nginx auth")
-    write(work, "nginx-ka.conf", nginx_main(work, "nginx-ka", plain))
 
 
 ENVOY_API_ROUTE = "                          route: { cluster: edgetoken_app }\n"
@@ -142,15 +122,16 @@ def envoy(work, p, jwks):
     write(work, "envoy-jwt.yaml", jwt)
     grpc = os.path.join(ROOT, "deploy", "envoy", "edge-grpc.yaml")
     if os.path.exists(grpc):
-        # The gRPC edge (branch grpc-authz): its verifier endpoints are expected at port 8081
-        # (the gRPC listener) or 8080, like edge.yaml's; both are pointed at the bench's.
+        # The gRPC edge: its verifier endpoints (port 9191, verifier.grpc_listen) point at the
+        # bench verifier's gRPC listener.
         text = deploy("envoy/edge-grpc.yaml")
-        for port in ("8081", "8080"):
-            for name in ("verifier-1", "verifier-2"):
-                text = text.replace(
-                    f"{{ address: {name}, port_value: {port} }}",
-                    f"{{ address: 127.0.0.1, port_value: {p['verifier_grpc']} }}",
-                )
+        for name in ("verifier-1", "verifier-2"):
+            text = once(
+                text,
+                f"{{ address: {name}, port_value: 9191 }}",
+                f"{{ address: 127.0.0.1, port_value: {p['verifier_grpc']} }}",
+                "envoy grpc verifiers",
+            )
         text = envoy_addresses(text, "envoy grpc", p["envoy_grpc"], None, p["upstream"])
         write(work, "envoy-grpc.yaml", text)
 

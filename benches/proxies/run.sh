@@ -10,8 +10,6 @@
 #   nginx auth_request, Envoy HTTP ext_authz, Traefik ForwardAuth, Caddy forward_auth to
 #       edgetoken: the deploy/ files, addresses changed (route mode: the verifier matches
 #       the original method and path against deploy/verifier.toml's routes)
-#   nginx alone and nginx auth_request, each with keep-alive connections to the upstream (not
-#       the deployed file, whose edgetoken_app upstream has no keepalive)
 #   Envoy gRPC ext_authz to edgetoken: deploy/envoy/edge-grpc.yaml, when it and the
 #       verifier's gRPC listener (GRPC_SETTING in src/) exist; "skipped: not built" otherwise
 #   edgetoken alone: /v1/verify in query mode (a second verifier without routes) and in
@@ -51,7 +49,6 @@ declare -A port=(
     [envoy_jwt]=$((base + 13)) [envoy_http]=$((base + 14)) [envoy_grpc]=$((base + 15))
     [traefik]=$((base + 16)) [traefik_auth]=$((base + 17)) [caddy]=$((base + 18))
     [caddy_auth]=$((base + 19)) [caddy_admin]=$((base + 20)) [caddy_auth_admin]=$((base + 21))
-    [nginx_ka]=$((base + 22)) [nginx_auth_ka]=$((base + 23))
 )
 
 need() { command -v "$1" >/dev/null || { echo "$1 is not installed ($2)" >&2; exit 2; }; }
@@ -149,7 +146,7 @@ start() { # start NAME COMMAND...: pinned to the server core, output in $work/NA
 start verifier "$bin/edgetoken" serve --config "$work/verifier.toml" --role verifier
 start verifier_query "$bin/edgetoken" serve --config "$work/verifier-query.toml" --role verifier
 start upstream nginx -p "$work/upstream" -e "$work/upstream/error.log" -c "$work/upstream.conf"
-for name in nginx nginx_auth nginx_ka nginx_auth_ka; do
+for name in nginx nginx_auth; do
     conf=${name//_/-}
     start "$name" nginx -p "$work/$conf" -e "$work/$conf/error.log" -c "$work/$conf.conf"
 done
@@ -199,8 +196,6 @@ configs=(
     "caddy|http://127.0.0.1:${port[caddy]}$path|caddy||"
     "envoy_jwt|http://127.0.0.1:${port[envoy_jwt]}$path|envoy_jwt||"
     "nginx_auth|http://127.0.0.1:${port[nginx_auth]}$path|nginx_auth|verifier|"
-    "nginx_ka|http://127.0.0.1:${port[nginx_ka]}$path|nginx_ka||"
-    "nginx_auth_ka|http://127.0.0.1:${port[nginx_auth_ka]}$path|nginx_auth_ka|verifier|"
     "envoy_http|http://127.0.0.1:${port[envoy_http]}$path|envoy_http|verifier|"
     "envoy_grpc|http://127.0.0.1:${port[envoy_grpc]}$path|envoy_grpc|verifier|"
     "traefik_auth|http://127.0.0.1:${port[traefik_auth]}$path|traefik_auth|verifier|"
@@ -212,8 +207,6 @@ declare -A label=(
     [nginx]="nginx alone" [envoy]="Envoy alone" [traefik]="Traefik alone" [caddy]="Caddy alone"
     [envoy_jwt]="Envoy jwt_authn (cache) + RBAC"
     [nginx_auth]="nginx auth_request → edgetoken" [envoy_http]="Envoy HTTP ext_authz → edgetoken"
-    [nginx_ka]="nginx alone, upstream keep-alive (not deployed)"
-    [nginx_auth_ka]="nginx auth_request → edgetoken, upstream keep-alive (not deployed)"
     [envoy_grpc]="Envoy gRPC ext_authz → edgetoken"
     [traefik_auth]="Traefik ForwardAuth → edgetoken" [caddy_auth]="Caddy forward_auth → edgetoken"
     [verify_query]="edgetoken alone, query mode" [verify_route]="edgetoken alone, route mode (X-Forwarded-*)"
