@@ -58,8 +58,6 @@ fn refused(status: StatusCode, code: &str) -> Outcome {
     }
 }
 
-/// The hostile-token catalogue for `key`, with claims valid at `now`.
-#[expect(clippy::too_many_lines, reason = "one flat list of cases")]
 /// `signature` in the standard base64 alphabet (`+` and `/` for `-` and `_`). A signature with
 /// neither `-` nor `_` (about one in 15, as each of its 86 characters is one of the other 62
 /// with odds 62/64) reads the same in both alphabets, so its first character becomes `+`: the
@@ -73,6 +71,8 @@ fn standard_alphabet(signature: &str) -> String {
     }
 }
 
+/// The hostile-token catalogue for `key`, with claims valid at `now`.
+#[expect(clippy::too_many_lines, reason = "one flat list of cases")]
 fn catalogue(key: &SigningKey, revoked: &str, now: i64) -> Vec<Case> {
     let attacker = SigningKey::from_seed(b"edgetoken-tests-attacker-key-001");
     let claims = || {
