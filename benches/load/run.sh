@@ -126,8 +126,29 @@ run() {
 
 # Each pair is measured back to back, ROUNDS times, alternating sides, so a slow spell of the
 # machine lands on both sides of a ratio; each cold round walks its own never-seen tokens.
+# The usage-on verifier writes a cold round's usage (every token new: up to 200,000 per
+# interval, in pipelines of 10,000) for some seconds after it; that work, and Redis', must not
+# land in the next round's measurements. Wait until its flush counters stop moving for longer
+# than one flush interval (10 s).
+usage_counters() {
+    curl -s "http://127.0.0.1:$VERIFIER_PORT/metrics" \
+        | awk '/^edgetoken_usage_(flushed|dropped)_total/ {s += $2} END {print s + 0}'
+}
+settle_usage() {
+    local before after
+    after=$(usage_counters)
+    for _ in $(seq 10); do
+        sleep 11
+        before=$after
+        after=$(usage_counters)
+        [ "$before" = "$after" ] && return
+    done
+    echo "usage counters still moving after 110 s" >&2
+}
+
 rows=() warm_ratios=() cold_ratios=() usage_rows=() usage_ratios=()
 for round in $(seq "$ROUNDS"); do
+    [ "$round" = 1 ] || settle_usage
     read -r b_rps b_p99 b_bad _ < <(run "bare-ok-$round" "http://127.0.0.1:$BARE_PORT/ok" "$work/warm.txt")
     read -r w_rps w_p99 w_bad _ < <(run "warm-$round" "$verify" "$work/warm.txt")
     read -r o_rps o_p99 o_bad _ < <(run "warm-usage-off-$round" "$verify_usage_off" "$work/warm.txt")

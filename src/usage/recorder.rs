@@ -48,6 +48,9 @@ const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 /// single pipeline outgrows [`FLUSH_TIMEOUT`] on a loaded Redis and a failure loses less.
 const FLUSH_CHUNK: usize = 10_000;
 
+/// Largest per-thread table kept (emptied) from one interval to the next.
+const RETAINED_CAPACITY: usize = 4_096;
+
 /// Distinguishes recorders in one process (tests run several services in one binary), so
 /// each has its own thread-local table.
 static NEXT_RECORDER: AtomicU64 = AtomicU64::new(1);
@@ -293,7 +296,13 @@ impl UsageRecorder {
         TABLES.with_borrow_mut(|tables| {
             let table = table_for(tables, &self.shared);
             if table.interval != interval {
-                table.held.clear();
+                // After a burst of new tokens the table's capacity stays with it; lookups in a
+                // large, nearly empty table miss the cache, so a large one is let go.
+                if table.held.capacity() > RETAINED_CAPACITY {
+                    table.held = HashMap::new();
+                } else {
+                    table.held.clear();
+                }
                 table.interval = interval;
             }
             if let Some(held) = table.held.get_mut(claims.token_id.as_str())
