@@ -9,21 +9,12 @@ use serde_json::json;
 
 use crate::support::eventually::eventually;
 use crate::support::ids::Facts;
-use crate::support::issuer::{ALICE, BOB, Options, TestIssuer, assert_error};
-use crate::support::redis::RedisServer;
+use crate::support::issuer::{
+    ALICE, BOB, Options, TestIssuer, assert_error, jwks_kids, with_redis,
+};
 
 fn tenant(name: &str) -> Requirement {
     Requirement::any().tenant(TenantId::new(name).unwrap())
-}
-
-async fn with_redis() -> (RedisServer, TestIssuer) {
-    let redis = RedisServer::start();
-    let issuer = TestIssuer::start(Options {
-        redis_url: Some(redis.url()),
-        ..Options::default()
-    })
-    .await;
-    (redis, issuer)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -887,21 +878,6 @@ async fn trusted_header_mode_ignores_basic_credentials() {
     issuer.stop().await;
 }
 
-async fn jwks_kids(issuer: &TestIssuer) -> Vec<String> {
-    let jwks: serde_json::Value = reqwest::get(issuer.url("/.well-known/jwks.json"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    jwks["keys"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|k| k["kid"].as_str().unwrap().to_owned())
-        .collect()
-}
-
 /// Polls the JWKS until `done` holds, for at most 10 s (the reload runs every second).
 async fn wait_for_jwks(issuer: &TestIssuer, done: impl Fn(&[String]) -> bool) {
     eventually(
@@ -909,7 +885,7 @@ async fn wait_for_jwks(issuer: &TestIssuer, done: impl Fn(&[String]) -> bool) {
         std::time::Duration::from_secs(10),
     )
     .every(std::time::Duration::from_millis(50))
-    .until(async || done(&jwks_kids(issuer).await).then_some(()))
+    .until(async || done(&jwks_kids(&issuer.url("/.well-known/jwks.json")).await).then_some(()))
     .await;
 }
 

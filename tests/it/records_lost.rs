@@ -13,21 +13,10 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::support::eventually::eventually;
-use crate::support::issuer::{ALICE, Options, TestIssuer};
-use crate::support::redis::RedisServer;
+use crate::support::issuer::{ALICE, TestIssuer, with_redis};
 
 /// How long the feed (heartbeat 100 ms) gets to notice the store changed.
 const DETECT: Duration = Duration::from_secs(10);
-
-async fn with_redis() -> (RedisServer, TestIssuer) {
-    let redis = RedisServer::start();
-    let issuer = TestIssuer::start(Options {
-        redis_url: Some(redis.url()),
-        ..Options::default()
-    })
-    .await;
-    (redis, issuer)
-}
 
 async fn mint(issuer: &TestIssuer, name: &str) -> (String, String) {
     let minted = ALICE

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::support::eventually::eventually;
-use crate::support::issuer::{ALICE_PASSWORD, directory_text};
+use crate::support::issuer::{ALICE_PASSWORD, directory_text, jwks_kids};
 use crate::support::process::{EdgetokenProcess, edgetoken};
 use crate::support::tokens::{parts, unb64};
 
@@ -43,21 +43,6 @@ async fn verify(issuer: &EdgetokenProcess, token: &str) -> u16 {
         .unwrap()
         .status()
         .as_u16()
-}
-
-async fn jwks_kids(issuer: &EdgetokenProcess) -> Vec<String> {
-    let jwks: Value = reqwest::get(issuer.url("/.well-known/jwks.json"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    jwks["keys"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|k| k["kid"].as_str().unwrap().to_owned())
-        .collect()
 }
 
 /// Mints until a token carries `kid`; returns it.
@@ -120,7 +105,7 @@ async fn a_rotated_key_signs_without_a_restart_and_old_tokens_keep_verifying() {
         200,
         "the old key's token still verifies"
     );
-    let kids = jwks_kids(&issuer).await;
+    let kids = jwks_kids(&issuer.url("/.well-known/jwks.json")).await;
     assert!(kids.contains(&first) && kids.contains(&second), "{kids:?}");
 
     // An ACTIVE naming a key that is not there keeps the last good signing key.

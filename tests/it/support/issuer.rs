@@ -254,3 +254,25 @@ pub(crate) async fn assert_error(response: reqwest::Response, status: u16, code:
     assert_eq!(body["error"], code, "wrong error code in {body}");
     assert!(body["message"].is_string(), "no message in {body}");
 }
+
+/// A private redis-server and an issuer on it (the two live and die together).
+pub(crate) async fn with_redis() -> (super::redis::RedisServer, TestIssuer) {
+    let redis = super::redis::RedisServer::start();
+    let issuer = TestIssuer::start(Options {
+        redis_url: Some(redis.url()),
+        ..Options::default()
+    })
+    .await;
+    (redis, issuer)
+}
+
+/// The kids of the JWKS served at `url` (an issuer's `/.well-known/jwks.json`).
+pub(crate) async fn jwks_kids(url: &str) -> Vec<String> {
+    let jwks: serde_json::Value = reqwest::get(url).await.unwrap().json().await.unwrap();
+    jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap().to_owned())
+        .collect()
+}
