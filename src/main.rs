@@ -369,6 +369,7 @@ async fn serve(config: Settings, role: Role, development: bool) -> anyhow::Resul
         tokio::spawn(edgetoken::http::grpc::serve_grpc(
             grpc_listener,
             services,
+            limits,
             shutdown_signal(),
         ))
     });

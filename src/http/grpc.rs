@@ -26,7 +26,10 @@
 
 use std::future::Future;
 use std::net::IpAddr;
-use std::time::Instant;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::IntoResponse as _;
@@ -37,15 +40,40 @@ use envoy_types::ext_authz::v3::pb::{
 use envoy_types::pb::envoy::config::core::v3::HeaderValue as EnvoyHeader;
 use envoy_types::pb::envoy::config::core::v3::address::Address;
 use envoy_types::pb::google::rpc;
-use tokio::net::TcpListener;
+use futures_util::StreamExt as _;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tonic::transport::server::{Connected, TcpConnectInfo, TcpIncoming};
 
 use super::bearer::Presented;
 use super::error::ApiError;
+use super::server::ServerLimits;
 use super::verifier::{AUTH_HEADERS, VerifierApi, answer_headers, decide_check};
 use super::{AppState, error::ErrorChain};
 use crate::token::warm::Verified;
 
-/// Serves `Check` on `listener` until `shutdown` completes.
+/// How long a connection may leave an HTTP/2 ping unanswered, and how often one is sent: a
+/// dead or frozen peer's connection (and its slot under the connection limit) is released
+/// within the sum, where TCP alone would keep it for the kernel's keep-alive time (hours).
+const PING_INTERVAL: Duration = Duration::from_secs(20);
+const PING_TIMEOUT: Duration = Duration::from_secs(10);
+/// The largest `CheckRequest` accepted (tonic's default is 4 MiB). The deployed Envoy sends
+/// one header and no body; 256 KiB holds Envoy's own request-header limit (60 KiB by default)
+/// several times over.
+const MAX_CHECK_BYTES: usize = 256 * 1024;
+/// How long accepting pauses after an `accept` error.
+const ACCEPT_RETRY: Duration = Duration::from_millis(10);
+
+/// Serves `Check` on `listener` until `shutdown` completes, within `limits`: at most
+/// `limits.max_connections` connections at once (further ones wait in the kernel's accept
+/// queue until one closes), HTTP/2 keep-alive pings that close a peer that stops answering,
+/// and a bound on the size of one `CheckRequest`.
+///
+/// The HTTP listener's header-read and idle timeouts have no counterpart here: the listener
+/// serves Envoy only (see the module docs), which keeps a few long-lived HTTP/2 connections
+/// and multiplexes every check over them; closing idle ones would only cost reconnects.
+/// A check never waits on I/O, so there is no request timeout either (Envoy has its own).
 ///
 /// # Errors
 ///
@@ -53,15 +81,97 @@ use crate::token::warm::Verified;
 pub async fn serve_grpc(
     listener: TcpListener,
     state: AppState,
+    limits: ServerLimits,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
+    let service =
+        AuthorizationServer::new(Check { state }).max_decoding_message_size(MAX_CHECK_BYTES);
     tonic::transport::Server::builder()
-        .serve_with_incoming_shutdown(
-            AuthorizationServer::new(Check { state }),
-            tonic::transport::server::TcpIncoming::from(listener),
-            shutdown,
-        )
+        .http2_keepalive_interval(Some(PING_INTERVAL))
+        .http2_keepalive_timeout(Some(PING_TIMEOUT))
+        .serve_with_incoming_shutdown(service, limited(listener, limits.max_connections), shutdown)
         .await
+}
+
+/// `listener`'s connections, at most `max` open at once: the next one is accepted only when
+/// a permit is free, and each connection holds its permit until it is dropped.
+fn limited(
+    listener: TcpListener,
+    max: usize,
+) -> impl futures_util::Stream<Item = std::io::Result<Limited>> {
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let permits = Arc::new(Semaphore::new(max.max(1)));
+    futures_util::stream::unfold((incoming, permits), |(mut incoming, permits)| async move {
+        // The semaphore is never closed, so acquiring only waits.
+        let permit = Arc::clone(&permits).acquire_owned().await.ok()?;
+        let accepted = incoming.next().await?;
+        if accepted.is_err() {
+            // tonic skips a failed accept and asks again at once: out of descriptors, that
+            // would spin. The HTTP listener pauses the same way.
+            tokio::time::sleep(ACCEPT_RETRY).await;
+        }
+        let connection = accepted.map(|stream| Limited {
+            stream,
+            _permit: permit,
+        });
+        Some((connection, (incoming, permits)))
+    })
+}
+
+/// A gRPC connection holding its place under the connection limit.
+#[derive(Debug)]
+struct Limited {
+    stream: TcpStream,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Connected for Limited {
+    type ConnectInfo = TcpConnectInfo;
+
+    /// The TCP addresses, as tonic gives them for a plain `TcpStream` (`remote_addr()`).
+    fn connect_info(&self) -> TcpConnectInfo {
+        self.stream.connect_info()
+    }
+}
+
+impl AsyncRead for Limited {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Limited {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
 }
 
 /// The `Authorization` service.
@@ -275,8 +385,6 @@ async fn denied(error: ApiError) -> CheckResponse {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use envoy_types::pb::envoy::config::core::v3::{Address as EnvoyAddress, SocketAddress};
     use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
     use envoy_types::pb::envoy::service::auth::v3::attribute_context::{
@@ -291,6 +399,25 @@ mod tests {
     use crate::revocation::MemoryRevocations;
     use crate::settings::Settings;
     use crate::token::{Issuer, Lifetime, MintRequest, Rejection, Verifier, VerifierSettings};
+
+    #[tokio::test]
+    async fn a_connection_past_the_limit_waits_until_one_closes() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address");
+        let incoming = limited(listener, 1);
+        let mut incoming = std::pin::pin!(incoming);
+        let _first_client = TcpStream::connect(address).await.expect("connect");
+        let first = incoming.next().await.expect("open").expect("accepted");
+        assert!(first.connect_info().remote_addr().is_some(), "peer known");
+        let _second_client = TcpStream::connect(address).await.expect("connect");
+        let waiting = tokio::time::timeout(Duration::from_millis(200), incoming.next()).await;
+        assert!(waiting.is_err(), "second connection taken past the limit");
+        drop(first);
+        let second = tokio::time::timeout(Duration::from_secs(5), incoming.next())
+            .await
+            .expect("taken once the first closed");
+        assert!(second.expect("open").is_ok());
+    }
 
     const ROUTES: &str = r#"
 [[verifier.routes]]
