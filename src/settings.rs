@@ -380,8 +380,21 @@ fn server(config: &Config) -> Result<ServerSettings, ConfigError> {
 
 fn revocation(config: &Config) -> RevocationSettings {
     let r = &config.revocation;
+    // Any sentinel field set asks for Sentinel; `validate` names what is missing.
+    let sentinel =
+        (!r.sentinel_master_name.is_empty() || !r.sentinel_addresses.is_empty()).then(|| {
+            crate::redis_target::SentinelSettings {
+                master_name: r.sentinel_master_name.clone(),
+                addresses: r.sentinel_addresses.clone(),
+                password: (!r.sentinel_password.is_empty()).then(|| r.sentinel_password.clone()),
+            }
+        });
     RevocationSettings {
         redis_url: (!r.redis_url.is_empty()).then(|| r.redis_url.clone()),
+        sentinel,
+        min_replicas_acked: r.min_replicas_acked,
+        wait_timeout: Duration::from_millis(r.wait_timeout_ms),
+        require_durability: r.require_durability,
         key_prefix: r.key_prefix.clone(),
         max_staleness: Duration::from_secs(r.max_staleness_secs),
         on_stale: r.on_stale,

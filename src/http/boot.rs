@@ -171,12 +171,12 @@ pub async fn start(
 /// issuer's JWKS (filled by the first fetch; until then nothing verifies and `/readyz` says
 /// so). Also refuses role and key-source combinations that cannot work.
 fn initial_ring(settings: &Settings, key_dir: &KeyDir, role: Role) -> Result<KeyRing, StartError> {
-    if role != Role::All && settings.revocation.redis_url.is_none() {
+    if role != Role::All && !settings.revocation.uses_redis() {
         // Split roles share revocations only through Redis: an issuer alone would acknowledge
         // revocations no verifier ever sees, and a verifier alone would never see any.
         return Err(StartError::Other(format!(
-            "--role {role} needs revocation.redis_url: the in-process store is for a single \
-             process running every role (--role all)"
+            "--role {role} needs revocation.redis_url (or Sentinel): the in-process store is \
+             for a single process running every role (--role all)"
         )));
     }
     let from_jwks = settings.verifier.jwks.is_some();
@@ -315,14 +315,26 @@ fn apply_key_reload(
 /// (the in-process store, one process).
 fn usage_store(settings: &Settings, clock: &Arc<dyn Clock>) -> Result<UsageStore, StartError> {
     let store = &settings.revocation;
-    Ok(match &store.redis_url {
-        Some(url) => UsageStore::Redis(RedisUsage::new(
-            url,
+    Ok(match redis_target(store)? {
+        Some(target) => UsageStore::Redis(RedisUsage::on_target(
+            target,
             &store.key_prefix,
             store.command_timeout,
-        )?),
+        )),
         None => UsageStore::Memory(MemoryUsage::new(Arc::clone(clock))),
     })
+}
+
+/// Where the deployment's Redis primary is (URL or Sentinel), for the stores outside the
+/// revocation engine; `None` for the in-process store.
+fn redis_target(
+    store: &crate::revocation::RevocationSettings,
+) -> Result<Option<crate::redis_target::RedisTarget>, StartError> {
+    if store.uses_redis() {
+        Ok(Some(crate::revocation::redis::target(store)?))
+    } else {
+        Ok(None)
+    }
 }
 
 /// The verifier's usage recorder (with its flusher task), unless `usage.enabled` is off.
@@ -417,11 +429,15 @@ async fn open_revocation(
                                  process only, nothing survives a restart"
             .to_owned(),
         StoreKind::Redis => format!(
-            "revocation store: Redis {} (prefix {}), max staleness {:?}, on stale: {:?}",
-            crate::config::redact_url(settings.redis_url.as_deref().unwrap_or_default()),
+            "revocation store: Redis {} (prefix {}), max staleness {:?}, on stale: {:?}, {}",
+            settings.describe_redis(),
             settings.key_prefix,
             settings.max_staleness,
             settings.on_stale,
+            engine.durability().map_or_else(
+                || "durability not measured yet (Redis unreachable)".to_owned(),
+                |d| d.describe()
+            ),
         ),
     });
     Ok(engine)
@@ -458,27 +474,27 @@ async fn issuer_state(
     };
     let store = &settings.revocation;
     let retention = settings.issuer.records_retention;
-    let records = match &store.redis_url {
-        Some(url) => RecordStore::Redis(RedisRecords::new(
-            url,
+    let target = redis_target(store)?;
+    let records = match &target {
+        Some(target) => RecordStore::Redis(RedisRecords::on_target(
+            target.clone(),
             &store.key_prefix,
             retention,
             store.command_timeout,
             Arc::clone(clock),
-        )?),
+        )),
         None => RecordStore::Memory(MemoryRecords::new(retention, Arc::clone(clock))),
     };
     let page = &settings.page;
-    let sessions = match &store.redis_url {
-        Some(url) => crate::http::page::Sessions::redis(
-            url,
+    let sessions = match target {
+        Some(target) => crate::http::page::Sessions::on_target(
+            target,
             &store.key_prefix,
             store.command_timeout,
             page.session_idle,
             page.session_absolute,
             Arc::clone(clock),
-        )
-        .map_err(|e| StartError::Other(e.to_string()))?,
+        ),
         None => crate::http::page::Sessions::memory(
             page.session_idle,
             page.session_absolute,

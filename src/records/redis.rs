@@ -28,6 +28,7 @@ use time::OffsetDateTime;
 use super::{RecordError, TokenRecord};
 use crate::clock::Clock;
 use crate::redis_conn::{LazyConnection, OpenError};
+use crate::redis_target::RedisTarget;
 use crate::token::{Subject, TenantId};
 
 /// Records in Redis, shared by every issuer of a deployment.
@@ -70,7 +71,7 @@ impl RedisRecords {
     ) -> Result<Self, RecordError> {
         Ok(Self {
             conn: Arc::new(LazyConnection::new(
-                redis::Client::open(url).map_err(RecordError::RedisUrl)?,
+                RedisTarget::url(url).map_err(RecordError::RedisUrl)?,
                 timeout,
             )),
             prefix: prefix.to_owned(),
@@ -79,6 +80,24 @@ impl RedisRecords {
             timeout,
             clock,
         })
+    }
+
+    /// A store on the primary `target` names (the deployment's Redis, URL or Sentinel).
+    pub(crate) fn on_target(
+        target: RedisTarget,
+        prefix: &str,
+        retention: Duration,
+        timeout: Duration,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        Self {
+            conn: Arc::new(LazyConnection::new(target, timeout)),
+            prefix: prefix.to_owned(),
+            lost_key: crate::revocation::redis::Keys::new(prefix).lost,
+            retention,
+            timeout,
+            clock,
+        }
     }
 
     async fn conn(&self) -> Result<ConnectionManager, RecordError> {
@@ -103,6 +122,8 @@ impl RedisRecords {
         let first = op(self.conn().await?).await;
         match first {
             Err(e) if e.is_connection_dropped() || e.is_io_error() => {
+                // Under Sentinel the primary may have moved: the retry asks where it is.
+                self.conn.lost().await;
                 op(self.conn().await?).await.map_err(redis_error(operation))
             }
             other => other.map_err(redis_error(operation)),

@@ -97,9 +97,11 @@ use ::redis::aio::MultiplexedConnection;
 use ::redis::{AsyncConnectionConfig, Client, Script};
 use rand_core::{OsRng, RngCore};
 
+use super::durability::{self, Durability};
 use super::settings::RevocationSettings;
 use super::{Revocation, StoreError};
 use crate::keys::KeyId;
+use crate::redis_target::RedisTarget;
 use crate::token::{Subject, TenantId};
 
 /// The Redis names of one deployment.
@@ -306,20 +308,46 @@ pub(crate) async fn timed<T>(
     }
 }
 
-/// Opens a client for the configured URL.
-pub(crate) fn client(settings: &RevocationSettings) -> Result<Client, StoreError> {
-    let url = settings
-        .redis_url
-        .as_deref()
-        .ok_or_else(|| StoreError::Settings {
+/// Where the configured Redis primary is: the URL, or what the sentinels name.
+pub(crate) fn target(settings: &RevocationSettings) -> Result<RedisTarget, StoreError> {
+    match (&settings.redis_url, &settings.sentinel) {
+        (Some(url), _) => RedisTarget::url(url).map_err(StoreError::RedisUrl),
+        (None, Some(sentinel)) => RedisTarget::sentinel(sentinel, settings.command_timeout)
+            .map_err(|err| StoreError::Settings {
+                field: "sentinel",
+                reason: err.to_string(),
+            }),
+        (None, None) => Err(StoreError::Settings {
             field: "redis_url",
-            reason: "a Redis store needs a URL".to_owned(),
-        })?;
-    Client::open(url).map_err(StoreError::RedisUrl)
+            reason: "a Redis store needs a URL or Sentinel".to_owned(),
+        }),
+    }
 }
 
-/// Opens a multiplexed command connection with the command timeout on connect and replies.
+/// The current primary's client (for Sentinel, asking the sentinels if needed).
+pub(crate) async fn primary_client(target: &RedisTarget) -> Result<Client, StoreError> {
+    target.client().await.map_err(|source| StoreError::Redis {
+        operation: "find the Redis primary",
+        source,
+    })
+}
+
+/// Opens a multiplexed command connection to the current primary, with the command timeout
+/// on connect and replies. A failed connect tells the target, so the next one asks the
+/// sentinels again.
 pub(crate) async fn command_connection(
+    target: &RedisTarget,
+    timeout: Duration,
+) -> Result<MultiplexedConnection, StoreError> {
+    let client = primary_client(target).await?;
+    connect(&client, timeout)
+        .await
+        .inspect_err(|_| target.invalidate())
+}
+
+/// Opens a multiplexed command connection to `client`'s server, with the command timeout on
+/// connect and replies.
+pub(crate) async fn connect(
     client: &Client,
     timeout: Duration,
 ) -> Result<MultiplexedConnection, StoreError> {
@@ -332,6 +360,104 @@ pub(crate) async fn command_connection(
         client.get_multiplexed_async_connection_with_config(&config),
     )
     .await
+}
+
+/// Whether a failed command means the connection, or the node's role, is gone: the caller
+/// should drop the connection and find the primary again. `READONLY` is a primary demoted to
+/// replica (a failover behind a partition); `MASTERDOWN` a replica that lost its primary.
+pub(crate) fn is_lost_primary(err: &StoreError) -> bool {
+    match err {
+        StoreError::Timeout { .. } => true,
+        StoreError::Redis { source, .. } => {
+            source.is_connection_dropped()
+                || source.is_io_error()
+                || source.is_timeout()
+                || source.is_connection_refusal()
+                || matches!(source.code(), Some("READONLY" | "MASTERDOWN" | "LOADING"))
+        }
+        _ => false,
+    }
+}
+
+/// Reads what the primary gives an acknowledged revoke: connected replicas (`INFO
+/// replication`), `appendonly` and `appendfsync` (`CONFIG GET`; `INFO persistence` where a
+/// managed service disables `CONFIG`), and how many replicas revokes wait for.
+pub(crate) async fn measure_durability<C>(
+    conn: &mut C,
+    settings: &RevocationSettings,
+    sentinel: bool,
+) -> Result<Durability, StoreError>
+where
+    C: ::redis::aio::ConnectionLike + Send,
+{
+    let timeout = settings.command_timeout;
+    let replication: String = timed(
+        timeout,
+        "read INFO replication",
+        ::redis::cmd("INFO").arg("replication").query_async(conn),
+    )
+    .await?;
+    let connected_replicas = info_field(&replication, "connected_slaves")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    let config = async |conn: &mut C, name: &'static str| -> Option<String> {
+        let pair: Vec<String> = timed(
+            timeout,
+            "read CONFIG GET",
+            ::redis::cmd("CONFIG")
+                .arg("GET")
+                .arg(name)
+                .query_async(conn),
+        )
+        .await
+        .ok()?;
+        pair.get(1).cloned()
+    };
+    let mut appendonly = config(conn, "appendonly").await.map(|v| v == "yes");
+    if appendonly.is_none() {
+        let persistence: Option<String> = timed(
+            timeout,
+            "read INFO persistence",
+            ::redis::cmd("INFO").arg("persistence").query_async(conn),
+        )
+        .await
+        .ok();
+        appendonly = persistence
+            .as_deref()
+            .and_then(|info| info_field(info, "aof_enabled"))
+            .map(|v| v == "1");
+    }
+    let appendfsync = config(conn, "appendfsync").await;
+    let min_replicas_acked = settings
+        .min_replicas_acked
+        .unwrap_or_else(|| durability::default_min_replicas_acked(sentinel, connected_replicas));
+    Ok(Durability::new(
+        connected_replicas,
+        min_replicas_acked,
+        appendonly,
+        appendfsync,
+    ))
+}
+
+/// Refuses a primary below `require_durability`.
+pub(crate) fn check_durability(
+    durability: &Durability,
+    settings: &RevocationSettings,
+) -> Result<(), StoreError> {
+    if durability.level >= settings.require_durability {
+        Ok(())
+    } else {
+        Err(StoreError::Durability {
+            required: settings.require_durability,
+            found: durability.level,
+            detail: durability.describe(),
+        })
+    }
+}
+
+fn info_field<'a>(info: &'a str, name: &str) -> Option<&'a str> {
+    info.lines()
+        .find_map(|line| line.trim().strip_prefix(name)?.strip_prefix(':'))
 }
 
 /// Refuses a Redis that may evict keys (THREATS §3.3, F11).

@@ -36,6 +36,7 @@ use super::TokenUsage;
 use crate::clock::Clock;
 use crate::records::RecordError;
 use crate::redis_conn::{LazyConnection, OpenError};
+use crate::redis_target::RedisTarget;
 use crate::token::{TenantId, TokenId};
 
 /// One token's usage since the last flush, as the flusher writes it.
@@ -234,13 +235,23 @@ impl RedisUsage {
     pub fn new(url: &str, prefix: &str, timeout: Duration) -> Result<Self, RecordError> {
         Ok(Self {
             conn: Arc::new(LazyConnection::new(
-                redis::Client::open(url).map_err(RecordError::RedisUrl)?,
+                RedisTarget::url(url).map_err(RecordError::RedisUrl)?,
                 timeout,
             )),
             prefix: prefix.to_owned(),
             timeout,
             script: Arc::new(redis::Script::new(MERGE_SCRIPT)),
         })
+    }
+
+    /// A store on the primary `target` names (the deployment's Redis, URL or Sentinel).
+    pub(crate) fn on_target(target: RedisTarget, prefix: &str, timeout: Duration) -> Self {
+        Self {
+            conn: Arc::new(LazyConnection::new(target, timeout)),
+            prefix: prefix.to_owned(),
+            timeout,
+            script: Arc::new(redis::Script::new(MERGE_SCRIPT)),
+        }
     }
 
     /// The same store on a new connection (opened lazily, like the first).

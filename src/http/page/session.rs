@@ -27,6 +27,7 @@ use sha2::{Digest as _, Sha256};
 use crate::clock::Clock;
 use crate::encoding::b64_encode;
 use crate::redis_conn::{LazyConnection, OpenError};
+use crate::redis_target::RedisTarget;
 
 /// Sessions kept at most by the in-process store.
 pub const MAX_MEMORY_SESSIONS: usize = 100_000;
@@ -170,7 +171,7 @@ impl Sessions {
         Ok(Self {
             backend: Backend::Redis(RedisSessions {
                 conn: LazyConnection::new(
-                    redis::Client::open(url).map_err(SessionError::RedisUrl)?,
+                    RedisTarget::url(url).map_err(SessionError::RedisUrl)?,
                     timeout,
                 ),
                 prefix: prefix.to_owned(),
@@ -179,6 +180,27 @@ impl Sessions {
             absolute,
             clock,
         })
+    }
+
+    /// A Redis store on the primary `target` names (URL or Sentinel), keys under
+    /// `{prefix}:sess:`, connected lazily.
+    pub(crate) fn on_target(
+        target: RedisTarget,
+        prefix: &str,
+        timeout: Duration,
+        idle: Duration,
+        absolute: Duration,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        Self {
+            backend: Backend::Redis(RedisSessions {
+                conn: LazyConnection::new(target, timeout),
+                prefix: prefix.to_owned(),
+            }),
+            idle,
+            absolute,
+            clock,
+        }
     }
 
     /// Starts a session for `user`; returns its id (for the cookie only) and the session.
