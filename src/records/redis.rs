@@ -83,6 +83,13 @@ impl RedisRecords {
     }
 
     /// A store on the primary `target` names (the deployment's Redis, URL or Sentinel).
+    #[cfg_attr(
+        not(feature = "server"),
+        expect(
+            dead_code,
+            reason = "only the server's start-up opens stores on a shared target"
+        )
+    )]
     pub(crate) fn on_target(
         target: RedisTarget,
         prefix: &str,

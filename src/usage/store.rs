@@ -245,6 +245,13 @@ impl RedisUsage {
     }
 
     /// A store on the primary `target` names (the deployment's Redis, URL or Sentinel).
+    #[cfg_attr(
+        not(feature = "server"),
+        expect(
+            dead_code,
+            reason = "only the server's start-up opens stores on a shared target"
+        )
+    )]
     pub(crate) fn on_target(target: RedisTarget, prefix: &str, timeout: Duration) -> Self {
         Self {
             conn: Arc::new(LazyConnection::new(target, timeout)),

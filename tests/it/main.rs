@@ -23,6 +23,7 @@ mod mutations;
 mod page;
 mod records_lost;
 mod revocation;
+mod sentinel;
 mod serve;
 mod signing_reload;
 mod support;

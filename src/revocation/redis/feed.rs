@@ -401,16 +401,7 @@ impl Worker {
             (client, conn)
         };
         check_eviction_policy(&mut conn, timeout).await?;
-        match measure_durability(&mut conn, &self.settings, self.target.is_sentinel()).await {
-            Ok(durability) => self.mirror.update_health(|h| {
-                // Keep what this process's store last saw WAIT answer.
-                let last = h.durability.as_ref().and_then(|d| d.last_replicas_acked);
-                let mut durability = durability;
-                durability.last_replicas_acked = last;
-                h.durability = Some(durability);
-            }),
-            Err(err) => tracing::debug!(error = %err, "could not read the Redis durability"),
-        }
+        self.report_durability(&mut conn).await;
         let run_id = server_run_id(&mut conn, timeout).await?;
         self.step(&mut conn, Input::RunId(run_id), Instant::now())
             .await?;
@@ -489,6 +480,7 @@ impl Worker {
                 }
                 _ = prune_tick.tick() => {
                     self.check_clock(&mut conn).await;
+                    self.report_durability(&mut conn).await;
                     self.mirror.prune();
                     let pruned = prune(&mut conn, &self.keys, &self.scripts, &self.settings).await;
                     if let Err(err) = pruned {
@@ -496,6 +488,21 @@ impl Worker {
                     }
                 }
             }
+        }
+    }
+
+    /// Measures what the primary gives an acknowledged revoke (replicas, AOF) into the
+    /// mirror's health, for `/readyz`: at each session and every prune interval, since
+    /// replicas come and go (a failover reconfigures them after the promotion).
+    async fn report_durability(&self, conn: &mut MultiplexedConnection) {
+        match measure_durability(conn, &self.settings, self.target.is_sentinel()).await {
+            Ok(mut durability) => self.mirror.update_health(|h| {
+                // Keep what this process's store last saw `WAIT` answer.
+                durability.last_replicas_acked =
+                    h.durability.as_ref().and_then(|d| d.last_replicas_acked);
+                h.durability = Some(durability);
+            }),
+            Err(err) => tracing::debug!(error = %err, "could not read the Redis durability"),
         }
     }
 
