@@ -170,7 +170,7 @@ pub struct RevocationConfig {
     /// (always under Sentinel), 0 otherwise.
     pub min_replicas_acked: Option<u32>,
     /// How long a revoke waits for `min_replicas_acked` replicas, in milliseconds. Default
-    /// 500; below `command_timeout_ms`.
+    /// 500, at most 10000.
     pub wait_timeout_ms: u64,
     /// The least durability Redis must give an acknowledged revoke: `none` (default),
     /// `replicated` (confirmed by `min_replicas_acked` ≥ 1 replicas) or `fsync` (replicated,

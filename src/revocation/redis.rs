@@ -35,6 +35,15 @@
 //! At start and on every reconnect, a Redis whose `maxmemory-policy` is not `noeviction` is
 //! refused ([`StoreError::EvictionPolicy`]): eviction would silently delete revocations.
 //!
+//! # Failover (Sentinel)
+//!
+//! Every connection goes to the primary a [`RedisTarget`] names (a URL, or what the sentinels
+//! say now); a lost connection makes the next one ask again. A promoted replica is another
+//! Redis process, so its `run_id` differs from the old primary's and every mirror takes the
+//! never-forgetful path above: a revocation the replica had not received is written back by
+//! any mirror that holds it. To keep that window empty in the first place, a revoke waits for
+//! `min_replicas_acked` replicas (`WAIT`) before it is acknowledged (`store`).
+//!
 //! # Key layout
 //!
 //! Every key shares the hash tag `{P}`, where `P` is the configured `key_prefix`, so the

@@ -14,6 +14,9 @@ use crate::redis_target::SentinelSettings;
 /// this plus the leeway has passed since its `before`.
 pub const MAX_TOKEN_LIFETIME: Duration = Duration::from_hours(12);
 
+/// The longest `wait_timeout` accepted.
+const MAX_WAIT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// The longest `barrier_timeout` accepted.
 const MAX_BARRIER_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -47,8 +50,8 @@ pub struct RevocationSettings {
     /// `wait_timeout` and the revoke answers 503. `None` (the default): 1 when the primary
     /// has replicas (always under Sentinel), 0 otherwise.
     pub min_replicas_acked: Option<u32>,
-    /// How long a revoke waits for `min_replicas_acked` replicas. Default 500 ms; shorter
-    /// than `command_timeout`, since the wait is part of the write command.
+    /// How long a revoke waits for `min_replicas_acked` replicas. Default 500 ms, at most
+    /// 10 s; the write with its wait may take `command_timeout` plus this.
     pub wait_timeout: Duration,
     /// The least durability the deployment must give (see [`DurabilityLevel`]): a Redis
     /// primary below it is refused at start, and revokes against it answer 503. Default
@@ -136,11 +139,10 @@ impl RevocationSettings {
                 .validate()
                 .map_err(|reason| invalid("sentinel", &reason))?;
         }
-        if self.wait_timeout.is_zero() || self.wait_timeout >= self.command_timeout {
+        if self.wait_timeout.is_zero() || self.wait_timeout > MAX_WAIT_TIMEOUT {
             return Err(invalid(
                 "wait_timeout",
-                "must be above zero and shorter than command_timeout (the wait is part of the \
-                 write command)",
+                "must be above zero and at most 10 s: a revoke holds its caller that long",
             ));
         }
         if self.require_durability > DurabilityLevel::None && self.min_replicas_acked == Some(0) {
@@ -332,9 +334,9 @@ mod tests {
     }
 
     #[test]
-    fn validate_refuses_a_wait_timeout_not_shorter_than_the_command_timeout() {
+    fn validate_refuses_a_wait_timeout_over_ten_seconds() {
         let settings = RevocationSettings {
-            wait_timeout: Duration::from_secs(2),
+            wait_timeout: Duration::from_secs(11),
             ..RevocationSettings::default()
         };
         assert!(matches!(

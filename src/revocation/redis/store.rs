@@ -200,7 +200,9 @@ impl Shared {
         *slot = None;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout))
+            // A write may wait for replicas (`WAIT`) on top of its own time; each command is
+            // still bounded by `timed` with its own timeout.
+            .set_response_timeout(Some(timeout + self.settings.wait_timeout))
             .set_number_of_retries(RECONNECT_RETRIES)
             .set_max_delay(timeout);
         let mut conn = timed(
@@ -330,8 +332,9 @@ impl Shared {
             .cmd("WAIT")
             .arg(wanted)
             .arg(wait_ms);
+        // The pipeline may take a command's time plus the wait itself.
         let ((seq, generation), acked): ((u64, String), u64) = timed(
-            self.settings.command_timeout,
+            self.settings.command_timeout + self.settings.wait_timeout,
             "write a revocation and wait for replicas",
             pipe.query_async(&mut conn),
         )
