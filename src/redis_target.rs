@@ -122,7 +122,8 @@ pub(crate) struct RedisTarget {
 }
 
 enum Inner {
-    Url(Client),
+    /// A fixed primary, with its address computed once.
+    Url(Primary),
     // Boxed: the resolver is large, and a URL target should not carry its size.
     Sentinel(Box<Resolver>),
 }
@@ -147,6 +148,15 @@ pub(crate) struct Primary {
     pub(crate) address: Arc<str>,
 }
 
+impl Primary {
+    fn of(client: Client) -> Self {
+        Self {
+            address: Arc::from(client.get_connection_info().addr().to_string()),
+            client,
+        }
+    }
+}
+
 struct Resolver {
     master_name: String,
     timeout: Duration,
@@ -168,7 +178,7 @@ impl RedisTarget {
     /// A target for one URL (`redis://`, `rediss://`).
     pub(crate) fn url(url: &str) -> RedisResult<Self> {
         Ok(Self {
-            inner: Arc::new(Inner::Url(Client::open(url)?)),
+            inner: Arc::new(Inner::Url(Primary::of(Client::open(url)?))),
         })
     }
 
@@ -198,10 +208,7 @@ impl RedisTarget {
     /// has not passed yet.
     pub(crate) async fn primary(&self) -> RedisResult<Primary> {
         match &*self.inner {
-            Inner::Url(client) => Ok(Primary {
-                address: Arc::from(client.get_connection_info().addr().to_string()),
-                client: client.clone(),
-            }),
+            Inner::Url(primary) => Ok(primary.clone()),
             Inner::Sentinel(resolver) => resolver.primary().await,
         }
     }
@@ -268,10 +275,7 @@ impl Resolver {
         let mut state = self.lock();
         match found {
             Ok(client) => {
-                let primary = Primary {
-                    address: Arc::from(client.get_connection_info().addr().to_string()),
-                    client,
-                };
+                let primary = Primary::of(client);
                 let moved = state
                     .known
                     .as_ref()

@@ -616,6 +616,48 @@ mod tests {
     }
 
     #[test]
+    fn sentinel_is_read_from_the_file_and_the_environment_and_excludes_redis_url() {
+        let settings = Settings::load(
+            Some(Path::new("/dev/null")),
+            [
+                ("EDGETOKEN_REVOCATION__SENTINEL_MASTER_NAME", "edgetoken"),
+                (
+                    "EDGETOKEN_REVOCATION__SENTINEL_ADDRESSES",
+                    r#"["10.0.0.1:26379","10.0.0.2:26379"]"#,
+                ),
+                ("EDGETOKEN_REVOCATION__SENTINEL_PASSWORD", "hunter2"),
+                ("EDGETOKEN_REVOCATION__MIN_REPLICAS_ACKED", "2"),
+                ("EDGETOKEN_REVOCATION__REQUIRE_DURABILITY", "fsync"),
+            ]
+            .map(|(k, v)| (k.to_owned(), v.to_owned())),
+        )
+        .unwrap();
+        let r = &settings.revocation;
+        let sentinel = r.sentinel.as_ref().unwrap();
+        assert_eq!(sentinel.master_name, "edgetoken");
+        assert_eq!(sentinel.addresses, ["10.0.0.1:26379", "10.0.0.2:26379"]);
+        assert_eq!(sentinel.password.as_deref(), Some("hunter2"));
+        assert_eq!(r.min_replicas_acked, Some(2));
+        assert_eq!(
+            r.require_durability,
+            crate::revocation::DurabilityLevel::Fsync
+        );
+        assert!(r.uses_redis());
+        assert!(!format!("{settings:?}").contains("hunter2"));
+
+        let both = "[revocation]\nredis_url = \"redis://cache:6379\"\n\
+                    sentinel_master_name = \"edgetoken\"\n\
+                    sentinel_addresses = [\"10.0.0.1:26379\"]\n";
+        let Err(ConfigError::Field { field, message }) = Settings::from_toml(both) else {
+            panic!("a URL and Sentinel together accepted");
+        };
+        assert_eq!(field, "revocation");
+        assert!(message.contains("not both"), "{message}");
+        let half = "[revocation]\nsentinel_master_name = \"edgetoken\"\n";
+        assert!(Settings::from_toml(half).is_err());
+    }
+
+    #[test]
     fn loopback_hosts_are_recognised_whole() {
         for host in [
             "127.0.0.1",
