@@ -9,6 +9,10 @@
 //! is accepted at any point after its acknowledgement (202: after the bound it names); the
 //! gap shows as 503s. Printed, not asserted (timings depend on the machine): the time from
 //! the kill to "revokes accepted again" and to "all mirrors fresh".
+//!
+//! A second test makes the replicas miss an acknowledged revocation (their replication links go
+//! through delaying proxies, lost with the primary) and checks that the mirrors write it back
+//! into the promoted primary, the never-forgetful rule through a failover.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -17,6 +21,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use reqwest::StatusCode;
 
+use crate::support::delay_proxy::DelayProxy;
 use crate::support::deployment::{AUDIENCE, Deployment, ISSUER, mint};
 use crate::support::eventually::eventually;
 use crate::support::process::EdgetokenProcess;
@@ -408,5 +413,104 @@ async fn sentinel_failover_loses_no_acknowledged_revocation_and_never_acknowledg
     eprintln!(
         "sentinel: verifier /readyz durability after the failover {}",
         ready["revocation"]["durability"]
+    );
+}
+
+/// The never-forgetful rule through a failover: a revocation acknowledged (with
+/// `min_replicas_acked = 0`, so without waiting for replicas) that no replica received is
+/// written back into the promoted primary by the mirrors that hold it, and the verifier refuses
+/// the token at every point in between.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_promoted_replica_that_missed_a_revocation_is_reseeded_from_the_mirrors() {
+    // The replicas replicate through delaying proxies, so a write can be held back from them
+    // and then lost with the proxies when the primary dies.
+    let primary = SentinelRedis::primary();
+    let upstream = format!("127.0.0.1:{}", primary.port).parse().unwrap();
+    let proxies = [
+        DelayProxy::start(upstream).await,
+        DelayProxy::start(upstream).await,
+    ];
+    let links = [proxies[0].port(), proxies[1].port()];
+    let mut redis = tokio::task::block_in_place(|| SentinelRedis::around(primary, links));
+    let deployment = Deployment::new();
+    let config = format!(
+        "{}\n",
+        config_text(&deployment, &redis.sentinel_addresses()).replace(
+            "require_durability = \"replicated\"\n",
+            "min_replicas_acked = 0\n"
+        )
+    );
+    let issuer_process = EdgetokenProcess::start(&config, "issuer").await;
+    let verifier = EdgetokenProcess::start(&config, "verifier").await;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let verify_url = verifier.url(REQUIREMENT);
+    let token = mint(&deployment.offline_issuer(), "alice", "acme", "runs:read");
+    let key = format!("{{{}}}:tok", deployment.prefix);
+    let has_revocation = |node: &crate::support::sentinel::Node| {
+        redis::cmd("ZSCORE")
+            .arg(&key)
+            .arg(jti(&token))
+            .query::<Option<f64>>(&mut node.admin())
+            .unwrap()
+            .is_some()
+    };
+
+    // Hold the replication stream back, revoke, and check that only the primary has it.
+    for proxy in &proxies {
+        proxy.set_delay(Duration::from_secs(30), Duration::ZERO);
+    }
+    let old_primary = redis.primary_port().expect("a primary");
+    let answer = revoke(&client, &issuer_process.url("/v1/revoke"), 0, &token).await;
+    assert_eq!(answer.status, StatusCode::OK, "the revoke is confirmed");
+    assert_eq!(
+        verify_status(&client, &verify_url, &token).await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert!(has_revocation(redis.node(old_primary)));
+    let replicas: Vec<u16> = redis
+        .nodes
+        .iter()
+        .map(|n| n.port)
+        .filter(|p| *p != old_primary)
+        .collect();
+    for port in &replicas {
+        assert!(
+            !has_revocation(redis.node(*port)),
+            "replica {port} got the revocation"
+        );
+    }
+
+    // Kill the primary, and the held-back stream with the proxies.
+    let killed = Instant::now();
+    redis.node_mut(old_primary).kill();
+    drop(proxies);
+
+    // Until the promoted primary holds the revocation again, the verifier never accepts it.
+    let reseeded_at = eventually(
+        "the promoted primary to hold the revocation",
+        Duration::from_secs(45),
+    )
+    .every(Duration::from_millis(50))
+    .until(async || {
+        let status = verify_status(&client, &verify_url, &token).await;
+        assert_ne!(
+            status,
+            StatusCode::OK,
+            "revoked token accepted during failover"
+        );
+        let port = redis.primary_port().filter(|p| *p != old_primary)?;
+        tokio::task::block_in_place(|| has_revocation(redis.node(port))).then(Instant::now)
+    })
+    .await;
+    eprintln!(
+        "sentinel: kill -> promoted primary re-seeded with the missed revocation: {:.0} ms",
+        (reseeded_at - killed).as_secs_f64() * 1000.0
+    );
+    assert_eq!(
+        verify_status(&client, &verify_url, &token).await,
+        StatusCode::UNAUTHORIZED
     );
 }

@@ -195,15 +195,25 @@ impl SentinelRedis {
     /// Starts the six processes and waits until every sentinel knows both replicas and the
     /// two other sentinels (without which no failover can be agreed).
     pub(crate) fn start() -> Self {
-        let primary = data_node(None);
-        let nodes = vec![data_node(Some(primary.port)), data_node(Some(primary.port))];
-        let mut all = vec![primary];
-        all.extend(nodes);
-        let sentinels: Vec<Node> = (0..3).map(|_| sentinel_node(all[0].port)).collect();
-        let deployment = Self {
-            nodes: all,
-            sentinels,
-        };
+        let primary = Self::primary();
+        let port = primary.port;
+        Self::around(primary, [port, port])
+    }
+
+    /// A primary for [`SentinelRedis::around`], started alone, so that the replicas' links to it
+    /// can go through something the test controls (a delaying proxy).
+    pub(crate) fn primary() -> Node {
+        data_node(None)
+    }
+
+    /// Starts two replicas of `primary`, each replicating from the port in `links` (the
+    /// primary's own, or a proxy in front of it), and three sentinels watching `primary`; waits
+    /// as [`SentinelRedis::start`] does.
+    pub(crate) fn around(primary: Node, links: [u16; 2]) -> Self {
+        let mut nodes = vec![primary];
+        nodes.extend(links.map(|link| data_node(Some(link))));
+        let sentinels: Vec<Node> = (0..3).map(|_| sentinel_node(nodes[0].port)).collect();
+        let deployment = Self { nodes, sentinels };
         deployment.wait_topology();
         deployment
     }
