@@ -151,7 +151,8 @@ impl Default for ServerConfig {
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RevocationConfig {
-    /// Redis URL (`redis://[:password@]host:port[/db]`). Empty (the default) runs the
+    /// Redis URL (`redis://[:password@]host:port[/db]`, or `rediss://` for TLS over rustls,
+    /// trusting the Mozilla roots and the system's store). Empty (the default) runs the
     /// in-process store: one process, nothing survives a restart (unless Sentinel is set).
     /// Exclusive with the `sentinel_*` settings.
     pub redis_url: String,

@@ -1,14 +1,14 @@
 //! Where the deployment's Redis primary is: one URL, or whatever the Sentinels name now.
 //!
 //! Every part that talks to Redis (the revocation store, feed and barrier, token records,
-//! usage, page sessions) opens its connections through a [`RedisTarget`], so a Sentinel
+//! usage, page sessions) opens its connections through a `RedisTarget`, so a Sentinel
 //! failover is followed in one place. For a URL the target is a fixed `redis::Client`. For
 //! Sentinel it asks the sentinels for the primary of `master_name` (the redis crate's
 //! `Sentinel`, which reads `SENTINEL MASTERS`, skips a primary flagged down and checks with
 //! `ROLE` that the node it names really is a primary), and:
-//! - remembers the answer for [`RECHECK`], so a connection opened after a failover goes to
+//! - remembers the answer for `RECHECK` (1 s), so a connection opened after a failover goes to
 //!   the new primary within that time even if nobody reported a failure;
-//! - forgets it at once when a caller reports a failed connection ([`RedisTarget::invalidate`]);
+//! - forgets it at once when a caller reports a failed connection (`RedisTarget::invalidate`);
 //! - after a failed lookup (sentinels unreachable, or still naming the dead primary during a
 //!   failover) waits a bounded, jittered back-off before asking again, answering the last
 //!   error meanwhile, so callers retrying in a loop cannot flood the sentinels.
@@ -122,9 +122,10 @@ pub(crate) struct RedisTarget {
 }
 
 enum Inner {
+    // Both boxed: which variant is larger depends on the TLS features, and either way a
+    // target should not carry the other's size.
     /// A fixed primary, with its address computed once.
-    Url(Primary),
-    // Boxed: the resolver is large, and a URL target should not carry its size.
+    Url(Box<Primary>),
     Sentinel(Box<Resolver>),
 }
 
@@ -178,7 +179,7 @@ impl RedisTarget {
     /// A target for one URL (`redis://`, `rediss://`).
     pub(crate) fn url(url: &str) -> RedisResult<Self> {
         Ok(Self {
-            inner: Arc::new(Inner::Url(Primary::of(Client::open(url)?))),
+            inner: Arc::new(Inner::Url(Box::new(Primary::of(Client::open(url)?)))),
         })
     }
 
@@ -208,7 +209,7 @@ impl RedisTarget {
     /// has not passed yet.
     pub(crate) async fn primary(&self) -> RedisResult<Primary> {
         match &*self.inner {
-            Inner::Url(primary) => Ok(primary.clone()),
+            Inner::Url(primary) => Ok(Primary::clone(primary)),
             Inner::Sentinel(resolver) => resolver.primary().await,
         }
     }

@@ -37,7 +37,7 @@
 //!
 //! # Failover (Sentinel)
 //!
-//! Every connection goes to the primary a [`RedisTarget`] names (a URL, or what the sentinels
+//! Every connection goes to the primary a `RedisTarget` (`crate::redis_target`) names (a URL, or what the sentinels
 //! say now); a lost connection makes the next one ask again. A promoted replica is another
 //! Redis process, so its `run_id` differs from the old primary's and every mirror takes the
 //! never-forgetful path above: a revocation the replica had not received is written back by

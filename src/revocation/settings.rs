@@ -365,6 +365,16 @@ mod tests {
     }
 
     #[test]
+    fn validate_accepts_a_tls_redis_url() {
+        // `rediss://` needs the redis crate's rustls features: without them it does not parse.
+        let settings = RevocationSettings {
+            redis_url: Some("rediss://:secret@cache.example:6380/0".to_owned()),
+            ..RevocationSettings::default()
+        };
+        settings.validate().unwrap();
+    }
+
+    #[test]
     fn debug_redacts_redis_password() {
         let settings = RevocationSettings {
             redis_url: Some("redis://user:hunter2@cache:6380/0".to_owned()),
