@@ -152,7 +152,7 @@ impl Default for ServerConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct RevocationConfig {
     /// Redis URL (`redis://[:password@]host:port[/db]`, or `rediss://` for TLS over rustls,
-    /// trusting the Mozilla roots and the system's store). Empty (the default) runs the
+    /// trusting the system's roots; `SSL_CERT_FILE` / `SSL_CERT_DIR` override them). Empty (the default) runs the
     /// in-process store: one process, nothing survives a restart (unless Sentinel is set).
     /// Exclusive with the `sentinel_*` settings.
     pub redis_url: String,

@@ -22,6 +22,7 @@ mod minting;
 mod mutations;
 mod page;
 mod records_lost;
+mod redis_tls;
 mod revocation;
 mod sentinel;
 mod serve;

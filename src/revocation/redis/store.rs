@@ -142,11 +142,8 @@ impl RedisStore {
             }),
         };
         match store.shared.connection().await {
-            Ok(open) => tracing::info!(
-                durability = %open.durability.describe(),
-                "Redis revocation store: {}",
-                open.durability.describe()
-            ),
+            // `connection` logged what the primary gives.
+            Ok(_) => {}
             Err(err @ (StoreError::EvictionPolicy { .. } | StoreError::Durability { .. })) => {
                 return Err(err);
             }
@@ -175,6 +172,30 @@ impl RedisStore {
         let mut conn = self.shared.connection().await?.conn;
         let s = &self.shared;
         prune(&mut conn, &s.keys, &s.scripts, &s.settings).await
+    }
+}
+
+/// States, at start and after each move of the primary, what an acknowledged revoke survives,
+/// and warns when revokes cannot be
+/// acknowledged at all for want of replicas.
+fn log_durability(primary: &str, durability: &Durability) {
+    tracing::info!(
+        primary,
+        level = %durability.level,
+        min_replicas_acked = durability.min_replicas_acked,
+        connected_replicas = durability.connected_replicas,
+        appendonly = ?durability.appendonly,
+        appendfsync = ?durability.appendfsync,
+        "Redis revocation store: {}",
+        durability.describe()
+    );
+    if durability.connected_replicas < durability.min_replicas_acked {
+        tracing::warn!(
+            min_replicas_acked = durability.min_replicas_acked,
+            connected_replicas = durability.connected_replicas,
+            "fewer replicas connected than revokes wait for: revokes answer 503 until enough \
+             are online"
+        );
     }
 }
 
@@ -216,6 +237,7 @@ impl Shared {
         let durability =
             measure_durability(&mut conn, &self.settings, self.target.is_sentinel()).await?;
         check_durability(&durability, &self.settings)?;
+        log_durability(&primary.address, &durability);
         if let Some(mirror) = &self.local {
             let reported = durability.clone();
             mirror.update_health(|h| h.durability = Some(reported));
