@@ -521,6 +521,28 @@ where
         })
 }
 
+/// The `EVENT` script's keys and arguments for `body`, writing `entry` (set, member, score)
+/// if given, in the script's order.
+fn event_call<'a>(
+    keys: &'a Keys,
+    settings: &RevocationSettings,
+    body: &str,
+    entry: Option<(&'a str, &str, i64)>,
+) -> ([&'a str; 4], [String; 6]) {
+    let (set, member, score) = entry.unwrap_or((&keys.seq, "", 0));
+    (
+        [&keys.generation, &keys.seq, &keys.log, set],
+        [
+            fresh_generation(),
+            keys.channel.clone(),
+            body.to_owned(),
+            settings.log_max_len.to_string(),
+            member.to_owned(),
+            score.to_string(),
+        ],
+    )
+}
+
 /// Runs the `EVENT` script for `body`, writing `entry` (set, member, score) if given.
 /// Returns the sequence number and generation of the change.
 pub(crate) async fn write_event<C>(
@@ -534,23 +556,51 @@ pub(crate) async fn write_event<C>(
 where
     C: ::redis::aio::ConnectionLike + Send,
 {
-    let (set, member, score) = entry.unwrap_or((&keys.seq, "", 0));
+    let (script_keys, args) = event_call(keys, settings, body, entry);
     let mut invocation = scripts.event.prepare_invoke();
-    invocation
-        .key(&keys.generation)
-        .key(&keys.seq)
-        .key(&keys.log)
-        .key(set)
-        .arg(fresh_generation())
-        .arg(&keys.channel)
-        .arg(body)
-        .arg(settings.log_max_len)
-        .arg(member)
-        .arg(score);
+    invocation.key(&script_keys[..]).arg(&args[..]);
     timed(
         settings.command_timeout,
         "write a revocation",
         invocation.invoke_async(conn),
+    )
+    .await
+}
+
+/// As [`write_event`], then `WAIT replicas wait_timeout`, as one pipeline on `conn`: `WAIT`
+/// counts the replicas that have this connection's writes, so sent on its own after a
+/// reconnect it would count a fresh connection with no writes and answer at once. Returns the
+/// change's sequence number and generation, and how many replicas confirmed it.
+///
+/// `EVAL` with the source rather than `EVALSHA`: a pipeline cannot recover from `NOSCRIPT` (a
+/// primary just promoted has an empty script cache), and revokes are rare.
+pub(crate) async fn write_event_and_wait<C>(
+    conn: &mut C,
+    keys: &Keys,
+    settings: &RevocationSettings,
+    body: &str,
+    entry: (&str, &str, i64),
+    replicas: u32,
+) -> Result<((u64, String), u64), StoreError>
+where
+    C: ::redis::aio::ConnectionLike + Send,
+{
+    let (script_keys, args) = event_call(keys, settings, body, Some(entry));
+    let wait_ms = u64::try_from(settings.wait_timeout.as_millis()).unwrap_or(u64::MAX);
+    let mut pipe = ::redis::pipe();
+    pipe.cmd("EVAL")
+        .arg(EVENT_LUA)
+        .arg(script_keys.len())
+        .arg(&script_keys[..])
+        .arg(&args[..])
+        .cmd("WAIT")
+        .arg(replicas)
+        .arg(wait_ms);
+    // The pipeline may take a command's time plus the wait itself.
+    timed(
+        settings.command_timeout + settings.wait_timeout,
+        "write a revocation and wait for replicas",
+        pipe.query_async(conn),
     )
     .await
 }

@@ -31,8 +31,8 @@ use tokio::time::Instant;
 
 use super::barrier::Waiter;
 use super::{
-    EVENT_LUA, Keys, Scripts, check_durability, check_eviction_policy, is_lost_primary,
-    measure_durability, prune, target, timed, write_event,
+    Keys, Scripts, check_durability, check_eviction_policy, is_lost_primary, measure_durability,
+    prune, target, timed, write_event, write_event_and_wait,
 };
 use crate::redis_target::RedisTarget;
 use crate::revocation::Durability;
@@ -176,8 +176,7 @@ impl RedisStore {
 }
 
 /// States, at start and after each move of the primary, what an acknowledged revoke survives,
-/// and warns when revokes cannot be
-/// acknowledged at all for want of replicas.
+/// and warns when revokes cannot be acknowledged at all for want of replicas.
 fn log_durability(primary: &str, durability: &Durability) {
     tracing::info!(
         primary,
@@ -312,8 +311,8 @@ impl Shared {
         Ok(Position { generation, seq })
     }
 
-    /// Writes the change on `open`; when replicas must confirm it, the `EVENT` script and
-    /// `WAIT` go as one pipeline, so `WAIT` counts this connection's write and nothing else.
+    /// Writes the change on `open`; when replicas must confirm it, with `WAIT` in the same
+    /// pipeline ([`write_event_and_wait`]), and fails unless enough did.
     async fn write(
         &self,
         open: &Open,
@@ -333,34 +332,9 @@ impl Shared {
             )
             .await;
         }
-        let (set, member, score) = entry;
-        let wait_ms = u64::try_from(self.settings.wait_timeout.as_millis()).unwrap_or(u64::MAX);
-        let mut pipe = ::redis::pipe();
-        // EVAL with the source rather than EVALSHA: a pipeline cannot recover from NOSCRIPT
-        // (a primary just promoted has an empty script cache), and revokes are rare.
-        pipe.cmd("EVAL")
-            .arg(EVENT_LUA)
-            .arg(4)
-            .arg(&self.keys.generation)
-            .arg(&self.keys.seq)
-            .arg(&self.keys.log)
-            .arg(set)
-            .arg(super::fresh_generation())
-            .arg(&self.keys.channel)
-            .arg(body)
-            .arg(self.settings.log_max_len)
-            .arg(member)
-            .arg(score)
-            .cmd("WAIT")
-            .arg(wanted)
-            .arg(wait_ms);
-        // The pipeline may take a command's time plus the wait itself.
-        let ((seq, generation), acked): ((u64, String), u64) = timed(
-            self.settings.command_timeout + self.settings.wait_timeout,
-            "write a revocation and wait for replicas",
-            pipe.query_async(&mut conn),
-        )
-        .await?;
+        let ((seq, generation), acked) =
+            write_event_and_wait(&mut conn, &self.keys, &self.settings, body, entry, wanted)
+                .await?;
         if let Some(mirror) = &self.local {
             mirror.update_health(|h| {
                 if let Some(durability) = h.durability.as_mut() {
