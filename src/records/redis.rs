@@ -69,27 +69,11 @@ impl RedisRecords {
         timeout: Duration,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, RecordError> {
-        Ok(Self {
-            conn: Arc::new(LazyConnection::new(
-                RedisTarget::url(url).map_err(RecordError::RedisUrl)?,
-                timeout,
-            )),
-            prefix: prefix.to_owned(),
-            lost_key: crate::revocation::redis::Keys::new(prefix).lost,
-            retention,
-            timeout,
-            clock,
-        })
+        let target = RedisTarget::url(url).map_err(RecordError::RedisUrl)?;
+        Ok(Self::on_target(target, prefix, retention, timeout, clock))
     }
 
     /// A store on the primary `target` names (the deployment's Redis, URL or Sentinel).
-    #[cfg_attr(
-        not(feature = "server"),
-        expect(
-            dead_code,
-            reason = "only the server's start-up opens stores on a shared target"
-        )
-    )]
     pub(crate) fn on_target(
         target: RedisTarget,
         prefix: &str,

@@ -233,25 +233,11 @@ impl RedisUsage {
     ///
     /// [`RecordError::RedisUrl`] when the URL does not parse.
     pub fn new(url: &str, prefix: &str, timeout: Duration) -> Result<Self, RecordError> {
-        Ok(Self {
-            conn: Arc::new(LazyConnection::new(
-                RedisTarget::url(url).map_err(RecordError::RedisUrl)?,
-                timeout,
-            )),
-            prefix: prefix.to_owned(),
-            timeout,
-            script: Arc::new(redis::Script::new(MERGE_SCRIPT)),
-        })
+        let target = RedisTarget::url(url).map_err(RecordError::RedisUrl)?;
+        Ok(Self::on_target(target, prefix, timeout))
     }
 
     /// A store on the primary `target` names (the deployment's Redis, URL or Sentinel).
-    #[cfg_attr(
-        not(feature = "server"),
-        expect(
-            dead_code,
-            reason = "only the server's start-up opens stores on a shared target"
-        )
-    )]
     pub(crate) fn on_target(target: RedisTarget, prefix: &str, timeout: Duration) -> Self {
         Self {
             conn: Arc::new(LazyConnection::new(target, timeout)),

@@ -168,18 +168,10 @@ impl Sessions {
         absolute: Duration,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, SessionError> {
-        Ok(Self {
-            backend: Backend::Redis(RedisSessions {
-                conn: LazyConnection::new(
-                    RedisTarget::url(url).map_err(SessionError::RedisUrl)?,
-                    timeout,
-                ),
-                prefix: prefix.to_owned(),
-            }),
-            idle,
-            absolute,
-            clock,
-        })
+        let target = RedisTarget::url(url).map_err(SessionError::RedisUrl)?;
+        Ok(Self::on_target(
+            target, prefix, timeout, idle, absolute, clock,
+        ))
     }
 
     /// A Redis store on the primary `target` names (URL or Sentinel), keys under

@@ -23,8 +23,6 @@ use std::sync::Arc;
 
 use ::redis::aio::MultiplexedConnection;
 use ::redis::{Client, Msg};
-
-use crate::redis_target::{RedisTarget, jittered};
 use futures_util::StreamExt as _;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -38,6 +36,7 @@ use super::{
     timed, watermark, write_event,
 };
 use crate::clock::Clock;
+use crate::redis_target::{RedisTarget, jittered};
 use crate::revocation::StoreError;
 use crate::revocation::barrier::{InstanceId, Position};
 use crate::revocation::mirror::Mirror;
