@@ -21,6 +21,7 @@ use crate::directory::{Directory, Membership, User, hash_password};
 use crate::keys::{KeyDir, KeyError, KeyRing, SigningKey};
 use crate::metrics::Metrics;
 use crate::records::{MemoryRecords, RecordError, RecordStore, RedisRecords};
+use crate::redis_target::RedisTarget;
 use crate::revocation::{RevocationEngine, RevocationStore, StoreError, StoreKind};
 use crate::settings::Settings;
 use crate::token::{Issuer, Subject, TenantId, Verifier};
@@ -118,7 +119,8 @@ pub async fn start(
             Some(Arc::new(refresher))
         }
     };
-    let usage = usage_store(&settings, &clock)?;
+    let redis = redis_target(&settings.revocation)?;
+    let usage = usage_store(&settings, redis.clone(), &clock);
     let verifier_api = if role.has_verifier() {
         let recorder = usage_recorder(&settings, &usage, &clock, &mut banner);
         Some(verifier_api(
@@ -133,9 +135,9 @@ pub async fn start(
     };
     let issuer = match signing_key {
         Some(key) => {
-            let store = revocation.store();
+            let stores = (revocation.store(), redis);
             let mut state =
-                issuer_state(&settings, key, store, development, &clock, &mut banner).await?;
+                issuer_state(&settings, key, stores, development, &clock, &mut banner).await?;
             state.usage = usage;
             Some(state)
         }
@@ -313,23 +315,28 @@ fn apply_key_reload(
 
 /// Where token usage is merged and read: the deployment's Redis, or this process's memory
 /// (the in-process store, one process).
-fn usage_store(settings: &Settings, clock: &Arc<dyn Clock>) -> Result<UsageStore, StartError> {
+fn usage_store(
+    settings: &Settings,
+    redis: Option<RedisTarget>,
+    clock: &Arc<dyn Clock>,
+) -> UsageStore {
     let store = &settings.revocation;
-    Ok(match redis_target(store)? {
+    match redis {
         Some(target) => UsageStore::Redis(RedisUsage::on_target(
             target,
             &store.key_prefix,
             store.command_timeout,
         )),
         None => UsageStore::Memory(MemoryUsage::new(Arc::clone(clock))),
-    })
+    }
 }
 
-/// Where the deployment's Redis primary is (URL or Sentinel), for the stores outside the
-/// revocation engine; `None` for the in-process store.
+/// Where the deployment's Redis primary is (URL or Sentinel): one resolver shared by the
+/// stores outside the revocation engine (usage, records, sessions); `None` for the
+/// in-process store.
 fn redis_target(
     store: &crate::revocation::RevocationSettings,
-) -> Result<Option<crate::redis_target::RedisTarget>, StartError> {
+) -> Result<Option<RedisTarget>, StartError> {
     if store.uses_redis() {
         Ok(Some(crate::revocation::redis::target(store)?))
     } else {
@@ -443,15 +450,17 @@ async fn open_revocation(
     Ok(engine)
 }
 
-/// The issuer's parts: signer, directory (the demo one in development), records, limits.
+/// The issuer's parts: signer, directory (the demo one in development), records, limits;
+/// `stores` are the revocation store and the Redis primary's resolver (`None`: in process).
 async fn issuer_state(
     settings: &Settings,
     key: SigningKey,
-    revocations: Arc<dyn RevocationStore>,
+    stores: (Arc<dyn RevocationStore>, Option<RedisTarget>),
     development: bool,
     clock: &Arc<dyn Clock>,
     banner: &mut Vec<String>,
 ) -> Result<IssuerState, StartError> {
+    let (revocations, redis) = stores;
     banner.push(format!("issuer signing with key {}", key.kid()));
     let catalogue = settings.catalogue.clone();
     let directory = if let Some(path) = &settings.issuer.directory {
@@ -474,8 +483,7 @@ async fn issuer_state(
     };
     let store = &settings.revocation;
     let retention = settings.issuer.records_retention;
-    let target = redis_target(store)?;
-    let records = match &target {
+    let records = match &redis {
         Some(target) => RecordStore::Redis(RedisRecords::on_target(
             target.clone(),
             &store.key_prefix,
@@ -486,7 +494,7 @@ async fn issuer_state(
         None => RecordStore::Memory(MemoryRecords::new(retention, Arc::clone(clock))),
     };
     let page = &settings.page;
-    let sessions = match target {
+    let sessions = match redis {
         Some(target) => crate::http::page::Sessions::on_target(
             target,
             &store.key_prefix,
