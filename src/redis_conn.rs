@@ -7,9 +7,9 @@
 //! after a dropped connection, and a failed open is retried by the next call.
 //!
 //! Failover: the connection goes to the primary its [`RedisTarget`] names. Each call asks the
-//! target (which answers from its cache, re-asking the sentinels at most every
-//! [`RECHECK`](crate::redis_target::RECHECK) or after [`LazyConnection::lost`]), and a primary
-//! at another address replaces the connection.
+//! target (which answers from its cache until told the primary is lost), and a primary at
+//! another address replaces the connection. Callers pass each command's result through
+//! [`LazyConnection::checked`], which reports a lost primary.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,7 +17,7 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::Mutex;
 
-use crate::redis_target::RedisTarget;
+use crate::redis_target::{RedisTarget, is_lost_primary_error};
 
 /// Why the connection could not be opened.
 #[derive(Debug)]
@@ -92,6 +92,16 @@ impl LazyConnection {
         };
         *slot = Some((primary.address, conn.clone()));
         Ok(conn)
+    }
+
+    /// `result`, after reporting a lost primary ([`is_lost_primary_error`]) if it shows one.
+    pub(crate) async fn checked<T>(&self, result: redis::RedisResult<T>) -> redis::RedisResult<T> {
+        if let Err(err) = &result
+            && is_lost_primary_error(err)
+        {
+            self.lost().await;
+        }
+        result
     }
 
     /// Reports a command that found the connection lost: under Sentinel the next call asks

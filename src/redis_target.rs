@@ -6,9 +6,11 @@
 //! Sentinel it asks the sentinels for the primary of `master_name` (the redis crate's
 //! `Sentinel`, which reads `SENTINEL MASTERS`, skips a primary flagged down and checks with
 //! `ROLE` that the node it names really is a primary), and:
-//! - remembers the answer for `RECHECK` (1 s), so a connection opened after a failover goes to
-//!   the new primary within that time even if nobody reported a failure;
-//! - forgets it at once when a caller reports a failed connection (`RedisTarget::invalidate`);
+//! - remembers the answer until a caller reports that a connection to it failed or that it
+//!   answered as a replica (`RedisTarget::invalidate`; see [`is_lost_primary_error`]). No
+//!   periodic re-check: a primary that failed over either dies (connections break) or is
+//!   demoted (writes answer `READONLY`), and either is reported; and thousands of verifiers
+//!   re-asking every second would load the sentinels and the primary for nothing;
 //! - after a failed lookup (sentinels unreachable, or still naming the dead primary during a
 //!   failover) waits a bounded, jittered back-off before asking again, answering the last
 //!   error meanwhile, so callers retrying in a loop cannot flood the sentinels.
@@ -24,8 +26,6 @@ use redis::sentinel::Sentinel;
 use redis::{Client, ConnectionAddr, ErrorKind, IntoConnectionInfo, RedisError, RedisResult};
 use tokio::time::Instant;
 
-/// How long a primary named by the sentinels is used without asking again.
-pub(crate) const RECHECK: Duration = Duration::from_secs(1);
 /// The first wait after a failed lookup; it doubles up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
 /// The longest wait after failed lookups: bounds how late a finished failover is noticed.
@@ -168,8 +168,8 @@ struct Resolver {
 
 #[derive(Default)]
 struct ResolverState {
-    /// The last primary named, and when.
-    known: Option<(Instant, Primary)>,
+    /// The last primary named, until a caller reports it lost.
+    known: Option<Primary>,
     /// After a failed lookup: no new one before this, and the error to answer meanwhile.
     retry: Option<(Instant, String)>,
     backoff: Option<Duration>,
@@ -240,9 +240,7 @@ impl Resolver {
     fn cached(&self) -> Option<RedisResult<Primary>> {
         let state = self.lock();
         let now = Instant::now();
-        if let Some((at, primary)) = &state.known
-            && now.duration_since(*at) < RECHECK
-        {
+        if let Some(primary) = &state.known {
             return Some(Ok(primary.clone()));
         }
         if let Some((until, error)) = &state.retry
@@ -280,7 +278,7 @@ impl Resolver {
                 let moved = state
                     .known
                     .as_ref()
-                    .is_none_or(|(_, known)| known.address != primary.address);
+                    .is_none_or(|known| known.address != primary.address);
                 if moved {
                     tracing::info!(
                         master_name = %self.master_name,
@@ -288,7 +286,7 @@ impl Resolver {
                         "Redis primary named by the sentinels"
                     );
                 }
-                state.known = Some((Instant::now(), primary.clone()));
+                state.known = Some(primary.clone());
                 state.retry = None;
                 state.backoff = None;
                 Ok(primary)
@@ -308,6 +306,18 @@ impl Resolver {
             }
         }
     }
+}
+
+/// Whether a failed command means the connection, or the node's role, is gone: the caller
+/// should tell the target (`RedisTarget::invalidate`) and find the primary again. `READONLY`
+/// is a primary demoted to replica (a failover behind a partition), `MASTERDOWN` a replica
+/// that lost its primary, `LOADING` a node still reading its data after a restart.
+pub fn is_lost_primary_error(err: &RedisError) -> bool {
+    err.is_connection_dropped()
+        || err.is_io_error()
+        || err.is_timeout()
+        || err.is_connection_refusal()
+        || matches!(err.code(), Some("READONLY" | "MASTERDOWN" | "LOADING"))
 }
 
 fn lookup_error(detail: String) -> RedisError {

@@ -115,9 +115,17 @@ impl RedisRecords {
             Err(e) if e.is_connection_dropped() || e.is_io_error() => {
                 // Under Sentinel the primary may have moved: the retry asks where it is.
                 self.conn.lost().await;
-                op(self.conn().await?).await.map_err(redis_error(operation))
+                let retried = op(self.conn().await?).await;
+                self.conn
+                    .checked(retried)
+                    .await
+                    .map_err(redis_error(operation))
             }
-            other => other.map_err(redis_error(operation)),
+            other => self
+                .conn
+                .checked(other)
+                .await
+                .map_err(redis_error(operation)),
         }
     }
 
@@ -141,8 +149,8 @@ impl RedisRecords {
         let until = self.keep_until(record.expires_at);
         let index = self.index_key(&record.tenant, &record.user);
         let mut conn = self.conn().await?;
-        let () = redis::pipe()
-            .atomic()
+        let mut pipe = redis::pipe();
+        pipe.atomic()
             .set(self.record_key(&record.tenant, record.id.as_str()), json)
             .arg("EXAT")
             .arg(until)
@@ -162,8 +170,10 @@ impl RedisRecords {
             .arg(&index)
             .arg(until)
             .arg("NX")
-            .ignore()
-            .query_async(&mut conn)
+            .ignore();
+        let () = self
+            .conn
+            .checked(pipe.query_async(&mut conn).await)
             .await
             .map_err(redis_error("store a token record"))?;
         Ok(())

@@ -371,19 +371,12 @@ pub(crate) async fn connect(
     .await
 }
 
-/// Whether a failed command means the connection, or the node's role, is gone: the caller
-/// should drop the connection and find the primary again. `READONLY` is a primary demoted to
-/// replica (a failover behind a partition); `MASTERDOWN` a replica that lost its primary.
+/// Whether a failed command means the connection, or the node's role, is gone (a timeout
+/// included): the caller should drop the connection and find the primary again.
 pub(crate) fn is_lost_primary(err: &StoreError) -> bool {
     match err {
         StoreError::Timeout { .. } => true,
-        StoreError::Redis { source, .. } => {
-            source.is_connection_dropped()
-                || source.is_io_error()
-                || source.is_timeout()
-                || source.is_connection_refusal()
-                || matches!(source.code(), Some("READONLY" | "MASTERDOWN" | "LOADING"))
-        }
+        StoreError::Redis { source, .. } => crate::redis_target::is_lost_primary_error(source),
         _ => false,
     }
 }

@@ -293,8 +293,9 @@ impl RedisUsage {
                 .arg((token.expires_at + retention).unix_timestamp());
         }
         let mut conn = self.conn().await?;
-        let created: Vec<i64> = pipe
-            .query_async(&mut conn)
+        let created: Vec<i64> = self
+            .conn
+            .checked(pipe.query_async(&mut conn).await)
             .await
             .map_err(redis_error("merge token usage"))?;
         Ok(created.into_iter().map(|c| c == 1).collect())
@@ -318,8 +319,9 @@ impl RedisUsage {
                 .arg("agent");
         }
         let mut conn = self.conn().await?;
-        let found: Vec<Fields> = pipe
-            .query_async(&mut conn)
+        let found: Vec<Fields> = self
+            .conn
+            .checked(pipe.query_async(&mut conn).await)
             .await
             .map_err(redis_error("read token usage"))?;
         Ok(ids

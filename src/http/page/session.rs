@@ -335,13 +335,14 @@ impl RedisSessions {
 
     async fn get(&self, digest: &str) -> Result<Option<Session>, SessionError> {
         let mut conn = self.conn().await?;
-        let json: Option<String> =
-            conn.get(self.key(digest))
-                .await
-                .map_err(|source| SessionError::Redis {
-                    operation: "read a session",
-                    source,
-                })?;
+        let json: Option<String> = self
+            .conn
+            .checked(conn.get(self.key(digest)).await)
+            .await
+            .map_err(|source| SessionError::Redis {
+                operation: "read a session",
+                source,
+            })?;
         // A value this version cannot read is treated as no session: the person signs in
         // again, which is always safe.
         Ok(json.and_then(|j| serde_json::from_str(&j).ok()))
@@ -355,8 +356,12 @@ impl RedisSessions {
     ) -> Result<(), SessionError> {
         let json = serde_json::to_string(session).unwrap_or_default();
         let mut conn = self.conn().await?;
-        let () = conn
-            .set_ex(self.key(digest), json, ttl.as_secs().max(1))
+        let () = self
+            .conn
+            .checked(
+                conn.set_ex(self.key(digest), json, ttl.as_secs().max(1))
+                    .await,
+            )
             .await
             .map_err(|source| SessionError::Redis {
                 operation: "write a session",
@@ -367,8 +372,9 @@ impl RedisSessions {
 
     async fn delete(&self, digest: &str) -> Result<(), SessionError> {
         let mut conn = self.conn().await?;
-        let _: i64 = conn
-            .del(self.key(digest))
+        let _: i64 = self
+            .conn
+            .checked(conn.del(self.key(digest)).await)
             .await
             .map_err(|source| SessionError::Redis {
                 operation: "delete a session",
