@@ -236,7 +236,8 @@ impl Resolver {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The remembered primary if recent, else a lookup (or the last error, within back-off).
+    /// The remembered primary; else the last error while its back-off lasts; else `None`: a
+    /// lookup is due.
     fn cached(&self) -> Option<RedisResult<Primary>> {
         let state = self.lock();
         let now = Instant::now();
