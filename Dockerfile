@@ -14,5 +14,7 @@ RUN useradd --system --uid 10001 --home-dir /var/lib/edgetoken edgetoken \
 COPY --from=build /src/target/release/edgetoken /usr/local/bin/edgetoken
 USER edgetoken
 # JWKS over https uses the bundled webpki roots (rustls); no system CA bundle is needed.
+# `rediss://` trusts the system's roots instead (so a private CA can be added): mount the CA
+# and set SSL_CERT_FILE to it.
 ENTRYPOINT ["edgetoken"]
 CMD ["serve"]

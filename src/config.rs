@@ -151,9 +151,33 @@ impl Default for ServerConfig {
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RevocationConfig {
-    /// Redis URL (`redis://[:password@]host:port[/db]`). Empty (the default) runs the
-    /// in-process store: one process, nothing survives a restart.
+    /// Redis URL (`redis://[:password@]host:port[/db]`, or `rediss://` for TLS over rustls,
+    /// trusting the system's roots; `SSL_CERT_FILE` / `SSL_CERT_DIR` override them). Empty (the default) runs the
+    /// in-process store: one process, nothing survives a restart (unless Sentinel is set).
+    /// Exclusive with the `sentinel_*` settings.
     pub redis_url: String,
+    /// Redis under Sentinel: the name the sentinels monitor the primary under. Set it with
+    /// `sentinel_addresses` instead of `redis_url`; the service then follows failovers.
+    /// Default empty (no Sentinel).
+    pub sentinel_master_name: String,
+    /// The sentinels, as `host:port` (for example `["10.0.0.1:26379", "10.0.0.2:26379"]`).
+    /// Default none.
+    pub sentinel_addresses: Vec<String>,
+    /// The sentinels' password, if they require one (`requirepass` in sentinel.conf). Set it
+    /// through `EDGETOKEN_REVOCATION__SENTINEL_PASSWORD` rather than the file. Default none.
+    pub sentinel_password: String,
+    /// Replicas that must confirm each revoke (`WAIT`) before it is acknowledged; fewer within
+    /// `wait_timeout_ms` and the revoke answers 503. Default: 1 when the primary has replicas
+    /// (always under Sentinel), 0 otherwise.
+    pub min_replicas_acked: Option<u32>,
+    /// How long a revoke waits for `min_replicas_acked` replicas, in milliseconds. Default
+    /// 500, at most 10000.
+    pub wait_timeout_ms: u64,
+    /// The least durability Redis must give an acknowledged revoke: `none` (default),
+    /// `replicated` (confirmed by `min_replicas_acked` ≥ 1 replicas) or `fsync` (replicated,
+    /// and the primary runs `appendonly yes` with `appendfsync always`). A Redis below it is
+    /// refused at start, and revokes against it answer 503.
+    pub require_durability: crate::revocation::DurabilityLevel,
     /// Prefix of every Redis key of this deployment. Default `edgetoken`.
     pub key_prefix: String,
     /// How old the mirror may get before `on_stale` applies, in seconds. Default 60.
@@ -176,6 +200,15 @@ impl std::fmt::Debug for RevocationConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RevocationConfig")
             .field("redis_url", &redact_url(&self.redis_url))
+            .field("sentinel_master_name", &self.sentinel_master_name)
+            .field("sentinel_addresses", &self.sentinel_addresses)
+            .field(
+                "sentinel_password",
+                &(!self.sentinel_password.is_empty()).then_some("<redacted>"),
+            )
+            .field("min_replicas_acked", &self.min_replicas_acked)
+            .field("wait_timeout_ms", &self.wait_timeout_ms)
+            .field("require_durability", &self.require_durability)
             .field("key_prefix", &self.key_prefix)
             .field("max_staleness_secs", &self.max_staleness_secs)
             .field("on_stale", &self.on_stale)
@@ -201,6 +234,12 @@ impl Default for RevocationConfig {
         let defaults = crate::revocation::RevocationSettings::default();
         Self {
             redis_url: String::new(),
+            sentinel_master_name: String::new(),
+            sentinel_addresses: Vec::new(),
+            sentinel_password: String::new(),
+            min_replicas_acked: None,
+            wait_timeout_ms: u64::try_from(defaults.wait_timeout.as_millis()).unwrap_or(u64::MAX),
+            require_durability: defaults.require_durability,
             key_prefix: defaults.key_prefix,
             max_staleness_secs: defaults.max_staleness.as_secs(),
             on_stale: defaults.on_stale,

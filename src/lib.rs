@@ -100,6 +100,7 @@ pub mod policy;
 pub mod proxies;
 pub mod records;
 mod redis_conn;
+pub mod redis_target;
 pub mod revocation;
 pub mod settings;
 pub mod token;

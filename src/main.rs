@@ -426,10 +426,10 @@ async fn shutdown_signal() {
 /// then at the barrier for the verifiers to confirm it; returns how that went.
 fn commit_revocation(config: &Settings, revocation: Revocation) -> anyhow::Result<Propagation> {
     let settings = &config.revocation;
-    if settings.redis_url.is_none() {
+    if !settings.uses_redis() {
         bail!(
-            "revoking from the command line needs revocation.redis_url: without a shared store \
-             no running verifier would learn of it"
+            "revoking from the command line needs revocation.redis_url (or Sentinel): without \
+             a shared store no running verifier would learn of it"
         );
     }
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;

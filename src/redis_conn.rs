@@ -1,35 +1,44 @@
 //! One lazily opened, self-healing Redis connection for stores that send plain commands
-//! (token records, page sessions).
+//! (token records, page sessions, usage).
 //!
 //! Opening never happens at start: a store built while Redis is down must not stop the
 //! service, only fail its own calls (503) until Redis answers. The first call opens a
 //! `ConnectionManager` within the timeout and keeps it; the manager reconnects by itself
 //! after a dropped connection, and a failed open is retried by the next call.
+//!
+//! Failover: the connection goes to the primary its [`RedisTarget`] names. Each call asks the
+//! target (which answers from its cache until told the primary is lost), and a primary at
+//! another address replaces the connection. Callers pass each command's result through
+//! [`LazyConnection::checked`], which reports a lost primary.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::Mutex;
+
+use crate::redis_target::{RedisTarget, is_lost_primary_error};
 
 /// Why the connection could not be opened.
 #[derive(Debug)]
 pub(crate) enum OpenError {
     /// Redis did not answer within the timeout.
     Timeout,
-    /// Redis refused or the connection failed.
+    /// Redis refused or the connection failed, or no primary could be found.
     Redis(redis::RedisError),
 }
 
 /// A Redis connection opened on first use.
 pub(crate) struct LazyConnection {
-    client: redis::Client,
+    target: RedisTarget,
     timeout: Duration,
-    slot: Mutex<Option<ConnectionManager>>,
+    /// The open connection and the primary address it goes to.
+    slot: Mutex<Option<(Arc<str>, ConnectionManager)>>,
 }
 
 impl std::fmt::Debug for LazyConnection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // The client holds the URL, which may hold a password.
+        // The target holds the URL, which may hold a password.
         f.debug_struct("LazyConnection")
             .field("timeout", &self.timeout)
             .finish_non_exhaustive()
@@ -37,38 +46,71 @@ impl std::fmt::Debug for LazyConnection {
 }
 
 impl LazyConnection {
-    /// A connection to `client`'s server, each command and the open bounded by `timeout`.
-    pub(crate) fn new(client: redis::Client, timeout: Duration) -> Self {
+    /// A connection to `target`'s primary, each command and the open bounded by `timeout`.
+    pub(crate) fn new(target: RedisTarget, timeout: Duration) -> Self {
         Self {
-            client,
+            target,
             timeout,
             slot: Mutex::new(None),
         }
     }
 
-    /// Another lazy connection to the same server, sharing nothing with this one.
+    /// Another lazy connection to the same target, sharing no connection with this one.
     pub(crate) fn fresh(&self) -> Self {
-        Self::new(self.client.clone(), self.timeout)
+        Self::new(self.target.clone(), self.timeout)
     }
 
-    /// The connection, opened now if it is not yet.
+    /// The connection, opened now if there is none or the primary moved.
     pub(crate) async fn get(&self) -> Result<ConnectionManager, OpenError> {
         let mut slot = self.slot.lock().await;
-        if let Some(conn) = slot.as_ref() {
+        let primary = self.target.primary().await.map_err(OpenError::Redis)?;
+        if let Some((address, conn)) = slot.as_ref()
+            && *address == primary.address
+        {
             return Ok(conn.clone());
         }
+        *slot = None;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(self.timeout))
             .set_response_timeout(Some(self.timeout))
             .set_number_of_retries(1);
-        let conn = tokio::time::timeout(
+        let opened = tokio::time::timeout(
             self.timeout,
-            ConnectionManager::new_with_config(self.client.clone(), config),
+            ConnectionManager::new_with_config(primary.client, config),
         )
-        .await
-        .map_err(|_elapsed| OpenError::Timeout)?
-        .map_err(OpenError::Redis)?;
-        *slot = Some(conn.clone());
+        .await;
+        let conn = match opened {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(err)) => {
+                self.target.invalidate();
+                return Err(OpenError::Redis(err));
+            }
+            Err(_elapsed) => {
+                self.target.invalidate();
+                return Err(OpenError::Timeout);
+            }
+        };
+        *slot = Some((primary.address, conn.clone()));
         Ok(conn)
+    }
+
+    /// `result`, after reporting a lost primary ([`is_lost_primary_error`]) if it shows one.
+    pub(crate) async fn checked<T>(&self, result: redis::RedisResult<T>) -> redis::RedisResult<T> {
+        if let Err(err) = &result
+            && is_lost_primary_error(err)
+        {
+            self.lost().await;
+        }
+        result
+    }
+
+    /// Reports a command that found the connection lost: under Sentinel the next call asks
+    /// where the primary is and opens a new connection (a plain URL's manager reconnects by
+    /// itself).
+    pub(crate) async fn lost(&self) {
+        if self.target.is_sentinel() {
+            self.target.invalidate();
+            *self.slot.lock().await = None;
+        }
     }
 }

@@ -380,8 +380,21 @@ fn server(config: &Config) -> Result<ServerSettings, ConfigError> {
 
 fn revocation(config: &Config) -> RevocationSettings {
     let r = &config.revocation;
+    // Any sentinel field set asks for Sentinel; `validate` names what is missing.
+    let sentinel =
+        (!r.sentinel_master_name.is_empty() || !r.sentinel_addresses.is_empty()).then(|| {
+            crate::redis_target::SentinelSettings {
+                master_name: r.sentinel_master_name.clone(),
+                addresses: r.sentinel_addresses.clone(),
+                password: (!r.sentinel_password.is_empty()).then(|| r.sentinel_password.clone()),
+            }
+        });
     RevocationSettings {
         redis_url: (!r.redis_url.is_empty()).then(|| r.redis_url.clone()),
+        sentinel,
+        min_replicas_acked: r.min_replicas_acked,
+        wait_timeout: Duration::from_millis(r.wait_timeout_ms),
+        require_durability: r.require_durability,
         key_prefix: r.key_prefix.clone(),
         max_staleness: Duration::from_secs(r.max_staleness_secs),
         on_stale: r.on_stale,
@@ -600,6 +613,48 @@ mod tests {
             };
             assert_eq!(field, "verifier.grpc_listen", "{bad}");
         }
+    }
+
+    #[test]
+    fn sentinel_is_read_from_the_file_and_the_environment_and_excludes_redis_url() {
+        let settings = Settings::load(
+            Some(Path::new("/dev/null")),
+            [
+                ("EDGETOKEN_REVOCATION__SENTINEL_MASTER_NAME", "edgetoken"),
+                (
+                    "EDGETOKEN_REVOCATION__SENTINEL_ADDRESSES",
+                    r#"["10.0.0.1:26379","10.0.0.2:26379"]"#,
+                ),
+                ("EDGETOKEN_REVOCATION__SENTINEL_PASSWORD", "hunter2"),
+                ("EDGETOKEN_REVOCATION__MIN_REPLICAS_ACKED", "2"),
+                ("EDGETOKEN_REVOCATION__REQUIRE_DURABILITY", "fsync"),
+            ]
+            .map(|(k, v)| (k.to_owned(), v.to_owned())),
+        )
+        .unwrap();
+        let r = &settings.revocation;
+        let sentinel = r.sentinel.as_ref().unwrap();
+        assert_eq!(sentinel.master_name, "edgetoken");
+        assert_eq!(sentinel.addresses, ["10.0.0.1:26379", "10.0.0.2:26379"]);
+        assert_eq!(sentinel.password.as_deref(), Some("hunter2"));
+        assert_eq!(r.min_replicas_acked, Some(2));
+        assert_eq!(
+            r.require_durability,
+            crate::revocation::DurabilityLevel::Fsync
+        );
+        assert!(r.uses_redis());
+        assert!(!format!("{settings:?}").contains("hunter2"));
+
+        let both = "[revocation]\nredis_url = \"redis://cache:6379\"\n\
+                    sentinel_master_name = \"edgetoken\"\n\
+                    sentinel_addresses = [\"10.0.0.1:26379\"]\n";
+        let Err(ConfigError::Field { field, message }) = Settings::from_toml(both) else {
+            panic!("a URL and Sentinel together accepted");
+        };
+        assert_eq!(field, "revocation");
+        assert!(message.contains("not both"), "{message}");
+        let half = "[revocation]\nsentinel_master_name = \"edgetoken\"\n";
+        assert!(Settings::from_toml(half).is_err());
     }
 
     #[test]

@@ -21,6 +21,7 @@ use crate::directory::{Directory, Membership, User, hash_password};
 use crate::keys::{KeyDir, KeyError, KeyRing, SigningKey};
 use crate::metrics::Metrics;
 use crate::records::{MemoryRecords, RecordError, RecordStore, RedisRecords};
+use crate::redis_target::RedisTarget;
 use crate::revocation::{RevocationEngine, RevocationStore, StoreError, StoreKind};
 use crate::settings::Settings;
 use crate::token::{Issuer, Subject, TenantId, Verifier};
@@ -118,7 +119,8 @@ pub async fn start(
             Some(Arc::new(refresher))
         }
     };
-    let usage = usage_store(&settings, &clock)?;
+    let redis = redis_target(&settings.revocation)?;
+    let usage = usage_store(&settings, redis.clone(), &clock);
     let verifier_api = if role.has_verifier() {
         let recorder = usage_recorder(&settings, &usage, &clock, &mut banner);
         Some(verifier_api(
@@ -133,9 +135,9 @@ pub async fn start(
     };
     let issuer = match signing_key {
         Some(key) => {
-            let store = revocation.store();
+            let stores = (revocation.store(), redis);
             let mut state =
-                issuer_state(&settings, key, store, development, &clock, &mut banner).await?;
+                issuer_state(&settings, key, stores, development, &clock, &mut banner).await?;
             state.usage = usage;
             Some(state)
         }
@@ -171,12 +173,12 @@ pub async fn start(
 /// issuer's JWKS (filled by the first fetch; until then nothing verifies and `/readyz` says
 /// so). Also refuses role and key-source combinations that cannot work.
 fn initial_ring(settings: &Settings, key_dir: &KeyDir, role: Role) -> Result<KeyRing, StartError> {
-    if role != Role::All && settings.revocation.redis_url.is_none() {
+    if role != Role::All && !settings.revocation.uses_redis() {
         // Split roles share revocations only through Redis: an issuer alone would acknowledge
         // revocations no verifier ever sees, and a verifier alone would never see any.
         return Err(StartError::Other(format!(
-            "--role {role} needs revocation.redis_url: the in-process store is for a single \
-             process running every role (--role all)"
+            "--role {role} needs revocation.redis_url (or Sentinel): the in-process store is \
+             for a single process running every role (--role all)"
         )));
     }
     let from_jwks = settings.verifier.jwks.is_some();
@@ -313,16 +315,33 @@ fn apply_key_reload(
 
 /// Where token usage is merged and read: the deployment's Redis, or this process's memory
 /// (the in-process store, one process).
-fn usage_store(settings: &Settings, clock: &Arc<dyn Clock>) -> Result<UsageStore, StartError> {
+fn usage_store(
+    settings: &Settings,
+    redis: Option<RedisTarget>,
+    clock: &Arc<dyn Clock>,
+) -> UsageStore {
     let store = &settings.revocation;
-    Ok(match &store.redis_url {
-        Some(url) => UsageStore::Redis(RedisUsage::new(
-            url,
+    match redis {
+        Some(target) => UsageStore::Redis(RedisUsage::on_target(
+            target,
             &store.key_prefix,
             store.command_timeout,
-        )?),
+        )),
         None => UsageStore::Memory(MemoryUsage::new(Arc::clone(clock))),
-    })
+    }
+}
+
+/// Where the deployment's Redis primary is (URL or Sentinel): one resolver shared by the
+/// stores outside the revocation engine (usage, records, sessions); `None` for the
+/// in-process store.
+fn redis_target(
+    store: &crate::revocation::RevocationSettings,
+) -> Result<Option<RedisTarget>, StartError> {
+    if store.uses_redis() {
+        Ok(Some(crate::revocation::redis::target(store)?))
+    } else {
+        Ok(None)
+    }
 }
 
 /// The verifier's usage recorder (with its flusher task), unless `usage.enabled` is off.
@@ -417,25 +436,31 @@ async fn open_revocation(
                                  process only, nothing survives a restart"
             .to_owned(),
         StoreKind::Redis => format!(
-            "revocation store: Redis {} (prefix {}), max staleness {:?}, on stale: {:?}",
-            crate::config::redact_url(settings.redis_url.as_deref().unwrap_or_default()),
+            "revocation store: Redis {} (prefix {}), max staleness {:?}, on stale: {:?}, {}",
+            settings.describe_redis(),
             settings.key_prefix,
             settings.max_staleness,
             settings.on_stale,
+            engine.durability().map_or_else(
+                || "durability not measured yet (Redis unreachable)".to_owned(),
+                |d| d.describe()
+            ),
         ),
     });
     Ok(engine)
 }
 
-/// The issuer's parts: signer, directory (the demo one in development), records, limits.
+/// The issuer's parts: signer, directory (the demo one in development), records, limits;
+/// `stores` are the revocation store and the Redis primary's resolver (`None`: in process).
 async fn issuer_state(
     settings: &Settings,
     key: SigningKey,
-    revocations: Arc<dyn RevocationStore>,
+    stores: (Arc<dyn RevocationStore>, Option<RedisTarget>),
     development: bool,
     clock: &Arc<dyn Clock>,
     banner: &mut Vec<String>,
 ) -> Result<IssuerState, StartError> {
+    let (revocations, redis) = stores;
     banner.push(format!("issuer signing with key {}", key.kid()));
     let catalogue = settings.catalogue.clone();
     let directory = if let Some(path) = &settings.issuer.directory {
@@ -458,27 +483,26 @@ async fn issuer_state(
     };
     let store = &settings.revocation;
     let retention = settings.issuer.records_retention;
-    let records = match &store.redis_url {
-        Some(url) => RecordStore::Redis(RedisRecords::new(
-            url,
+    let records = match &redis {
+        Some(target) => RecordStore::Redis(RedisRecords::on_target(
+            target.clone(),
             &store.key_prefix,
             retention,
             store.command_timeout,
             Arc::clone(clock),
-        )?),
+        )),
         None => RecordStore::Memory(MemoryRecords::new(retention, Arc::clone(clock))),
     };
     let page = &settings.page;
-    let sessions = match &store.redis_url {
-        Some(url) => crate::http::page::Sessions::redis(
-            url,
+    let sessions = match redis {
+        Some(target) => crate::http::page::Sessions::on_target(
+            target,
             &store.key_prefix,
             store.command_timeout,
             page.session_idle,
             page.session_absolute,
             Arc::clone(clock),
-        )
-        .map_err(|e| StartError::Other(e.to_string()))?,
+        ),
         None => crate::http::page::Sessions::memory(
             page.session_idle,
             page.session_absolute,

@@ -1,5 +1,6 @@
 //! Operations endpoints (SPEC §5): `/healthz` (alive), `/readyz` (keys loaded and revocation
-//! state fresh), `/metrics` (Prometheus text).
+//! state fresh; it also reports the Redis durability, which does not affect readiness),
+//! `/metrics` (Prometheus text).
 
 use axum::Json;
 use axum::Router;
@@ -50,6 +51,9 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
             "entries": sample.mirror_entries,
             "clock_skew_seconds": sample.clock_skew,
             "clock_skew_alarm": state.mirror.clock_skew_alarm(),
+            // What an acknowledged revoke survives: replicas waited for and connected,
+            // appendonly/appendfsync, the level; null for the in-process store.
+            "durability": state.mirror.health().borrow().durability.clone(),
         },
     });
     (status, Json(body))

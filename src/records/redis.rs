@@ -28,6 +28,7 @@ use time::OffsetDateTime;
 use super::{RecordError, TokenRecord};
 use crate::clock::Clock;
 use crate::redis_conn::{LazyConnection, OpenError};
+use crate::redis_target::RedisTarget;
 use crate::token::{Subject, TenantId};
 
 /// Records in Redis, shared by every issuer of a deployment.
@@ -68,17 +69,26 @@ impl RedisRecords {
         timeout: Duration,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, RecordError> {
-        Ok(Self {
-            conn: Arc::new(LazyConnection::new(
-                redis::Client::open(url).map_err(RecordError::RedisUrl)?,
-                timeout,
-            )),
+        let target = RedisTarget::url(url).map_err(RecordError::RedisUrl)?;
+        Ok(Self::on_target(target, prefix, retention, timeout, clock))
+    }
+
+    /// A store on the primary `target` names (the deployment's Redis, URL or Sentinel).
+    pub(crate) fn on_target(
+        target: RedisTarget,
+        prefix: &str,
+        retention: Duration,
+        timeout: Duration,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        Self {
+            conn: Arc::new(LazyConnection::new(target, timeout)),
             prefix: prefix.to_owned(),
             lost_key: crate::revocation::redis::Keys::new(prefix).lost,
             retention,
             timeout,
             clock,
-        })
+        }
     }
 
     async fn conn(&self) -> Result<ConnectionManager, RecordError> {
@@ -103,9 +113,19 @@ impl RedisRecords {
         let first = op(self.conn().await?).await;
         match first {
             Err(e) if e.is_connection_dropped() || e.is_io_error() => {
-                op(self.conn().await?).await.map_err(redis_error(operation))
+                // Under Sentinel the primary may have moved: the retry asks where it is.
+                self.conn.lost().await;
+                let retried = op(self.conn().await?).await;
+                self.conn
+                    .checked(retried)
+                    .await
+                    .map_err(redis_error(operation))
             }
-            other => other.map_err(redis_error(operation)),
+            other => self
+                .conn
+                .checked(other)
+                .await
+                .map_err(redis_error(operation)),
         }
     }
 
@@ -129,8 +149,8 @@ impl RedisRecords {
         let until = self.keep_until(record.expires_at);
         let index = self.index_key(&record.tenant, &record.user);
         let mut conn = self.conn().await?;
-        let () = redis::pipe()
-            .atomic()
+        let mut pipe = redis::pipe();
+        pipe.atomic()
             .set(self.record_key(&record.tenant, record.id.as_str()), json)
             .arg("EXAT")
             .arg(until)
@@ -150,8 +170,10 @@ impl RedisRecords {
             .arg(&index)
             .arg(until)
             .arg("NX")
-            .ignore()
-            .query_async(&mut conn)
+            .ignore();
+        let () = self
+            .conn
+            .checked(pipe.query_async(&mut conn).await)
             .await
             .map_err(redis_error("store a token record"))?;
         Ok(())

@@ -43,7 +43,7 @@ impl RevocationEngine {
         clock: Arc<dyn Clock>,
     ) -> Result<Self, StoreError> {
         settings.validate()?;
-        if settings.redis_url.is_none() {
+        if !settings.uses_redis() {
             tracing::warn!(
                 "no Redis URL configured: revocations live in this process only and do not \
                  survive a restart"
@@ -83,6 +83,12 @@ impl RevocationEngine {
     /// Where revoke calls go.
     pub fn store(&self) -> Arc<dyn RevocationStore> {
         Arc::clone(&self.store)
+    }
+
+    /// What the Redis primary gives an acknowledged revoke, as last measured (at start, and
+    /// at each reconnection); `None` for the in-process store or before Redis answered.
+    pub fn durability(&self) -> Option<super::Durability> {
+        self.mirror.health().borrow().durability.clone()
     }
 
     /// Which store is in use.

@@ -313,6 +313,10 @@ pub struct MirrorHealth {
     /// in-process store. Token times are judged by this process's clock and revocation
     /// expiry by Redis', so a skew beyond half the leeway is logged as an alarm.
     pub clock_skew_ms: Option<i64>,
+    /// What the Redis primary gives an acknowledged revoke (replicas, AOF), as measured by the
+    /// feed at each connection and by this process's store; `None` until measured, and for
+    /// the in-process store.
+    pub durability: Option<super::Durability>,
 }
 
 /// The in-memory revocation state of one process, with its freshness.

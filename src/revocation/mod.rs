@@ -40,6 +40,7 @@
 //! `engine.mirror().is_fresh()`; metrics read `engine.mirror().size()` and `.staleness()`.
 
 pub mod barrier;
+mod durability;
 mod engine;
 mod memory;
 mod mirror;
@@ -48,6 +49,7 @@ mod settings;
 mod store;
 
 pub use self::barrier::{InstanceId, Propagation};
+pub use self::durability::{Durability, DurabilityLevel};
 pub use self::engine::RevocationEngine;
 pub use self::memory::MemoryRevocations;
 pub use self::mirror::{Mirror, MirrorHealth, MirrorSize};

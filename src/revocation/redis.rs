@@ -35,6 +35,15 @@
 //! At start and on every reconnect, a Redis whose `maxmemory-policy` is not `noeviction` is
 //! refused ([`StoreError::EvictionPolicy`]): eviction would silently delete revocations.
 //!
+//! # Failover (Sentinel)
+//!
+//! Every connection goes to the primary a `RedisTarget` (`crate::redis_target`) names (a URL, or what the sentinels
+//! say now); a lost connection makes the next one ask again. A promoted replica is another
+//! Redis process, so its `run_id` differs from the old primary's and every mirror takes the
+//! never-forgetful path above: a revocation the replica had not received is written back by
+//! any mirror that holds it. To keep that window empty in the first place, a revoke waits for
+//! `min_replicas_acked` replicas (`WAIT`) before it is acknowledged (`store`).
+//!
 //! # Key layout
 //!
 //! Every key shares the hash tag `{P}`, where `P` is the configured `key_prefix`, so the
@@ -97,9 +106,11 @@ use ::redis::aio::MultiplexedConnection;
 use ::redis::{AsyncConnectionConfig, Client, Script};
 use rand_core::{OsRng, RngCore};
 
+use super::durability::{self, Durability};
 use super::settings::RevocationSettings;
 use super::{Revocation, StoreError};
 use crate::keys::KeyId;
+use crate::redis_target::RedisTarget;
 use crate::token::{Subject, TenantId};
 
 /// The Redis names of one deployment.
@@ -306,20 +317,46 @@ pub(crate) async fn timed<T>(
     }
 }
 
-/// Opens a client for the configured URL.
-pub(crate) fn client(settings: &RevocationSettings) -> Result<Client, StoreError> {
-    let url = settings
-        .redis_url
-        .as_deref()
-        .ok_or_else(|| StoreError::Settings {
+/// Where the configured Redis primary is: the URL, or what the sentinels name.
+pub(crate) fn target(settings: &RevocationSettings) -> Result<RedisTarget, StoreError> {
+    match (&settings.redis_url, &settings.sentinel) {
+        (Some(url), _) => RedisTarget::url(url).map_err(StoreError::RedisUrl),
+        (None, Some(sentinel)) => RedisTarget::sentinel(sentinel, settings.command_timeout)
+            .map_err(|err| StoreError::Settings {
+                field: "sentinel",
+                reason: err.to_string(),
+            }),
+        (None, None) => Err(StoreError::Settings {
             field: "redis_url",
-            reason: "a Redis store needs a URL".to_owned(),
-        })?;
-    Client::open(url).map_err(StoreError::RedisUrl)
+            reason: "a Redis store needs a URL or Sentinel".to_owned(),
+        }),
+    }
 }
 
-/// Opens a multiplexed command connection with the command timeout on connect and replies.
+/// The current primary's client (for Sentinel, asking the sentinels if needed).
+pub(crate) async fn primary_client(target: &RedisTarget) -> Result<Client, StoreError> {
+    target.client().await.map_err(|source| StoreError::Redis {
+        operation: "find the Redis primary",
+        source,
+    })
+}
+
+/// Opens a multiplexed command connection to the current primary, with the command timeout
+/// on connect and replies. A failed connect tells the target, so the next one asks the
+/// sentinels again.
 pub(crate) async fn command_connection(
+    target: &RedisTarget,
+    timeout: Duration,
+) -> Result<MultiplexedConnection, StoreError> {
+    let client = primary_client(target).await?;
+    connect(&client, timeout)
+        .await
+        .inspect_err(|_| target.invalidate())
+}
+
+/// Opens a multiplexed command connection to `client`'s server, with the command timeout on
+/// connect and replies.
+pub(crate) async fn connect(
     client: &Client,
     timeout: Duration,
 ) -> Result<MultiplexedConnection, StoreError> {
@@ -332,6 +369,97 @@ pub(crate) async fn command_connection(
         client.get_multiplexed_async_connection_with_config(&config),
     )
     .await
+}
+
+/// Whether a failed command means the connection, or the node's role, is gone (a timeout
+/// included): the caller should drop the connection and find the primary again.
+pub(crate) fn is_lost_primary(err: &StoreError) -> bool {
+    match err {
+        StoreError::Timeout { .. } => true,
+        StoreError::Redis { source, .. } => crate::redis_target::is_lost_primary_error(source),
+        _ => false,
+    }
+}
+
+/// Reads what the primary gives an acknowledged revoke: connected replicas (`INFO
+/// replication`), `appendonly` and `appendfsync` (`CONFIG GET`; `INFO persistence` where a
+/// managed service disables `CONFIG`), and how many replicas revokes wait for.
+pub(crate) async fn measure_durability<C>(
+    conn: &mut C,
+    settings: &RevocationSettings,
+    sentinel: bool,
+) -> Result<Durability, StoreError>
+where
+    C: ::redis::aio::ConnectionLike + Send,
+{
+    let timeout = settings.command_timeout;
+    let replication: String = timed(
+        timeout,
+        "read INFO replication",
+        ::redis::cmd("INFO").arg("replication").query_async(conn),
+    )
+    .await?;
+    let connected_replicas = info_field(&replication, "connected_slaves")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    let config = async |conn: &mut C, name: &'static str| -> Option<String> {
+        let pair: Vec<String> = timed(
+            timeout,
+            "read CONFIG GET",
+            ::redis::cmd("CONFIG")
+                .arg("GET")
+                .arg(name)
+                .query_async(conn),
+        )
+        .await
+        .ok()?;
+        pair.get(1).cloned()
+    };
+    let mut appendonly = config(conn, "appendonly").await.map(|v| v == "yes");
+    if appendonly.is_none() {
+        let persistence: Option<String> = timed(
+            timeout,
+            "read INFO persistence",
+            ::redis::cmd("INFO").arg("persistence").query_async(conn),
+        )
+        .await
+        .ok();
+        appendonly = persistence
+            .as_deref()
+            .and_then(|info| info_field(info, "aof_enabled"))
+            .map(|v| v == "1");
+    }
+    let appendfsync = config(conn, "appendfsync").await;
+    let min_replicas_acked = settings
+        .min_replicas_acked
+        .unwrap_or_else(|| durability::default_min_replicas_acked(sentinel, connected_replicas));
+    Ok(Durability::new(
+        connected_replicas,
+        min_replicas_acked,
+        appendonly,
+        appendfsync,
+    ))
+}
+
+/// Refuses a primary below `require_durability`.
+pub(crate) fn check_durability(
+    durability: &Durability,
+    settings: &RevocationSettings,
+) -> Result<(), StoreError> {
+    if durability.level >= settings.require_durability {
+        Ok(())
+    } else {
+        Err(StoreError::Durability {
+            required: settings.require_durability,
+            found: durability.level,
+            detail: durability.describe(),
+        })
+    }
+}
+
+fn info_field<'a>(info: &'a str, name: &str) -> Option<&'a str> {
+    info.lines()
+        .find_map(|line| line.trim().strip_prefix(name)?.strip_prefix(':'))
 }
 
 /// Refuses a Redis that may evict keys (THREATS §3.3, F11).
@@ -386,6 +514,28 @@ where
         })
 }
 
+/// The `EVENT` script's keys and arguments for `body`, writing `entry` (set, member, score)
+/// if given, in the script's order.
+fn event_call<'a>(
+    keys: &'a Keys,
+    settings: &RevocationSettings,
+    body: &str,
+    entry: Option<(&'a str, &str, i64)>,
+) -> ([&'a str; 4], [String; 6]) {
+    let (set, member, score) = entry.unwrap_or((&keys.seq, "", 0));
+    (
+        [&keys.generation, &keys.seq, &keys.log, set],
+        [
+            fresh_generation(),
+            keys.channel.clone(),
+            body.to_owned(),
+            settings.log_max_len.to_string(),
+            member.to_owned(),
+            score.to_string(),
+        ],
+    )
+}
+
 /// Runs the `EVENT` script for `body`, writing `entry` (set, member, score) if given.
 /// Returns the sequence number and generation of the change.
 pub(crate) async fn write_event<C>(
@@ -399,23 +549,51 @@ pub(crate) async fn write_event<C>(
 where
     C: ::redis::aio::ConnectionLike + Send,
 {
-    let (set, member, score) = entry.unwrap_or((&keys.seq, "", 0));
+    let (script_keys, args) = event_call(keys, settings, body, entry);
     let mut invocation = scripts.event.prepare_invoke();
-    invocation
-        .key(&keys.generation)
-        .key(&keys.seq)
-        .key(&keys.log)
-        .key(set)
-        .arg(fresh_generation())
-        .arg(&keys.channel)
-        .arg(body)
-        .arg(settings.log_max_len)
-        .arg(member)
-        .arg(score);
+    invocation.key(&script_keys[..]).arg(&args[..]);
     timed(
         settings.command_timeout,
         "write a revocation",
         invocation.invoke_async(conn),
+    )
+    .await
+}
+
+/// As [`write_event`], then `WAIT replicas wait_timeout`, as one pipeline on `conn`: `WAIT`
+/// counts the replicas that have this connection's writes, so sent on its own after a
+/// reconnect it would count a fresh connection with no writes and answer at once. Returns the
+/// change's sequence number and generation, and how many replicas confirmed it.
+///
+/// `EVAL` with the source rather than `EVALSHA`: a pipeline cannot recover from `NOSCRIPT` (a
+/// primary just promoted has an empty script cache), and revokes are rare.
+pub(crate) async fn write_event_and_wait<C>(
+    conn: &mut C,
+    keys: &Keys,
+    settings: &RevocationSettings,
+    body: &str,
+    entry: (&str, &str, i64),
+    replicas: u32,
+) -> Result<((u64, String), u64), StoreError>
+where
+    C: ::redis::aio::ConnectionLike + Send,
+{
+    let (script_keys, args) = event_call(keys, settings, body, Some(entry));
+    let wait_ms = u64::try_from(settings.wait_timeout.as_millis()).unwrap_or(u64::MAX);
+    let mut pipe = ::redis::pipe();
+    pipe.cmd("EVAL")
+        .arg(EVENT_LUA)
+        .arg(script_keys.len())
+        .arg(&script_keys[..])
+        .arg(&args[..])
+        .cmd("WAIT")
+        .arg(replicas)
+        .arg(wait_ms);
+    // The pipeline may take a command's time plus the wait itself.
+    timed(
+        settings.command_timeout + settings.wait_timeout,
+        "write a revocation and wait for replicas",
+        pipe.query_async(conn),
     )
     .await
 }

@@ -7,11 +7,15 @@
 use std::fmt;
 use std::time::Duration;
 
-use super::StoreError;
+use super::{DurabilityLevel, StoreError};
+use crate::redis_target::SentinelSettings;
 
 /// The longest lifetime a token may have (SPEC §1): a watermark revocation can be pruned once
 /// this plus the leeway has passed since its `before`.
 pub const MAX_TOKEN_LIFETIME: Duration = Duration::from_hours(12);
+
+/// The longest `wait_timeout` accepted.
+const MAX_WAIT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The longest `barrier_timeout` accepted.
 const MAX_BARRIER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -39,6 +43,20 @@ pub struct RevocationSettings {
     /// # Security
     /// May hold a password; `Debug` prints it redacted.
     pub redis_url: Option<String>,
+    /// Redis under Sentinel: the primary is whatever the sentinels name, followed through
+    /// failovers. Exclusive with `redis_url`. Default `None`.
+    pub sentinel: Option<SentinelSettings>,
+    /// Replicas that must confirm a revoke (`WAIT`) before it is acknowledged; fewer within
+    /// `wait_timeout` and the revoke answers 503. `None` (the default): 1 when the primary
+    /// has replicas (always under Sentinel), 0 otherwise.
+    pub min_replicas_acked: Option<u32>,
+    /// How long a revoke waits for `min_replicas_acked` replicas. Default 500 ms, at most
+    /// 10 s; the write with its wait may take `command_timeout` plus this.
+    pub wait_timeout: Duration,
+    /// The least durability the deployment must give (see [`DurabilityLevel`]): a Redis
+    /// primary below it is refused at start, and revokes against it answer 503. Default
+    /// [`DurabilityLevel::None`].
+    pub require_durability: DurabilityLevel,
     /// Prefix of every Redis key and channel of this deployment, so several deployments (and
     /// tests) can share one Redis. 1-64 of `A-Z a-z 0-9 _ - . :`. Default `edgetoken`.
     pub key_prefix: String,
@@ -72,6 +90,10 @@ impl Default for RevocationSettings {
     fn default() -> Self {
         Self {
             redis_url: None,
+            sentinel: None,
+            min_replicas_acked: None,
+            wait_timeout: Duration::from_millis(500),
+            require_durability: DurabilityLevel::None,
             key_prefix: "edgetoken".to_owned(),
             max_staleness: Duration::from_mins(1),
             on_stale: OnStale::FailClosed,
@@ -106,6 +128,35 @@ impl RevocationSettings {
         if let Some(url) = &self.redis_url {
             redis::Client::open(url.as_str()).map_err(StoreError::RedisUrl)?;
         }
+        if let Some(sentinel) = &self.sentinel {
+            if self.redis_url.is_some() {
+                return Err(invalid(
+                    "sentinel",
+                    "set either redis_url or the sentinel settings, not both",
+                ));
+            }
+            sentinel
+                .validate()
+                .map_err(|reason| invalid("sentinel", &reason))?;
+        }
+        if self.wait_timeout.is_zero() || self.wait_timeout > MAX_WAIT_TIMEOUT {
+            return Err(invalid(
+                "wait_timeout",
+                "must be above zero and at most 10 s: a revoke holds its caller that long",
+            ));
+        }
+        if self.require_durability > DurabilityLevel::None && self.min_replicas_acked == Some(0) {
+            return Err(invalid(
+                "min_replicas_acked",
+                "0 gives durability `none`, below require_durability",
+            ));
+        }
+        if self.require_durability > DurabilityLevel::None && !self.uses_redis() {
+            return Err(invalid(
+                "require_durability",
+                "the in-process store keeps nothing across a restart; it needs Redis",
+            ));
+        }
         for (field, value) in [
             ("max_staleness", self.max_staleness),
             ("heartbeat", self.heartbeat),
@@ -137,6 +188,20 @@ impl RevocationSettings {
         Ok(())
     }
 
+    /// Whether revocations live in Redis (a URL or Sentinel) rather than in this process.
+    pub fn uses_redis(&self) -> bool {
+        self.redis_url.is_some() || self.sentinel.is_some()
+    }
+
+    /// Where Redis is, for logs and the start banner, without credentials.
+    pub fn describe_redis(&self) -> String {
+        match (&self.redis_url, &self.sentinel) {
+            (Some(url), _) => redact_url(url),
+            (None, Some(sentinel)) => sentinel.describe(),
+            (None, None) => "in-process".to_owned(),
+        }
+    }
+
     /// The leeway in whole seconds, as used by the prune arithmetic.
     pub(crate) fn leeway_secs(&self) -> i64 {
         i64::try_from(self.leeway.as_secs()).unwrap_or(i64::MAX)
@@ -154,6 +219,10 @@ impl fmt::Debug for RevocationSettings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RevocationSettings")
             .field("redis_url", &self.redis_url.as_deref().map(redact_url))
+            .field("sentinel", &self.sentinel)
+            .field("min_replicas_acked", &self.min_replicas_acked)
+            .field("wait_timeout", &self.wait_timeout)
+            .field("require_durability", &self.require_durability)
             .field("key_prefix", &self.key_prefix)
             .field("max_staleness", &self.max_staleness)
             .field("on_stale", &self.on_stale)
@@ -231,6 +300,78 @@ mod tests {
             ..RevocationSettings::default()
         };
         assert!(matches!(settings.validate(), Err(StoreError::RedisUrl(_))));
+    }
+
+    fn sentinel() -> SentinelSettings {
+        SentinelSettings {
+            master_name: "edgetoken".to_owned(),
+            addresses: vec!["10.0.0.1:26379".to_owned()],
+            password: Some("hunter2".to_owned()),
+        }
+    }
+
+    #[test]
+    fn validate_refuses_both_a_url_and_sentinel() {
+        let settings = RevocationSettings {
+            redis_url: Some("redis://cache:6379".to_owned()),
+            sentinel: Some(sentinel()),
+            ..RevocationSettings::default()
+        };
+        assert!(matches!(
+            settings.validate(),
+            Err(StoreError::Settings {
+                field: "sentinel",
+                ..
+            })
+        ));
+        let settings = RevocationSettings {
+            sentinel: Some(sentinel()),
+            ..RevocationSettings::default()
+        };
+        settings.validate().unwrap();
+        assert!(settings.uses_redis());
+        assert!(!format!("{settings:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn validate_refuses_a_wait_timeout_over_ten_seconds() {
+        let settings = RevocationSettings {
+            wait_timeout: Duration::from_secs(11),
+            ..RevocationSettings::default()
+        };
+        assert!(matches!(
+            settings.validate(),
+            Err(StoreError::Settings {
+                field: "wait_timeout",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn validate_refuses_required_durability_that_cannot_be_met() {
+        let in_process = RevocationSettings {
+            require_durability: DurabilityLevel::Replicated,
+            ..RevocationSettings::default()
+        };
+        assert!(in_process.validate().is_err());
+        let no_replicas = RevocationSettings {
+            redis_url: Some("redis://cache:6379".to_owned()),
+            min_replicas_acked: Some(0),
+            require_durability: DurabilityLevel::Replicated,
+            ..RevocationSettings::default()
+        };
+        assert!(no_replicas.validate().is_err());
+    }
+
+    #[test]
+    fn validate_accepts_a_tls_redis_url() {
+        // `rediss://` needs the redis crate's rustls features: without them it does not parse.
+        let settings = RevocationSettings {
+            redis_url: Some("rediss://:secret@cache.example:6380/0".to_owned()),
+            ..RevocationSettings::default()
+        };
+        settings.validate().unwrap();
     }
 
     #[test]

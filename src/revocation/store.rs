@@ -94,6 +94,34 @@ pub enum StoreError {
         /// The policy Redis reported.
         policy: String,
     },
+    /// Redis accepted the revocation, but fewer replicas than `min_replicas_acked` confirmed
+    /// it within `wait_timeout` (`WAIT`): it could be lost by a failover, so it is not
+    /// acknowledged (503). Retrying is safe: a revocation applied twice is a no-op.
+    #[error(
+        "revocation store: only {acked} of the {wanted} replica(s) required confirmed the \
+         revocation within {timeout:?}"
+    )]
+    NotReplicated {
+        /// Replicas that confirmed.
+        acked: u64,
+        /// Replicas required (`min_replicas_acked`).
+        wanted: u32,
+        /// The `WAIT` timeout.
+        timeout: Duration,
+    },
+    /// The Redis primary gives less durability than `require_durability` asks for.
+    #[error(
+        "revocation store: Redis gives durability `{found}` but require_durability is \
+         `{required}` ({detail})"
+    )]
+    Durability {
+        /// The required level.
+        required: super::DurabilityLevel,
+        /// The level measured.
+        found: super::DurabilityLevel,
+        /// What was measured.
+        detail: String,
+    },
     /// The Redis URL does not parse.
     #[error("invalid revocation setting `redis_url`")]
     RedisUrl(#[source] redis::RedisError),
@@ -121,6 +149,8 @@ impl StoreError {
                 | Self::Timeout { .. }
                 | Self::Protocol { .. }
                 | Self::EvictionPolicy { .. }
+                | Self::NotReplicated { .. }
+                | Self::Durability { .. }
         )
     }
 }

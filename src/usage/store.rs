@@ -36,6 +36,7 @@ use super::TokenUsage;
 use crate::clock::Clock;
 use crate::records::RecordError;
 use crate::redis_conn::{LazyConnection, OpenError};
+use crate::redis_target::RedisTarget;
 use crate::token::{TenantId, TokenId};
 
 /// One token's usage since the last flush, as the flusher writes it.
@@ -232,15 +233,18 @@ impl RedisUsage {
     ///
     /// [`RecordError::RedisUrl`] when the URL does not parse.
     pub fn new(url: &str, prefix: &str, timeout: Duration) -> Result<Self, RecordError> {
-        Ok(Self {
-            conn: Arc::new(LazyConnection::new(
-                redis::Client::open(url).map_err(RecordError::RedisUrl)?,
-                timeout,
-            )),
+        let target = RedisTarget::url(url).map_err(RecordError::RedisUrl)?;
+        Ok(Self::on_target(target, prefix, timeout))
+    }
+
+    /// A store on the primary `target` names (the deployment's Redis, URL or Sentinel).
+    pub(crate) fn on_target(target: RedisTarget, prefix: &str, timeout: Duration) -> Self {
+        Self {
+            conn: Arc::new(LazyConnection::new(target, timeout)),
             prefix: prefix.to_owned(),
             timeout,
             script: Arc::new(redis::Script::new(MERGE_SCRIPT)),
-        })
+        }
     }
 
     /// The same store on a new connection (opened lazily, like the first).
@@ -289,8 +293,9 @@ impl RedisUsage {
                 .arg((token.expires_at + retention).unix_timestamp());
         }
         let mut conn = self.conn().await?;
-        let created: Vec<i64> = pipe
-            .query_async(&mut conn)
+        let created: Vec<i64> = self
+            .conn
+            .checked(pipe.query_async(&mut conn).await)
             .await
             .map_err(redis_error("merge token usage"))?;
         Ok(created.into_iter().map(|c| c == 1).collect())
@@ -314,8 +319,9 @@ impl RedisUsage {
                 .arg("agent");
         }
         let mut conn = self.conn().await?;
-        let found: Vec<Fields> = pipe
-            .query_async(&mut conn)
+        let found: Vec<Fields> = self
+            .conn
+            .checked(pipe.query_async(&mut conn).await)
             .await
             .map_err(redis_error("read token usage"))?;
         Ok(ids

@@ -27,6 +27,7 @@ use sha2::{Digest as _, Sha256};
 use crate::clock::Clock;
 use crate::encoding::b64_encode;
 use crate::redis_conn::{LazyConnection, OpenError};
+use crate::redis_target::RedisTarget;
 
 /// Sessions kept at most by the in-process store.
 pub const MAX_MEMORY_SESSIONS: usize = 100_000;
@@ -167,18 +168,31 @@ impl Sessions {
         absolute: Duration,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, SessionError> {
-        Ok(Self {
+        let target = RedisTarget::url(url).map_err(SessionError::RedisUrl)?;
+        Ok(Self::on_target(
+            target, prefix, timeout, idle, absolute, clock,
+        ))
+    }
+
+    /// A Redis store on the primary `target` names (URL or Sentinel), keys under
+    /// `{prefix}:sess:`, connected lazily.
+    pub(crate) fn on_target(
+        target: RedisTarget,
+        prefix: &str,
+        timeout: Duration,
+        idle: Duration,
+        absolute: Duration,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        Self {
             backend: Backend::Redis(RedisSessions {
-                conn: LazyConnection::new(
-                    redis::Client::open(url).map_err(SessionError::RedisUrl)?,
-                    timeout,
-                ),
+                conn: LazyConnection::new(target, timeout),
                 prefix: prefix.to_owned(),
             }),
             idle,
             absolute,
             clock,
-        })
+        }
     }
 
     /// Starts a session for `user`; returns its id (for the cookie only) and the session.
@@ -321,13 +335,14 @@ impl RedisSessions {
 
     async fn get(&self, digest: &str) -> Result<Option<Session>, SessionError> {
         let mut conn = self.conn().await?;
-        let json: Option<String> =
-            conn.get(self.key(digest))
-                .await
-                .map_err(|source| SessionError::Redis {
-                    operation: "read a session",
-                    source,
-                })?;
+        let json: Option<String> = self
+            .conn
+            .checked(conn.get(self.key(digest)).await)
+            .await
+            .map_err(|source| SessionError::Redis {
+                operation: "read a session",
+                source,
+            })?;
         // A value this version cannot read is treated as no session: the person signs in
         // again, which is always safe.
         Ok(json.and_then(|j| serde_json::from_str(&j).ok()))
@@ -341,8 +356,12 @@ impl RedisSessions {
     ) -> Result<(), SessionError> {
         let json = serde_json::to_string(session).unwrap_or_default();
         let mut conn = self.conn().await?;
-        let () = conn
-            .set_ex(self.key(digest), json, ttl.as_secs().max(1))
+        let () = self
+            .conn
+            .checked(
+                conn.set_ex(self.key(digest), json, ttl.as_secs().max(1))
+                    .await,
+            )
             .await
             .map_err(|source| SessionError::Redis {
                 operation: "write a session",
@@ -353,8 +372,9 @@ impl RedisSessions {
 
     async fn delete(&self, digest: &str) -> Result<(), SessionError> {
         let mut conn = self.conn().await?;
-        let _: i64 = conn
-            .del(self.key(digest))
+        let _: i64 = self
+            .conn
+            .checked(conn.del(self.key(digest)).await)
             .await
             .map_err(|source| SessionError::Redis {
                 operation: "delete a session",

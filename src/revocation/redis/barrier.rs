@@ -10,14 +10,15 @@
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use ::redis::Script;
 use ::redis::aio::{ConnectionLike, MultiplexedConnection};
-use ::redis::{Client, Script};
 use futures_util::StreamExt as _;
 use tokio::sync::{OnceCell, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::{Keys, command_connection, parse_score, timed};
+use super::{Keys, command_connection, connect, parse_score, primary_client, timed};
+use crate::redis_target::{RedisTarget, jittered};
 use crate::revocation::StoreError;
 use crate::revocation::barrier::{
     Acks, InstanceId, Position, Propagation, Registration, Roster, parse_ack, registration_ttl,
@@ -140,12 +141,12 @@ where
 
 /// Removes `instance` from the roster (a clean shutdown).
 pub(crate) async fn deregister(
-    client: &Client,
+    target: &RedisTarget,
     keys: &Keys,
     settings: &RevocationSettings,
     instance: &InstanceId,
 ) -> Result<(), StoreError> {
-    let mut conn = command_connection(client, settings.command_timeout).await?;
+    let mut conn = command_connection(target, settings.command_timeout).await?;
     let mut pipe = ::redis::pipe();
     pipe.atomic()
         .zrem(&keys.live, instance.as_str())
@@ -163,7 +164,7 @@ pub(crate) async fn deregister(
 /// A failed report is logged and dropped; the next report, or the next heartbeat's head read
 /// (which also publishes the position), carries it.
 pub(crate) async fn reporter(
-    client: Client,
+    target: RedisTarget,
     keys: Keys,
     settings: RevocationSettings,
     instance: InstanceId,
@@ -182,7 +183,7 @@ pub(crate) async fn reporter(
             continue;
         };
         if conn.is_none() {
-            conn = command_connection(&client, settings.command_timeout)
+            conn = command_connection(&target, settings.command_timeout)
                 .await
                 .inspect_err(|err| tracing::debug!(error = %err, "barrier reporter cannot connect"))
                 .ok();
@@ -205,6 +206,8 @@ pub(crate) async fn reporter(
         .await;
         if let Err(err) = reported {
             tracing::debug!(error = %err, "barrier report failed; the next one carries it");
+            // The next report reconnects, to the primary the target names then.
+            target.invalidate();
             conn = None;
         }
     }
@@ -291,7 +294,7 @@ impl Drop for Listener {
 /// process that never revokes never opens it.
 #[derive(Debug)]
 pub(crate) struct Waiter {
-    client: Client,
+    target: RedisTarget,
     keys: Keys,
     scripts: BarrierScripts,
     settings: RevocationSettings,
@@ -303,12 +306,12 @@ pub(crate) struct Waiter {
 
 impl Waiter {
     pub(crate) fn new(
-        client: Client,
+        target: RedisTarget,
         settings: &RevocationSettings,
         own: Option<InstanceId>,
     ) -> Self {
         Self {
-            client,
+            target,
             keys: Keys::new(&settings.key_prefix),
             scripts: BarrierScripts::new(),
             settings: settings.clone(),
@@ -378,7 +381,7 @@ impl Waiter {
                     version,
                 });
                 let task = tokio::spawn(listen(
-                    self.client.clone(),
+                    self.target.clone(),
                     self.keys.clone(),
                     self.settings.command_timeout,
                     Arc::clone(&heard),
@@ -392,26 +395,30 @@ impl Waiter {
 /// Follows `{P}:acks` into `heard`, reconnecting with backoff. After each subscription it
 /// reads every position from `{P}:inst`: a report published while it was not subscribed was
 /// written there first, in the same script.
-async fn listen(client: Client, keys: Keys, timeout: Duration, heard: Arc<Heard>) {
+async fn listen(target: RedisTarget, keys: Keys, timeout: Duration, heard: Arc<Heard>) {
     let mut backoff = MIN_BACKOFF;
     loop {
-        match follow(&client, &keys, timeout, &heard).await {
+        match follow(&target, &keys, timeout, &heard).await {
             Ok(()) => backoff = MIN_BACKOFF,
             Err(err) => {
                 tracing::debug!(error = %err, "barrier acknowledgements lost; reconnecting");
             }
         }
-        tokio::time::sleep(backoff).await;
+        // Lost either way: the primary may have moved.
+        target.invalidate();
+        tokio::time::sleep(jittered(backoff)).await;
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
 }
 
 async fn follow(
-    client: &Client,
+    target: &RedisTarget,
     keys: &Keys,
     timeout: Duration,
     heard: &Heard,
 ) -> Result<(), StoreError> {
+    // Both connections go to the one primary resolved here.
+    let client = primary_client(target).await?;
     let mut pubsub = timed(
         timeout,
         "open the barrier connection",
@@ -425,7 +432,7 @@ async fn follow(
     )
     .await?;
     let mut messages = pubsub.into_on_message();
-    let mut conn = command_connection(client, timeout).await?;
+    let mut conn = connect(&client, timeout).await?;
     let positions: Vec<(String, String)> = timed(
         timeout,
         "read the barrier positions",

@@ -31,10 +31,12 @@ use tokio::time::{Instant, MissedTickBehavior};
 use super::barrier::{BarrierScripts, deregister, register_and_read_head, reporter};
 use super::protocol::{Action, Failure, Input, LogEntry, MAX_SYNC_ROUNDS, Protocol, Reason};
 use super::{
-    Keys, LogFields, RESYNC_BODY, Scripts, check_eviction_policy, client, command_connection,
-    fresh_generation, parse_score, prune, server_run_id, timed, watermark, write_event,
+    Keys, LogFields, RESYNC_BODY, Scripts, check_eviction_policy, connect, fresh_generation,
+    is_lost_primary, measure_durability, parse_score, primary_client, prune, server_run_id, target,
+    timed, watermark, write_event,
 };
 use crate::clock::Clock;
+use crate::redis_target::{RedisTarget, jittered};
 use crate::revocation::StoreError;
 use crate::revocation::barrier::{InstanceId, Position};
 use crate::revocation::mirror::Mirror;
@@ -64,7 +66,7 @@ pub struct RedisFeed {
     /// This mirror's id in the revocation barrier's roster.
     instance: InstanceId,
     /// What leaving the roster needs.
-    client: Client,
+    target: RedisTarget,
     keys: Keys,
     settings: RevocationSettings,
 }
@@ -93,11 +95,15 @@ impl RedisFeed {
         mirror: Arc<Mirror>,
     ) -> Result<Self, StoreError> {
         settings.validate()?;
-        let client = client(settings)?;
+        let target = target(settings)?;
         let timeout = settings.command_timeout;
-        let probe = match command_connection(&client, timeout).await {
-            Ok(mut conn) => match check_eviction_policy(&mut conn, timeout).await {
-                Ok(()) => Some(conn),
+        let opened = match primary_client(&target).await {
+            Ok(client) => connect(&client, timeout).await.map(|conn| (client, conn)),
+            Err(err) => Err(err),
+        };
+        let probe = match opened {
+            Ok((client, mut conn)) => match check_eviction_policy(&mut conn, timeout).await {
+                Ok(()) => Some((client, conn)),
                 Err(err @ StoreError::EvictionPolicy { .. }) => return Err(err),
                 Err(err) => {
                     tracing::warn!(error = %err, "Redis did not answer the start-up check");
@@ -117,7 +123,7 @@ impl RedisFeed {
         let instance = InstanceId::random();
         let keys = Keys::new(&settings.key_prefix);
         let worker = Worker {
-            client: client.clone(),
+            target: target.clone(),
             keys: keys.clone(),
             scripts: Scripts::new(),
             barrier_scripts: Arc::new(BarrierScripts::new()),
@@ -133,7 +139,7 @@ impl RedisFeed {
         let tasks = vec![
             tokio::spawn(worker.run(probe, shutdown_rx.clone())),
             tokio::spawn(reporter(
-                client.clone(),
+                target.clone(),
                 keys.clone(),
                 settings.clone(),
                 instance.clone(),
@@ -147,7 +153,7 @@ impl RedisFeed {
             shutdown,
             tasks,
             instance,
-            client,
+            target,
             keys,
             settings: settings.clone(),
         })
@@ -174,7 +180,7 @@ impl RedisFeed {
                 tracing::warn!(error = %err, "revocation feed task failed");
             }
         }
-        if let Err(err) = deregister(&self.client, &self.keys, &self.settings, &self.instance).await
+        if let Err(err) = deregister(&self.target, &self.keys, &self.settings, &self.instance).await
         {
             tracing::warn!(
                 error = %err,
@@ -197,14 +203,14 @@ impl Drop for RedisFeed {
         // Dropped without `shutdown`: leave the roster in the background if a runtime is
         // still there; otherwise the registration expires after max_staleness.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let (client, keys, settings, instance) = (
-                self.client.clone(),
+            let (target, keys, settings, instance) = (
+                self.target.clone(),
                 self.keys.clone(),
                 self.settings.clone(),
                 self.instance.clone(),
             );
             runtime.spawn(async move {
-                let _ = deregister(&client, &keys, &settings, &instance).await;
+                let _ = deregister(&target, &keys, &settings, &instance).await;
             });
         }
     }
@@ -309,7 +315,9 @@ async fn in_flight(read: &mut InFlight) -> HeadRead {
 }
 
 struct Worker {
-    client: Client,
+    /// Where the primary is: asked again at every session, so a session after a failover
+    /// follows the new primary.
+    target: RedisTarget,
     keys: Keys,
     scripts: Scripts,
     barrier_scripts: Arc<BarrierScripts>,
@@ -334,7 +342,7 @@ struct Worker {
 impl Worker {
     async fn run(
         mut self,
-        mut probe: Option<MultiplexedConnection>,
+        mut probe: Option<(Client, MultiplexedConnection)>,
         mut shutdown: watch::Receiver<bool>,
     ) {
         loop {
@@ -342,6 +350,13 @@ impl Worker {
                 Ok(()) => return,
                 Err(err) => err,
             };
+            // Any lost session may mean a lost primary: the next one asks where it is now
+            // (for a plain URL this changes nothing).
+            if matches!(&err, FeedError::Disconnected)
+                || matches!(&err, FeedError::Store(store) if is_lost_primary(store))
+            {
+                self.target.invalidate();
+            }
             for action in self.protocol.handle(Input::Disconnected) {
                 let Action::Reconnect { after, lost } = action else {
                     continue;
@@ -359,8 +374,10 @@ impl Worker {
                     h.disconnects += u64::from(lost);
                     h.last_error = Some(message);
                 });
+                // Jittered: when a primary dies every verifier's feed fails at once, and their
+                // reconnects (and sentinel lookups) should not arrive in step.
                 tokio::select! {
-                    () = tokio::time::sleep(after) => {}
+                    () = tokio::time::sleep(jittered(after)) => {}
                     _ = shutdown.changed() => return,
                 }
             }
@@ -370,15 +387,20 @@ impl Worker {
     /// One connection's lifetime: connect, subscribe, sync, then follow the feed.
     async fn session(
         &mut self,
-        probe: Option<MultiplexedConnection>,
+        probe: Option<(Client, MultiplexedConnection)>,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<(), FeedError> {
         let timeout = self.settings.command_timeout;
-        let mut conn = match probe {
-            Some(conn) => conn,
-            None => command_connection(&self.client, timeout).await?,
+        // Both connections of a session go to the one primary resolved here.
+        let (client, mut conn) = if let Some(opened) = probe {
+            opened
+        } else {
+            let client = primary_client(&self.target).await?;
+            let conn = connect(&client, timeout).await?;
+            (client, conn)
         };
         check_eviction_policy(&mut conn, timeout).await?;
+        self.report_durability(&mut conn).await;
         let run_id = server_run_id(&mut conn, timeout).await?;
         self.step(&mut conn, Input::RunId(run_id), Instant::now())
             .await?;
@@ -386,7 +408,7 @@ impl Worker {
         let mut pubsub = timed(
             timeout,
             "open the feed connection",
-            self.client.get_async_pubsub(),
+            client.get_async_pubsub(),
         )
         .await?;
         // Subscribe before reading the state, so no change falls between the two.
@@ -457,6 +479,7 @@ impl Worker {
                 }
                 _ = prune_tick.tick() => {
                     self.check_clock(&mut conn).await;
+                    self.report_durability(&mut conn).await;
                     self.mirror.prune();
                     let pruned = prune(&mut conn, &self.keys, &self.scripts, &self.settings).await;
                     if let Err(err) = pruned {
@@ -464,6 +487,21 @@ impl Worker {
                     }
                 }
             }
+        }
+    }
+
+    /// Measures what the primary gives an acknowledged revoke (replicas, AOF) into the
+    /// mirror's health, for `/readyz`: at each session and every prune interval, since
+    /// replicas come and go (a failover reconfigures them after the promotion).
+    async fn report_durability(&self, conn: &mut MultiplexedConnection) {
+        match measure_durability(conn, &self.settings, self.target.is_sentinel()).await {
+            Ok(mut durability) => self.mirror.update_health(|h| {
+                // Keep what this process's store last saw `WAIT` answer.
+                durability.last_replicas_acked =
+                    h.durability.as_ref().and_then(|d| d.last_replicas_acked);
+                h.durability = Some(durability);
+            }),
+            Err(err) => tracing::debug!(error = %err, "could not read the Redis durability"),
         }
     }
 

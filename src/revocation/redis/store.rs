@@ -5,6 +5,19 @@
 //! and nothing local changes (THREATS §3.4, hashicorp/vault#2028). The connection is opened
 //! lazily, so an issuer can start while Redis is down and answer 503 until it is back.
 //!
+//! Durable acknowledgement: when `min_replicas_acked` > 0 (by default whenever the primary
+//! has replicas, and always under Sentinel) the write and a `WAIT min_replicas_acked
+//! wait_timeout` go to Redis as one pipeline on one connection, so `WAIT` counts exactly that
+//! write; fewer replicas within the timeout and the revoke fails (503), nothing is
+//! acknowledged and the local mirror is not touched (THREATS F8: asynchronous replication loses
+//! acknowledged writes on failover). The pipeline matters: sent separately, a reconnect between
+//! the two would run `WAIT` on a fresh connection with no writes, which answers at once.
+//!
+//! Failover: the connection goes to the primary the [`RedisTarget`] names. A command that
+//! fails with a lost connection, a timeout or `READONLY` (a demoted primary) drops it and tells
+//! the target, so the next revoke asks the sentinels again; each new connection is checked
+//! (eviction policy, durability) before use.
+//!
 //! [`RevocationStore::revoke`] then waits at the revocation barrier (up to
 //! `barrier_timeout`) until every registered mirror confirmed the change, and says how many
 //! did ([`Propagation`]); [`RedisStore::revoke_with_seq`] commits without waiting.
@@ -12,13 +25,17 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use ::redis::Client;
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use tokio::sync::OnceCell;
+use tokio::sync::Mutex;
 use tokio::time::Instant;
 
 use super::barrier::Waiter;
-use super::{Keys, Scripts, check_eviction_policy, client, prune, timed, write_event};
+use super::{
+    Keys, Scripts, check_durability, check_eviction_policy, is_lost_primary, measure_durability,
+    prune, target, timed, write_event, write_event_and_wait,
+};
+use crate::redis_target::RedisTarget;
+use crate::revocation::Durability;
 use crate::revocation::barrier::{InstanceId, Position, Propagation};
 use crate::revocation::mirror::Mirror;
 use crate::revocation::settings::RevocationSettings;
@@ -37,11 +54,12 @@ pub struct RedisStore {
 
 #[derive(Debug)]
 struct Shared {
-    client: Client,
+    target: RedisTarget,
     settings: RevocationSettings,
     keys: Keys,
     scripts: Scripts,
-    connection: OnceCell<ConnectionManager>,
+    /// The connection to the primary, opened on first use and replaced after a failover.
+    connection: Mutex<Option<Open>>,
     /// This process's own mirror, if any: updated right after Redis acknowledged, so the
     /// revoking process rejects the token without waiting for the feed.
     local: Option<Arc<Mirror>>,
@@ -52,14 +70,26 @@ struct Shared {
     origin: Instant,
 }
 
+/// A checked connection to one primary.
+#[derive(Debug, Clone)]
+struct Open {
+    /// The primary's address, as the target named it.
+    address: Arc<str>,
+    conn: ConnectionManager,
+    /// What the primary gives, measured when the connection opened.
+    durability: Durability,
+}
+
 impl RedisStore {
-    /// A store for `settings.redis_url`. Tries to connect at once: a Redis that answers with a
-    /// `maxmemory-policy` other than `noeviction` is refused; an unreachable one is not (the
-    /// connection is retried on each revoke, which fails until Redis is back).
+    /// A store for `settings.redis_url` (or the Sentinel primary). Tries to connect at once:
+    /// a Redis that answers with a `maxmemory-policy` other than `noeviction`, or gives less
+    /// than `require_durability`, is refused; an unreachable one is not (the connection is
+    /// retried on each revoke, which fails until Redis is back).
     ///
     /// # Errors
     /// [`StoreError::Settings`] / [`StoreError::RedisUrl`] for bad settings, and
-    /// [`StoreError::EvictionPolicy`] for a Redis that may evict revocations.
+    /// [`StoreError::EvictionPolicy`] for a Redis that may evict revocations, and
+    /// [`StoreError::Durability`] for one below `require_durability`.
     pub async fn open(settings: &RevocationSettings) -> Result<Self, StoreError> {
         Self::open_inner(settings, None, None).await
     }
@@ -97,23 +127,26 @@ impl RedisStore {
         own: Option<InstanceId>,
     ) -> Result<Self, StoreError> {
         settings.validate()?;
-        let client = client(settings)?;
+        let target = target(settings)?;
         let store = Self {
             shared: Arc::new(Shared {
-                waiter: Waiter::new(client.clone(), settings, own),
-                client,
+                waiter: Waiter::new(target.clone(), settings, own),
+                target,
                 settings: settings.clone(),
                 keys: Keys::new(&settings.key_prefix),
                 scripts: Scripts::new(),
-                connection: OnceCell::new(),
+                connection: Mutex::new(None),
                 local,
                 next_prune_ms: AtomicU64::new(0),
                 origin: Instant::now(),
             }),
         };
         match store.shared.connection().await {
+            // `connection` logged what the primary gives.
             Ok(_) => {}
-            Err(err @ StoreError::EvictionPolicy { .. }) => return Err(err),
+            Err(err @ (StoreError::EvictionPolicy { .. } | StoreError::Durability { .. })) => {
+                return Err(err);
+            }
             Err(err) => tracing::warn!(
                 error = %err,
                 "Redis revocation store unreachable at start; revokes fail until it answers"
@@ -136,38 +169,102 @@ impl RedisStore {
     /// # Errors
     /// [`StoreError`] when Redis is unreachable.
     pub async fn prune(&self) -> Result<u64, StoreError> {
-        let mut conn = self.shared.connection().await?.clone();
+        let mut conn = self.shared.connection().await?.conn;
         let s = &self.shared;
         prune(&mut conn, &s.keys, &s.scripts, &s.settings).await
     }
 }
 
+/// States, at start and after each move of the primary, what an acknowledged revoke survives,
+/// and warns when revokes cannot be acknowledged at all for want of replicas.
+fn log_durability(primary: &str, durability: &Durability) {
+    tracing::info!(
+        primary,
+        level = %durability.level,
+        min_replicas_acked = durability.min_replicas_acked,
+        connected_replicas = durability.connected_replicas,
+        appendonly = ?durability.appendonly,
+        appendfsync = ?durability.appendfsync,
+        "Redis revocation store: {}",
+        durability.describe()
+    );
+    if durability.connected_replicas < durability.min_replicas_acked {
+        tracing::warn!(
+            min_replicas_acked = durability.min_replicas_acked,
+            connected_replicas = durability.connected_replicas,
+            "fewer replicas connected than revokes wait for: revokes answer 503 until enough \
+             are online"
+        );
+    }
+}
+
 impl Shared {
-    async fn connection(&self) -> Result<&ConnectionManager, StoreError> {
+    /// The connection to the current primary, opened (and checked) if there is none or the
+    /// target names another primary now.
+    async fn connection(&self) -> Result<Open, StoreError> {
         let timeout = self.settings.command_timeout;
-        self.connection
-            .get_or_try_init(|| async {
-                let config = ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(timeout))
-                    .set_response_timeout(Some(timeout))
-                    .set_number_of_retries(RECONNECT_RETRIES)
-                    .set_max_delay(timeout);
-                let mut conn = timed(
-                    timeout,
-                    "connect",
-                    ConnectionManager::new_with_config(self.client.clone(), config),
-                )
-                .await?;
-                check_eviction_policy(&mut conn, timeout).await?;
-                Ok(conn)
-            })
+        let mut slot = self.connection.lock().await;
+        let primary = self
+            .target
+            .primary()
             .await
+            .map_err(|source| StoreError::Redis {
+                operation: "find the Redis primary",
+                source,
+            })?;
+        if let Some(open) = slot.as_ref()
+            && open.address == primary.address
+        {
+            return Ok(open.clone());
+        }
+        *slot = None;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout))
+            // A write may wait for replicas (`WAIT`) on top of its own time; each command is
+            // still bounded by `timed` with its own timeout.
+            .set_response_timeout(Some(timeout + self.settings.wait_timeout))
+            .set_number_of_retries(RECONNECT_RETRIES)
+            .set_max_delay(timeout);
+        let mut conn = timed(
+            timeout,
+            "connect",
+            ConnectionManager::new_with_config(primary.client, config),
+        )
+        .await
+        .inspect_err(|_| self.target.invalidate())?;
+        check_eviction_policy(&mut conn, timeout).await?;
+        let durability =
+            measure_durability(&mut conn, &self.settings, self.target.is_sentinel()).await?;
+        check_durability(&durability, &self.settings)?;
+        log_durability(&primary.address, &durability);
+        if let Some(mirror) = &self.local {
+            let reported = durability.clone();
+            mirror.update_health(|h| h.durability = Some(reported));
+        }
+        let open = Open {
+            address: primary.address,
+            conn,
+            durability,
+        };
+        *slot = Some(open.clone());
+        Ok(open)
+    }
+
+    /// After a failed command: drops the connection if it points at a lost primary, so the
+    /// next call finds the primary again.
+    async fn note_failure(&self, err: &StoreError) {
+        if is_lost_primary(err) {
+            self.target.invalidate();
+            if self.target.is_sentinel() {
+                *self.connection.lock().await = None;
+            }
+        }
     }
 
     /// Commits, then waits at the barrier.
     async fn revoke(self: &Arc<Self>, revocation: &Revocation) -> Result<Propagation, StoreError> {
         let target = self.commit(revocation).await?;
-        let mut conn = self.connection().await?.clone();
+        let mut conn = self.connection().await?.conn;
         let propagation = self.waiter.wait(&mut conn, &target).await?;
         if !propagation.is_confirmed() {
             tracing::warn!(
@@ -188,32 +285,21 @@ impl Shared {
             detail: err.to_string(),
         })?;
         let (set, member, score) = self.keys.entry(revocation);
-        let mut conn = self.connection().await?.clone();
-        let entry = Some((set, member.as_str(), score));
-        let written = write_event(
-            &mut conn,
-            &self.keys,
-            &self.scripts,
-            &self.settings,
-            &body,
-            entry,
-        )
-        .await;
+        let entry = (set, member.as_str(), score);
+        let open = self.connection().await?;
+        let written = self.write(&open, &body, entry).await;
         // A connection that died since the last command (Redis restarted) fails once while the
         // manager reconnects; one retry hides that. Safe: a change applied twice is a no-op.
+        // Under Sentinel the retry goes to whatever primary the sentinels name now.
         let (seq, generation) = match written {
-            Err(StoreError::Redis { source, .. })
-                if source.is_connection_dropped() || source.is_io_error() =>
-            {
-                write_event(
-                    &mut conn,
-                    &self.keys,
-                    &self.scripts,
-                    &self.settings,
-                    &body,
-                    entry,
-                )
-                .await?
+            Err(err) if is_lost_primary(&err) => {
+                self.note_failure(&err).await;
+                let open = self.connection().await?;
+                let retried = self.write(&open, &body, entry).await;
+                if let Err(err) = &retried {
+                    self.note_failure(err).await;
+                }
+                retried?
             }
             other => other?,
         };
@@ -223,6 +309,53 @@ impl Shared {
         }
         self.maybe_prune();
         Ok(Position { generation, seq })
+    }
+
+    /// Writes the change on `open`; when replicas must confirm it, with `WAIT` in the same
+    /// pipeline ([`write_event_and_wait`]), and fails unless enough did.
+    async fn write(
+        &self,
+        open: &Open,
+        body: &str,
+        entry: (&str, &str, i64),
+    ) -> Result<(u64, String), StoreError> {
+        let mut conn = open.conn.clone();
+        let wanted = open.durability.min_replicas_acked;
+        if wanted == 0 {
+            return write_event(
+                &mut conn,
+                &self.keys,
+                &self.scripts,
+                &self.settings,
+                body,
+                Some(entry),
+            )
+            .await;
+        }
+        let ((seq, generation), acked) =
+            write_event_and_wait(&mut conn, &self.keys, &self.settings, body, entry, wanted)
+                .await?;
+        if let Some(mirror) = &self.local {
+            mirror.update_health(|h| {
+                if let Some(durability) = h.durability.as_mut() {
+                    durability.last_replicas_acked = Some(acked);
+                }
+            });
+        }
+        if acked < u64::from(wanted) {
+            tracing::warn!(
+                acked,
+                wanted,
+                seq,
+                "revocation not confirmed by enough replicas; answering 503"
+            );
+            return Err(StoreError::NotReplicated {
+                acked,
+                wanted,
+                timeout: self.settings.wait_timeout,
+            });
+        }
+        Ok((seq, generation))
     }
 
     /// Prunes Redis in the background at most once per `prune_interval`, so a deployment with
@@ -248,10 +381,15 @@ impl Shared {
         }
         let shared = Arc::clone(self);
         tokio::spawn(async move {
-            let Some(conn) = shared.connection.get() else {
+            let Some(mut conn) = shared
+                .connection
+                .lock()
+                .await
+                .as_ref()
+                .map(|open| open.conn.clone())
+            else {
                 return;
             };
-            let mut conn = conn.clone();
             if let Err(err) =
                 prune(&mut conn, &shared.keys, &shared.scripts, &shared.settings).await
             {

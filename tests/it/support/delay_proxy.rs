@@ -104,6 +104,11 @@ impl DelayProxy {
         format!("redis://{}/", self.addr)
     }
 
+    /// The proxy's port on loopback.
+    pub(crate) fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
     /// Connections accepted since the start.
     pub(crate) fn accepted(&self) -> u64 {
         self.accepted.load(Ordering::Relaxed)

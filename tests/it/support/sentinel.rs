@@ -1,0 +1,291 @@
+//! A Redis Sentinel deployment on loopback for the failover tests: one primary and two replicas
+//! (`redis-server --replicaof`), and three `redis-server --sentinel` watching them (quorum 2,
+//! down after 1 s). Every process has its own free port and temp dir and is killed on drop,
+//! even when the test panics. A missing `redis-server` fails the test with a message.
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use tempfile::TempDir;
+
+use super::eventually::eventually;
+
+/// The name the sentinels monitor the primary under.
+pub(crate) const MASTER_NAME: &str = "edgetoken";
+/// How long a node gets to answer PING, and the sentinels to see the whole topology.
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// One `redis-server` process (data node or sentinel).
+#[derive(Debug)]
+pub(crate) struct Node {
+    pub(crate) port: u16,
+    dir: TempDir,
+    child: Option<Child>,
+}
+
+impl Node {
+    fn spawn(args: &[String], dir: TempDir, port: u16) -> Self {
+        let child = Command::new("redis-server")
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|err| {
+                panic!(
+                    "spawning redis-server ({err}); the Sentinel tests need a real Redis with \
+                     Sentinel (apt-get install redis-server)"
+                )
+            });
+        let mut node = Self {
+            port,
+            dir,
+            child: Some(child),
+        };
+        node.wait_ready();
+        node
+    }
+
+    /// `redis://127.0.0.1:PORT/`.
+    pub(crate) fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub(crate) fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// A synchronous admin connection.
+    pub(crate) fn admin(&self) -> redis::Connection {
+        redis::Client::open(self.url())
+            .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(5)))
+            .expect("admin connection to a test redis-server")
+    }
+
+    /// `kill -9`: no shutdown, no final save, connections reset.
+    pub(crate) fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("redis.log")).unwrap_or_default()
+    }
+
+    fn wait_ready(&mut self) {
+        let client = redis::Client::open(self.url()).expect("node URL");
+        let outcome = eventually(
+            format!("redis-server on {} to answer PING", self.port),
+            READY_TIMEOUT,
+        )
+        .every(Duration::from_millis(20))
+        .try_until_blocking(|| {
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                return Some(Err(format!("exited with {status}")));
+            }
+            let pong = client
+                .get_connection_with_timeout(Duration::from_millis(200))
+                .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c));
+            pong.is_ok().then_some(Ok(()))
+        });
+        if let Ok(Err(problem)) | Err(problem) = outcome.map_err(|t| t.to_string()) {
+            panic!(
+                "redis-server on {}: {problem}; log:\n{}",
+                self.port,
+                self.log()
+            );
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// One primary, two replicas, three sentinels.
+#[derive(Debug)]
+pub(crate) struct SentinelRedis {
+    /// The data nodes; `nodes[0]` starts as the primary.
+    pub(crate) nodes: Vec<Node>,
+    pub(crate) sentinels: Vec<Node>,
+}
+
+fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    listener.local_addr().expect("local addr").port()
+}
+
+fn temp_dir(prefix: &str) -> TempDir {
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir()
+        .expect("temp dir")
+}
+
+fn data_node(primary: Option<u16>) -> Node {
+    let port = free_port();
+    let dir = temp_dir("edgetoken-sentinel-data-");
+    let mut args: Vec<String> = [
+        "--port",
+        &port.to_string(),
+        "--bind",
+        "127.0.0.1",
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        "everysec",
+        "--save",
+        "",
+        "--maxmemory-policy",
+        "noeviction",
+        // A replica that needs a full sync gets it at once, not after the default 5 s wait
+        // for more replicas: until it is online, WAIT cannot count it.
+        "--repl-diskless-sync-delay",
+        "0",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    args.extend(["--dir".to_owned(), path(dir.path())]);
+    args.extend(["--logfile".to_owned(), path(&dir.path().join("redis.log"))]);
+    if let Some(primary) = primary {
+        args.extend([
+            "--replicaof".to_owned(),
+            "127.0.0.1".to_owned(),
+            primary.to_string(),
+        ]);
+    }
+    Node::spawn(&args, dir, port)
+}
+
+fn sentinel_node(primary: u16) -> Node {
+    let port = free_port();
+    let dir = temp_dir("edgetoken-sentinel-");
+    // Sentinel rewrites its config file as it learns the topology: it must be its own file.
+    let conf = dir.path().join("sentinel.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "port {port}\nbind 127.0.0.1\ndir {dir}\nlogfile {log}\n\
+             sentinel monitor {MASTER_NAME} 127.0.0.1 {primary} 2\n\
+             sentinel down-after-milliseconds {MASTER_NAME} 1000\n\
+             sentinel failover-timeout {MASTER_NAME} 5000\n\
+             sentinel parallel-syncs {MASTER_NAME} 2\n",
+            dir = path(dir.path()),
+            log = path(&dir.path().join("redis.log")),
+        ),
+    )
+    .expect("write sentinel.conf");
+    Node::spawn(&[path(&conf), "--sentinel".to_owned()], dir, port)
+}
+
+fn path(p: &Path) -> String {
+    p.to_str().expect("UTF-8 temp path").to_owned()
+}
+
+impl SentinelRedis {
+    /// Starts the six processes and waits until every sentinel knows both replicas and the
+    /// two other sentinels (without which no failover can be agreed).
+    pub(crate) fn start() -> Self {
+        let primary = Self::primary();
+        let port = primary.port;
+        Self::around(primary, [port, port])
+    }
+
+    /// A primary for [`SentinelRedis::around`], started alone, so that the replicas' links to it
+    /// can go through something the test controls (a delaying proxy).
+    pub(crate) fn primary() -> Node {
+        data_node(None)
+    }
+
+    /// Starts two replicas of `primary`, each replicating from the port in `links` (the
+    /// primary's own, or a proxy in front of it), and three sentinels watching `primary`; waits
+    /// as [`SentinelRedis::start`] does.
+    pub(crate) fn around(primary: Node, links: [u16; 2]) -> Self {
+        let mut nodes = vec![primary];
+        nodes.extend(links.map(|link| data_node(Some(link))));
+        let sentinels: Vec<Node> = (0..3).map(|_| sentinel_node(nodes[0].port)).collect();
+        let deployment = Self { nodes, sentinels };
+        deployment.wait_topology();
+        deployment
+    }
+
+    /// `host:port` of each sentinel.
+    pub(crate) fn sentinel_addresses(&self) -> Vec<String> {
+        self.sentinels.iter().map(Node::address).collect()
+    }
+
+    /// The port of the primary the sentinels name now.
+    pub(crate) fn primary_port(&self) -> Option<u16> {
+        let mut conn = self.sentinels.iter().find_map(|s| {
+            redis::Client::open(s.url())
+                .and_then(|c| c.get_connection_with_timeout(Duration::from_millis(500)))
+                .ok()
+        })?;
+        let (_host, port): (String, String) = redis::cmd("SENTINEL")
+            .arg("get-master-addr-by-name")
+            .arg(MASTER_NAME)
+            .query(&mut conn)
+            .ok()?;
+        port.parse().ok()
+    }
+
+    /// The data node listening on `port`.
+    pub(crate) fn node(&self, port: u16) -> &Node {
+        self.nodes
+            .iter()
+            .find(|n| n.port == port)
+            .expect("a data node on that port")
+    }
+
+    /// The data node listening on `port`, to kill it.
+    pub(crate) fn node_mut(&mut self, port: u16) -> &mut Node {
+        self.nodes
+            .iter_mut()
+            .find(|n| n.port == port)
+            .expect("a data node on that port")
+    }
+
+    fn wait_topology(&self) {
+        let counts = |sentinel: &Node, what: &str| -> usize {
+            redis::Client::open(sentinel.url())
+                .and_then(|c| c.get_connection_with_timeout(Duration::from_millis(500)))
+                .and_then(|mut c| {
+                    redis::cmd("SENTINEL")
+                        .arg(what)
+                        .arg(MASTER_NAME)
+                        .query::<Vec<redis::Value>>(&mut c)
+                })
+                .map_or(0, |v| v.len())
+        };
+        let replicas_connected = || {
+            let info: String = redis::cmd("INFO")
+                .arg("replication")
+                .query(&mut self.nodes[0].admin())
+                .unwrap_or_default();
+            info.lines().any(|l| l.trim() == "connected_slaves:2")
+                && info.matches("state=online").count() == 2
+        };
+        eventually(
+            "both replicas online, and every sentinel to know them and 2 other sentinels",
+            READY_TIMEOUT,
+        )
+        .every(Duration::from_millis(100))
+        .until_blocking(|| {
+            (replicas_connected()
+                && self
+                    .sentinels
+                    .iter()
+                    .all(|s| counts(s, "replicas") == 2 && counts(s, "sentinels") == 2))
+            .then_some(())
+        });
+    }
+}
