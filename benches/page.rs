@@ -148,7 +148,11 @@ fn budgets(c: &mut Criterion) {
         page_200.len() + assets < WEIGHT_BUDGET,
         "page weight with 200 tokens over budget"
     );
-    assert!(per_render_ms < RENDER_BUDGET_MS, "render over budget");
+    // A time budget is judged only where the code is optimised (`cargo bench`); CI runs the
+    // benches once in the unoptimised test profile, where only the weights are judged.
+    if !cfg!(debug_assertions) {
+        assert!(per_render_ms < RENDER_BUDGET_MS, "render over budget");
+    }
 
     let mut group = c.benchmark_group("page");
     group.bench_function("render_list_200", |b| {
