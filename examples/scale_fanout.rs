@@ -3,7 +3,7 @@
 //! waiting at the barrier for every mirror's acknowledgement, as the issuer's do.
 //!
 //! ```text
-//! redis-server --port 16391 --save '' --appendonly no --maxclients 20000 &   # private Redis
+//! redis-server --port 16391 --save '' --appendonly no --maxclients 10000 &   # private Redis
 //! REDIS_URL=redis://127.0.0.1:16391/ REDIS_PID=$! \
 //!     cargo run --release --example scale_fanout -- MIRRORS [RATE [SECONDS]]
 //! ```

@@ -22,7 +22,7 @@ redis_cpu=() client_cpu=()
 command -v redis-server >/dev/null || { echo "redis-server is not installed" >&2; exit 2; }
 [ -n "${SKIP_BUILD:-}" ] || cargo build --release --quiet --example scale_fanout
 # About three connections per mirror, in one process.
-ulimit -n 65536
+ulimit -n "$(ulimit -Hn)"
 
 work=$(mktemp -d)
 redis_pid=""
@@ -38,7 +38,7 @@ echo "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
 for n in $MIRRORS; do
     # A fresh Redis per count, so that one count's registrations do not weigh on the next.
     "${redis_cpu[@]}" redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no \
-        --maxclients 20000 --dir "$work" --daemonize no >"$work/redis.log" 2>&1 &
+        --maxclients 10000 --dir "$work" --daemonize no >"$work/redis.log" 2>&1 &
     redis_pid=$!
     for _ in $(seq 50); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.1; done
     REDIS_URL="redis://127.0.0.1:$port/" REDIS_PID=$redis_pid CLK_TCK=$(getconf CLK_TCK) RUST_LOG=warn \
