@@ -443,7 +443,10 @@ async fn open_revocation(
             settings.on_stale,
             engine.durability().map_or_else(
                 || "durability not measured yet (Redis unreachable)".to_owned(),
-                |d| d.describe()
+                |d| match &d.primary {
+                    Some(primary) => format!("{} on {primary}", d.describe()),
+                    None => d.describe(),
+                }
             ),
         ),
     });

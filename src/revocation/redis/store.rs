@@ -233,8 +233,9 @@ impl Shared {
         .await
         .inspect_err(|_| self.target.invalidate())?;
         check_eviction_policy(&mut conn, timeout).await?;
-        let durability =
-            measure_durability(&mut conn, &self.settings, self.target.is_sentinel()).await?;
+        let mut durability =
+            measure_durability(&mut conn, &self.settings, self.target.follows_failover()).await?;
+        durability.primary = Some(self.target.describe_primary(&primary.address));
         check_durability(&durability, &self.settings)?;
         log_durability(&primary.address, &durability);
         if let Some(mirror) = &self.local {
@@ -255,7 +256,7 @@ impl Shared {
     async fn note_failure(&self, err: &StoreError) {
         if is_lost_primary(err) {
             self.target.invalidate();
-            if self.target.is_sentinel() {
+            if self.target.follows_failover() {
                 *self.connection.lock().await = None;
             }
         }
@@ -290,7 +291,8 @@ impl Shared {
         let written = self.write(&open, &body, entry).await;
         // A connection that died since the last command (Redis restarted) fails once while the
         // manager reconnects; one retry hides that. Safe: a change applied twice is a no-op.
-        // Under Sentinel the retry goes to whatever primary the sentinels name now.
+        // Under Sentinel or Cluster the retry goes to whatever primary is named now (after
+        // `MOVED`, the slot's new owner; after `ASK`, the same node again: 503).
         let (seq, generation) = match written {
             Err(err) if is_lost_primary(&err) => {
                 self.note_failure(&err).await;
