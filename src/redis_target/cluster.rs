@@ -222,9 +222,9 @@ fn primary_in_shards(reply: &Value, slot: u16) -> Result<Node, String> {
             .and_then(elements)
             .ok_or("CLUSTER SHARDS: a shard without slots")?;
         let holds = ranges.chunks(2).any(|pair| match pair {
-            [start, end] => int(start).zip(int(end)).is_some_and(|(start, end)| {
-                (start..=end).contains(&i64::from(slot))
-            }),
+            [start, end] => int(start)
+                .zip(int(end))
+                .is_some_and(|(start, end)| (start..=end).contains(&i64::from(slot))),
             _ => false,
         });
         if !holds {
@@ -268,10 +268,8 @@ fn primary_in_slots(reply: &Value, slot: u16) -> Result<Node, String> {
     let ranges = elements(reply).ok_or("CLUSTER SLOTS: not an array")?;
     for range in ranges {
         let range = elements(range).ok_or("CLUSTER SLOTS: a range is not an array")?;
-        let (Some(start), Some(end)) = (
-            range.first().and_then(int),
-            range.get(1).and_then(int),
-        ) else {
+        let (Some(start), Some(end)) = (range.first().and_then(int), range.get(1).and_then(int))
+        else {
             return Err("CLUSTER SLOTS: a range without bounds".to_owned());
         };
         if !(start..=end).contains(&i64::from(slot)) {
@@ -429,7 +427,10 @@ mod tests {
             Value::Map(pairs.into_iter().map(|(k, v)| (bulk(k), v)).collect())
         };
         let reply = Value::Array(vec![map(vec![
-            ("slots", Value::Array(vec![Value::Int(0), Value::Int(16383)])),
+            (
+                "slots",
+                Value::Array(vec![Value::Int(0), Value::Int(16383)]),
+            ),
             (
                 "nodes",
                 Value::Array(vec![map(vec![
@@ -448,13 +449,14 @@ mod tests {
 
     #[test]
     fn slots_reply_names_the_first_node_of_the_range() {
-        let range = |start: i64, end: i64, nodes: &[(&str, i64)]| {
-            let mut items = vec![Value::Int(start), Value::Int(end)];
-            items.extend(nodes.iter().map(|(host, port)| {
-                Value::Array(vec![bulk(host), Value::Int(*port), bulk("id")])
-            }));
-            Value::Array(items)
-        };
+        let range =
+            |start: i64, end: i64, nodes: &[(&str, i64)]| {
+                let mut items = vec![Value::Int(start), Value::Int(end)];
+                items.extend(nodes.iter().map(|(host, port)| {
+                    Value::Array(vec![bulk(host), Value::Int(*port), bulk("id")])
+                }));
+                Value::Array(items)
+            };
         let reply = Value::Array(vec![
             range(0, 5460, &[("10.0.0.1", 7000), ("10.0.0.4", 7003)]),
             range(5461, 16383, &[("", 7001), ("10.0.0.5", 7004)]),

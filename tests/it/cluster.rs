@@ -1,0 +1,161 @@
+//! Redis Cluster failover with real processes (issue 11, THREATS F8, SPEC §3).
+//!
+//! Six `redis-server --cluster-enabled yes` (three primaries, one replica each; for the kill,
+//! a second replica of the slot's primary), an issuer and a verifier process configured with
+//! `cluster_nodes`. Every key of the deployment is in the
+//! slot of `{key_prefix}`; tokens are revoked through the issuer at 50 per second while that
+//! slot's primary is replaced: by `CLUSTER FAILOVER` on its replica, or by `kill -9`. The
+//! driver and its checks are in `support::failover` (never a false acknowledgement, no
+//! acknowledged token accepted after its acknowledgement, every acknowledged token refused by
+//! the verifier); here, also: every acknowledged revocation is in the slot's new primary, and
+//! `/readyz` names the slot and its primary.
+
+use crate::support::cluster::ClusterRedis;
+use crate::support::deployment::{AUDIENCE, Deployment, ISSUER};
+use crate::support::failover::{Outcome, Run, client, readyz};
+use crate::support::process::EdgetokenProcess;
+
+fn config_text(deployment: &Deployment, nodes: &[String]) -> String {
+    let nodes = nodes
+        .iter()
+        .map(|a| format!("\"{a}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "[token]\nissuer = \"{ISSUER}\"\naudience = \"{AUDIENCE}\"\n\
+         [keys]\ndir = \"{keys}\"\n\
+         [revocation]\ncluster_nodes = [{nodes}]\nkey_prefix = \"{prefix}\"\n\
+         heartbeat_ms = 200\nmax_staleness_secs = 10\nwait_timeout_ms = 500\n\
+         require_durability = \"replicated\"\n\
+         [issuer]\ndirectory = \"{users}\"\nmints_per_hour = 100000\n",
+        keys = deployment.dir.path().join("keys").display(),
+        prefix = deployment.prefix,
+        users = deployment.dir.path().join("users.toml").display(),
+    )
+}
+
+/// How the slot's primary is replaced.
+#[derive(Debug, Clone, Copy)]
+enum Fault {
+    /// `CLUSTER FAILOVER` on the slot's replica.
+    Failover,
+    /// `kill -9` of the slot's primary.
+    Kill,
+}
+
+/// Starts the cluster and both processes, checks `/readyz`, revokes through `fault`, and
+/// checks that the slot's new primary holds every acknowledged revocation.
+async fn slot_primary_replaced(fault: Fault) {
+    let mut redis = ClusterRedis::start();
+    let deployment = Deployment::new();
+    let slot = redis.keyslot(&format!("{{{}}}", deployment.prefix));
+    let old_primary = redis.slot_primary(slot).expect("a primary for the slot");
+    let replica = redis.replica_of(old_primary).expect("a replica of it");
+    // After a kill the promoted replica needs a replica of its own, or revokes (which wait
+    // for one) answer 503 until the dead node is back: the slot's primary gets a second one.
+    // After CLUSTER FAILOVER the old primary is the new one's replica.
+    let replicas = match fault {
+        Fault::Failover => 1,
+        Fault::Kill => {
+            redis.add_replica(old_primary);
+            2
+        }
+    };
+
+    let config = config_text(&deployment, &redis.addresses());
+    // EDGETOKEN_CLUSTER_DEBUG=1 prints the answers' timeline and the issuer's log.
+    let debug = std::env::var_os("EDGETOKEN_CLUSTER_DEBUG").is_some();
+    let filter = if debug { "info" } else { "warn" };
+    let issuer = EdgetokenProcess::start_logging(&config, "issuer", filter).await;
+    let verifier = EdgetokenProcess::start(&config, "verifier").await;
+    let client = client();
+
+    // /readyz names the slot and its primary, and the durability of a replicated slot.
+    let ready = readyz(&client, &issuer.url("")).await;
+    let durability = &ready["revocation"]["durability"];
+    eprintln!("cluster: issuer /readyz durability {durability}");
+    assert_eq!(
+        durability["primary"],
+        format!("cluster slot {slot}, primary 127.0.0.1:{old_primary}"),
+        "{ready}"
+    );
+    assert_eq!(durability["min_replicas_acked"], 1, "{ready}");
+    assert_eq!(durability["connected_replicas"], replicas, "{ready}");
+    assert_eq!(durability["level"], "replicated", "{ready}");
+
+    let label = match fault {
+        Fault::Failover => "cluster failover",
+        Fault::Kill => "cluster kill -9",
+    };
+    let outcome = Run {
+        label,
+        deployment: &deployment,
+        issuer: &issuer,
+        verifier: &verifier,
+        expect_gap: matches!(fault, Fault::Kill),
+        debug,
+    }
+    .through(|| match fault {
+        Fault::Failover => {
+            redis.failover(replica);
+            eprintln!("{label}: CLUSTER FAILOVER on {replica}, the replica of {old_primary}");
+        }
+        Fault::Kill => {
+            redis.node_mut(old_primary).kill();
+            eprintln!("{label}: slot {slot}'s primary on {old_primary} killed (kill -9)");
+        }
+    })
+    .await;
+
+    let new_primary = redis
+        .slot_primary(slot)
+        .expect("a primary after the failover");
+    assert_ne!(new_primary, old_primary, "a replica took the slot over");
+    assert_all_held(&redis, new_primary, &deployment, &outcome);
+    for process in [&issuer, &verifier] {
+        let ready = readyz(&client, &process.url("")).await;
+        assert_eq!(
+            ready["revocation"]["durability"]["primary"],
+            format!("cluster slot {slot}, primary 127.0.0.1:{new_primary}"),
+            "{ready}"
+        );
+    }
+    let ready = readyz(&client, &verifier.url("")).await;
+    eprintln!(
+        "{label}: verifier /readyz durability after the failover {}",
+        ready["revocation"]["durability"]
+    );
+}
+
+/// Every acknowledged revocation of `outcome` is in the token set on the node on `port`.
+fn assert_all_held(redis: &ClusterRedis, port: u16, deployment: &Deployment, outcome: &Outcome) {
+    let mut conn = redis.node(port).admin();
+    let key = format!("{{{}}}:tok", deployment.prefix);
+    let missing: Vec<usize> = outcome
+        .acked_jtis()
+        .into_iter()
+        .filter(|(_, jti)| {
+            redis::cmd("ZSCORE")
+                .arg(&key)
+                .arg(jti)
+                .query::<Option<f64>>(&mut conn)
+                .unwrap()
+                .is_none()
+        })
+        .map(|(token, _)| token)
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "acknowledged revocations missing from the slot's new primary: {missing:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_failover_of_the_slot_loses_no_acknowledged_revocation() {
+    slot_primary_replaced(Fault::Failover).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_kill_of_the_slot_primary_loses_no_acknowledged_revocation() {
+    slot_primary_replaced(Fault::Kill).await;
+}
