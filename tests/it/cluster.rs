@@ -10,7 +10,10 @@
 //! the verifier); here, also: every acknowledged revocation is in the slot's new primary, and
 //! `/readyz` names the slot and its primary.
 
-use crate::support::cluster::ClusterRedis;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::support::cluster::{ClusterRedis, migrate_slot};
 use crate::support::deployment::{AUDIENCE, Deployment, ISSUER};
 use crate::support::failover::{Outcome, Run, client, readyz};
 use crate::support::process::EdgetokenProcess;
@@ -94,6 +97,7 @@ async fn slot_primary_replaced(fault: Fault) {
         verifier: &verifier,
         expect_gap: matches!(fault, Fault::Kill),
         debug,
+        settled: None,
     }
     .through(|| match fault {
         Fault::Failover => {
@@ -158,4 +162,66 @@ async fn cluster_failover_of_the_slot_loses_no_acknowledged_revocation() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_kill_of_the_slot_primary_loses_no_acknowledged_revocation() {
     slot_primary_replaced(Fault::Kill).await;
+}
+
+/// A slot migration while revoking (`SETSLOT MIGRATING`/`IMPORTING`, `MIGRATE` key by key,
+/// `SETSLOT NODE`): while the slot is split between two nodes, revokes answer 503 (`ASK`,
+/// `TRYAGAIN`: never followed, never a false acknowledgement); once the new owner has it,
+/// `MOVED` sends every process there and revokes are accepted again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_slot_migration_answers_503_while_split_and_recovers_on_the_new_owner() {
+    let redis = ClusterRedis::start();
+    let deployment = Deployment::new();
+    let slot = redis.keyslot(&format!("{{{}}}", deployment.prefix));
+    let from = redis.slot_primary(slot).expect("a primary for the slot");
+    let to = redis
+        .primaries()
+        .into_iter()
+        .find(|p| *p != from)
+        .expect("another primary");
+    let config = config_text(&deployment, &redis.addresses());
+    let debug = std::env::var_os("EDGETOKEN_CLUSTER_DEBUG").is_some();
+    let filter = if debug { "info" } else { "warn" };
+    let issuer = EdgetokenProcess::start_logging(&config, "issuer", filter).await;
+    let verifier = EdgetokenProcess::start(&config, "verifier").await;
+    let client = client();
+
+    let label = "cluster slot migration";
+    let ports: Vec<u16> = redis.nodes.iter().map(|n| n.port).collect();
+    let done: Arc<Mutex<Option<Instant>>> = Arc::default();
+    let mut mover = None;
+    let settled = {
+        let done = Arc::clone(&done);
+        move || *done.lock().unwrap()
+    };
+    let outcome = Run {
+        label,
+        deployment: &deployment,
+        issuer: &issuer,
+        verifier: &verifier,
+        expect_gap: true,
+        debug,
+        settled: Some(&settled),
+    }
+    .through(|| {
+        eprintln!("{label}: moving slot {slot} from {from} to {to}, one key every 300 ms");
+        let done = Arc::clone(&done);
+        mover = Some(std::thread::spawn(move || {
+            migrate_slot(slot, from, to, Duration::from_millis(300), &ports);
+            *done.lock().unwrap() = Some(Instant::now());
+        }));
+    })
+    .await;
+    mover.expect("the migration ran").join().unwrap();
+
+    assert_eq!(redis.slot_primary(slot), Some(to), "the slot moved");
+    assert_all_held(&redis, to, &deployment, &outcome);
+    for process in [&issuer, &verifier] {
+        let ready = readyz(&client, &process.url("")).await;
+        assert_eq!(
+            ready["revocation"]["durability"]["primary"],
+            format!("cluster slot {slot}, primary 127.0.0.1:{to}"),
+            "{ready}"
+        );
+    }
 }

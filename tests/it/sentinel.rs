@@ -69,6 +69,7 @@ async fn sentinel_failover_loses_no_acknowledged_revocation_and_never_acknowledg
         verifier: &verifier,
         expect_gap: true,
         debug,
+        settled: None,
     }
     .through(|| {
         redis.node_mut(old_primary).kill();

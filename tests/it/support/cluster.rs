@@ -185,6 +185,17 @@ impl ClusterRedis {
         assert_eq!(answer, "OK");
     }
 
+    /// Ports of the live primaries.
+    pub(crate) fn primaries(&self) -> Vec<u16> {
+        self.live_ports()
+            .into_iter()
+            .filter(|port| {
+                Self::ask::<String>(*port, redis::cmd("INFO").arg("replication"))
+                    .is_some_and(|info| info.lines().any(|l| l.trim() == "role:master"))
+            })
+            .collect()
+    }
+
     /// Ports of nodes still running that answer PING.
     fn live_ports(&self) -> Vec<u16> {
         self.nodes
@@ -194,7 +205,7 @@ impl ClusterRedis {
             .collect()
     }
 
-    fn ask<T: redis::FromRedisValue>(port: u16, cmd: &redis::Cmd) -> Option<T> {
+    pub(crate) fn ask<T: redis::FromRedisValue>(port: u16, cmd: &redis::Cmd) -> Option<T> {
         redis::Client::open(format!("redis://127.0.0.1:{port}/"))
             .and_then(|c| c.get_connection_with_timeout(Duration::from_millis(300)))
             .and_then(|mut c| cmd.query(&mut c))
@@ -223,6 +234,61 @@ impl ClusterRedis {
                 });
             (all_ok && replicated).then_some(())
         });
+    }
+}
+
+/// Moves `slot` from the primary on `from` to the primary on `to` the way `redis-cli --cluster
+/// reshard` does, slowly: `SETSLOT IMPORTING` on `to`, `SETSLOT MIGRATING` on `from`, then
+/// `MIGRATE` one key at a time with `pause` after each (so the slot stays split between the two
+/// nodes for a while), then `SETSLOT NODE` on every node. Blocking: run it on its own thread.
+pub(crate) fn migrate_slot(slot: u16, from: u16, to: u16, pause: Duration, nodes: &[u16]) {
+    let id = |port: u16| -> String {
+        ClusterRedis::ask(port, redis::cmd("CLUSTER").arg("MYID")).expect("CLUSTER MYID")
+    };
+    let (from_id, to_id) = (id(from), id(to));
+    let setslot = |port: u16, state: &str, node: &str| -> Option<String> {
+        ClusterRedis::ask(
+            port,
+            redis::cmd("CLUSTER")
+                .arg("SETSLOT")
+                .arg(slot)
+                .arg(state)
+                .arg(node),
+        )
+    };
+    setslot(to, "IMPORTING", &from_id).expect("SETSLOT IMPORTING");
+    setslot(from, "MIGRATING", &to_id).expect("SETSLOT MIGRATING");
+    loop {
+        let keys: Vec<String> = ClusterRedis::ask(
+            from,
+            redis::cmd("CLUSTER")
+                .arg("GETKEYSINSLOT")
+                .arg(slot)
+                .arg(100),
+        )
+        .expect("GETKEYSINSLOT");
+        if keys.is_empty() {
+            break;
+        }
+        for key in keys {
+            let _: Option<String> = ClusterRedis::ask(
+                from,
+                redis::cmd("MIGRATE")
+                    .arg("127.0.0.1")
+                    .arg(to)
+                    .arg(&key)
+                    .arg(0)
+                    .arg(5000),
+            );
+            std::thread::sleep(pause);
+        }
+    }
+    // The new owner first (it bumps its epoch), then the old one, then everyone else.
+    setslot(to, "NODE", &to_id).expect("SETSLOT NODE on the new owner");
+    setslot(from, "NODE", &to_id).expect("SETSLOT NODE on the old owner");
+    for port in nodes.iter().filter(|p| **p != to && **p != from) {
+        // Replicas refuse SETSLOT; gossip tells them.
+        let _ = setslot(*port, "NODE", &to_id);
     }
 }
 
