@@ -150,7 +150,7 @@ mod tests {
     }
 
     #[test]
-    fn replicas_are_waited_for_by_default_when_there_are_some_or_under_sentinel() {
+    fn replicas_are_waited_for_by_default_when_there_are_some_or_under_failover() {
         assert_eq!(default_min_replicas_acked(false, 0), 0);
         assert_eq!(default_min_replicas_acked(false, 2), 1);
         assert_eq!(default_min_replicas_acked(true, 0), 1);

@@ -346,7 +346,7 @@ pub(crate) fn target(settings: &RevocationSettings) -> Result<RedisTarget, Store
     }
 }
 
-/// The current primary's client (for Sentinel, asking the sentinels if needed).
+/// The current primary's client (for Sentinel or Cluster, looked up if needed).
 pub(crate) async fn primary_client(target: &RedisTarget) -> Result<Client, StoreError> {
     target.client().await.map_err(|source| StoreError::Redis {
         operation: "find the Redis primary",
@@ -356,7 +356,7 @@ pub(crate) async fn primary_client(target: &RedisTarget) -> Result<Client, Store
 
 /// Opens a multiplexed command connection to the current primary, with the command timeout
 /// on connect and replies. A failed connect tells the target, so the next one asks the
-/// sentinels again.
+/// sentinels (or the cluster) again.
 pub(crate) async fn command_connection(
     target: &RedisTarget,
     timeout: Duration,

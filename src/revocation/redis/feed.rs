@@ -375,7 +375,7 @@ impl Worker {
                     h.last_error = Some(message);
                 });
                 // Jittered: when a primary dies every verifier's feed fails at once, and their
-                // reconnects (and sentinel lookups) should not arrive in step.
+                // reconnects (and sentinel or cluster lookups) should not arrive in step.
                 tokio::select! {
                     () = tokio::time::sleep(jittered(after)) => {}
                     _ = shutdown.changed() => return,

@@ -6,7 +6,7 @@
 //! lazily, so an issuer can start while Redis is down and answer 503 until it is back.
 //!
 //! Durable acknowledgement: when `min_replicas_acked` > 0 (by default whenever the primary
-//! has replicas, and always under Sentinel) the write and a `WAIT min_replicas_acked
+//! has replicas, and always under Sentinel or Cluster) the write and a `WAIT min_replicas_acked
 //! wait_timeout` go to Redis as one pipeline on one connection, so `WAIT` counts exactly that
 //! write; fewer replicas within the timeout and the revoke fails (503), nothing is
 //! acknowledged and the local mirror is not touched (THREATS F8: asynchronous replication loses
@@ -14,9 +14,10 @@
 //! the two would run `WAIT` on a fresh connection with no writes, which answers at once.
 //!
 //! Failover: the connection goes to the primary the [`RedisTarget`] names. A command that
-//! fails with a lost connection, a timeout or `READONLY` (a demoted primary) drops it and tells
-//! the target, so the next revoke asks the sentinels again; each new connection is checked
-//! (eviction policy, durability) before use.
+//! fails with a lost connection, a timeout, `READONLY` (a demoted primary) or, in a Cluster,
+//! `MOVED`/`ASK`/`TRYAGAIN`/`CLUSTERDOWN` drops it and tells the target, so the next revoke
+//! asks the sentinels (or the cluster) again; each new connection is checked (eviction
+//! policy, durability) before use.
 //!
 //! [`RevocationStore::revoke`] then waits at the revocation barrier (up to
 //! `barrier_timeout`) until every registered mirror confirmed the change, and says how many
@@ -81,10 +82,10 @@ struct Open {
 }
 
 impl RedisStore {
-    /// A store for `settings.redis_url` (or the Sentinel primary). Tries to connect at once:
-    /// a Redis that answers with a `maxmemory-policy` other than `noeviction`, or gives less
-    /// than `require_durability`, is refused; an unreachable one is not (the connection is
-    /// retried on each revoke, which fails until Redis is back).
+    /// A store for `settings.redis_url` (or the Sentinel or Cluster primary). Tries to connect
+    /// at once: a Redis that answers with a `maxmemory-policy` other than `noeviction`, or
+    /// gives less than `require_durability`, is refused; an unreachable one is not (the
+    /// connection is retried on each revoke, which fails until Redis is back).
     ///
     /// # Errors
     /// [`StoreError::Settings`] / [`StoreError::RedisUrl`] for bad settings, and

@@ -1,8 +1,9 @@
 //! A Redis Cluster on loopback for the failover tests: six `redis-server --cluster-enabled yes`
 //! (three primaries, one replica each), joined with `redis-cli --cluster create
 //! --cluster-replicas 1`, node timeout 1 s, no persistence; a seventh node can be added as a
-//! second replica of one primary (`redis-cli --cluster add-node --cluster-slave`). Every node has its own free port,
-//! bus port and temp dir and is killed on drop, even when the test panics.
+//! second replica of one primary (`redis-cli --cluster add-node --cluster-slave`). Every node
+//! has its own free port, bus port and temp dir and is killed on drop, even when the test
+//! panics. `migrate_slot` moves a slot between primaries, slowly.
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
