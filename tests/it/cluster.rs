@@ -15,7 +15,10 @@ use std::time::{Duration, Instant};
 
 use crate::support::cluster::{ClusterRedis, migrate_slot};
 use crate::support::deployment::{AUDIENCE, Deployment, ISSUER};
-use crate::support::failover::{Outcome, Run, client, readyz};
+use reqwest::StatusCode;
+
+use crate::support::deployment::mint;
+use crate::support::failover::{Outcome, REQUIREMENT, Run, client, readyz, revoke, verify_status};
 use crate::support::process::EdgetokenProcess;
 
 fn config_text(deployment: &Deployment, nodes: &[String]) -> String {
@@ -224,4 +227,38 @@ async fn cluster_slot_migration_answers_503_while_split_and_recovers_on_the_new_
             "{ready}"
         );
     }
+}
+
+/// `cluster_password` reaches nodes that require one (seeds and the slot's primary), and
+/// never shows in the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_password_opens_nodes_that_require_one_and_is_never_logged() {
+    const PASSWORD: &str = "cluster-secret-d41d8cd9";
+    let redis = ClusterRedis::start();
+    redis.require_password(PASSWORD);
+    let deployment = Deployment::new();
+    let config = config_text(&deployment, &redis.addresses()).replace(
+        "[revocation]\n",
+        &format!("[revocation]\ncluster_password = \"{PASSWORD}\"\n"),
+    );
+    let issuer = EdgetokenProcess::start_logging(&config, "issuer", "debug").await;
+    let verifier = EdgetokenProcess::start(&config, "verifier").await;
+    let client = client();
+
+    let token = mint(&deployment.offline_issuer(), "alice", "acme", "runs:read");
+    let answer = revoke(&client, &issuer.url("/v1/revoke"), 0, &token).await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", issuer.stderr());
+    assert_eq!(
+        verify_status(&client, &verifier.url(REQUIREMENT), &token).await,
+        StatusCode::UNAUTHORIZED
+    );
+    let ready = readyz(&client, &issuer.url("")).await;
+    assert_eq!(
+        ready["revocation"]["durability"]["level"], "replicated",
+        "{ready}"
+    );
+    assert!(
+        !issuer.stderr().contains(PASSWORD),
+        "the password was logged"
+    );
 }

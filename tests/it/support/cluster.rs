@@ -117,6 +117,22 @@ impl ClusterRedis {
         self.wait_formed();
     }
 
+    /// Makes every node require `password` from now on (`masterauth` first, so replicas can
+    /// reconnect). Afterwards this type's own checks, which do not authenticate, no longer work.
+    pub(crate) fn require_password(&self, password: &str) {
+        for setting in ["masterauth", "requirepass"] {
+            for node in &self.nodes {
+                let answer: String = redis::cmd("CONFIG")
+                    .arg("SET")
+                    .arg(setting)
+                    .arg(password)
+                    .query(&mut node.admin())
+                    .expect("CONFIG SET");
+                assert_eq!(answer, "OK");
+            }
+        }
+    }
+
     /// `host:port` of every node (the seeds the service is given).
     pub(crate) fn addresses(&self) -> Vec<String> {
         self.nodes.iter().map(Node::address).collect()
