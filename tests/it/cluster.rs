@@ -235,8 +235,9 @@ async fn cluster_slot_migration_answers_503_while_split_and_recovers_on_the_new_
 async fn cluster_password_opens_nodes_that_require_one_and_is_never_logged() {
     const PASSWORD: &str = "cluster-secret-d41d8cd9";
     let redis = ClusterRedis::start();
-    redis.require_password(PASSWORD);
     let deployment = Deployment::new();
+    let slot = redis.keyslot(&format!("{{{}}}", deployment.prefix));
+    redis.require_password(PASSWORD);
     let config = config_text(&deployment, &redis.addresses()).replace(
         "[revocation]\n",
         &format!("[revocation]\ncluster_password = \"{PASSWORD}\"\n"),
@@ -261,4 +262,20 @@ async fn cluster_password_opens_nodes_that_require_one_and_is_never_logged() {
         !issuer.stderr().contains(PASSWORD),
         "the password was logged"
     );
+
+    // The start banner names the slot, the seeds and the slot's primary.
+    let banner = std::fs::read_to_string(issuer.dir().join("stdout.log")).unwrap();
+    let line = banner
+        .lines()
+        .find(|l| l.contains("revocation store: Redis"))
+        .unwrap_or_else(|| panic!("no revocation store line in the banner:\n{banner}"));
+    eprintln!("cluster: banner: {line}");
+    assert!(
+        line.contains(&format!(
+            "cluster slot {slot} (hash tag {{{}}})",
+            deployment.prefix
+        )) && line.contains(&format!("on cluster slot {slot}, primary 127.0.0.1:")),
+        "{line}"
+    );
+    assert!(!banner.contains(PASSWORD), "the password was printed");
 }
