@@ -153,8 +153,8 @@ impl Default for ServerConfig {
 pub struct RevocationConfig {
     /// Redis URL (`redis://[:password@]host:port[/db]`, or `rediss://` for TLS over rustls,
     /// trusting the system's roots; `SSL_CERT_FILE` / `SSL_CERT_DIR` override them). Empty (the default) runs the
-    /// in-process store: one process, nothing survives a restart (unless Sentinel is set).
-    /// Exclusive with the `sentinel_*` settings.
+    /// in-process store: one process, nothing survives a restart (unless Sentinel or Cluster
+    /// is set). Exclusive with the `sentinel_*` and `cluster_*` settings.
     pub redis_url: String,
     /// Redis under Sentinel: the name the sentinels monitor the primary under. Set it with
     /// `sentinel_addresses` instead of `redis_url`; the service then follows failovers.
@@ -166,9 +166,18 @@ pub struct RevocationConfig {
     /// The sentinels' password, if they require one (`requirepass` in sentinel.conf). Set it
     /// through `EDGETOKEN_REVOCATION__SENTINEL_PASSWORD` rather than the file. Default none.
     pub sentinel_password: String,
+    /// Redis Cluster: seed nodes, as `host:port` (for example `["10.0.0.1:7000",
+    /// "10.0.0.2:7000"]`), asked in order which node is the primary of the slot holding every
+    /// key of this deployment (the hash tag `{key_prefix}`). Set instead of `redis_url` and
+    /// the `sentinel_*` settings; the service then follows failovers and resharding. Default
+    /// none.
+    pub cluster_nodes: Vec<String>,
+    /// The password every cluster node requires (`requirepass`), if any. Set it through
+    /// `EDGETOKEN_REVOCATION__CLUSTER_PASSWORD` rather than the file. Default none.
+    pub cluster_password: String,
     /// Replicas that must confirm each revoke (`WAIT`) before it is acknowledged; fewer within
     /// `wait_timeout_ms` and the revoke answers 503. Default: 1 when the primary has replicas
-    /// (always under Sentinel), 0 otherwise.
+    /// (always under Sentinel or Cluster), 0 otherwise.
     pub min_replicas_acked: Option<u32>,
     /// How long a revoke waits for `min_replicas_acked` replicas, in milliseconds. Default
     /// 500, at most 10000.
@@ -206,6 +215,11 @@ impl std::fmt::Debug for RevocationConfig {
                 "sentinel_password",
                 &(!self.sentinel_password.is_empty()).then_some("<redacted>"),
             )
+            .field("cluster_nodes", &self.cluster_nodes)
+            .field(
+                "cluster_password",
+                &(!self.cluster_password.is_empty()).then_some("<redacted>"),
+            )
             .field("min_replicas_acked", &self.min_replicas_acked)
             .field("wait_timeout_ms", &self.wait_timeout_ms)
             .field("require_durability", &self.require_durability)
@@ -237,6 +251,8 @@ impl Default for RevocationConfig {
             sentinel_master_name: String::new(),
             sentinel_addresses: Vec::new(),
             sentinel_password: String::new(),
+            cluster_nodes: Vec::new(),
+            cluster_password: String::new(),
             min_replicas_acked: None,
             wait_timeout_ms: u64::try_from(defaults.wait_timeout.as_millis()).unwrap_or(u64::MAX),
             require_durability: defaults.require_durability,

@@ -428,8 +428,8 @@ fn commit_revocation(config: &Settings, revocation: Revocation) -> anyhow::Resul
     let settings = &config.revocation;
     if !settings.uses_redis() {
         bail!(
-            "revoking from the command line needs revocation.redis_url (or Sentinel): without \
-             a shared store no running verifier would learn of it"
+            "revoking from the command line needs revocation.redis_url (or Sentinel, or Cluster): \
+             without a shared store no running verifier would learn of it"
         );
     }
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;

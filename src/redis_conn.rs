@@ -104,11 +104,11 @@ impl LazyConnection {
         result
     }
 
-    /// Reports a command that found the connection lost: under Sentinel the next call asks
-    /// where the primary is and opens a new connection (a plain URL's manager reconnects by
+    /// Reports a command that found the connection lost (or the cluster slot moved): under
+    /// Sentinel or Cluster the next call asks where the primary is and opens a new connection (a plain URL's manager reconnects by
     /// itself).
     pub(crate) async fn lost(&self) {
-        if self.target.is_sentinel() {
+        if self.target.follows_failover() {
             self.target.invalidate();
             *self.slot.lock().await = None;
         }

@@ -1,8 +1,9 @@
-//! Where the deployment's Redis primary is: one URL, or whatever the Sentinels name now.
+//! Where the deployment's Redis primary is: one URL, whatever the Sentinels name now, or the
+//! primary of the deployment's Redis Cluster slot.
 //!
 //! Every part that talks to Redis (the revocation store, feed and barrier, token records,
-//! usage, page sessions) opens its connections through a `RedisTarget`, so a Sentinel
-//! failover is followed in one place. For a URL the target is a fixed `redis::Client`. For
+//! usage, page sessions) opens its connections through a `RedisTarget`, so a failover is
+//! followed in one place. For a URL the target is a fixed `redis::Client`. For
 //! Sentinel it asks the sentinels for the primary of `master_name` (the redis crate's
 //! `Sentinel`, which reads `SENTINEL MASTERS`, skips a primary flagged down and checks with
 //! `ROLE` that the node it names really is a primary), and:
@@ -15,7 +16,15 @@
 //!   failover) waits a bounded, jittered back-off before asking again, answering the last
 //!   error meanwhile, so callers retrying in a loop cannot flood the sentinels.
 //!
-//! What it leaves out: Cluster and reads from replicas (issue 11, later steps). SPEC §3.
+//! For Cluster it asks the seed nodes which node is the primary of the slot holding every
+//! key of the deployment (`cluster`), with the same caching and back-off; a slot that moved
+//! answers `MOVED`, reported like a lost connection.
+//!
+//! What it leaves out: reads from replicas (issue 11, a later step). SPEC §3.
+
+mod cluster;
+
+pub use cluster::{ClusterSettings, slot_of};
 
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -126,7 +135,8 @@ enum Inner {
     // target should not carry the other's size.
     /// A fixed primary, with its address computed once.
     Url(Box<Primary>),
-    Sentinel(Box<Resolver>),
+    /// A primary that can move: named by the sentinels or by the cluster.
+    Resolved(Box<Resolver>),
 }
 
 impl fmt::Debug for RedisTarget {
@@ -134,9 +144,9 @@ impl fmt::Debug for RedisTarget {
         // The client holds the URL, which may hold a password: never print it.
         match &*self.inner {
             Inner::Url(_) => f.write_str("RedisTarget::Url"),
-            Inner::Sentinel(resolver) => f
-                .debug_struct("RedisTarget::Sentinel")
-                .field("master_name", &resolver.master_name)
+            Inner::Resolved(resolver) => f
+                .debug_struct("RedisTarget::Resolved")
+                .field("source", &resolver.source.name())
                 .finish_non_exhaustive(),
         }
     }
@@ -159,11 +169,63 @@ impl Primary {
 }
 
 struct Resolver {
-    master_name: String,
+    source: Source,
     timeout: Duration,
-    /// The sentinel client; asked by one caller at a time (it caches its connections).
-    sentinel: tokio::sync::Mutex<Sentinel>,
+    /// Held during a lookup: one at a time, the callers waiting behind it find its answer.
+    lookup: tokio::sync::Mutex<()>,
     state: Mutex<ResolverState>,
+}
+
+/// Who names the primary.
+enum Source {
+    Sentinel {
+        master_name: String,
+        /// The sentinel client (it caches its connections; used under `Resolver::lookup`).
+        sentinel: tokio::sync::Mutex<Sentinel>,
+    },
+    Cluster(cluster::Lookup),
+}
+
+impl Source {
+    /// `master NAME` or `cluster slot N`, for logs and `/readyz`.
+    fn name(&self) -> String {
+        match self {
+            Self::Sentinel { master_name, .. } => format!("sentinel master {master_name}"),
+            Self::Cluster(lookup) => format!("cluster slot {}", lookup.slot),
+        }
+    }
+
+    /// Who was asked, for the error of a failed lookup.
+    fn asked(&self) -> &'static str {
+        match self {
+            Self::Sentinel { .. } => "no Redis primary from the sentinels",
+            Self::Cluster(_) => "no Redis primary from the cluster's seed nodes",
+        }
+    }
+
+    async fn find(&self, timeout: Duration) -> Result<Client, String> {
+        match self {
+            Self::Sentinel {
+                master_name,
+                sentinel,
+            } => {
+                let mut sentinel = sentinel.lock().await;
+                match tokio::time::timeout(timeout, sentinel.async_master_for(master_name, None))
+                    .await
+                {
+                    Ok(Ok(client)) => Ok(client),
+                    Ok(Err(err)) => Err(err.to_string()),
+                    Err(_elapsed) => Err(format!("no sentinel answered within {timeout:?}")),
+                }
+            }
+            Self::Cluster(lookup) => {
+                match tokio::time::timeout(timeout, lookup.primary(timeout)).await {
+                    Ok(found) => found,
+                    Err(_elapsed) => Err(format!("no cluster node answered within {timeout:?}")),
+                }
+            }
+        }
+    }
 }
 
 #[derive(Default)]
@@ -186,19 +248,55 @@ impl RedisTarget {
     /// A target that follows the primary the sentinels name; each lookup bounded by `timeout`.
     pub(crate) fn sentinel(settings: &SentinelSettings, timeout: Duration) -> RedisResult<Self> {
         let sentinel = Sentinel::build(settings.connection_infos()?)?;
-        Ok(Self {
-            inner: Arc::new(Inner::Sentinel(Box::new(Resolver {
+        Ok(Self::resolved(
+            Source::Sentinel {
                 master_name: settings.master_name.clone(),
-                timeout,
                 sentinel: tokio::sync::Mutex::new(sentinel),
-                state: Mutex::new(ResolverState::default()),
-            }))),
-        })
+            },
+            timeout,
+        ))
     }
 
-    /// Whether the primary can move (Sentinel).
-    pub(crate) fn is_sentinel(&self) -> bool {
-        matches!(&*self.inner, Inner::Sentinel(_))
+    /// A target that follows the primary of the cluster slot of `{key_prefix}`, asking the
+    /// seed nodes; each lookup bounded by `timeout`.
+    pub(crate) fn cluster(
+        settings: &ClusterSettings,
+        key_prefix: &str,
+        timeout: Duration,
+    ) -> RedisResult<Self> {
+        Ok(Self::resolved(
+            Source::Cluster(cluster::Lookup::new(settings, key_prefix)?),
+            timeout,
+        ))
+    }
+
+    fn resolved(source: Source, timeout: Duration) -> Self {
+        Self {
+            inner: Arc::new(Inner::Resolved(Box::new(Resolver {
+                source,
+                timeout,
+                lookup: tokio::sync::Mutex::new(()),
+                state: Mutex::new(ResolverState::default()),
+            }))),
+        }
+    }
+
+    /// Whether the primary can move (Sentinel, Cluster): a lost connection then drops the
+    /// connection and asks where the primary is now.
+    pub(crate) fn follows_failover(&self) -> bool {
+        matches!(&*self.inner, Inner::Resolved(_))
+    }
+
+    /// Where a primary at `address` sits in this target, for `/readyz` and logs:
+    /// `cluster slot N, primary HOST:PORT`, `sentinel master NAME, primary HOST:PORT`, or the
+    /// address alone.
+    pub(crate) fn describe_primary(&self, address: &str) -> String {
+        match &*self.inner {
+            Inner::Url(_) => address.to_owned(),
+            Inner::Resolved(resolver) => {
+                format!("{}, primary {address}", resolver.source.name())
+            }
+        }
     }
 
     /// The current primary.
@@ -210,7 +308,7 @@ impl RedisTarget {
     pub(crate) async fn primary(&self) -> RedisResult<Primary> {
         match &*self.inner {
             Inner::Url(primary) => Ok(Primary::clone(primary)),
-            Inner::Sentinel(resolver) => resolver.primary().await,
+            Inner::Resolved(resolver) => resolver.primary().await,
         }
     }
 
@@ -222,10 +320,11 @@ impl RedisTarget {
         Ok(self.primary().await?.client)
     }
 
-    /// Reports that a connection to the primary failed: the next lookup asks the sentinels.
-    /// Nothing to do for a URL (the client reconnects to the same address).
+    /// Reports that a connection to the primary failed, or that the slot moved: the next
+    /// lookup asks the sentinels or the cluster. Nothing to do for a URL (the client
+    /// reconnects to the same address).
     pub(crate) fn invalidate(&self) {
-        if let Inner::Sentinel(resolver) = &*self.inner {
+        if let Inner::Resolved(resolver) = &*self.inner {
             resolver.lock().known = None;
         }
     }
@@ -247,7 +346,7 @@ impl Resolver {
         if let Some((until, error)) = &state.retry
             && now < *until
         {
-            return Some(Err(lookup_error(error.clone())));
+            return Some(Err(lookup_error(self.source.asked(), error.clone())));
         }
         None
     }
@@ -257,21 +356,12 @@ impl Resolver {
             return answer;
         }
         // One lookup at a time; whoever waited here finds its answer in the cache.
-        let mut sentinel = self.sentinel.lock().await;
+        let lookup = self.lookup.lock().await;
         if let Some(answer) = self.cached() {
             return answer;
         }
-        let found = tokio::time::timeout(
-            self.timeout,
-            sentinel.async_master_for(&self.master_name, None),
-        )
-        .await;
-        drop(sentinel);
-        let found = match found {
-            Ok(Ok(client)) => Ok(client),
-            Ok(Err(err)) => Err(err.to_string()),
-            Err(_elapsed) => Err(format!("no sentinel answered within {:?}", self.timeout)),
-        };
+        let found = self.source.find(self.timeout).await;
+        drop(lookup);
         let mut state = self.lock();
         match found {
             Ok(client) => {
@@ -282,9 +372,9 @@ impl Resolver {
                     .is_none_or(|known| known.address != primary.address);
                 if moved {
                     tracing::info!(
-                        master_name = %self.master_name,
+                        target_name = %self.source.name(),
                         primary = %primary.address,
-                        "Redis primary named by the sentinels"
+                        "Redis primary found"
                     );
                 }
                 state.known = Some(primary.clone());
@@ -299,11 +389,12 @@ impl Resolver {
                 state.backoff = Some(backoff);
                 state.retry = Some((Instant::now() + jittered(backoff), error.clone()));
                 tracing::warn!(
-                    master_name = %self.master_name,
+                    target_name = %self.source.name(),
                     error = %error,
-                    "no Redis primary from the sentinels; asking again after a back-off"
+                    "{}; asking again after a back-off",
+                    self.source.asked()
                 );
-                Err(lookup_error(error))
+                Err(lookup_error(self.source.asked(), error))
             }
         }
     }
@@ -313,16 +404,35 @@ impl Resolver {
 /// should tell the target (`RedisTarget::invalidate`) and find the primary again. `READONLY`
 /// is a primary demoted to replica (a failover behind a partition), `MASTERDOWN` a replica
 /// that lost its primary, `LOADING` a node still reading its data after a restart.
+///
+/// Cluster: `MOVED` is the slot served elsewhere now (a failover or a resharding finished),
+/// `CLUSTERDOWN` a cluster that cannot serve the slot. `ASK` and `TRYAGAIN` are a slot in
+/// the middle of a migration: the command fails (a revoke answers 503, never a false
+/// acknowledgement) and is not followed to the importing node, because the deployment's
+/// scripts touch several keys at once and a migrating slot splits them between two nodes
+/// (`TRYAGAIN` there anyway). The next lookup still names the migrating node until the
+/// migration ends; then `MOVED` sends every caller to the new owner.
 pub fn is_lost_primary_error(err: &RedisError) -> bool {
     err.is_connection_dropped()
         || err.is_io_error()
         || err.is_timeout()
         || err.is_connection_refusal()
-        || matches!(err.code(), Some("READONLY" | "MASTERDOWN" | "LOADING"))
+        || matches!(
+            err.code(),
+            Some(
+                "READONLY"
+                    | "MASTERDOWN"
+                    | "LOADING"
+                    | "MOVED"
+                    | "ASK"
+                    | "TRYAGAIN"
+                    | "CLUSTERDOWN"
+            )
+        )
 }
 
-fn lookup_error(detail: String) -> RedisError {
-    RedisError::from((ErrorKind::Io, "no Redis primary from the sentinels", detail))
+fn lookup_error(asked: &'static str, detail: String) -> RedisError {
+    RedisError::from((ErrorKind::Io, asked, detail))
 }
 
 /// `delay` scaled by a random factor in [0.5, 1): callers that failed together (every

@@ -389,9 +389,15 @@ fn revocation(config: &Config) -> RevocationSettings {
                 password: (!r.sentinel_password.is_empty()).then(|| r.sentinel_password.clone()),
             }
         });
+    // A password alone asks for nothing; `cluster_nodes` does.
+    let cluster = (!r.cluster_nodes.is_empty()).then(|| crate::redis_target::ClusterSettings {
+        nodes: r.cluster_nodes.clone(),
+        password: (!r.cluster_password.is_empty()).then(|| r.cluster_password.clone()),
+    });
     RevocationSettings {
         redis_url: (!r.redis_url.is_empty()).then(|| r.redis_url.clone()),
         sentinel,
+        cluster,
         min_replicas_acked: r.min_replicas_acked,
         wait_timeout: Duration::from_millis(r.wait_timeout_ms),
         require_durability: r.require_durability,
@@ -655,6 +661,45 @@ mod tests {
         assert!(message.contains("not both"), "{message}");
         let half = "[revocation]\nsentinel_master_name = \"edgetoken\"\n";
         assert!(Settings::from_toml(half).is_err());
+    }
+
+    #[test]
+    fn cluster_is_read_from_the_environment_and_excludes_a_url_and_sentinel() {
+        let settings = Settings::load(
+            Some(Path::new("/dev/null")),
+            [
+                (
+                    "EDGETOKEN_REVOCATION__CLUSTER_NODES",
+                    r#"["10.0.0.1:7000","10.0.0.2:7000"]"#,
+                ),
+                ("EDGETOKEN_REVOCATION__CLUSTER_PASSWORD", "hunter2"),
+            ]
+            .map(|(k, v)| (k.to_owned(), v.to_owned())),
+        )
+        .unwrap();
+        let r = &settings.revocation;
+        let cluster = r.cluster.as_ref().unwrap();
+        assert_eq!(cluster.nodes, ["10.0.0.1:7000", "10.0.0.2:7000"]);
+        assert_eq!(cluster.password.as_deref(), Some("hunter2"));
+        assert!(r.uses_redis());
+        assert!(!format!("{settings:?}").contains("hunter2"));
+
+        for other in [
+            "redis_url = \"redis://cache:6379\"\n",
+            "sentinel_master_name = \"edgetoken\"\nsentinel_addresses = [\"10.0.0.1:26379\"]\n",
+        ] {
+            let text = format!("[revocation]\n{other}cluster_nodes = [\"10.0.0.1:7000\"]\n");
+            let Err(ConfigError::Field { field, message }) = Settings::from_toml(&text) else {
+                panic!("cluster with {other} accepted");
+            };
+            assert_eq!(field, "revocation");
+            assert!(message.contains("not several"), "{message}");
+        }
+        let bad = "[revocation]\ncluster_nodes = [\"10.0.0.1:7000\", \"redis://10.0.0.2\"]\n";
+        let Err(ConfigError::Field { message, .. }) = Settings::from_toml(bad) else {
+            panic!("a URL as a seed accepted");
+        };
+        assert!(message.contains("not host:port"), "{message}");
     }
 
     #[test]

@@ -177,8 +177,8 @@ fn initial_ring(settings: &Settings, key_dir: &KeyDir, role: Role) -> Result<Key
         // Split roles share revocations only through Redis: an issuer alone would acknowledge
         // revocations no verifier ever sees, and a verifier alone would never see any.
         return Err(StartError::Other(format!(
-            "--role {role} needs revocation.redis_url (or Sentinel): the in-process store is \
-             for a single process running every role (--role all)"
+            "--role {role} needs revocation.redis_url (or Sentinel, or Cluster): the in-process \
+             store is for a single process running every role (--role all)"
         )));
     }
     let from_jwks = settings.verifier.jwks.is_some();
@@ -331,7 +331,7 @@ fn usage_store(
     }
 }
 
-/// Where the deployment's Redis primary is (URL or Sentinel): one resolver shared by the
+/// Where the deployment's Redis primary is (URL, Sentinel or Cluster): one resolver shared by the
 /// stores outside the revocation engine (usage, records, sessions); `None` for the
 /// in-process store.
 fn redis_target(
@@ -443,7 +443,10 @@ async fn open_revocation(
             settings.on_stale,
             engine.durability().map_or_else(
                 || "durability not measured yet (Redis unreachable)".to_owned(),
-                |d| d.describe()
+                |d| match &d.primary {
+                    Some(primary) => format!("{} on {primary}", d.describe()),
+                    None => d.describe(),
+                }
             ),
         ),
     });

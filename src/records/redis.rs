@@ -73,7 +73,7 @@ impl RedisRecords {
         Ok(Self::on_target(target, prefix, retention, timeout, clock))
     }
 
-    /// A store on the primary `target` names (the deployment's Redis, URL or Sentinel).
+    /// A store on the primary `target` names (the deployment's Redis, URL, Sentinel or Cluster).
     pub(crate) fn on_target(
         target: RedisTarget,
         prefix: &str,
@@ -113,7 +113,7 @@ impl RedisRecords {
         let first = op(self.conn().await?).await;
         match first {
             Err(e) if e.is_connection_dropped() || e.is_io_error() => {
-                // Under Sentinel the primary may have moved: the retry asks where it is.
+                // Under Sentinel or Cluster the primary may have moved: the retry asks where it is.
                 self.conn.lost().await;
                 let retried = op(self.conn().await?).await;
                 self.conn

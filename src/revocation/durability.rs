@@ -73,6 +73,9 @@ pub struct Durability {
     /// Replicas that confirmed the last revoke this process made (`WAIT`'s answer); `None`
     /// before one, or when revokes do not wait.
     pub last_replicas_acked: Option<u64>,
+    /// Where this was measured: `cluster slot N, primary HOST:PORT`, `sentinel master NAME,
+    /// primary HOST:PORT`, or the address of a single Redis.
+    pub primary: Option<String>,
 }
 
 impl Durability {
@@ -97,6 +100,7 @@ impl Durability {
             appendonly,
             appendfsync,
             last_replicas_acked: None,
+            primary: None,
         }
     }
 
@@ -116,11 +120,11 @@ impl Durability {
 }
 
 /// The default of `min_replicas_acked`: 1 when the primary has replicas, 0 otherwise. Under
-/// Sentinel it is always 1: the primary is there to be replaced by a replica, and a revoke
-/// only on the primary is lost by exactly that failover (F8); with no replica connected,
-/// revokes then answer 503 until one is.
-pub(crate) fn default_min_replicas_acked(sentinel: bool, connected_replicas: u32) -> u32 {
-    u32::from(sentinel || connected_replicas > 0)
+/// Sentinel or Cluster (`failover`) it is always 1: the primary is there to be replaced by a
+/// replica, and a revoke only on the primary is lost by exactly that failover (F8); with no
+/// replica connected, revokes then answer 503 until one is.
+pub(crate) fn default_min_replicas_acked(failover: bool, connected_replicas: u32) -> u32 {
+    u32::from(failover || connected_replicas > 0)
 }
 
 #[cfg(test)]
@@ -146,7 +150,7 @@ mod tests {
     }
 
     #[test]
-    fn replicas_are_waited_for_by_default_when_there_are_some_or_under_sentinel() {
+    fn replicas_are_waited_for_by_default_when_there_are_some_or_under_failover() {
         assert_eq!(default_min_replicas_acked(false, 0), 0);
         assert_eq!(default_min_replicas_acked(false, 2), 1);
         assert_eq!(default_min_replicas_acked(true, 0), 1);

@@ -35,10 +35,14 @@
 //! At start and on every reconnect, a Redis whose `maxmemory-policy` is not `noeviction` is
 //! refused ([`StoreError::EvictionPolicy`]): eviction would silently delete revocations.
 //!
-//! # Failover (Sentinel)
+//! # Failover (Sentinel, Cluster)
 //!
-//! Every connection goes to the primary a `RedisTarget` (`crate::redis_target`) names (a URL, or what the sentinels
-//! say now); a lost connection makes the next one ask again. A promoted replica is another
+//! Every connection goes to the primary a `RedisTarget` (`crate::redis_target`) names (a URL,
+//! what the sentinels say now, or the primary of the cluster slot of `{P}`); a lost
+//! connection, or a `MOVED` from a slot that changed hands, makes the next one ask again.
+//! In a Cluster the feed stays on classic `PUBLISH`/`SUBSCRIBE` on the slot's primary (the
+//! redis crate's async pub/sub has no `SSUBSCRIBE`; the feed's heartbeat, a keyed script,
+//! meets the `MOVED` of a failover within one heartbeat anyway). A promoted replica is another
 //! Redis process, so its `run_id` differs from the old primary's and every mirror takes the
 //! never-forgetful path above: a revocation the replica had not received is written back by
 //! any mirror that holds it. To keep that window empty in the first place, a revoke waits for
@@ -317,23 +321,32 @@ pub(crate) async fn timed<T>(
     }
 }
 
-/// Where the configured Redis primary is: the URL, or what the sentinels name.
+/// Where the configured Redis primary is: the URL, what the sentinels name, or the primary
+/// of the deployment's cluster slot.
 pub(crate) fn target(settings: &RevocationSettings) -> Result<RedisTarget, StoreError> {
-    match (&settings.redis_url, &settings.sentinel) {
-        (Some(url), _) => RedisTarget::url(url).map_err(StoreError::RedisUrl),
-        (None, Some(sentinel)) => RedisTarget::sentinel(sentinel, settings.command_timeout)
+    match (&settings.redis_url, &settings.sentinel, &settings.cluster) {
+        (Some(url), _, _) => RedisTarget::url(url).map_err(StoreError::RedisUrl),
+        (None, Some(sentinel), _) => RedisTarget::sentinel(sentinel, settings.command_timeout)
             .map_err(|err| StoreError::Settings {
                 field: "sentinel",
                 reason: err.to_string(),
             }),
-        (None, None) => Err(StoreError::Settings {
+        (None, None, Some(cluster)) => {
+            RedisTarget::cluster(cluster, &settings.key_prefix, settings.command_timeout).map_err(
+                |err| StoreError::Settings {
+                    field: "cluster",
+                    reason: err.to_string(),
+                },
+            )
+        }
+        (None, None, None) => Err(StoreError::Settings {
             field: "redis_url",
-            reason: "a Redis store needs a URL or Sentinel".to_owned(),
+            reason: "a Redis store needs a URL, Sentinel or Cluster".to_owned(),
         }),
     }
 }
 
-/// The current primary's client (for Sentinel, asking the sentinels if needed).
+/// The current primary's client (for Sentinel or Cluster, looked up if needed).
 pub(crate) async fn primary_client(target: &RedisTarget) -> Result<Client, StoreError> {
     target.client().await.map_err(|source| StoreError::Redis {
         operation: "find the Redis primary",
@@ -343,7 +356,7 @@ pub(crate) async fn primary_client(target: &RedisTarget) -> Result<Client, Store
 
 /// Opens a multiplexed command connection to the current primary, with the command timeout
 /// on connect and replies. A failed connect tells the target, so the next one asks the
-/// sentinels again.
+/// sentinels (or the cluster) again.
 pub(crate) async fn command_connection(
     target: &RedisTarget,
     timeout: Duration,
@@ -387,7 +400,7 @@ pub(crate) fn is_lost_primary(err: &StoreError) -> bool {
 pub(crate) async fn measure_durability<C>(
     conn: &mut C,
     settings: &RevocationSettings,
-    sentinel: bool,
+    failover: bool,
 ) -> Result<Durability, StoreError>
 where
     C: ::redis::aio::ConnectionLike + Send,
@@ -432,7 +445,7 @@ where
     let appendfsync = config(conn, "appendfsync").await;
     let min_replicas_acked = settings
         .min_replicas_acked
-        .unwrap_or_else(|| durability::default_min_replicas_acked(sentinel, connected_replicas));
+        .unwrap_or_else(|| durability::default_min_replicas_acked(failover, connected_replicas));
     Ok(Durability::new(
         connected_replicas,
         min_replicas_acked,

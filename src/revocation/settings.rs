@@ -8,7 +8,7 @@ use std::fmt;
 use std::time::Duration;
 
 use super::{DurabilityLevel, StoreError};
-use crate::redis_target::SentinelSettings;
+use crate::redis_target::{ClusterSettings, SentinelSettings};
 
 /// The longest lifetime a token may have (SPEC §1): a watermark revocation can be pruned once
 /// this plus the leeway has passed since its `before`.
@@ -46,9 +46,13 @@ pub struct RevocationSettings {
     /// Redis under Sentinel: the primary is whatever the sentinels name, followed through
     /// failovers. Exclusive with `redis_url`. Default `None`.
     pub sentinel: Option<SentinelSettings>,
+    /// Redis Cluster: the primary is that of the slot of the hash tag `{key_prefix}`, which
+    /// holds every key of the deployment, found through seed nodes and followed through
+    /// failovers and resharding. Exclusive with `redis_url` and `sentinel`. Default `None`.
+    pub cluster: Option<ClusterSettings>,
     /// Replicas that must confirm a revoke (`WAIT`) before it is acknowledged; fewer within
     /// `wait_timeout` and the revoke answers 503. `None` (the default): 1 when the primary
-    /// has replicas (always under Sentinel), 0 otherwise.
+    /// has replicas (always under Sentinel or Cluster), 0 otherwise.
     pub min_replicas_acked: Option<u32>,
     /// How long a revoke waits for `min_replicas_acked` replicas. Default 500 ms, at most
     /// 10 s; the write with its wait may take `command_timeout` plus this.
@@ -91,6 +95,7 @@ impl Default for RevocationSettings {
         Self {
             redis_url: None,
             sentinel: None,
+            cluster: None,
             min_replicas_acked: None,
             wait_timeout: Duration::from_millis(500),
             require_durability: DurabilityLevel::None,
@@ -138,6 +143,17 @@ impl RevocationSettings {
             sentinel
                 .validate()
                 .map_err(|reason| invalid("sentinel", &reason))?;
+        }
+        if let Some(cluster) = &self.cluster {
+            if self.redis_url.is_some() || self.sentinel.is_some() {
+                return Err(invalid(
+                    "cluster",
+                    "set one of redis_url, the sentinel settings or cluster_nodes, not several",
+                ));
+            }
+            cluster
+                .validate()
+                .map_err(|reason| invalid("cluster", &reason))?;
         }
         if self.wait_timeout.is_zero() || self.wait_timeout > MAX_WAIT_TIMEOUT {
             return Err(invalid(
@@ -188,17 +204,19 @@ impl RevocationSettings {
         Ok(())
     }
 
-    /// Whether revocations live in Redis (a URL or Sentinel) rather than in this process.
+    /// Whether revocations live in Redis (a URL, Sentinel or Cluster) rather than in this
+    /// process.
     pub fn uses_redis(&self) -> bool {
-        self.redis_url.is_some() || self.sentinel.is_some()
+        self.redis_url.is_some() || self.sentinel.is_some() || self.cluster.is_some()
     }
 
     /// Where Redis is, for logs and the start banner, without credentials.
     pub fn describe_redis(&self) -> String {
-        match (&self.redis_url, &self.sentinel) {
-            (Some(url), _) => redact_url(url),
-            (None, Some(sentinel)) => sentinel.describe(),
-            (None, None) => "in-process".to_owned(),
+        match (&self.redis_url, &self.sentinel, &self.cluster) {
+            (Some(url), _, _) => redact_url(url),
+            (None, Some(sentinel), _) => sentinel.describe(),
+            (None, None, Some(cluster)) => cluster.describe(&self.key_prefix),
+            (None, None, None) => "in-process".to_owned(),
         }
     }
 
@@ -220,6 +238,7 @@ impl fmt::Debug for RevocationSettings {
         f.debug_struct("RevocationSettings")
             .field("redis_url", &self.redis_url.as_deref().map(redact_url))
             .field("sentinel", &self.sentinel)
+            .field("cluster", &self.cluster)
             .field("min_replicas_acked", &self.min_replicas_acked)
             .field("wait_timeout", &self.wait_timeout)
             .field("require_durability", &self.require_durability)
@@ -331,6 +350,63 @@ mod tests {
         settings.validate().unwrap();
         assert!(settings.uses_redis());
         assert!(!format!("{settings:?}").contains("hunter2"));
+    }
+
+    fn cluster() -> ClusterSettings {
+        ClusterSettings {
+            nodes: vec!["10.0.0.1:7000".to_owned(), "10.0.0.2:7001".to_owned()],
+            password: Some("hunter2".to_owned()),
+        }
+    }
+
+    #[test]
+    fn validate_refuses_cluster_with_a_url_or_sentinel_and_bad_nodes() {
+        for other in [
+            RevocationSettings {
+                redis_url: Some("redis://cache:6379".to_owned()),
+                ..RevocationSettings::default()
+            },
+            RevocationSettings {
+                sentinel: Some(sentinel()),
+                ..RevocationSettings::default()
+            },
+        ] {
+            let settings = RevocationSettings {
+                cluster: Some(cluster()),
+                ..other
+            };
+            assert!(matches!(
+                settings.validate(),
+                Err(StoreError::Settings {
+                    field: "cluster",
+                    ..
+                })
+            ));
+        }
+        let bad = RevocationSettings {
+            cluster: Some(ClusterSettings {
+                nodes: vec!["10.0.0.1".to_owned()],
+                password: None,
+            }),
+            ..RevocationSettings::default()
+        };
+        let Err(StoreError::Settings { field, reason }) = bad.validate() else {
+            panic!("a seed without a port accepted");
+        };
+        assert_eq!(field, "cluster");
+        assert!(reason.contains("`10.0.0.1` is not host:port"), "{reason}");
+        let settings = RevocationSettings {
+            cluster: Some(cluster()),
+            ..RevocationSettings::default()
+        };
+        settings.validate().unwrap();
+        assert!(settings.uses_redis());
+        assert!(!format!("{settings:?}").contains("hunter2"));
+        let described = settings.describe_redis();
+        assert!(
+            described.starts_with("cluster slot ") && described.contains("10.0.0.2:7001"),
+            "{described}"
+        );
     }
 
     #[test]

@@ -237,7 +237,7 @@ impl RedisUsage {
         Ok(Self::on_target(target, prefix, timeout))
     }
 
-    /// A store on the primary `target` names (the deployment's Redis, URL or Sentinel).
+    /// A store on the primary `target` names (the deployment's Redis, URL, Sentinel or Cluster).
     pub(crate) fn on_target(target: RedisTarget, prefix: &str, timeout: Duration) -> Self {
         Self {
             conn: Arc::new(LazyConnection::new(target, timeout)),

@@ -13,6 +13,7 @@
 )]
 
 mod cli;
+mod cluster;
 mod faults;
 mod golden;
 mod interop;

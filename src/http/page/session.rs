@@ -174,7 +174,7 @@ impl Sessions {
         ))
     }
 
-    /// A Redis store on the primary `target` names (URL or Sentinel), keys under
+    /// A Redis store on the primary `target` names (URL, Sentinel or Cluster), keys under
     /// `{prefix}:sess:`, connected lazily.
     pub(crate) fn on_target(
         target: RedisTarget,

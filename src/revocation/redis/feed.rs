@@ -375,7 +375,7 @@ impl Worker {
                     h.last_error = Some(message);
                 });
                 // Jittered: when a primary dies every verifier's feed fails at once, and their
-                // reconnects (and sentinel lookups) should not arrive in step.
+                // reconnects (and sentinel or cluster lookups) should not arrive in step.
                 tokio::select! {
                     () = tokio::time::sleep(jittered(after)) => {}
                     _ = shutdown.changed() => return,
@@ -400,7 +400,10 @@ impl Worker {
             (client, conn)
         };
         check_eviction_policy(&mut conn, timeout).await?;
-        self.report_durability(&mut conn).await;
+        let primary = self
+            .target
+            .describe_primary(&client.get_connection_info().addr().to_string());
+        self.report_durability(&mut conn, &primary).await;
         let run_id = server_run_id(&mut conn, timeout).await?;
         self.step(&mut conn, Input::RunId(run_id), Instant::now())
             .await?;
@@ -479,7 +482,7 @@ impl Worker {
                 }
                 _ = prune_tick.tick() => {
                     self.check_clock(&mut conn).await;
-                    self.report_durability(&mut conn).await;
+                    self.report_durability(&mut conn, &primary).await;
                     self.mirror.prune();
                     let pruned = prune(&mut conn, &self.keys, &self.scripts, &self.settings).await;
                     if let Err(err) = pruned {
@@ -493,9 +496,10 @@ impl Worker {
     /// Measures what the primary gives an acknowledged revoke (replicas, AOF) into the
     /// mirror's health, for `/readyz`: at each session and every prune interval, since
     /// replicas come and go (a failover reconfigures them after the promotion).
-    async fn report_durability(&self, conn: &mut MultiplexedConnection) {
-        match measure_durability(conn, &self.settings, self.target.is_sentinel()).await {
+    async fn report_durability(&self, conn: &mut MultiplexedConnection, primary: &str) {
+        match measure_durability(conn, &self.settings, self.target.follows_failover()).await {
             Ok(mut durability) => self.mirror.update_health(|h| {
+                durability.primary = Some(primary.to_owned());
                 // Keep what this process's store last saw `WAIT` answer.
                 durability.last_replicas_acked =
                     h.durability.as_ref().and_then(|d| d.last_replicas_acked);

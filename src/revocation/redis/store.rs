@@ -6,7 +6,7 @@
 //! lazily, so an issuer can start while Redis is down and answer 503 until it is back.
 //!
 //! Durable acknowledgement: when `min_replicas_acked` > 0 (by default whenever the primary
-//! has replicas, and always under Sentinel) the write and a `WAIT min_replicas_acked
+//! has replicas, and always under Sentinel or Cluster) the write and a `WAIT min_replicas_acked
 //! wait_timeout` go to Redis as one pipeline on one connection, so `WAIT` counts exactly that
 //! write; fewer replicas within the timeout and the revoke fails (503), nothing is
 //! acknowledged and the local mirror is not touched (THREATS F8: asynchronous replication loses
@@ -14,9 +14,10 @@
 //! the two would run `WAIT` on a fresh connection with no writes, which answers at once.
 //!
 //! Failover: the connection goes to the primary the [`RedisTarget`] names. A command that
-//! fails with a lost connection, a timeout or `READONLY` (a demoted primary) drops it and tells
-//! the target, so the next revoke asks the sentinels again; each new connection is checked
-//! (eviction policy, durability) before use.
+//! fails with a lost connection, a timeout, `READONLY` (a demoted primary) or, in a Cluster,
+//! `MOVED`/`ASK`/`TRYAGAIN`/`CLUSTERDOWN` drops it and tells the target, so the next revoke
+//! asks the sentinels (or the cluster) again; each new connection is checked (eviction
+//! policy, durability) before use.
 //!
 //! [`RevocationStore::revoke`] then waits at the revocation barrier (up to
 //! `barrier_timeout`) until every registered mirror confirmed the change, and says how many
@@ -81,10 +82,10 @@ struct Open {
 }
 
 impl RedisStore {
-    /// A store for `settings.redis_url` (or the Sentinel primary). Tries to connect at once:
-    /// a Redis that answers with a `maxmemory-policy` other than `noeviction`, or gives less
-    /// than `require_durability`, is refused; an unreachable one is not (the connection is
-    /// retried on each revoke, which fails until Redis is back).
+    /// A store for `settings.redis_url` (or the Sentinel or Cluster primary). Tries to connect
+    /// at once: a Redis that answers with a `maxmemory-policy` other than `noeviction`, or
+    /// gives less than `require_durability`, is refused; an unreachable one is not (the
+    /// connection is retried on each revoke, which fails until Redis is back).
     ///
     /// # Errors
     /// [`StoreError::Settings`] / [`StoreError::RedisUrl`] for bad settings, and
@@ -233,8 +234,9 @@ impl Shared {
         .await
         .inspect_err(|_| self.target.invalidate())?;
         check_eviction_policy(&mut conn, timeout).await?;
-        let durability =
-            measure_durability(&mut conn, &self.settings, self.target.is_sentinel()).await?;
+        let mut durability =
+            measure_durability(&mut conn, &self.settings, self.target.follows_failover()).await?;
+        durability.primary = Some(self.target.describe_primary(&primary.address));
         check_durability(&durability, &self.settings)?;
         log_durability(&primary.address, &durability);
         if let Some(mirror) = &self.local {
@@ -255,7 +257,7 @@ impl Shared {
     async fn note_failure(&self, err: &StoreError) {
         if is_lost_primary(err) {
             self.target.invalidate();
-            if self.target.is_sentinel() {
+            if self.target.follows_failover() {
                 *self.connection.lock().await = None;
             }
         }
@@ -290,7 +292,8 @@ impl Shared {
         let written = self.write(&open, &body, entry).await;
         // A connection that died since the last command (Redis restarted) fails once while the
         // manager reconnects; one retry hides that. Safe: a change applied twice is a no-op.
-        // Under Sentinel the retry goes to whatever primary the sentinels name now.
+        // Under Sentinel or Cluster the retry goes to whatever primary is named now (after
+        // `MOVED`, the slot's new owner; after `ASK`, the same node again: 503).
         let (seq, generation) = match written {
             Err(err) if is_lost_primary(&err) => {
                 self.note_failure(&err).await;

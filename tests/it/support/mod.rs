@@ -8,12 +8,14 @@
 //! black-holed (`netns`).
 
 pub(crate) mod caddy;
+pub(crate) mod cluster;
 pub(crate) mod delay_proxy;
 pub(crate) mod deployment;
 pub(crate) mod echo_upstream;
 pub(crate) mod edge_proxy;
 pub(crate) mod envoy;
 pub(crate) mod eventually;
+pub(crate) mod failover;
 pub(crate) mod ids;
 pub(crate) mod issuer;
 pub(crate) mod jwks_server;

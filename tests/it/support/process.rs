@@ -259,7 +259,6 @@ impl EdgetokenProcess {
     }
 
     /// The temp dir holding the config and logs.
-    #[expect(dead_code, reason = "kept for debugging failing process tests")]
     pub(crate) fn dir(&self) -> PathBuf {
         self.dir.path().to_owned()
     }

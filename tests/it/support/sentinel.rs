@@ -26,7 +26,8 @@ pub(crate) struct Node {
 }
 
 impl Node {
-    fn spawn(args: &[String], dir: TempDir, port: u16) -> Self {
+    /// Starts `redis-server ARGS` (its port is `port`, its files in `dir`) and waits for PING.
+    pub(crate) fn spawn(args: &[String], dir: TempDir, port: u16) -> Self {
         let child = Command::new("redis-server")
             .args(args)
             .stdin(Stdio::null())
@@ -35,8 +36,8 @@ impl Node {
             .spawn()
             .unwrap_or_else(|err| {
                 panic!(
-                    "spawning redis-server ({err}); the Sentinel tests need a real Redis with \
-                     Sentinel (apt-get install redis-server)"
+                    "spawning redis-server ({err}); the Sentinel and Cluster tests need a \
+                     real Redis 7 (apt-get install redis-server)"
                 )
             });
         let mut node = Self {
@@ -119,12 +120,14 @@ pub(crate) struct SentinelRedis {
     pub(crate) sentinels: Vec<Node>,
 }
 
-fn free_port() -> u16 {
+/// A port free on loopback now.
+pub(crate) fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
     listener.local_addr().expect("local addr").port()
 }
 
-fn temp_dir(prefix: &str) -> TempDir {
+/// A temp dir named `prefix...`, removed on drop.
+pub(crate) fn temp_dir(prefix: &str) -> TempDir {
     tempfile::Builder::new()
         .prefix(prefix)
         .tempdir()
@@ -187,7 +190,8 @@ fn sentinel_node(primary: u16) -> Node {
     Node::spawn(&[path(&conf), "--sentinel".to_owned()], dir, port)
 }
 
-fn path(p: &Path) -> String {
+/// `p` as a string argument.
+pub(crate) fn path(p: &Path) -> String {
     p.to_str().expect("UTF-8 temp path").to_owned()
 }
 
