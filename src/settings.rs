@@ -402,6 +402,7 @@ fn revocation(config: &Config) -> RevocationSettings {
         leeway: Duration::from_secs(config.token.leeway_secs),
         command_timeout: Duration::from_millis(r.command_timeout_ms),
         barrier_timeout: Duration::from_millis(r.barrier_timeout_ms),
+        read_from_replicas: r.read_from_replicas,
         ..RevocationSettings::default()
     }
 }
@@ -655,6 +656,39 @@ mod tests {
         assert!(message.contains("not both"), "{message}");
         let half = "[revocation]\nsentinel_master_name = \"edgetoken\"\n";
         assert!(Settings::from_toml(half).is_err());
+    }
+
+    #[test]
+    fn read_from_replicas_is_off_by_default_and_needs_sentinel() {
+        assert!(
+            !Settings::from_toml("")
+                .unwrap()
+                .revocation
+                .read_from_replicas
+        );
+        let settings = Settings::load(
+            Some(Path::new("/dev/null")),
+            [
+                ("EDGETOKEN_REVOCATION__SENTINEL_MASTER_NAME", "edgetoken"),
+                (
+                    "EDGETOKEN_REVOCATION__SENTINEL_ADDRESSES",
+                    r#"["10.0.0.1:26379"]"#,
+                ),
+                ("EDGETOKEN_REVOCATION__READ_FROM_REPLICAS", "true"),
+            ]
+            .map(|(k, v)| (k.to_owned(), v.to_owned())),
+        )
+        .unwrap();
+        assert!(settings.revocation.read_from_replicas);
+        // A URL names one node: there are no replicas to find, so the setting is refused.
+        for revocation in ["redis_url = \"redis://cache:6379\"\n", ""] {
+            let text = format!("[revocation]\n{revocation}read_from_replicas = true\n");
+            let Err(ConfigError::Field { field, message }) = Settings::from_toml(&text) else {
+                panic!("read_from_replicas accepted without Sentinel: {revocation}");
+            };
+            assert_eq!(field, "revocation", "{message}");
+            assert!(message.contains("needs Sentinel"), "{message}");
+        }
     }
 
     #[test]
