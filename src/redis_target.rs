@@ -15,7 +15,9 @@
 //!   failover) waits a bounded, jittered back-off before asking again, answering the last
 //!   error meanwhile, so callers retrying in a loop cannot flood the sentinels.
 //!
-//! What it leaves out: Cluster and reads from replicas (issue 11, later steps). SPEC §3.
+//! For feeds that read from replicas (`read_from_replicas`), it also lists the replicas the
+//! sentinels know ([`RedisTarget::replicas`]); choosing one and judging its health is the
+//! feed's job. What it leaves out: Cluster (issue 11, a later step). SPEC §3.
 
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -222,6 +224,19 @@ impl RedisTarget {
         Ok(self.primary().await?.client)
     }
 
+    /// The replicas of the primary, as the sentinels list them now (those not flagged down
+    /// that answer `ROLE` as replicas), each with its address; none for a URL, which names
+    /// no replicas. Asked anew at every call: the feed calls it once per session.
+    ///
+    /// # Errors
+    /// For Sentinel: no sentinel answered within the timeout, or the lookup failed.
+    pub(crate) async fn replicas(&self) -> RedisResult<Vec<Primary>> {
+        match &*self.inner {
+            Inner::Url(_) => Ok(Vec::new()),
+            Inner::Sentinel(resolver) => resolver.replicas().await,
+        }
+    }
+
     /// Reports that a connection to the primary failed: the next lookup asks the sentinels.
     /// Nothing to do for a URL (the client reconnects to the same address).
     pub(crate) fn invalidate(&self) {
@@ -250,6 +265,30 @@ impl Resolver {
             return Some(Err(lookup_error(error.clone())));
         }
         None
+    }
+
+    /// The replicas the sentinels list; no replica is an empty list, not an error. Not
+    /// cached and without back-off: one call per feed session, which has its own back-off.
+    async fn replicas(&self) -> RedisResult<Vec<Primary>> {
+        let mut sentinel = self.sentinel.lock().await;
+        let found = tokio::time::timeout(
+            self.timeout,
+            sentinel.async_get_replica_clients(&self.master_name, None),
+        )
+        .await;
+        drop(sentinel);
+        match found {
+            Ok(Ok(clients)) => Ok(clients.into_iter().map(Primary::of).collect()),
+            Ok(Err(err)) if err.kind() == ErrorKind::NoValidReplicasFoundBySentinel => {
+                Ok(Vec::new())
+            }
+            Ok(Err(err)) => Err(err),
+            Err(_elapsed) => Err(RedisError::from((
+                ErrorKind::Io,
+                "no replicas from the sentinels",
+                format!("no sentinel answered within {:?}", self.timeout),
+            ))),
+        }
     }
 
     async fn primary(&self) -> RedisResult<Primary> {
