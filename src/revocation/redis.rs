@@ -93,6 +93,7 @@
 mod barrier;
 mod feed;
 pub(crate) mod protocol;
+mod replica;
 mod store;
 
 pub use self::feed::RedisFeed;
