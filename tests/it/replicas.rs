@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 
+use crate::support::delay_proxy::DelayProxy;
 use crate::support::deployment::{AUDIENCE, Deployment, ISSUER, mint};
 use crate::support::eventually::eventually;
 use crate::support::process::EdgetokenProcess;
@@ -337,4 +338,94 @@ async fn read_from_replicas_verifiers_keep_up_with_a_replica_and_fall_back_when_
     if debug {
         eprintln!("verifier stderr:\n{}", verifier.stderr());
     }
+}
+
+/// A replica that lags is waited for a moment, then read around: its short log must never be
+/// taken for a trimmed log or a lost data set. Both replicas replicate through delaying
+/// proxies; once the verifier reads from one, the replication stream is held back 400 ms
+/// (beyond the feed's ~100 ms of patience). Checked: every revoke (not waiting for replicas,
+/// and waiting up to 2 s for the verifier) is confirmed and refused by the verifier at once,
+/// the verifier's mirror resyncs in full only at its start and never re-seeds, and its feed
+/// leaves the lagging replicas.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lagging_replica_is_read_around_and_never_taken_for_lost_revocations() {
+    let primary = SentinelRedis::primary();
+    let upstream = format!("127.0.0.1:{}", primary.port).parse().unwrap();
+    let proxies = [
+        DelayProxy::start(upstream).await,
+        DelayProxy::start(upstream).await,
+    ];
+    let links = [proxies[0].port(), proxies[1].port()];
+    let redis = tokio::task::block_in_place(|| SentinelRedis::around(primary, links));
+    let deployment = Deployment::new();
+    let sentinels = redis.sentinel_addresses();
+    let issuer_config = config_text(&deployment, &sentinels, false).replace(
+        "wait_timeout_ms = 500\n",
+        "wait_timeout_ms = 500\nmin_replicas_acked = 0\nbarrier_timeout_ms = 2000\n",
+    );
+    let issuer_process = EdgetokenProcess::start(&issuer_config, "issuer").await;
+    let verifier = EdgetokenProcess::start_logging(
+        &config_text(&deployment, &sentinels, true),
+        "verifier",
+        "info",
+    )
+    .await;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let source = feed_source(&readyz(&client, &verifier.url("")).await);
+    assert!(
+        replica_port(&source).is_some(),
+        "not on a replica: {source}"
+    );
+
+    for proxy in &proxies {
+        proxy.set_delay(Duration::from_millis(400), Duration::ZERO);
+    }
+    let offline = deployment.offline_issuer();
+    let tokens: Vec<(usize, String)> = (0..30)
+        .map(|i| (i, mint(&offline, "alice", "acme", "runs:read")))
+        .collect();
+    let run = revoke_steadily(
+        client.clone(),
+        issuer_process.url("/v1/revoke"),
+        verifier.url(REQUIREMENT),
+        tokens.clone(),
+    )
+    .await;
+    let statuses: Vec<u16> = run.answers.iter().map(|(_, s)| s.as_u16()).collect();
+    eprintln!("replicas (lag): revokes answered {statuses:?}");
+    assert!(
+        run.answers.iter().all(|(_, s)| *s == StatusCode::OK),
+        "{statuses:?}"
+    );
+    assert!(
+        run.accepted_after_ack.is_empty(),
+        "tokens accepted right after a 200: {:?}",
+        run.accepted_after_ack
+    );
+    for (index, token) in &tokens {
+        assert_eq!(
+            verify_status(&client, &verifier.url(REQUIREMENT), token).await,
+            StatusCode::UNAUTHORIZED,
+            "token {index}"
+        );
+    }
+
+    let ready = readyz(&client, &verifier.url("")).await;
+    let log = verifier.stderr();
+    let count = |what: &str| log.lines().filter(|l| l.contains(what)).count();
+    eprintln!(
+        "replicas (lag): verifier feed_source {}, replica_fallbacks {}; log: {} full resyncs, \
+         {} fallbacks to the primary, {} re-seeds",
+        ready["revocation"]["feed_source"],
+        ready["revocation"]["replica_fallbacks"],
+        count("resynced in full"),
+        count("falls back to the primary"),
+        count("re-seeding"),
+    );
+    assert_eq!(count("resynced in full"), 1, "only the first sync:\n{log}");
+    assert_eq!(count("re-seeding"), 0, "{log}");
+    assert!(count("lagged behind the primary") > 0, "{log}");
 }

@@ -145,7 +145,7 @@ impl RedisFeed {
             reads: None,
             head_seq: 0,
             trouble: None,
-            avoid: None,
+            avoid: Vec::new(),
         };
         let tasks = vec![
             tokio::spawn(worker.run(probe, shutdown_rx.clone())),
@@ -363,8 +363,8 @@ struct Worker {
     /// The replica failed or lagged during the current step and the primary answered in its
     /// place: the step completes, then the session ends with this.
     trouble: Option<FeedError>,
-    /// A replica that failed or lagged, and until when sessions pass it over.
-    avoid: Option<(Arc<str>, Instant)>,
+    /// Replicas that failed or lagged, and until when sessions pass them over.
+    avoid: Vec<(Arc<str>, Instant)>,
 }
 
 impl Worker {
@@ -378,6 +378,10 @@ impl Worker {
                 Ok(()) => return,
                 Err(err) => err,
             };
+            // A replica's trouble ends the session it happened in, not the next one (another
+            // error may have ended this one first); the next session checks its replica anew.
+            self.trouble = None;
+            self.reads = None;
             // Any lost session may mean a lost primary: the next one asks where it is now
             // (for a plain URL this changes nothing).
             if matches!(&err, FeedError::Disconnected)
@@ -421,7 +425,8 @@ impl Worker {
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<(), FeedError> {
         let timeout = self.settings.command_timeout;
-        // Both connections of a session go to the one primary resolved here.
+        // The command connection goes to the one primary resolved here, and so does the feed
+        // connection unless the session reads from a replica (chosen below).
         let (client, mut conn) = if let Some(opened) = probe {
             opened
         } else {
@@ -435,14 +440,8 @@ impl Worker {
         self.step(&mut conn, Input::RunId(run_id), Instant::now())
             .await?;
         self.check_clock(&mut conn).await;
-        let primary = client.get_connection_info().addr().to_string();
-        self.reads = self.choose_reads(&primary).await;
-        // The live feed comes from the replica when there is one: a change is published there
-        // after it is in the replica's log, and never before the primary has it.
-        let feed_client = self
-            .reads
-            .as_ref()
-            .map_or_else(|| client.clone(), |reads| reads.client.clone());
+        let primary = self.primary_replication(&mut conn).await;
+        let feed_client = self.choose_reads(primary.as_ref(), &client).await;
         let pubsub = timed(
             timeout,
             "open the feed connection",
@@ -527,7 +526,7 @@ impl Worker {
                     if let Err(err) = pruned {
                         tracing::warn!(error = %err, "pruning expired revocations in Redis failed");
                     }
-                    if self.is_replica_back(&primary).await {
+                    if self.is_replica_back(primary.as_ref()).await {
                         return Err(FeedError::ReplicaBack);
                     }
                 }
@@ -1068,18 +1067,36 @@ impl Worker {
 /// Reads from a replica (`read_from_replicas`): which node a session reads from, and the reads
 /// that may go to a replica, each falling back to the primary.
 impl Worker {
-    /// The replica this session reads from, or `None` for the primary (also when the setting
-    /// is off). Records the choice in the health and logs a fallback.
-    async fn choose_reads(&mut self, primary: &str) -> Option<ReplicaReads> {
-        let chosen = if self.settings.read_from_replicas {
+    /// The primary's `INFO replication`, which replicas are checked against; `None` when the
+    /// setting is off or the primary did not answer (then the session reads from the primary).
+    async fn primary_replication(
+        &self,
+        conn: &mut MultiplexedConnection,
+    ) -> Option<replica::Replication> {
+        if !self.settings.read_from_replicas {
+            return None;
+        }
+        match replica::replication(conn, self.settings.command_timeout).await {
+            Ok(primary) => Some(primary),
+            Err(err) => {
+                tracing::warn!(error = %err, "the primary did not tell its replication state");
+                None
+            }
+        }
+    }
+
+    /// Chooses the replica this session reads from (`self.reads`; `None` for the primary,
+    /// also when the setting is off) and returns the client for its feed connection: the
+    /// replica's, else `primary_client`. Records the choice in the health and logs a fallback.
+    async fn choose_reads(
+        &mut self,
+        primary: Option<&replica::Replication>,
+        primary_client: &Client,
+    ) -> Client {
+        let chosen = if let Some(primary) = primary {
             let avoid = self.avoided();
-            let chosen = replica::choose(
-                &self.target,
-                primary,
-                avoid.as_deref(),
-                self.settings.command_timeout,
-            )
-            .await;
+            let chosen =
+                replica::choose(&self.target, primary, &avoid, self.settings.command_timeout).await;
             if let Err(reason) = &chosen {
                 tracing::warn!(
                     reason,
@@ -1088,6 +1105,9 @@ impl Worker {
             }
             chosen.ok()
         } else {
+            if self.settings.read_from_replicas {
+                tracing::warn!("no replica checked; the revocation feed reads from the primary");
+            }
             None
         };
         let source = chosen.as_ref().map_or_else(
@@ -1102,31 +1122,35 @@ impl Worker {
             h.feed_source = Some(source);
             h.replica_fallbacks += u64::from(fell_back);
         });
-        chosen
+        // The live feed comes from the replica when there is one: a change is published there
+        // after it is in the replica's log, and never before the primary has it.
+        let client = chosen
+            .as_ref()
+            .map_or_else(|| primary_client.clone(), |reads| reads.client.clone());
+        self.reads = chosen;
+        client
     }
 
-    /// The replica to pass over now, if any.
-    fn avoided(&mut self) -> Option<Arc<str>> {
+    /// The replicas to pass over now.
+    fn avoided(&mut self) -> Vec<Arc<str>> {
         let now = Instant::now();
-        self.avoid = self.avoid.take().filter(|(_, until)| *until > now);
-        self.avoid.as_ref().map(|(address, _)| Arc::clone(address))
+        self.avoid.retain(|(_, until)| *until > now);
+        self.avoid
+            .iter()
+            .map(|(address, _)| Arc::clone(address))
+            .collect()
     }
 
     /// Whether a session reading from the primary although `read_from_replicas` is set finds
     /// a usable replica now (asked every prune interval), so it can move there.
-    async fn is_replica_back(&mut self, primary: &str) -> bool {
-        if !self.settings.read_from_replicas || self.reads.is_some() {
+    async fn is_replica_back(&mut self, primary: Option<&replica::Replication>) -> bool {
+        let Some(primary) = primary.filter(|_| self.reads.is_none()) else {
             return false;
-        }
+        };
         let avoid = self.avoided();
-        replica::choose(
-            &self.target,
-            primary,
-            avoid.as_deref(),
-            self.settings.command_timeout,
-        )
-        .await
-        .is_ok()
+        replica::choose(&self.target, primary, &avoid, self.settings.command_timeout)
+            .await
+            .is_ok()
     }
 
     /// Records that the session's replica failed or lagged (`reason`) while the primary
@@ -1139,7 +1163,9 @@ impl Worker {
             "revocation feed falls back to the primary; leaving the replica"
         );
         self.mirror.update_health(|h| h.replica_fallbacks += 1);
-        self.avoid = Some((Arc::clone(address), Instant::now() + AVOID_FOR));
+        self.avoid.retain(|(avoided, _)| avoided != address);
+        self.avoid
+            .push((Arc::clone(address), Instant::now() + AVOID_FOR));
         self.trouble.get_or_insert(FeedError::Replica {
             address: Arc::clone(address),
             reason,

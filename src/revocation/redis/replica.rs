@@ -57,10 +57,14 @@ impl std::fmt::Debug for ReplicaReads {
 pub(super) struct Replication {
     /// `role:` (`master` or `slave`).
     pub(super) role: Option<String>,
-    /// `master_host:master_port`, the primary it replicates from.
+    /// `master_host:master_port`, the node it replicates from (for messages: behind NAT or
+    /// a proxy it differs from the address the sentinels give the primary).
     pub(super) master: Option<String>,
     /// `master_link_status:up`.
     pub(super) link_up: bool,
+    /// `master_replid`: the replication history the node is in. A replica synced with the
+    /// primary has the primary's; one still attached to a primary that failed over does not.
+    pub(super) replid: Option<String>,
 }
 
 impl Replication {
@@ -80,27 +84,36 @@ impl Replication {
             role: field("role"),
             master,
             link_up: field("master_link_status").as_deref() == Some("up"),
+            replid: field("master_replid"),
         }
     }
 
-    /// Whether a feed may read from this node while `primary` is the primary; else why not.
-    /// Deny by default: a node that is not a replica, replicates from another node (a stale
-    /// topology after a failover), or whose link to the primary is down is not used.
-    pub(super) fn judge(&self, primary: &str) -> Result<(), String> {
+    /// Whether a feed may read from this node, `primary` being what the primary's own
+    /// `INFO replication` says; else why not. Deny by default: a node that is not a replica,
+    /// whose link is down, or that is not in the primary's replication history (attached to
+    /// another node, such as a primary that failed over) is not used. The history, not the
+    /// address, is compared: addresses differ behind NAT, proxies and host names.
+    pub(super) fn judge(&self, primary: &Self) -> Result<(), String> {
         if self.role.as_deref() != Some("slave") {
             return Err(format!(
                 "answers as {}, not as a replica",
                 self.role.as_deref().unwrap_or("an unknown role")
             ));
         }
-        if self.master.as_deref() != Some(primary) {
+        if !self.link_up {
             return Err(format!(
-                "replicates from {}, not from the primary {primary}",
-                self.master.as_deref().unwrap_or("nothing")
+                "its link to {} is down",
+                self.master.as_deref().unwrap_or("its primary")
             ));
         }
-        if !self.link_up {
-            return Err("its link to the primary is down".to_owned());
+        if primary.role.as_deref() != Some("master") {
+            return Err("the primary does not answer as a primary".to_owned());
+        }
+        if self.replid.is_none() || self.replid != primary.replid {
+            return Err(format!(
+                "replicates from {}, not in the primary's replication history",
+                self.master.as_deref().unwrap_or("nothing")
+            ));
         }
         Ok(())
     }
@@ -159,14 +172,28 @@ pub(super) fn rotation(count: usize, start: usize) -> impl Iterator<Item = usize
     (0..count).map(move |i| (start + i) % count.max(1))
 }
 
+/// Reads a node's `INFO replication`.
+pub(super) async fn replication(
+    conn: &mut MultiplexedConnection,
+    timeout: Duration,
+) -> Result<Replication, StoreError> {
+    let info: String = timed(
+        timeout,
+        "read the replication state",
+        ::redis::cmd("INFO").arg("replication").query_async(conn),
+    )
+    .await?;
+    Ok(Replication::parse(&info))
+}
+
 /// Chooses the replica a session reads from: the replicas the sentinels list, tried from a
 /// random one on, skipping `avoid`, each connected to and checked with `INFO replication`
-/// against `primary` (the primary's `host:port`). `None`, with the reason, when none is
-/// usable: the session then reads from the primary.
+/// against `primary` (the primary's own). `Err`, with the reasons, when none is usable: the
+/// session then reads from the primary.
 pub(super) async fn choose(
     target: &RedisTarget,
-    primary: &str,
-    avoid: Option<&str>,
+    primary: &Replication,
+    avoid: &[Arc<str>],
     timeout: Duration,
 ) -> Result<ReplicaReads, String> {
     let candidates = target
@@ -183,7 +210,7 @@ pub(super) async fn choose(
             continue;
         };
         let address = Arc::clone(&candidate.address);
-        if avoid == Some(&*address) {
+        if avoid.contains(&address) {
             reasons.push(format!("{address}: failed or lagged recently"));
             continue;
         }
@@ -204,22 +231,16 @@ pub(super) async fn choose(
 /// Connects to a candidate and checks it replicates from `primary` with its link up.
 async fn check(
     client: &Client,
-    primary: &str,
+    primary: &Replication,
     timeout: Duration,
 ) -> Result<MultiplexedConnection, String> {
     let mut conn = connect(client, timeout)
         .await
         .map_err(|err| err.to_string())?;
-    let info: String = timed(
-        timeout,
-        "read the replica's replication state",
-        ::redis::cmd("INFO")
-            .arg("replication")
-            .query_async(&mut conn),
-    )
-    .await
-    .map_err(|err: StoreError| err.to_string())?;
-    Replication::parse(&info).judge(primary)?;
+    let replica = replication(&mut conn, timeout)
+        .await
+        .map_err(|err| err.to_string())?;
+    replica.judge(primary)?;
     Ok(conn)
 }
 
@@ -230,29 +251,34 @@ mod tests {
 
     const REPLICA_INFO: &str = "# Replication\r\nrole:slave\r\nmaster_host:127.0.0.1\r\n\
                                 master_port:6380\r\nmaster_link_status:up\r\n\
-                                master_last_io_seconds_ago:0\r\nslave_repl_offset:1234\r\n";
+                                master_last_io_seconds_ago:0\r\n\
+                                master_replid:8f3a\r\nslave_repl_offset:1234\r\n";
+    const PRIMARY_INFO: &str = "# Replication\r\nrole:master\r\nconnected_slaves:2\r\n\
+                                master_replid:8f3a\r\nmaster_replid2:0000\r\n";
 
     #[test]
-    fn a_linked_replica_of_the_primary_is_usable() {
+    fn a_linked_replica_in_the_primary_history_is_usable() {
         let info = Replication::parse(REPLICA_INFO);
         assert_eq!(info.master.as_deref(), Some("127.0.0.1:6380"));
-        assert!(info.judge("127.0.0.1:6380").is_ok());
+        assert_eq!(info.replid.as_deref(), Some("8f3a"));
+        assert!(info.judge(&Replication::parse(PRIMARY_INFO)).is_ok());
     }
 
     #[test]
-    fn a_replica_is_refused_when_its_link_is_down_or_it_follows_another_node() {
+    fn a_replica_is_refused_when_its_link_is_down_or_it_follows_another_history() {
+        let primary = Replication::parse(PRIMARY_INFO);
         let down = REPLICA_INFO.replace("link_status:up", "link_status:down");
-        assert!(
-            Replication::parse(&down)
-                .judge("127.0.0.1:6380")
-                .unwrap_err()
-                .contains("down")
-        );
-        let other = Replication::parse(REPLICA_INFO).judge("127.0.0.1:6381");
-        assert!(other.unwrap_err().contains("not from the primary"));
-        let primary = Replication::parse("# Replication\r\nrole:master\r\nconnected_slaves:2\r\n");
-        assert!(primary.judge("127.0.0.1:6380").is_err());
-        assert!(Replication::parse("").judge("127.0.0.1:6380").is_err());
+        let refused = Replication::parse(&down).judge(&primary).unwrap_err();
+        assert!(refused.contains("down"), "{refused}");
+        // Still attached to a primary that failed over: another replication id.
+        let failed_over = Replication::parse(&PRIMARY_INFO.replace("8f3a", "77aa"));
+        let refused = Replication::parse(REPLICA_INFO).judge(&failed_over);
+        assert!(refused.unwrap_err().contains("history"));
+        // A primary is no replica; a replica named as the primary is no primary.
+        assert!(primary.judge(&primary).is_err());
+        let replica = Replication::parse(REPLICA_INFO);
+        assert!(replica.judge(&replica).is_err());
+        assert!(Replication::parse("").judge(&primary).is_err());
     }
 
     fn entry(seq: u64, generation: &str) -> LogEntry {
