@@ -429,3 +429,106 @@ async fn a_lagging_replica_is_read_around_and_never_taken_for_lost_revocations()
     assert_eq!(count("re-seeding"), 0, "{log}");
     assert!(count("lagged behind the primary") > 0, "{log}");
 }
+
+/// A failover of the primary under a verifier that reads from a replica: its replica is
+/// promoted or re-pointed, the feed follows through the sessions that fail meanwhile, and no
+/// acknowledgement is false. Revokes at [`PER_SECOND`] while the primary is killed with
+/// `kill -9`; checked: every answer is 200, 202 or 503, a 200 is refused by the verifier at
+/// once and every acknowledged revocation afterwards, and the verifier turns fresh again.
+/// Printed: the time from the kill to the mirror fresh again, and where the feed then reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_from_replicas_verifier_follows_a_failover_of_the_primary() {
+    let mut redis = SentinelRedis::start();
+    let deployment = Deployment::new();
+    let sentinels = redis.sentinel_addresses();
+    let old_primary = redis.primary_port().expect("the sentinels name a primary");
+    let issuer_process =
+        EdgetokenProcess::start(&config_text(&deployment, &sentinels, false), "issuer").await;
+    let verifier =
+        EdgetokenProcess::start(&config_text(&deployment, &sentinels, true), "verifier").await;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let source = feed_source(&readyz(&client, &verifier.url("")).await);
+    assert!(
+        replica_port(&source).is_some(),
+        "not on a replica: {source}"
+    );
+
+    let offline = deployment.offline_issuer();
+    let total = usize::try_from(8 * PER_SECOND).unwrap();
+    let tokens: Vec<(usize, String)> = (0..total)
+        .map(|i| (i, mint(&offline, "alice", "acme", "runs:read")))
+        .collect();
+    let run = tokio::spawn(revoke_steadily(
+        client.clone(),
+        issuer_process.url("/v1/revoke"),
+        verifier.url(REQUIREMENT),
+        tokens.clone(),
+    ));
+    tokio::time::sleep(BEFORE_KILL).await;
+    let killed = Instant::now();
+    redis.node_mut(old_primary).kill();
+    eprintln!(
+        "replicas (failover): primary on port {old_primary} killed (kill -9); verifier read from {source:?}"
+    );
+    let staleness = async || {
+        readyz(&client, &verifier.url("")).await["revocation"]["staleness_seconds"]
+            .as_f64()
+            .unwrap_or(f64::INFINITY)
+    };
+    eventually("the verifier's mirror cut off", Duration::from_secs(10))
+        .every(Duration::from_millis(20))
+        .until(async || (staleness().await >= FRESH_MARK).then_some(()))
+        .await;
+    let fresh_at = eventually("the verifier's mirror fresh again", Duration::from_secs(45))
+        .every(Duration::from_millis(20))
+        .until(async || (staleness().await < FRESH_MARK).then(Instant::now))
+        .await;
+    let run = run.await.unwrap();
+    let ready = readyz(&client, &verifier.url("")).await;
+    let new_primary = redis.primary_port().expect("a primary after the failover");
+    assert_ne!(new_primary, old_primary, "Sentinel promoted a replica");
+    let source = feed_source(&ready);
+    eprintln!("replicas (failover): new primary on port {new_primary}");
+    assert_ne!(
+        replica_port(&source),
+        Some(new_primary),
+        "the feed takes the promoted primary for a replica"
+    );
+    let count = |pick: fn(StatusCode) -> bool| run.answers.iter().filter(|(_, s)| pick(*s)).count();
+    eprintln!(
+        "replicas (failover): kill -> verifier mirror fresh again: {:.0} ms; feed_source then {}, \
+         replica_fallbacks {}; {} revokes: {} answered 200, {} answered 202, {} answered 503",
+        (fresh_at - killed).as_secs_f64() * 1000.0,
+        ready["revocation"]["feed_source"],
+        ready["revocation"]["replica_fallbacks"],
+        run.answers.len(),
+        count(|s| s == StatusCode::OK),
+        count(|s| s == StatusCode::ACCEPTED),
+        count(|s| s == StatusCode::SERVICE_UNAVAILABLE),
+    );
+    let others: Vec<u16> = run
+        .answers
+        .iter()
+        .map(|(_, s)| *s)
+        .filter(|s| !is_ack(*s) && *s != StatusCode::SERVICE_UNAVAILABLE)
+        .map(|s| s.as_u16())
+        .collect();
+    assert!(others.is_empty(), "revokes answered {others:?}");
+    assert!(
+        run.accepted_after_ack.is_empty(),
+        "tokens accepted right after a 200: {:?}",
+        run.accepted_after_ack
+    );
+    for (index, status) in &run.answers {
+        if is_ack(*status) {
+            assert_eq!(
+                verify_status(&client, &verifier.url(REQUIREMENT), &tokens[*index].1).await,
+                StatusCode::UNAUTHORIZED,
+                "acknowledged token {index} ({status}) at the verifier"
+            );
+        }
+    }
+}
