@@ -16,7 +16,7 @@
 //!   error meanwhile, so callers retrying in a loop cannot flood the sentinels.
 //!
 //! For feeds that read from replicas (`read_from_replicas`), it also lists the replicas the
-//! sentinels know ([`RedisTarget::replicas`]); choosing one and judging its health is the
+//! sentinels know (`RedisTarget::replicas`); choosing one and judging its health is the
 //! feed's job. What it leaves out: Cluster (issue 11, a later step). SPEC §3.
 
 use std::fmt;
