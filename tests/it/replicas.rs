@@ -428,6 +428,19 @@ async fn a_lagging_replica_is_read_around_and_never_taken_for_lost_revocations()
     assert_eq!(count("resynced in full"), 1, "only the first sync:\n{log}");
     assert_eq!(count("re-seeding"), 0, "{log}");
     assert!(count("lagged behind the primary") > 0, "{log}");
+    let metrics = client
+        .get(verifier.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let fallbacks = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("edgetoken_revocation_replica_fallbacks_total "))
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    assert!(fallbacks.is_some_and(|n| n >= 2), "{fallbacks:?}");
 }
 
 /// A failover of the primary under a verifier that reads from a replica: its replica is
