@@ -203,6 +203,11 @@ pub struct RevocationConfig {
     /// number of lagging verifiers and the bound within which they refuse the token anyway.
     /// 0: do not wait. Default 50, at most 10000.
     pub barrier_timeout_ms: u64,
+    /// Verifiers' feeds subscribe, catch up and resync from a replica the sentinels list
+    /// (checked linked to the primary), falling back to the primary when none is usable;
+    /// writes and anything that decides a re-seed stay on the primary. Needs Sentinel.
+    /// Default false.
+    pub read_from_replicas: bool,
 }
 
 impl std::fmt::Debug for RevocationConfig {
@@ -229,6 +234,7 @@ impl std::fmt::Debug for RevocationConfig {
             .field("heartbeat_ms", &self.heartbeat_ms)
             .field("command_timeout_ms", &self.command_timeout_ms)
             .field("barrier_timeout_ms", &self.barrier_timeout_ms)
+            .field("read_from_replicas", &self.read_from_replicas)
             .finish()
     }
 }
@@ -263,6 +269,7 @@ impl Default for RevocationConfig {
             command_timeout_ms: 2000,
             barrier_timeout_ms: u64::try_from(defaults.barrier_timeout.as_millis())
                 .unwrap_or(u64::MAX),
+            read_from_replicas: defaults.read_from_replicas,
         }
     }
 }

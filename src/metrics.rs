@@ -70,6 +70,9 @@ pub struct StateSample {
     /// This process's clock minus Redis', as the revocation feed last measured it; `None`
     /// when not measured (in-process store, or Redis not reached yet).
     pub clock_skew: Option<f64>,
+    /// Feed sessions that wanted a replica (`read_from_replicas`) but read from the primary,
+    /// since start.
+    pub replica_fallbacks: u64,
 }
 
 /// Outcomes of a forward-auth or layer decision that happen before a token is verified, or
@@ -101,6 +104,7 @@ pub struct Metrics {
     applied_seq: Gauge<u64, AtomicU64>,
     registration_age: Gauge<f64, AtomicU64>,
     clock_skew: Gauge<f64, AtomicU64>,
+    replica_fallbacks: Counter,
     usage: UsageMetrics,
 }
 
@@ -153,6 +157,7 @@ impl Metrics {
             applied_seq: Gauge::default(),
             registration_age: Gauge::default(),
             clock_skew: Gauge::default(),
+            replica_fallbacks: Counter::default(),
             usage: UsageMetrics::default(),
             registry: Registry::default(),
         };
@@ -272,6 +277,11 @@ impl Metrics {
             "clock_skew_seconds",
             "This process's clock minus Redis' TIME, as the revocation feed last measured it (0 until measured); beyond half the leeway the feed logs a clock skew alarm",
             self.clock_skew.clone(),
+        );
+        registry.register(
+            "revocation_replica_fallbacks",
+            "Revocation feed sessions that wanted a replica (read_from_replicas) but read from the primary: none usable, or the replica failed or lagged",
+            self.replica_fallbacks.clone(),
         );
         for outcome in ["confirmed", "lagging"] {
             let label = OutcomeLabel { outcome };
@@ -418,6 +428,7 @@ impl Metrics {
             sampled.dropped_full,
         );
         set(&self.usage.flushed, sampled.flushed);
+        set(&self.replica_fallbacks, state.replica_fallbacks);
         set(&self.usage.flush_failures, sampled.failed_flushes);
         let mut text = String::new();
         // Encoding into a String cannot fail.
@@ -447,5 +458,13 @@ mod tests {
         assert!(text.contains(r#"edgetoken_verify_total{outcome="ok"} 1"#));
         assert!(text.contains("edgetoken_revocation_mirror_entries 7"));
         assert!(text.contains("edgetoken_revocation_ready 1"));
+        let text = metrics.render(StateSample {
+            replica_fallbacks: 2,
+            ..StateSample::default()
+        });
+        assert!(
+            text.contains("edgetoken_revocation_replica_fallbacks_total 2"),
+            "{text}"
+        );
     }
 }

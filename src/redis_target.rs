@@ -20,7 +20,9 @@
 //! key of the deployment (`cluster`), with the same caching and back-off; a slot that moved
 //! answers `MOVED`, reported like a lost connection.
 //!
-//! What it leaves out: reads from replicas (issue 11, a later step). SPEC §3.
+//! For feeds that read from replicas (`read_from_replicas`), it also lists the replicas the
+//! sentinels know (`RedisTarget::replicas`); choosing one and judging its health is the
+//! feed's job. SPEC §3.
 
 mod cluster;
 
@@ -320,6 +322,19 @@ impl RedisTarget {
         Ok(self.primary().await?.client)
     }
 
+    /// The replicas of the primary, as the sentinels list them now (those not flagged down
+    /// that answer `ROLE` as replicas), each with its address; none for a URL, which names
+    /// no replicas. Asked anew at every call: the feed calls it once per session.
+    ///
+    /// # Errors
+    /// For Sentinel: no sentinel answered within the timeout, or the lookup failed.
+    pub(crate) async fn replicas(&self) -> RedisResult<Vec<Primary>> {
+        match &*self.inner {
+            Inner::Url(_) => Ok(Vec::new()),
+            Inner::Resolved(resolver) => resolver.replicas().await,
+        }
+    }
+
     /// Reports that a connection to the primary failed, or that the slot moved: the next
     /// lookup asks the sentinels or the cluster. Nothing to do for a URL (the client
     /// reconnects to the same address).
@@ -349,6 +364,38 @@ impl Resolver {
             return Some(Err(lookup_error(self.source.asked(), error.clone())));
         }
         None
+    }
+
+    /// The replicas the sentinels list; no replica is an empty list, not an error. Not
+    /// cached and without back-off: one call per feed session, which has its own back-off.
+    /// A cluster lists none: `read_from_replicas` is refused there at configuration.
+    async fn replicas(&self) -> RedisResult<Vec<Primary>> {
+        let Source::Sentinel {
+            master_name,
+            sentinel,
+        } = &self.source
+        else {
+            return Ok(Vec::new());
+        };
+        let mut sentinel = sentinel.lock().await;
+        let found = tokio::time::timeout(
+            self.timeout,
+            sentinel.async_get_replica_clients(master_name, None),
+        )
+        .await;
+        drop(sentinel);
+        match found {
+            Ok(Ok(clients)) => Ok(clients.into_iter().map(Primary::of).collect()),
+            Ok(Err(err)) if err.kind() == ErrorKind::NoValidReplicasFoundBySentinel => {
+                Ok(Vec::new())
+            }
+            Ok(Err(err)) => Err(err),
+            Err(_elapsed) => Err(RedisError::from((
+                ErrorKind::Io,
+                "no replicas from the sentinels",
+                format!("no sentinel answered within {:?}", self.timeout),
+            ))),
+        }
     }
 
     async fn primary(&self) -> RedisResult<Primary> {

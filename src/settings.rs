@@ -408,6 +408,7 @@ fn revocation(config: &Config) -> RevocationSettings {
         leeway: Duration::from_secs(config.token.leeway_secs),
         command_timeout: Duration::from_millis(r.command_timeout_ms),
         barrier_timeout: Duration::from_millis(r.barrier_timeout_ms),
+        read_from_replicas: r.read_from_replicas,
         ..RevocationSettings::default()
     }
 }
@@ -700,6 +701,44 @@ mod tests {
             panic!("a URL as a seed accepted");
         };
         assert!(message.contains("not host:port"), "{message}");
+    }
+
+    #[test]
+    fn read_from_replicas_is_off_by_default_and_needs_sentinel() {
+        assert!(
+            !Settings::from_toml("")
+                .unwrap()
+                .revocation
+                .read_from_replicas
+        );
+        let settings = Settings::load(
+            Some(Path::new("/dev/null")),
+            [
+                ("EDGETOKEN_REVOCATION__SENTINEL_MASTER_NAME", "edgetoken"),
+                (
+                    "EDGETOKEN_REVOCATION__SENTINEL_ADDRESSES",
+                    r#"["10.0.0.1:26379"]"#,
+                ),
+                ("EDGETOKEN_REVOCATION__READ_FROM_REPLICAS", "true"),
+            ]
+            .map(|(k, v)| (k.to_owned(), v.to_owned())),
+        )
+        .unwrap();
+        assert!(settings.revocation.read_from_replicas);
+        // A URL names one node: there are no replicas to find, so the setting is refused; a
+        // cluster's feed reads from the slot's primary.
+        for revocation in [
+            "redis_url = \"redis://cache:6379\"\n",
+            "cluster_nodes = [\"10.0.0.1:7000\"]\n",
+            "",
+        ] {
+            let text = format!("[revocation]\n{revocation}read_from_replicas = true\n");
+            let Err(ConfigError::Field { field, message }) = Settings::from_toml(&text) else {
+                panic!("read_from_replicas accepted without Sentinel: {revocation}");
+            };
+            assert_eq!(field, "revocation", "{message}");
+            assert!(message.contains("needs Sentinel"), "{message}");
+        }
     }
 
     #[test]

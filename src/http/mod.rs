@@ -201,6 +201,7 @@ impl Services {
                 .clock_skew_ms
                 .map(|ms| ms as f64 / 1000.0),
             registration_age: self.mirror.registration_age(),
+            replica_fallbacks: self.mirror.health().borrow().replica_fallbacks,
             usage: self
                 .verifier_api
                 .as_ref()

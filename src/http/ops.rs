@@ -31,6 +31,8 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
+    // One snapshot, the lock released at once (the feed publishes into it).
+    let health = state.mirror.health().borrow().clone();
     let body = serde_json::json!({
         "ready": ready,
         "keys": keys,
@@ -53,7 +55,11 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
             "clock_skew_alarm": state.mirror.clock_skew_alarm(),
             // What an acknowledged revoke survives: replicas waited for and connected,
             // appendonly/appendfsync, the level; null for the in-process store.
-            "durability": state.mirror.health().borrow().durability.clone(),
+            "durability": health.durability,
+            // Where the feed reads from (`read_from_replicas`): "primary" or
+            // "replica HOST:PORT", and how often it fell back to the primary.
+            "feed_source": health.feed_source,
+            "replica_fallbacks": health.replica_fallbacks,
         },
     });
     (status, Json(body))

@@ -317,6 +317,12 @@ pub struct MirrorHealth {
     /// feed at each connection and by this process's store; `None` until measured, and for
     /// the in-process store.
     pub durability: Option<super::Durability>,
+    /// Where the feed reads from this session (`read_from_replicas`): `primary`, or
+    /// `replica HOST:PORT`; `None` before the first session and for the in-process store.
+    pub feed_source: Option<String>,
+    /// Sessions whose feed wanted a replica but read from the primary (none usable, or the
+    /// replica failed or lagged mid-session).
+    pub replica_fallbacks: u64,
 }
 
 /// The in-memory revocation state of one process, with its freshness.

@@ -97,6 +97,7 @@
 mod barrier;
 mod feed;
 pub(crate) mod protocol;
+mod replica;
 mod store;
 
 pub use self::feed::RedisFeed;

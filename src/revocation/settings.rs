@@ -88,6 +88,12 @@ pub struct RevocationSettings {
     /// some mirrors lag, and the bound within which they refuse anyway. Zero: do not wait.
     /// Default 50 ms; at most 10 s.
     pub barrier_timeout: Duration,
+    /// Verifier feeds subscribe, catch up and resync in full against a replica of the
+    /// primary (found through the sentinels, checked to be linked to the primary), so pub/sub
+    /// fan-out and bulk reads spread over the replicas; every write, and every read that can
+    /// decide a re-seed, stays on the primary. A feed falls back to the primary when no
+    /// replica is usable. Needs Sentinel. Default `false`.
+    pub read_from_replicas: bool,
 }
 
 impl Default for RevocationSettings {
@@ -108,6 +114,7 @@ impl Default for RevocationSettings {
             log_max_len: 100_000,
             prune_interval: Duration::from_secs(30),
             barrier_timeout: Duration::from_millis(50),
+            read_from_replicas: false,
         }
     }
 }
@@ -198,6 +205,13 @@ impl RevocationSettings {
                 "must be at most 10 s: a revoke holds its caller that long",
             ));
         }
+        if self.read_from_replicas && self.sentinel.is_none() {
+            return Err(invalid(
+                "read_from_replicas",
+                "needs Sentinel: replicas are found through the sentinels (a redis_url \
+                 names a single node, and under Cluster the feed reads from the slot's primary)",
+            ));
+        }
         if self.log_max_len == 0 {
             return Err(invalid("log_max_len", "must be greater than zero"));
         }
@@ -251,6 +265,7 @@ impl fmt::Debug for RevocationSettings {
             .field("log_max_len", &self.log_max_len)
             .field("prune_interval", &self.prune_interval)
             .field("barrier_timeout", &self.barrier_timeout)
+            .field("read_from_replicas", &self.read_from_replicas)
             .finish()
     }
 }

@@ -24,6 +24,7 @@ mod mutations;
 mod page;
 mod records_lost;
 mod redis_tls;
+mod replicas;
 mod revocation;
 mod sentinel;
 mod serve;

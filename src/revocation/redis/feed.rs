@@ -10,6 +10,12 @@
 //! when either connection fails, both are dropped, reopened with backoff, the channel is
 //! subscribed *before* the state is read, and the mirror catches up by sequence number.
 //!
+//! With `read_from_replicas` a session subscribes to, and reads the log and the full resync
+//! from, a replica checked at the session's start (see `replica`); the command connection
+//! (heads, barrier, writes) stays on the primary. A replica that fails or lags mid-session ends
+//! the session once the primary answered in its place, and the next session reads from another
+//! replica or the primary.
+//!
 //! Buffering: redis-rs reads the pub/sub socket eagerly into an unbounded queue, so messages
 //! that arrive while the task is busy (a catch-up or a full resync) wait in memory, bounded by
 //! the revocation rate times that duration. A process that stops reading altogether (stalled or
@@ -30,6 +36,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use super::barrier::{BarrierScripts, deregister, register_and_read_head, reporter};
 use super::protocol::{Action, Failure, Input, LogEntry, MAX_SYNC_ROUNDS, Protocol, Reason};
+use super::replica::{self, AVOID_FOR, LAG_ATTEMPTS, LAG_WAIT, PageFit, ReplicaReads};
 use super::{
     Keys, LogFields, RESYNC_BODY, Scripts, check_eviction_policy, connect, fresh_generation,
     is_lost_primary, measure_durability, parse_score, primary_client, prune, server_run_id, target,
@@ -135,6 +142,10 @@ impl RedisFeed {
             heartbeat_head: None,
             skew_alarm: false,
             positions,
+            reads: None,
+            head_seq: 0,
+            trouble: None,
+            avoid: Vec::new(),
         };
         let tasks = vec![
             tokio::spawn(worker.run(probe, shutdown_rx.clone())),
@@ -227,6 +238,12 @@ enum FeedError {
     NoProgress,
     #[error("the revocation feed protocol got an input out of order")]
     OutOfOrder,
+    /// The replica the session read from failed or lagged; the primary answered in its place.
+    #[error("the feed's replica {address} {reason}")]
+    Replica { address: Arc<str>, reason: String },
+    /// A session reading from the primary found a usable replica again.
+    #[error("a usable replica is back; moving the feed to it")]
+    ReplicaBack,
 }
 
 impl From<Failure> for FeedError {
@@ -337,6 +354,17 @@ struct Worker {
     skew_alarm: bool,
     /// The position applied, for the reporter task (it keeps only the latest).
     positions: watch::Sender<Option<Position>>,
+    /// The replica this session subscribes to and reads the log and resyncs from
+    /// (`read_from_replicas`); `None`: the primary.
+    reads: Option<ReplicaReads>,
+    /// The sequence of the last head handed to the protocol: how far a catch-up must get, so
+    /// a replica's page short of it is lag, not the end of the log.
+    head_seq: u64,
+    /// The replica failed or lagged during the current step and the primary answered in its
+    /// place: the step completes, then the session ends with this.
+    trouble: Option<FeedError>,
+    /// Replicas that failed or lagged, and until when sessions pass them over.
+    avoid: Vec<(Arc<str>, Instant)>,
 }
 
 impl Worker {
@@ -350,6 +378,10 @@ impl Worker {
                 Ok(()) => return,
                 Err(err) => err,
             };
+            // A replica's trouble ends the session it happened in, not the next one (another
+            // error may have ended this one first); the next session checks its replica anew.
+            self.trouble = None;
+            self.reads = None;
             // Any lost session may mean a lost primary: the next one asks where it is now
             // (for a plain URL this changes nothing).
             if matches!(&err, FeedError::Disconnected)
@@ -364,6 +396,8 @@ impl Worker {
                 let message = err.to_string();
                 if matches!(err, FeedError::Store(StoreError::EvictionPolicy { .. })) {
                     tracing::error!(error = %err, "refusing to follow a Redis that may evict revocations");
+                } else if matches!(err, FeedError::ReplicaBack) {
+                    tracing::info!("revocation feed moving from the primary to a replica");
                 } else if lost {
                     tracing::warn!(error = %err, "revocation feed lost; reconnecting and catching up");
                 } else {
@@ -391,7 +425,8 @@ impl Worker {
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<(), FeedError> {
         let timeout = self.settings.command_timeout;
-        // Both connections of a session go to the one primary resolved here.
+        // The command connection goes to the one primary resolved here, and so does the feed
+        // connection unless the session reads from a replica (chosen below).
         let (client, mut conn) = if let Some(opened) = probe {
             opened
         } else {
@@ -400,27 +435,33 @@ impl Worker {
             (client, conn)
         };
         check_eviction_policy(&mut conn, timeout).await?;
-        let primary = self
+        let described = self
             .target
             .describe_primary(&client.get_connection_info().addr().to_string());
-        self.report_durability(&mut conn, &primary).await;
+        self.report_durability(&mut conn, &described).await;
         let run_id = server_run_id(&mut conn, timeout).await?;
         self.step(&mut conn, Input::RunId(run_id), Instant::now())
             .await?;
         self.check_clock(&mut conn).await;
-        let mut pubsub = timed(
+        let primary = self.primary_replication(&mut conn).await;
+        let feed_client = self.choose_reads(primary.as_ref(), &client).await;
+        let pubsub = timed(
             timeout,
             "open the feed connection",
-            client.get_async_pubsub(),
+            feed_client.get_async_pubsub(),
         )
-        .await?;
-        // Subscribe before reading the state, so no change falls between the two.
-        timed(
+        .await;
+        let mut pubsub = pubsub.map_err(|err| self.feed_node_failed(err))?;
+        // Subscribe before reading the state, so no change falls between the two. On a
+        // replica too: a change the primary's head read will not show is published on the
+        // primary after that read, so it reaches the replica after the subscription.
+        let subscribed = timed(
             timeout,
             "subscribe to the feed",
             pubsub.subscribe(&self.keys.channel),
         )
-        .await?;
+        .await;
+        subscribed.map_err(|err| self.feed_node_failed(err))?;
         let mut messages = pubsub.into_on_message();
         self.step(&mut conn, Input::Subscribed, Instant::now())
             .await?;
@@ -444,7 +485,7 @@ impl Worker {
                 _ = shutdown.changed() => return Ok(()),
                 message = messages.next() => {
                     let Some(message) = message else {
-                        return Err(FeedError::Disconnected);
+                        return Err(self.feed_closed());
                     };
                     let received = Instant::now();
                     self.step(&mut conn, parse_message(&message), received).await?;
@@ -482,11 +523,14 @@ impl Worker {
                 }
                 _ = prune_tick.tick() => {
                     self.check_clock(&mut conn).await;
-                    self.report_durability(&mut conn, &primary).await;
+                    self.report_durability(&mut conn, &described).await;
                     self.mirror.prune();
                     let pruned = prune(&mut conn, &self.keys, &self.scripts, &self.settings).await;
                     if let Err(err) = pruned {
                         tracing::warn!(error = %err, "pruning expired revocations in Redis failed");
+                    }
+                    if self.is_replica_back(primary.as_ref()).await {
+                        return Err(FeedError::ReplicaBack);
                     }
                 }
             }
@@ -525,7 +569,12 @@ impl Worker {
             }
         }
         self.report_position();
-        Ok(())
+        // The primary answered for a replica that failed or lagged: this step's work is done
+        // and applied; the next session reads from another node.
+        match self.trouble.take() {
+            Some(err) => Err(err),
+            None => Ok(()),
+        }
     }
 
     /// Hands the applied position to the reporter once the mirror joined the barrier. Called
@@ -571,6 +620,7 @@ impl Worker {
                         self.mirror.mark_registered(head.sent);
                     }
                     let (generation, seq) = head.adjusted(self.protocol.position());
+                    self.head_seq = seq;
                     return Ok(Some(Input::Head { generation, seq }));
                 }
                 let (generation, seq) = if joined {
@@ -578,6 +628,7 @@ impl Worker {
                 } else {
                     self.read_head(conn).await?
                 };
+                self.head_seq = seq;
                 return Ok(Some(Input::Head { generation, seq }));
             }
             Action::CreateGeneration => {
@@ -585,11 +636,11 @@ impl Worker {
                 return Ok(Some(Input::GenerationCreated));
             }
             Action::FullResync { generation, seq } => {
-                self.full_resync(conn, generation, seq).await?;
+                self.resync(conn, generation, seq).await?;
                 return Ok(Some(Input::Resynced));
             }
             Action::ReadLog { from } => {
-                let (entries, is_last) = self.read_log(conn, from).await?;
+                let (entries, is_last) = self.catch_up_page(conn, from).await?;
                 return Ok(Some(Input::LogPage { entries, is_last }));
             }
             Action::Reseed {
@@ -1017,7 +1068,240 @@ impl Worker {
     }
 }
 
-/// The protocol input for one live feed message.
+/// Reads from a replica (`read_from_replicas`): which node a session reads from, and the reads
+/// that may go to a replica, each falling back to the primary.
+impl Worker {
+    /// The primary's `INFO replication`, which replicas are checked against; `None` when the
+    /// setting is off or the primary did not answer (then the session reads from the primary).
+    async fn primary_replication(
+        &self,
+        conn: &mut MultiplexedConnection,
+    ) -> Option<replica::Replication> {
+        if !self.settings.read_from_replicas {
+            return None;
+        }
+        match replica::replication(conn, self.settings.command_timeout).await {
+            Ok(primary) => Some(primary),
+            Err(err) => {
+                tracing::warn!(error = %err, "the primary did not tell its replication state");
+                None
+            }
+        }
+    }
+
+    /// Chooses the replica this session reads from (`self.reads`; `None` for the primary,
+    /// also when the setting is off) and returns the client for its feed connection: the
+    /// replica's, else `primary_client`. Records the choice in the health and logs a fallback.
+    async fn choose_reads(
+        &mut self,
+        primary: Option<&replica::Replication>,
+        primary_client: &Client,
+    ) -> Client {
+        let chosen = if let Some(primary) = primary {
+            let avoid = self.avoided();
+            let chosen =
+                replica::choose(&self.target, primary, &avoid, self.settings.command_timeout).await;
+            if let Err(reason) = &chosen {
+                tracing::warn!(
+                    reason,
+                    "no usable Redis replica; the revocation feed reads from the primary"
+                );
+            }
+            chosen.ok()
+        } else {
+            if self.settings.read_from_replicas {
+                tracing::warn!("no replica checked; the revocation feed reads from the primary");
+            }
+            None
+        };
+        let source = chosen.as_ref().map_or_else(
+            || "primary".to_owned(),
+            |reads| format!("replica {}", reads.address),
+        );
+        let fell_back = self.settings.read_from_replicas && chosen.is_none();
+        if let Some(reads) = &chosen {
+            tracing::info!(replica = %reads.address, "revocation feed reads from a replica");
+        }
+        self.mirror.update_health(|h| {
+            h.feed_source = Some(source);
+            h.replica_fallbacks += u64::from(fell_back);
+        });
+        // The live feed comes from the replica when there is one: a change is published there
+        // after it is in the replica's log, and never before the primary has it.
+        let client = chosen
+            .as_ref()
+            .map_or_else(|| primary_client.clone(), |reads| reads.client.clone());
+        self.reads = chosen;
+        client
+    }
+
+    /// The replicas to pass over now.
+    fn avoided(&mut self) -> Vec<Arc<str>> {
+        let now = Instant::now();
+        self.avoid.retain(|(_, until)| *until > now);
+        self.avoid
+            .iter()
+            .map(|(address, _)| Arc::clone(address))
+            .collect()
+    }
+
+    /// Whether a session reading from the primary although `read_from_replicas` is set finds
+    /// a usable replica now (asked every prune interval), so it can move there.
+    async fn is_replica_back(&mut self, primary: Option<&replica::Replication>) -> bool {
+        let Some(primary) = primary.filter(|_| self.reads.is_none()) else {
+            return false;
+        };
+        let avoid = self.avoided();
+        replica::choose(&self.target, primary, &avoid, self.settings.command_timeout)
+            .await
+            .is_ok()
+    }
+
+    /// Records that the session's replica failed or lagged (`reason`) while the primary
+    /// answered in its place: the current step completes, then the session ends, and the next
+    /// sessions pass this replica over for [`AVOID_FOR`].
+    fn replica_trouble(&mut self, address: &Arc<str>, reason: String) {
+        tracing::warn!(
+            replica = %address,
+            reason,
+            "revocation feed falls back to the primary; leaving the replica"
+        );
+        self.mirror.update_health(|h| h.replica_fallbacks += 1);
+        self.avoid.retain(|(avoided, _)| avoided != address);
+        self.avoid
+            .push((Arc::clone(address), Instant::now() + AVOID_FOR));
+        self.trouble.get_or_insert(FeedError::Replica {
+            address: Arc::clone(address),
+            reason,
+        });
+    }
+
+    /// The error for a failure of the feed connection: the replica's (the next session avoids
+    /// it, and the primary is not reported lost), or the primary's.
+    fn feed_node_failed(&mut self, err: StoreError) -> FeedError {
+        match self.reads.as_ref().map(|reads| Arc::clone(&reads.address)) {
+            Some(address) => {
+                self.replica_trouble(&address, format!("failed the feed connection: {err}"));
+                self.trouble.take().unwrap_or(FeedError::Store(err))
+            }
+            None => err.into(),
+        }
+    }
+
+    /// The error for a feed connection that closed.
+    fn feed_closed(&mut self) -> FeedError {
+        match self.reads.as_ref().map(|reads| Arc::clone(&reads.address)) {
+            Some(address) => {
+                self.replica_trouble(&address, "closed the feed connection".to_owned());
+                self.trouble.take().unwrap_or(FeedError::Disconnected)
+            }
+            None => FeedError::Disconnected,
+        }
+    }
+
+    /// A full resync at the primary's head (`generation`, `seq`): from the replica once its
+    /// own head shows it holds that generation up to `seq` (so its sets hold every change
+    /// the protocol will count as applied), else from the primary.
+    async fn resync(
+        &mut self,
+        conn: &mut MultiplexedConnection,
+        generation: String,
+        seq: u64,
+    ) -> Result<(), FeedError> {
+        if let Some(reads) = self.reads.clone() {
+            let mut replica = reads.conn.clone();
+            let outcome = match self.replica_reaches(&mut replica, &generation, seq).await {
+                Ok(true) => self
+                    .full_resync(&mut replica, generation.clone(), seq)
+                    .await
+                    .map_err(|err| format!("failed the full resync: {err}")),
+                Ok(false) => Err(format!(
+                    "stayed behind the primary's head (sequence {seq}) for a full resync"
+                )),
+                Err(err) => Err(format!("did not answer its head: {err}")),
+            };
+            match outcome {
+                Ok(()) => return Ok(()),
+                // Whatever was merged from the replica stays (the mirror never shrinks; those
+                // are revocations the primary had); the primary's scan completes it.
+                Err(reason) => self.replica_trouble(&reads.address, reason),
+            }
+        }
+        self.full_resync(conn, generation, seq).await
+    }
+
+    /// Whether the replica reaches `generation` at `seq`, waiting a moment for it.
+    async fn replica_reaches(
+        &self,
+        replica: &mut MultiplexedConnection,
+        generation: &str,
+        seq: u64,
+    ) -> Result<bool, FeedError> {
+        for attempt in 0..LAG_ATTEMPTS {
+            if attempt > 0 {
+                tokio::time::sleep(LAG_WAIT).await;
+            }
+            let (theirs, their_seq) = self.read_head(replica).await?;
+            if replica::covers((theirs.as_deref(), their_seq), generation, seq) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// One page of a catch-up from `from`: from the replica when its page reaches the head the
+    /// protocol read from the primary (waiting a moment while it lags), else from the
+    /// primary. Only the primary's log may show the log trimmed or of another generation, so a
+    /// replica's lag never turns into a full resync or a re-seed.
+    async fn catch_up_page(
+        &mut self,
+        conn: &mut MultiplexedConnection,
+        from: u64,
+    ) -> Result<(Vec<LogEntry>, bool), FeedError> {
+        let Some(reads) = self.reads.clone() else {
+            return self.read_log(conn, from).await;
+        };
+        let generation = self.protocol.position().map(|(g, _)| g.to_owned());
+        let fit = |page: &(Vec<LogEntry>, bool), target| {
+            replica::page_fit(&page.0, page.1, from, generation.as_deref(), target)
+        };
+        let mut replica = reads.conn.clone();
+        let mut failed = None;
+        for attempt in 0..LAG_ATTEMPTS {
+            if attempt > 0 {
+                tokio::time::sleep(LAG_WAIT).await;
+            }
+            match self.read_log(&mut replica, from).await {
+                Ok(page) => match fit(&page, self.head_seq) {
+                    PageFit::Reaches => return Ok(page),
+                    PageFit::Behind => {}
+                    PageFit::Other => break,
+                },
+                Err(err) => {
+                    failed = Some(err.to_string());
+                    break;
+                }
+            }
+        }
+        let page = self.read_log(conn, from).await?;
+        // The replica is to blame only when the primary had what it lacked: a log trimmed
+        // past `from` is trimmed on both, and then the replica did nothing wrong.
+        if let Some(err) = failed {
+            self.replica_trouble(&reads.address, format!("failed a log read: {err}"));
+        } else if fit(&page, self.head_seq) == PageFit::Reaches {
+            self.replica_trouble(
+                &reads.address,
+                format!(
+                    "lagged behind the primary's head (sequence {}) for {:?}",
+                    self.head_seq,
+                    LAG_WAIT * (LAG_ATTEMPTS - 1)
+                ),
+            );
+        }
+        Ok(page)
+    }
+}
+
 /// Reads the head: the generation and the last sequence handed out (0 when missing).
 async fn read_head(
     conn: &mut MultiplexedConnection,

@@ -66,6 +66,20 @@ impl Node {
             .expect("admin connection to a test redis-server")
     }
 
+    /// Clients of this node in pub/sub mode (`CLIENT LIST TYPE pubsub`), leaving out the
+    /// sentinels' own (named `sentinel-…`): the subscriptions of edgetoken processes.
+    pub(crate) fn pubsub_clients(&self) -> usize {
+        let list: String = redis::cmd("CLIENT")
+            .arg("LIST")
+            .arg("TYPE")
+            .arg("pubsub")
+            .query(&mut self.admin())
+            .expect("CLIENT LIST");
+        list.lines()
+            .filter(|line| !line.contains("name=sentinel-"))
+            .count()
+    }
+
     /// `kill -9`: no shutdown, no final save, connections reset.
     pub(crate) fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
