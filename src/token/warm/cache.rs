@@ -216,16 +216,29 @@ impl VerifiedCache {
         Verified::Cached(Cached(entry))
     }
 
-    /// Drops the shared cache's entry for `slot` at once, as an eviction would.
+    /// Drops the shared cache's entry for `slot` at once, as an eviction would, and returns
+    /// once moka no longer holds it.
     ///
     /// moka keeps a removed value in its pending-write log until housekeeping applies it, and
-    /// one housekeeping run gives up after 100 ms; on a loaded machine one run was seen to
-    /// stop short (the near tier then still upgraded the entry), so this runs it a few times.
+    /// one housekeeping run gives up after 100 ms; on a loaded machine a few runs were seen to
+    /// stop short (the near tier then still upgraded the entry). So this watches the entry
+    /// itself, through a weak reference, and runs housekeeping until it is gone (at most 10 s:
+    /// a test whose caller still holds the entry then fails on its own assertion).
     #[cfg(test)]
     pub(crate) fn evict(&self, slot: Slot) {
+        let watched = self
+            .entries
+            .get(&slot.0)
+            .map(|entry| Arc::downgrade(&entry));
         self.entries.invalidate(&slot.0);
-        for _ in 0..3 {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
             self.entries.run_pending_tasks();
+            let released = watched.as_ref().is_none_or(|weak| weak.strong_count() == 0);
+            if released || std::time::Instant::now() > deadline {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
         }
     }
 
