@@ -21,8 +21,8 @@
 //! answers `MOVED`, reported like a lost connection.
 //!
 //! For feeds that read from replicas (`read_from_replicas`), it also lists the replicas the
-//! sentinels know (`RedisTarget::replicas`); choosing one and judging its health is the
-//! feed's job. SPEC §3.
+//! sentinels or the cluster know (`RedisTarget::replicas`); choosing one and judging its
+//! health is the feed's job. SPEC §3.
 
 mod cluster;
 
@@ -283,6 +283,12 @@ impl RedisTarget {
         }
     }
 
+    /// Whether the nodes are a Redis Cluster's: a connection that reads from a replica there
+    /// must say `READONLY` first, or every keyed read is redirected to the primary.
+    pub(crate) fn is_cluster(&self) -> bool {
+        matches!(&*self.inner, Inner::Resolved(resolver) if matches!(resolver.source, Source::Cluster(_)))
+    }
+
     /// Whether the primary can move (Sentinel, Cluster): a lost connection then drops the
     /// connection and asks where the primary is now.
     pub(crate) fn follows_failover(&self) -> bool {
@@ -323,11 +329,11 @@ impl RedisTarget {
     }
 
     /// The replicas of the primary, as the sentinels list them now (those not flagged down
-    /// that answer `ROLE` as replicas), each with its address; none for a URL, which names
-    /// no replicas. Asked anew at every call: the feed calls it once per session.
+    /// that answer `ROLE` as replicas) or the cluster lists the slot's online replicas, each
+    /// with its address; none for a URL, which names no replicas. Asked anew at every call: the feed calls it once per session.
     ///
     /// # Errors
-    /// For Sentinel: no sentinel answered within the timeout, or the lookup failed.
+    /// No sentinel (or seed) answered within the timeout, or the lookup failed.
     pub(crate) async fn replicas(&self) -> RedisResult<Vec<Primary>> {
         match &*self.inner {
             Inner::Url(_) => Ok(Vec::new()),
@@ -366,16 +372,30 @@ impl Resolver {
         None
     }
 
-    /// The replicas the sentinels list; no replica is an empty list, not an error. Not
-    /// cached and without back-off: one call per feed session, which has its own back-off.
-    /// A cluster lists none: `read_from_replicas` is refused there at configuration.
+    /// The replicas the sentinels, or the cluster's seeds for the slot, list; no replica is
+    /// an empty list, not an error. Not cached and without back-off: one call per feed
+    /// session, which has its own back-off.
     async fn replicas(&self) -> RedisResult<Vec<Primary>> {
-        let Source::Sentinel {
-            master_name,
-            sentinel,
-        } = &self.source
-        else {
-            return Ok(Vec::new());
+        let (master_name, sentinel) = match &self.source {
+            Source::Sentinel {
+                master_name,
+                sentinel,
+            } => (master_name, sentinel),
+            Source::Cluster(lookup) => {
+                let found = tokio::time::timeout(self.timeout, lookup.replicas(self.timeout))
+                    .await
+                    .unwrap_or_else(|_elapsed| {
+                        Err(format!(
+                            "no cluster node answered within {:?}",
+                            self.timeout
+                        ))
+                    });
+                return found
+                    .map(|clients| clients.into_iter().map(Primary::of).collect())
+                    .map_err(|detail| {
+                        RedisError::from((ErrorKind::Io, "no replicas from the cluster", detail))
+                    });
+            }
         };
         let mut sentinel = sentinel.lock().await;
         let found = tokio::time::timeout(

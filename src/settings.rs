@@ -704,7 +704,7 @@ mod tests {
     }
 
     #[test]
-    fn read_from_replicas_is_off_by_default_and_needs_sentinel() {
+    fn read_from_replicas_is_off_by_default_and_needs_sentinel_or_cluster() {
         assert!(
             !Settings::from_toml("")
                 .unwrap()
@@ -725,16 +725,19 @@ mod tests {
         )
         .unwrap();
         assert!(settings.revocation.read_from_replicas);
-        // A URL names one node: there are no replicas to find, so the setting is refused; a
-        // cluster's feed reads from the slot's primary.
-        for revocation in [
-            "redis_url = \"redis://cache:6379\"\n",
-            "cluster_nodes = [\"10.0.0.1:7000\"]\n",
-            "",
-        ] {
+        let cluster =
+            "[revocation]\ncluster_nodes = [\"10.0.0.1:7000\"]\nread_from_replicas = true\n";
+        assert!(
+            Settings::from_toml(cluster)
+                .unwrap()
+                .revocation
+                .read_from_replicas
+        );
+        // A URL names one node: there are no replicas to find, so the setting is refused.
+        for revocation in ["redis_url = \"redis://cache:6379\"\n", ""] {
             let text = format!("[revocation]\n{revocation}read_from_replicas = true\n");
             let Err(ConfigError::Field { field, message }) = Settings::from_toml(&text) else {
-                panic!("read_from_replicas accepted without Sentinel: {revocation}");
+                panic!("read_from_replicas accepted without replicas to find: {revocation}");
             };
             assert_eq!(field, "revocation", "{message}");
             assert!(message.contains("needs Sentinel"), "{message}");

@@ -8,6 +8,10 @@
 //! or a resharding) shows as `MOVED` on the next command, which the callers report as a lost
 //! primary (see [`super::is_lost_primary_error`]); the next lookup follows it.
 //!
+//! For feeds that read from replicas, it also lists the slot's online replicas from the same
+//! reply; a feed sends `READONLY` on its connection to one, without which a cluster replica
+//! redirects every keyed read to the primary.
+//!
 //! What it leaves out: TLS to cluster nodes, ACL users (only a password shared by every node),
 //! and learning nodes beyond the configured seeds. SPEC §3.
 
@@ -142,38 +146,12 @@ impl Lookup {
     }
 
     async fn ask(&self, host: &str, port: u16, timeout: Duration) -> Result<Client, String> {
-        let seed = self
-            .settings
-            .node_info(host.to_owned(), port)
-            .map_err(|e| e.to_string())?;
-        let mut conn = connect(seed, timeout).await?;
-        let shards = redis::cmd("CLUSTER")
-            .arg("SHARDS")
-            .query_async::<Value>(&mut conn)
-            .await;
-        let node = match shards {
-            Ok(reply) => primary_in_shards(&reply, self.slot)?,
-            // Before Redis 7 there is no CLUSTER SHARDS: CLUSTER SLOTS says the same.
-            Err(err) if err.code().is_some() => {
-                let reply = redis::cmd("CLUSTER")
-                    .arg("SLOTS")
-                    .query_async::<Value>(&mut conn)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                primary_in_slots(&reply, self.slot)?
-            }
-            Err(err) => return Err(err.to_string()),
-        };
-        // An empty host means "the address you asked me on" (Redis' convention).
-        let host = if node.host.is_empty() || node.host == "?" {
-            host.to_owned()
-        } else {
-            node.host
-        };
-        let shown = format!("{host}:{}", node.port);
+        let shard = self.shard(host, port, timeout).await?;
+        let (host, port) = primary_of(&shard, self.slot)?.address(host);
+        let shown = format!("{host}:{port}");
         let info = self
             .settings
-            .node_info(host, node.port)
+            .node_info(host, port)
             .map_err(|e| e.to_string())?;
         let client = Client::open(info.clone()).map_err(|e| e.to_string())?;
         // The seed's view may be behind (a dead primary not yet replaced): believe the node.
@@ -188,6 +166,70 @@ impl Lookup {
                 "{shown} is named the primary of slot {} but is not one",
                 self.slot
             )),
+        }
+    }
+
+    /// The replicas of the slot's primary not marked failed, as the first seed that answers
+    /// lists them; no replica is an empty list. Their health as replicas (link up, same history as the
+    /// primary) is the feed's to judge, as under Sentinel. Each seed gets half of `timeout`.
+    ///
+    /// # Errors
+    /// Every seed's reason, joined, when none answers.
+    pub(super) async fn replicas(&self, timeout: Duration) -> Result<Vec<Client>, String> {
+        let per_seed = timeout / 2;
+        let mut problems = Vec::new();
+        for (host, port) in &self.seeds {
+            let asked = tokio::time::timeout(per_seed, self.shard(host, *port, per_seed)).await;
+            let shard = match asked {
+                Ok(Ok(shard)) => shard,
+                Ok(Err(problem)) => {
+                    problems.push(format!("seed {host}:{port}: {problem}"));
+                    continue;
+                }
+                Err(_elapsed) => {
+                    problems.push(format!("seed {host}:{port}: no answer within {per_seed:?}"));
+                    continue;
+                }
+            };
+            return shard
+                .iter()
+                .filter(|node| !node.primary && !node.failed)
+                .map(|node| {
+                    let (host, port) = node.address(host);
+                    let info = self
+                        .settings
+                        .node_info(host, port)
+                        .map_err(|e| e.to_string())?;
+                    Client::open(info).map_err(|e| e.to_string())
+                })
+                .collect();
+        }
+        Err(problems.join("; "))
+    }
+
+    /// The nodes of the slot's shard, as the seed at `host:port` sees them.
+    async fn shard(&self, host: &str, port: u16, timeout: Duration) -> Result<Vec<Node>, String> {
+        let seed = self
+            .settings
+            .node_info(host.to_owned(), port)
+            .map_err(|e| e.to_string())?;
+        let mut conn = connect(seed, timeout).await?;
+        let shards = redis::cmd("CLUSTER")
+            .arg("SHARDS")
+            .query_async::<Value>(&mut conn)
+            .await;
+        match shards {
+            Ok(reply) => shard_in_shards(&reply, self.slot),
+            // Before Redis 7 there is no CLUSTER SHARDS: CLUSTER SLOTS says the same.
+            Err(err) if err.code().is_some() => {
+                let reply = redis::cmd("CLUSTER")
+                    .arg("SLOTS")
+                    .query_async::<Value>(&mut conn)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                shard_in_slots(&reply, self.slot)
+            }
+            Err(err) => Err(err.to_string()),
         }
     }
 }
@@ -206,15 +248,51 @@ async fn connect(
         .map_err(|e| e.to_string())
 }
 
-/// A node as a cluster reply names it.
-#[derive(Debug, PartialEq, Eq)]
+/// A node of the slot's shard, as a cluster reply names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct Node {
+    /// Empty (or `?`) when the node is reached at the address it was asked on.
     host: String,
     port: u16,
+    primary: bool,
+    /// `health` is `online` (`CLUSTER SLOTS` lists no health: taken as online).
+    online: bool,
+    /// `health` is `fail`. A replica still `loading` (or whose offset the asked node has not
+    /// heard yet: a fresh cluster reports its replicas `loading` for a while) is not failed:
+    /// whether it is usable is the feed's to judge, from the replica itself.
+    failed: bool,
 }
 
-/// The online primary of `slot` in a `CLUSTER SHARDS` reply (RESP2 flat arrays or RESP3 maps).
-fn primary_in_shards(reply: &Value, slot: u16) -> Result<Node, String> {
+impl Node {
+    /// The node's address, an empty host meaning the seed's (Redis' convention).
+    fn address(&self, seed_host: &str) -> (String, u16) {
+        let host = if self.host.is_empty() || self.host == "?" {
+            seed_host.to_owned()
+        } else {
+            self.host.clone()
+        };
+        (host, self.port)
+    }
+}
+
+/// The online primary among the nodes of `slot`'s shard.
+fn primary_of(shard: &[Node], slot: u16) -> Result<&Node, String> {
+    let primary = shard
+        .iter()
+        .find(|node| node.primary)
+        .ok_or_else(|| format!("no primary for slot {slot}"))?;
+    if primary.online {
+        Ok(primary)
+    } else {
+        Err(format!(
+            "the primary of slot {slot} is not online (a failover in progress)"
+        ))
+    }
+}
+
+/// The nodes of the shard holding `slot` in a `CLUSTER SHARDS` reply (RESP2 flat arrays or
+/// RESP3 maps).
+fn shard_in_shards(reply: &Value, slot: u16) -> Result<Vec<Node>, String> {
     let shards = elements(reply).ok_or("CLUSTER SHARDS: not an array")?;
     for shard in shards {
         let shard = fields(shard).ok_or("CLUSTER SHARDS: a shard is not a map")?;
@@ -233,38 +311,38 @@ fn primary_in_shards(reply: &Value, slot: u16) -> Result<Node, String> {
         let nodes = field(&shard, "nodes")
             .and_then(elements)
             .ok_or("CLUSTER SHARDS: a shard without nodes")?;
-        for node in nodes {
-            let node = fields(node).ok_or("CLUSTER SHARDS: a node is not a map")?;
-            let is = |name: &str, value: &str| {
-                field(&node, name).and_then(text).as_deref() == Some(value)
-            };
-            if !is("role", "master") {
-                continue;
-            }
-            if !is("health", "online") {
-                return Err(format!(
-                    "the primary of slot {slot} is not online (a failover in progress)"
-                ));
-            }
-            let host = field(&node, "endpoint")
-                .and_then(text)
-                .filter(|e| e != "?")
-                .or_else(|| field(&node, "ip").and_then(text))
-                .unwrap_or_default();
-            let port = field(&node, "port")
-                .and_then(int)
-                .and_then(|p| u16::try_from(p).ok())
-                .ok_or("CLUSTER SHARDS: a node without a port")?;
-            return Ok(Node { host, port });
-        }
-        return Err(format!("no primary for slot {slot}"));
+        return nodes
+            .iter()
+            .map(|node| {
+                let node = fields(node).ok_or("CLUSTER SHARDS: a node is not a map")?;
+                let is = |name: &str, value: &str| {
+                    field(&node, name).and_then(text).as_deref() == Some(value)
+                };
+                let host = field(&node, "endpoint")
+                    .and_then(text)
+                    .filter(|e| e != "?")
+                    .or_else(|| field(&node, "ip").and_then(text))
+                    .unwrap_or_default();
+                let port = field(&node, "port")
+                    .and_then(int)
+                    .and_then(|p| u16::try_from(p).ok())
+                    .ok_or("CLUSTER SHARDS: a node without a port")?;
+                Ok(Node {
+                    host,
+                    port,
+                    primary: is("role", "master"),
+                    online: is("health", "online"),
+                    failed: is("health", "fail"),
+                })
+            })
+            .collect();
     }
     Err(format!("slot {slot} is not served by any shard"))
 }
 
-/// The primary of `slot` in a `CLUSTER SLOTS` reply: `[start, end, [host, port, id, ...],
+/// The nodes serving `slot` in a `CLUSTER SLOTS` reply: `[start, end, [host, port, id, ...],
 /// replicas...]` per range, the primary first.
-fn primary_in_slots(reply: &Value, slot: u16) -> Result<Node, String> {
+fn shard_in_slots(reply: &Value, slot: u16) -> Result<Vec<Node>, String> {
     let ranges = elements(reply).ok_or("CLUSTER SLOTS: not an array")?;
     for range in ranges {
         let range = elements(range).ok_or("CLUSTER SLOTS: a range is not an array")?;
@@ -275,17 +353,26 @@ fn primary_in_slots(reply: &Value, slot: u16) -> Result<Node, String> {
         if !(start..=end).contains(&i64::from(slot)) {
             continue;
         }
-        let primary = range
-            .get(2)
-            .and_then(elements)
-            .ok_or(format!("no primary for slot {slot}"))?;
-        let host = primary.first().and_then(text).unwrap_or_default();
-        let port = primary
-            .get(1)
-            .and_then(int)
-            .and_then(|p| u16::try_from(p).ok())
-            .ok_or("CLUSTER SLOTS: a node without a port")?;
-        return Ok(Node { host, port });
+        return range
+            .iter()
+            .skip(2)
+            .enumerate()
+            .map(|(position, node)| {
+                let node = elements(node).ok_or("CLUSTER SLOTS: a node is not an array")?;
+                let port = node
+                    .get(1)
+                    .and_then(int)
+                    .and_then(|p| u16::try_from(p).ok())
+                    .ok_or("CLUSTER SLOTS: a node without a port")?;
+                Ok(Node {
+                    host: node.first().and_then(text).unwrap_or_default(),
+                    port,
+                    primary: position == 0,
+                    online: true,
+                    failed: false,
+                })
+            })
+            .collect();
     }
     Err(format!("slot {slot} is not served by any node"))
 }
@@ -393,19 +480,29 @@ mod tests {
                 vec![
                     node("10.0.0.5", 7004, "replica", "online"),
                     node("10.0.0.2", 7001, "master", "online"),
+                    node("10.0.0.6", 7005, "replica", "fail"),
+                    node("10.0.0.7", 7006, "replica", "loading"),
                 ],
             ),
         ]);
-        let found = primary_in_shards(&reply, 12001).unwrap();
+        let shard = shard_in_shards(&reply, 12001).unwrap();
         assert_eq!(
-            found,
-            Node {
-                host: "10.0.0.2".to_owned(),
-                port: 7001
-            }
+            primary_of(&shard, 12001).unwrap().address("seed"),
+            ("10.0.0.2".to_owned(), 7001)
         );
-        assert_eq!(primary_in_shards(&reply, 0).unwrap().port, 7000);
-        assert!(primary_in_shards(&reply, 11000).is_err(), "unserved slot");
+        // A failed replica is left out; one still loading is the feed's to judge.
+        let replicas: Vec<_> = shard
+            .iter()
+            .filter(|n| !n.primary && !n.failed)
+            .map(|n| n.address("seed"))
+            .collect();
+        assert_eq!(
+            replicas,
+            [("10.0.0.5".to_owned(), 7004), ("10.0.0.7".to_owned(), 7006)]
+        );
+        let first = shard_in_shards(&reply, 0).unwrap();
+        assert_eq!(primary_of(&first, 0).unwrap().port, 7000);
+        assert!(shard_in_shards(&reply, 11000).is_err(), "unserved slot");
     }
 
     #[test]
@@ -417,7 +514,8 @@ mod tests {
                 node("10.0.0.4", 7003, "replica", "online"),
             ],
         )]);
-        let err = primary_in_shards(&reply, 100).unwrap_err();
+        let shard = shard_in_shards(&reply, 100).unwrap();
+        let err = primary_of(&shard, 100).unwrap_err();
         assert!(err.contains("not online"), "{err}");
     }
 
@@ -442,7 +540,8 @@ mod tests {
                 ])]),
             ),
         ])]);
-        let found = primary_in_shards(&reply, 9).unwrap();
+        let shard = shard_in_shards(&reply, 9).unwrap();
+        let found = primary_of(&shard, 9).unwrap();
         assert_eq!(found.host, "10.0.0.3", "`?` endpoint falls back to the ip");
         assert_eq!(found.port, 7002);
     }
@@ -461,17 +560,22 @@ mod tests {
             range(0, 5460, &[("10.0.0.1", 7000), ("10.0.0.4", 7003)]),
             range(5461, 16383, &[("", 7001), ("10.0.0.5", 7004)]),
         ]);
+        let shard = shard_in_slots(&reply, 5460).unwrap();
         assert_eq!(
-            primary_in_slots(&reply, 5460).unwrap(),
-            Node {
-                host: "10.0.0.1".to_owned(),
-                port: 7000
-            }
+            primary_of(&shard, 5460).unwrap().address("seed"),
+            ("10.0.0.1".to_owned(), 7000)
         );
-        let found = primary_in_slots(&reply, 16383).unwrap();
-        assert_eq!((found.host.as_str(), found.port), ("", 7001));
-        assert!(primary_in_slots(&Value::Array(vec![]), 1).is_err());
-        assert!(primary_in_slots(&Value::Int(1), 1).is_err());
+        assert_eq!(shard[1].address("seed"), ("10.0.0.4".to_owned(), 7003));
+        assert!(!shard[1].primary);
+        let shard = shard_in_slots(&reply, 16383).unwrap();
+        let found = primary_of(&shard, 16383).unwrap();
+        assert_eq!(
+            found.address("seed"),
+            ("seed".to_owned(), 7001),
+            "empty host: the seed's"
+        );
+        assert!(shard_in_slots(&Value::Array(vec![]), 1).is_err());
+        assert!(shard_in_slots(&Value::Int(1), 1).is_err());
     }
 
     #[test]

@@ -205,11 +205,11 @@ impl RevocationSettings {
                 "must be at most 10 s: a revoke holds its caller that long",
             ));
         }
-        if self.read_from_replicas && self.sentinel.is_none() {
+        if self.read_from_replicas && self.sentinel.is_none() && self.cluster.is_none() {
             return Err(invalid(
                 "read_from_replicas",
-                "needs Sentinel: replicas are found through the sentinels (a redis_url \
-                 names a single node, and under Cluster the feed reads from the slot's primary)",
+                "needs Sentinel or Cluster: replicas are found through the sentinels or the \
+                 cluster's seeds, and a redis_url names a single node",
             ));
         }
         if self.log_max_len == 0 {

@@ -22,6 +22,11 @@ use crate::support::failover::{Outcome, REQUIREMENT, Run, client, readyz, revoke
 use crate::support::process::EdgetokenProcess;
 
 fn config_text(deployment: &Deployment, nodes: &[String]) -> String {
+    config_reading(deployment, nodes, false)
+}
+
+/// As [`config_text`], with the feed reading from the slot's replicas or not.
+fn config_reading(deployment: &Deployment, nodes: &[String], read_from_replicas: bool) -> String {
     let nodes = nodes
         .iter()
         .map(|a| format!("\"{a}\""))
@@ -32,7 +37,7 @@ fn config_text(deployment: &Deployment, nodes: &[String]) -> String {
          [keys]\ndir = \"{keys}\"\n\
          [revocation]\ncluster_nodes = [{nodes}]\nkey_prefix = \"{prefix}\"\n\
          heartbeat_ms = 200\nmax_staleness_secs = 10\nwait_timeout_ms = 500\n\
-         require_durability = \"replicated\"\n\
+         require_durability = \"replicated\"\nread_from_replicas = {read_from_replicas}\n\
          [issuer]\ndirectory = \"{users}\"\nmints_per_hour = 100000\n",
         keys = deployment.dir.path().join("keys").display(),
         prefix = deployment.prefix,
@@ -49,9 +54,22 @@ enum Fault {
     Kill,
 }
 
+/// Where the verifier's feed reads from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reads {
+    /// The slot's primary (the default).
+    Primary,
+    /// One of the slot's replicas (`read_from_replicas`), checked before the fault.
+    Replica,
+}
+
 /// Starts the cluster and both processes, checks `/readyz`, revokes through `fault`, and
 /// checks that the slot's new primary holds every acknowledged revocation.
-async fn slot_primary_replaced(fault: Fault) {
+#[expect(
+    clippy::too_many_lines,
+    reason = "one scenario told in order: set up, check placement, fault, check"
+)]
+async fn slot_primary_replaced(fault: Fault, feed_reads: Reads) {
     let mut redis = ClusterRedis::start();
     let deployment = Deployment::new();
     let slot = redis.keyslot(&format!("{{{}}}", deployment.prefix));
@@ -73,8 +91,61 @@ async fn slot_primary_replaced(fault: Fault) {
     let debug = std::env::var_os("EDGETOKEN_CLUSTER_DEBUG").is_some();
     let filter = if debug { "info" } else { "warn" };
     let issuer = EdgetokenProcess::start_logging(&config, "issuer", filter).await;
-    let verifier = EdgetokenProcess::start(&config, "verifier").await;
+    let ports: Vec<u16> = redis.nodes.iter().map(|n| n.port).collect();
+    let subscribed_before: Vec<usize> = ports
+        .iter()
+        .map(|p| redis.node(*p).pubsub_clients())
+        .collect();
+    let verifier_config = config_reading(
+        &deployment,
+        &redis.addresses(),
+        feed_reads == Reads::Replica,
+    );
+    let verifier = EdgetokenProcess::start(&verifier_config, "verifier").await;
     let client = client();
+
+    // The verifier's feed reads where it should, and its one subscription is there.
+    let ready = readyz(&client, &verifier.url("")).await;
+    let source = ready["revocation"]["feed_source"]
+        .as_str()
+        .unwrap_or_default();
+    let reading = match feed_reads {
+        Reads::Primary => {
+            assert_eq!(source, "primary", "{ready}");
+            old_primary
+        }
+        Reads::Replica => {
+            let port: u16 = source
+                .strip_prefix("replica 127.0.0.1:")
+                .and_then(|p| p.parse().ok())
+                .unwrap_or_else(|| {
+                    panic!(
+                        "the verifier reads from no replica: {ready}\nverifier stderr:\n{}",
+                        verifier.stderr()
+                    )
+                });
+            let info: String =
+                ClusterRedis::ask(port, redis::cmd("INFO").arg("replication")).unwrap_or_default();
+            assert!(
+                info.lines().any(|l| l.trim() == "role:slave")
+                    && info
+                        .lines()
+                        .any(|l| l.trim() == format!("master_port:{old_primary}")),
+                "the verifier reads from {port}, not a replica of the slot's primary: {info}"
+            );
+            port
+        }
+    };
+    for (i, port) in ports.iter().enumerate() {
+        assert_eq!(
+            redis.node(*port).pubsub_clients(),
+            subscribed_before[i] + usize::from(*port == reading),
+            "CLIENT LIST TYPE pubsub on {port}: the verifier subscribes on {reading} only"
+        );
+    }
+    eprintln!(
+        "cluster: the verifier's feed reads from {source} (slot {slot}'s primary {old_primary})"
+    );
 
     // /readyz names the slot and its primary, and the durability of a replicated slot.
     let ready = readyz(&client, &issuer.url("")).await;
@@ -89,9 +160,11 @@ async fn slot_primary_replaced(fault: Fault) {
     assert_eq!(durability["connected_replicas"], replicas, "{ready}");
     assert_eq!(durability["level"], "replicated", "{ready}");
 
-    let label = match fault {
-        Fault::Failover => "cluster failover",
-        Fault::Kill => "cluster kill -9",
+    let label = match (fault, feed_reads) {
+        (Fault::Failover, Reads::Primary) => "cluster failover",
+        (Fault::Kill, Reads::Primary) => "cluster kill -9",
+        (Fault::Failover, Reads::Replica) => "cluster failover, verifier reading from a replica",
+        (Fault::Kill, Reads::Replica) => "cluster kill -9, verifier reading from a replica",
     };
     let outcome = Run {
         label,
@@ -159,12 +232,20 @@ fn assert_all_held(redis: &ClusterRedis, port: u16, deployment: &Deployment, out
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_failover_of_the_slot_loses_no_acknowledged_revocation() {
-    slot_primary_replaced(Fault::Failover).await;
+    slot_primary_replaced(Fault::Failover, Reads::Primary).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_kill_of_the_slot_primary_loses_no_acknowledged_revocation() {
-    slot_primary_replaced(Fault::Kill).await;
+    slot_primary_replaced(Fault::Kill, Reads::Primary).await;
+}
+
+/// `read_from_replicas` under Cluster: the verifier's feed subscribes to, and reads from, one
+/// of the slot's replicas (with `READONLY`), and follows the slot through a `kill -9` of its
+/// primary (whose replicas are the verifier's own node and another) with the same guarantees.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_read_from_replicas_verifier_reads_a_slot_replica_through_a_kill() {
+    slot_primary_replaced(Fault::Kill, Reads::Replica).await;
 }
 
 /// A slot migration while revoking (`SETSLOT MIGRATING`/`IMPORTING`, `MIGRATE` key by key,

@@ -199,9 +199,9 @@ pub(super) async fn choose(
     let candidates = target
         .replicas()
         .await
-        .map_err(|err| format!("no replica list from the sentinels: {err}"))?;
+        .map_err(|err| format!("no replica list: {err}"))?;
     if candidates.is_empty() {
-        return Err("the sentinels list no usable replica".to_owned());
+        return Err("no usable replica is listed".to_owned());
     }
     let start = usize::try_from(OsRng.next_u32()).unwrap_or(0) % candidates.len();
     let mut reasons = Vec::new();
@@ -214,7 +214,7 @@ pub(super) async fn choose(
             reasons.push(format!("{address}: failed or lagged recently"));
             continue;
         }
-        match check(&candidate.client, primary, timeout).await {
+        match check(&candidate.client, target.is_cluster(), primary, timeout).await {
             Ok(conn) => {
                 return Ok(ReplicaReads {
                     client: candidate.client.clone(),
@@ -228,15 +228,27 @@ pub(super) async fn choose(
     Err(reasons.join("; "))
 }
 
-/// Connects to a candidate and checks it replicates from `primary` with its link up.
+/// Connects to a candidate and checks it replicates from `primary` with its link up. A
+/// cluster replica is first told `READONLY`: without it, it redirects every keyed read
+/// (`MOVED`) to the primary.
 async fn check(
     client: &Client,
+    cluster: bool,
     primary: &Replication,
     timeout: Duration,
 ) -> Result<MultiplexedConnection, String> {
     let mut conn = connect(client, timeout)
         .await
         .map_err(|err| err.to_string())?;
+    if cluster {
+        timed(
+            timeout,
+            "allow reads on a cluster replica",
+            ::redis::cmd("READONLY").query_async::<()>(&mut conn),
+        )
+        .await
+        .map_err(|err| err.to_string())?;
+    }
     let replica = replication(&mut conn, timeout)
         .await
         .map_err(|err| err.to_string())?;
