@@ -16,54 +16,49 @@
 //! `RATE` a second (default 50). Prints one Markdown table row:
 //!
 //! `| mirrors | idle Redis CPU % | revocations | confirmed by all | p50 / p99 revoke ms | Redis CPU % under load | Redis CPU µs per revocation |`
+//!
+//! With `COMMANDSTATS=1` it also resets Redis' statistics (`CONFIG RESETSTAT`) when the load
+//! starts and prints `INFO commandstats` at its end, per revocation: which commands and
+//! scripts the revocations cost Redis (`benches/scale/revoke_cost.sh`).
 #![expect(clippy::print_stdout, reason = "a measurement tool reports on stdout")]
 
-use std::error::Error;
+#[path = "scale/common.rs"]
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use common::{Res, START_BATCH, commandstats, commandstats_table, cpu_seconds, jti, percentile};
 use edgetoken::clock::{Clock, SystemClock};
 use edgetoken::revocation::{
     RedisFeed, RedisStore, Revocation, RevocationSettings, RevocationStore,
 };
 use edgetoken::token::TokenId;
-use sha2::{Digest, Sha256};
+use redis::aio::MultiplexedConnection;
 
-type Res<T> = Result<T, Box<dyn Error + Send + Sync>>;
-
-/// Feeds started at once: a thousand simultaneous connects would only measure the accept queue.
-const START_BATCH: usize = 50;
-
-fn jti(seed: &str, i: usize) -> String {
-    let digest = Sha256::new()
-        .chain_update(seed.as_bytes())
-        .chain_update(i.to_le_bytes())
-        .finalize();
-    URL_SAFE_NO_PAD.encode(&digest[..16])
-}
-
-/// Redis' CPU time so far, in seconds.
-fn redis_cpu(pid: &str, ticks_per_second: f64) -> Res<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the command name (which may hold spaces) start at `state`, field 3.
-    let rest = stat.rsplit_once(") ").ok_or("malformed stat")?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let utime: f64 = fields.get(11).ok_or("no utime")?.parse()?;
-    let stime: f64 = fields.get(12).ok_or("no stime")?.parse()?;
-    Ok((utime + stime) / ticks_per_second)
-}
-
-#[expect(
-    clippy::cast_possible_truncation,
-    clippy::cast_sign_loss,
-    clippy::cast_precision_loss,
-    reason = "an index into a non-empty sample"
-)]
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted.get(index).copied().unwrap_or_default()
+/// Prints `INFO commandstats` (counted since `CONFIG RESETSTAT` at the start of the load) per
+/// revocation.
+async fn print_commandstats(
+    conn: &mut MultiplexedConnection,
+    sent: usize,
+    mirrors: usize,
+    busy_seconds: f64,
+) -> Res<()> {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(conn)
+        .await?;
+    println!();
+    println!(
+        "Redis commands over the {busy_seconds:.1} s of load ({sent} revocations, {mirrors} \
+         mirrors), from CONFIG RESETSTAT to INFO commandstats:"
+    );
+    println!();
+    print!(
+        "{}",
+        commandstats_table(&commandstats(&info), u64::try_from(sent)?, "per revocation")
+    );
+    Ok(())
 }
 
 #[tokio::main]
@@ -101,16 +96,26 @@ async fn main() -> Res<()> {
     // Let the registrations and heartbeats settle before measuring.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let window = Duration::from_secs_f64(seconds);
-    let before = redis_cpu(&pid, ticks)?;
+    let before = cpu_seconds(&pid, ticks)?;
     tokio::time::sleep(window).await;
-    let idle = (redis_cpu(&pid, ticks)? - before) / seconds;
+    let idle = (cpu_seconds(&pid, ticks)? - before) / seconds;
 
     let store = Arc::new(RedisStore::open(&settings).await?);
+    let commandstats_wanted = std::env::var_os("COMMANDSTATS").is_some_and(|v| v == "1");
+    let mut stats_conn = redis::Client::open(settings.redis_url.as_deref().unwrap_or_default())?
+        .get_multiplexed_async_connection()
+        .await?;
+    if commandstats_wanted {
+        redis::cmd("CONFIG")
+            .arg("RESETSTAT")
+            .exec_async(&mut stats_conn)
+            .await?;
+    }
     let expires_at = clock.unix_now() + 3600;
     let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
     let mut tasks = tokio::task::JoinSet::new();
     let started = Instant::now();
-    let before = redis_cpu(&pid, ticks)?;
+    let before = cpu_seconds(&pid, ticks)?;
     let mut sent = 0_usize;
     while started.elapsed() < window {
         ticker.tick().await;
@@ -136,7 +141,7 @@ async fn main() -> Res<()> {
         latencies.push(latency);
     }
     let busy_seconds = started.elapsed().as_secs_f64();
-    let load = (redis_cpu(&pid, ticks)? - before) / busy_seconds;
+    let load = (cpu_seconds(&pid, ticks)? - before) / busy_seconds;
     latencies.sort_unstable();
     #[expect(clippy::cast_precision_loss, reason = "reporting a rate")]
     let per_revocation = (load - idle) * busy_seconds / sent as f64 * 1e6;
@@ -148,6 +153,9 @@ async fn main() -> Res<()> {
         load * 100.0,
         per_revocation,
     );
+    if commandstats_wanted {
+        print_commandstats(&mut stats_conn, sent, mirrors, busy_seconds).await?;
+    }
     for feed in feeds {
         feed.shutdown().await;
     }

@@ -42,7 +42,7 @@ for n in $MIRRORS; do
     redis_pid=$!
     for _ in $(seq 50); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.1; done
     REDIS_URL="redis://127.0.0.1:$port/" REDIS_PID=$redis_pid CLK_TCK=$(getconf CLK_TCK) RUST_LOG=warn \
-        "${client_cpu[@]}" target/release/examples/scale_fanout "$n" "$RATE" "$SECONDS_EACH"
+        "${client_cpu[@]}" "${CARGO_TARGET_DIR:-target}"/release/examples/scale_fanout "$n" "$RATE" "$SECONDS_EACH"
     kill "$redis_pid"; wait "$redis_pid" 2>/dev/null || true
     redis_pid=""
 done
