@@ -172,11 +172,20 @@ async fn main() -> Res<()> {
         .map_or(Ok(RevocationSettings::default().command_timeout), |ms| {
             ms.parse().map(Duration::from_millis)
         })?;
+    // The bound of the feeds' bulk steps (resync pages, re-seed pipelines; default 30 s);
+    // BULK_TIMEOUT_MS=2000 gives the feed of before that setting, which used the command
+    // timeout for them too.
+    let bulk_timeout = std::env::var("BULK_TIMEOUT_MS")
+        .map_or(
+            Ok(RevocationSettings::default().bulk_timeout.max(command_timeout)),
+            |ms| ms.parse().map(Duration::from_millis),
+        )?;
     let tag = jti("storm", std::process::id() as usize);
     let settings = RevocationSettings {
         redis_url: Some(url.clone()),
         key_prefix: format!("storm-{tag}"),
         command_timeout,
+        bulk_timeout,
         ..RevocationSettings::default()
     };
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
@@ -385,8 +394,9 @@ async fn main() -> Res<()> {
     println!(
         "Run-queue wait during the storm (runnable, waiting for a CPU taken by other processes): \
          Redis {redis_wait:.1} s, the mirrors' process {own_wait:.1} s (all threads); command \
-         timeout {} ms.",
-        command_timeout.as_millis()
+         timeout {} ms, bulk timeout {} ms.",
+        command_timeout.as_millis(),
+        bulk_timeout.as_millis()
     );
     println!();
     println!(

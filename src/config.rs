@@ -198,6 +198,9 @@ pub struct RevocationConfig {
     pub heartbeat_ms: u64,
     /// Longest wait for one Redis command, in milliseconds. Default 2000.
     pub command_timeout_ms: u64,
+    /// Longest wait for one bulk step of a mirror's sync (a page of a full resync or catch-up,
+    /// a re-seed pipeline), in milliseconds. Default 30000.
+    pub bulk_timeout_ms: u64,
     /// How long a revoke waits for every registered verifier to confirm it applied the
     /// revocation, in milliseconds (the barrier). Past it the revoke answers `202` with the
     /// number of lagging verifiers and the bound within which they refuse the token anyway.
@@ -233,6 +236,7 @@ impl std::fmt::Debug for RevocationConfig {
             .field("on_stale", &self.on_stale)
             .field("heartbeat_ms", &self.heartbeat_ms)
             .field("command_timeout_ms", &self.command_timeout_ms)
+            .field("bulk_timeout_ms", &self.bulk_timeout_ms)
             .field("barrier_timeout_ms", &self.barrier_timeout_ms)
             .field("read_from_replicas", &self.read_from_replicas)
             .finish()
@@ -267,6 +271,7 @@ impl Default for RevocationConfig {
             on_stale: defaults.on_stale,
             heartbeat_ms: 1000,
             command_timeout_ms: 2000,
+            bulk_timeout_ms: 30_000,
             barrier_timeout_ms: u64::try_from(defaults.barrier_timeout.as_millis())
                 .unwrap_or(u64::MAX),
             read_from_replicas: defaults.read_from_replicas,

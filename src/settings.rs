@@ -407,6 +407,7 @@ fn revocation(config: &Config) -> RevocationSettings {
         heartbeat: Duration::from_millis(r.heartbeat_ms),
         leeway: Duration::from_secs(config.token.leeway_secs),
         command_timeout: Duration::from_millis(r.command_timeout_ms),
+        bulk_timeout: Duration::from_millis(r.bulk_timeout_ms),
         barrier_timeout: Duration::from_millis(r.barrier_timeout_ms),
         read_from_replicas: r.read_from_replicas,
         ..RevocationSettings::default()

@@ -8,7 +8,8 @@
 #
 # Usage: benches/scale/storm.sh   (env: MIRRORS="100 1000" REVOCATIONS="10000 100000"
 #                                       MODE=aof|empty PORT=16392 LIMIT_S=240 SKIP_BUILD= PIN=1
-#                                       COMMAND_TIMEOUT_MS=2000: the feeds' command timeout)
+#                                       COMMAND_TIMEOUT_MS=2000: the feeds' command timeout,
+#                                       BULK_TIMEOUT_MS=30000: their bulk steps' timeout)
 # MODE=aof (default): appendonly yes, appendfsync everysec; the restart keeps the data.
 # MODE=empty: no persistence; Redis comes back empty and the mirrors restore it.
 # With PIN=1 (the default on 2+ cores) Redis runs on CPU 1 and the mirrors' process on CPU 0.

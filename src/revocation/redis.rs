@@ -374,9 +374,28 @@ pub(crate) async fn connect(
     client: &Client,
     timeout: Duration,
 ) -> Result<MultiplexedConnection, StoreError> {
+    connect_answering_within(client, timeout, timeout).await
+}
+
+/// A connection for a mirror's sync: opened within `settings.command_timeout`, its replies
+/// awaited up to `settings.bulk_timeout`, so a resync page or a re-seed pipeline queued behind
+/// other mirrors' does not fail the session. Each command on it is bounded by its own
+/// [`timed`]: the bulk steps by `bulk_timeout`, everything else by `command_timeout`.
+pub(crate) async fn connect_for_sync(
+    client: &Client,
+    settings: &RevocationSettings,
+) -> Result<MultiplexedConnection, StoreError> {
+    connect_answering_within(client, settings.command_timeout, settings.bulk_timeout).await
+}
+
+async fn connect_answering_within(
+    client: &Client,
+    timeout: Duration,
+    response: Duration,
+) -> Result<MultiplexedConnection, StoreError> {
     let config = AsyncConnectionConfig::new()
         .set_connection_timeout(Some(timeout))
-        .set_response_timeout(Some(timeout));
+        .set_response_timeout(Some(response));
     timed(
         timeout,
         "connect",

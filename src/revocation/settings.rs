@@ -19,6 +19,8 @@ const MAX_WAIT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The longest `barrier_timeout` accepted.
 const MAX_BARRIER_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest `bulk_timeout`: a sync step waiting longer than this is stuck, not queued.
+const MAX_BULK_TIMEOUT: Duration = Duration::from_mins(10);
 
 /// What a verifier does once its revocation state is older than `max_staleness` (SPEC §3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -78,6 +80,16 @@ pub struct RevocationSettings {
     pub leeway: Duration,
     /// Longest wait for any single Redis command before it counts as failed. Default 2 s.
     pub command_timeout: Duration,
+    /// Longest wait for one bulk step of a mirror's sync: a page of a full resync or of a
+    /// catch-up, a re-seed pipeline. Default 30 s, at least `command_timeout`.
+    ///
+    /// Why apart from `command_timeout`: after a Redis restart every mirror re-seeds and
+    /// resyncs at once, and each reply waits behind the others' bulk work. A failed step ends
+    /// the session and the next one starts the sync over, so a short timeout there turns the
+    /// queue into more queue (`docs/scale.md`, the resync storm: 1,000 mirrors did not settle
+    /// in 240 s with 2 s, and did in 50 s with 10 s). A dead Redis is still noticed within
+    /// `command_timeout`: the heartbeat and every other command keep it.
+    pub bulk_timeout: Duration,
     /// How many changes the replay log keeps. A mirror further behind than this resyncs in full
     /// instead of catching up. Default 100 000.
     pub log_max_len: u64,
@@ -111,6 +123,7 @@ impl Default for RevocationSettings {
             heartbeat: Duration::from_secs(1),
             leeway: Duration::from_secs(30),
             command_timeout: Duration::from_secs(2),
+            bulk_timeout: Duration::from_secs(30),
             log_max_len: 100_000,
             prune_interval: Duration::from_secs(30),
             barrier_timeout: Duration::from_millis(50),
@@ -190,6 +203,12 @@ impl RevocationSettings {
                 return Err(invalid(field, "must be greater than zero"));
             }
         }
+        if self.bulk_timeout < self.command_timeout || self.bulk_timeout > MAX_BULK_TIMEOUT {
+            return Err(invalid(
+                "bulk_timeout",
+                "must be at least command_timeout and at most 10 min",
+            ));
+        }
         if self.heartbeat >= self.max_staleness {
             return Err(invalid(
                 "heartbeat",
@@ -262,6 +281,7 @@ impl fmt::Debug for RevocationSettings {
             .field("heartbeat", &self.heartbeat)
             .field("leeway", &self.leeway)
             .field("command_timeout", &self.command_timeout)
+            .field("bulk_timeout", &self.bulk_timeout)
             .field("log_max_len", &self.log_max_len)
             .field("prune_interval", &self.prune_interval)
             .field("barrier_timeout", &self.barrier_timeout)
@@ -293,6 +313,36 @@ mod tests {
         assert_eq!(settings.on_stale, OnStale::FailClosed);
         assert_eq!(settings.leeway, Duration::from_secs(30));
         assert!(settings.redis_url.is_none());
+    }
+
+    #[test]
+    fn bulk_timeout_is_at_least_the_command_timeout_and_at_most_ten_minutes() {
+        assert_eq!(
+            RevocationSettings::default().bulk_timeout,
+            Duration::from_secs(30)
+        );
+        for (bulk, ok) in [
+            (Duration::from_secs(2), true),
+            (Duration::from_mins(10), true),
+            (Duration::from_secs(1), false),
+            (Duration::from_secs(601), false),
+        ] {
+            let settings = RevocationSettings {
+                bulk_timeout: bulk,
+                ..RevocationSettings::default()
+            };
+            let outcome = settings.validate();
+            assert_eq!(outcome.is_ok(), ok, "{bulk:?}: {outcome:?}");
+            if !ok {
+                assert!(matches!(
+                    outcome,
+                    Err(StoreError::Settings {
+                        field: "bulk_timeout",
+                        ..
+                    })
+                ));
+            }
+        }
     }
 
     #[test]

@@ -38,9 +38,9 @@ use super::barrier::{BarrierScripts, deregister, register_and_read_head, reporte
 use super::protocol::{Action, Failure, Input, LogEntry, MAX_SYNC_ROUNDS, Protocol, Reason};
 use super::replica::{self, AVOID_FOR, LAG_ATTEMPTS, LAG_WAIT, PageFit, ReplicaReads};
 use super::{
-    Keys, LogFields, RESYNC_BODY, Scripts, check_eviction_policy, connect, fresh_generation,
-    is_lost_primary, measure_durability, parse_score, primary_client, prune, server_run_id, target,
-    timed, watermark, write_event,
+    Keys, LogFields, RESYNC_BODY, Scripts, check_eviction_policy, connect_for_sync,
+    fresh_generation, is_lost_primary, measure_durability, parse_score, primary_client, prune,
+    server_run_id, target, timed, watermark, write_event,
 };
 use crate::clock::Clock;
 use crate::redis_target::{RedisTarget, jittered};
@@ -105,7 +105,9 @@ impl RedisFeed {
         let target = target(settings)?;
         let timeout = settings.command_timeout;
         let opened = match primary_client(&target).await {
-            Ok(client) => connect(&client, timeout).await.map(|conn| (client, conn)),
+            Ok(client) => connect_for_sync(&client, settings)
+                .await
+                .map(|conn| (client, conn)),
             Err(err) => Err(err),
         };
         let probe = match opened {
@@ -431,7 +433,7 @@ impl Worker {
             opened
         } else {
             let client = primary_client(&self.target).await?;
-            let conn = connect(&client, timeout).await?;
+            let conn = connect_for_sync(&client, &self.settings).await?;
             (client, conn)
         };
         check_eviction_policy(&mut conn, timeout).await?;
@@ -875,7 +877,8 @@ impl Worker {
     /// are stable under pruning, which only removes the lowest scores; entries added or
     /// raised meanwhile are in the log after the head read before the load.
     async fn load_tokens(&self, conn: &mut MultiplexedConnection) -> Result<(), FeedError> {
-        let timeout = self.settings.command_timeout;
+        // Bulk: with every mirror resyncing at once, each page waits behind the others'.
+        let timeout = self.settings.bulk_timeout;
         let total: usize = timed(
             timeout,
             "count the revocation state",
@@ -924,7 +927,7 @@ impl Worker {
         let mut cursor: u64 = 0;
         loop {
             let (next, page): (u64, Vec<String>) = timed(
-                self.settings.command_timeout,
+                self.settings.bulk_timeout,
                 "scan the revocation state",
                 ::redis::cmd("ZSCAN")
                     .arg(set)
@@ -950,7 +953,7 @@ impl Worker {
         from: u64,
     ) -> Result<(Vec<LogEntry>, bool), FeedError> {
         let entries: Vec<(String, LogFields)> = timed(
-            self.settings.command_timeout,
+            self.settings.bulk_timeout,
             "read the revocation log",
             ::redis::cmd("XRANGE")
                 .arg(&self.keys.log)
@@ -1059,7 +1062,7 @@ impl Worker {
         pipe: &::redis::Pipeline,
     ) -> Result<(), FeedError> {
         timed(
-            self.settings.command_timeout,
+            self.settings.bulk_timeout,
             "re-seed the revocation state",
             pipe.query_async::<()>(conn),
         )
@@ -1099,8 +1102,7 @@ impl Worker {
     ) -> Client {
         let chosen = if let Some(primary) = primary {
             let avoid = self.avoided();
-            let chosen =
-                replica::choose(&self.target, primary, &avoid, self.settings.command_timeout).await;
+            let chosen = replica::choose(&self.target, primary, &avoid, &self.settings).await;
             if let Err(reason) = &chosen {
                 tracing::warn!(
                     reason,
@@ -1152,7 +1154,7 @@ impl Worker {
             return false;
         };
         let avoid = self.avoided();
-        replica::choose(&self.target, primary, &avoid, self.settings.command_timeout)
+        replica::choose(&self.target, primary, &avoid, &self.settings)
             .await
             .is_ok()
     }

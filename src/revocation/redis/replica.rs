@@ -22,9 +22,10 @@ use ::redis::aio::MultiplexedConnection;
 use rand_core::{OsRng, RngCore};
 
 use super::protocol::LogEntry;
-use super::{connect, timed};
+use super::{connect_for_sync, timed};
 use crate::redis_target::RedisTarget;
 use crate::revocation::StoreError;
+use crate::revocation::settings::RevocationSettings;
 
 /// How often a read from a replica that is behind the primary's head is retried, and how long
 /// apart, before the read goes to the primary: about 100 ms of replication lag is absorbed.
@@ -194,7 +195,7 @@ pub(super) async fn choose(
     target: &RedisTarget,
     primary: &Replication,
     avoid: &[Arc<str>],
-    timeout: Duration,
+    settings: &RevocationSettings,
 ) -> Result<ReplicaReads, String> {
     let candidates = target
         .replicas()
@@ -214,7 +215,7 @@ pub(super) async fn choose(
             reasons.push(format!("{address}: failed or lagged recently"));
             continue;
         }
-        match check(&candidate.client, target.is_cluster(), primary, timeout).await {
+        match check(&candidate.client, target.is_cluster(), primary, settings).await {
             Ok(conn) => {
                 return Ok(ReplicaReads {
                     client: candidate.client.clone(),
@@ -235,9 +236,10 @@ async fn check(
     client: &Client,
     cluster: bool,
     primary: &Replication,
-    timeout: Duration,
+    settings: &RevocationSettings,
 ) -> Result<MultiplexedConnection, String> {
-    let mut conn = connect(client, timeout)
+    let timeout = settings.command_timeout;
+    let mut conn = connect_for_sync(client, settings)
         .await
         .map_err(|err| err.to_string())?;
     if cluster {
