@@ -175,11 +175,12 @@ async fn main() -> Res<()> {
     // The bound of the feeds' bulk steps (resync pages, re-seed pipelines; default 30 s);
     // BULK_TIMEOUT_MS=2000 gives the feed of before that setting, which used the command
     // timeout for them too.
-    let bulk_timeout = std::env::var("BULK_TIMEOUT_MS")
-        .map_or(
-            Ok(RevocationSettings::default().bulk_timeout.max(command_timeout)),
-            |ms| ms.parse().map(Duration::from_millis),
-        )?;
+    let bulk_timeout = std::env::var("BULK_TIMEOUT_MS").map_or(
+        Ok(RevocationSettings::default()
+            .bulk_timeout
+            .max(command_timeout)),
+        |ms| ms.parse().map(Duration::from_millis),
+    )?;
     let tag = jti("storm", std::process::id() as usize);
     let settings = RevocationSettings {
         redis_url: Some(url.clone()),

@@ -248,6 +248,24 @@ enum FeedError {
     ReplicaBack,
 }
 
+/// `err` and its sources, joined by `: `. A session's end is shown in `/readyz` and the log by
+/// this: "failed while trying to read the revocation state" alone cannot tell a timeout from
+/// a reset or a refused connection, and after a Redis restart thousands of sessions end so.
+fn with_causes(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        // thiserror's `transparent` repeats its inner error as the source's text.
+        if !text.ends_with(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
 impl From<Failure> for FeedError {
     fn from(failure: Failure) -> Self {
         match failure {
@@ -395,15 +413,15 @@ impl Worker {
                 let Action::Reconnect { after, lost } = action else {
                     continue;
                 };
-                let message = err.to_string();
+                let message = with_causes(&err);
                 if matches!(err, FeedError::Store(StoreError::EvictionPolicy { .. })) {
                     tracing::error!(error = %err, "refusing to follow a Redis that may evict revocations");
                 } else if matches!(err, FeedError::ReplicaBack) {
                     tracing::info!("revocation feed moving from the primary to a replica");
                 } else if lost {
-                    tracing::warn!(error = %err, "revocation feed lost; reconnecting and catching up");
+                    tracing::warn!(error = %message, "revocation feed lost; reconnecting and catching up");
                 } else {
-                    tracing::debug!(error = %err, "revocation feed could not connect; retrying");
+                    tracing::debug!(error = %message, "revocation feed could not connect; retrying");
                 }
                 self.mirror.update_health(|h| {
                     h.connected = false;
@@ -1410,6 +1428,22 @@ mod tests {
             applied: applied.map(|(g, s)| (g.to_owned(), s)),
             registered: true,
         }
+    }
+
+    #[test]
+    fn a_session_end_names_its_cause() {
+        let err = FeedError::Store(StoreError::Redis {
+            operation: "read the revocation state",
+            source: ::redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut)),
+        });
+        let text = with_causes(&err);
+        assert!(
+            text.starts_with(
+                "revocation store: Redis failed while trying to read the revocation state: "
+            ),
+            "{text}"
+        );
+        assert!(text.to_lowercase().contains("timed out"), "{text}");
     }
 
     #[test]
