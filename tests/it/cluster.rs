@@ -209,21 +209,7 @@ async fn slot_primary_replaced(fault: Fault, feed_reads: Reads) {
 
 /// Every acknowledged revocation of `outcome` is in the token set on the node on `port`.
 fn assert_all_held(redis: &ClusterRedis, port: u16, deployment: &Deployment, outcome: &Outcome) {
-    let mut conn = redis.node(port).admin();
-    let key = format!("{{{}}}:tok", deployment.prefix);
-    let missing: Vec<usize> = outcome
-        .acked_jtis()
-        .into_iter()
-        .filter(|(_, jti)| {
-            redis::cmd("ZSCORE")
-                .arg(&key)
-                .arg(jti)
-                .query::<Option<f64>>(&mut conn)
-                .unwrap()
-                .is_none()
-        })
-        .map(|(token, _)| token)
-        .collect();
+    let missing = outcome.missing_from(&mut redis.node(port).admin(), &deployment.prefix);
     assert!(
         missing.is_empty(),
         "acknowledged revocations missing from the slot's new primary: {missing:?}"

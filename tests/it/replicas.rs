@@ -102,6 +102,26 @@ struct Run {
     accepted_after_ack: Vec<usize>,
 }
 
+impl Run {
+    /// Every answer was an acknowledgement (200, 202) or a 503, and no token was accepted
+    /// right after a 200 for its revoke.
+    fn assert_never_falsely_acknowledged(&self) {
+        let others: Vec<u16> = self
+            .answers
+            .iter()
+            .map(|(_, s)| *s)
+            .filter(|s| !is_ack(*s) && *s != StatusCode::SERVICE_UNAVAILABLE)
+            .map(|s| s.as_u16())
+            .collect();
+        assert!(others.is_empty(), "revokes answered {others:?}");
+        assert!(
+            self.accepted_after_ack.is_empty(),
+            "tokens accepted right after a 200: {:?}",
+            self.accepted_after_ack
+        );
+    }
+}
+
 /// Revokes `tokens` through the issuer at [`PER_SECOND`], one per tick, each in its own task;
 /// after a 200 the verifier must refuse the token on the very next request.
 async fn revoke_steadily(
@@ -306,19 +326,7 @@ async fn read_from_replicas_verifiers_keep_up_with_a_replica_and_fall_back_when_
         count(&around, |s| s == StatusCode::ACCEPTED),
         count(&around, |s| s == StatusCode::SERVICE_UNAVAILABLE),
     );
-    let others: Vec<u16> = around
-        .answers
-        .iter()
-        .map(|(_, s)| *s)
-        .filter(|s| !is_ack(*s) && *s != StatusCode::SERVICE_UNAVAILABLE)
-        .map(|s| s.as_u16())
-        .collect();
-    assert!(others.is_empty(), "revokes answered {others:?}");
-    assert!(
-        around.accepted_after_ack.is_empty(),
-        "tokens accepted right after a 200: {:?}",
-        around.accepted_after_ack
-    );
+    around.assert_never_falsely_acknowledged();
 
     // Every acknowledged revocation, from both runs, is refused by the verifier now.
     for (index, status) in steady.answers.iter().chain(&around.answers) {
@@ -522,19 +530,7 @@ async fn a_read_from_replicas_verifier_follows_a_failover_of_the_primary() {
         count(|s| s == StatusCode::ACCEPTED),
         count(|s| s == StatusCode::SERVICE_UNAVAILABLE),
     );
-    let others: Vec<u16> = run
-        .answers
-        .iter()
-        .map(|(_, s)| *s)
-        .filter(|s| !is_ack(*s) && *s != StatusCode::SERVICE_UNAVAILABLE)
-        .map(|s| s.as_u16())
-        .collect();
-    assert!(others.is_empty(), "revokes answered {others:?}");
-    assert!(
-        run.accepted_after_ack.is_empty(),
-        "tokens accepted right after a 200: {:?}",
-        run.accepted_after_ack
-    );
+    run.assert_never_falsely_acknowledged();
     for (index, status) in &run.answers {
         if is_ack(*status) {
             assert_eq!(

@@ -80,21 +80,7 @@ async fn sentinel_failover_loses_no_acknowledged_revocation_and_never_acknowledg
     // The promoted primary holds every acknowledged revocation.
     let new_primary = redis.primary_port().expect("a primary after the failover");
     assert_ne!(new_primary, old_primary, "Sentinel promoted a replica");
-    let mut conn = redis.node(new_primary).admin();
-    let key = format!("{{{}}}:tok", deployment.prefix);
-    let missing: Vec<usize> = outcome
-        .acked_jtis()
-        .into_iter()
-        .filter(|(_, jti)| {
-            redis::cmd("ZSCORE")
-                .arg(&key)
-                .arg(jti)
-                .query::<Option<f64>>(&mut conn)
-                .unwrap()
-                .is_none()
-        })
-        .map(|(token, _)| token)
-        .collect();
+    let missing = outcome.missing_from(&mut redis.node(new_primary).admin(), &deployment.prefix);
     assert!(
         missing.is_empty(),
         "acknowledged revocations missing from the new primary: {missing:?}"

@@ -72,6 +72,28 @@ impl Outcome {
             .map(|a| (a.token, jti(&self.tokens[a.token])))
             .collect()
     }
+
+    /// The acknowledged tokens whose revocation the node behind `conn` does not hold in the
+    /// token set of the deployment with `key_prefix`.
+    pub(crate) fn missing_from(
+        &self,
+        conn: &mut redis::Connection,
+        key_prefix: &str,
+    ) -> Vec<usize> {
+        let key = format!("{{{key_prefix}}}:tok");
+        self.acked_jtis()
+            .into_iter()
+            .filter(|(_, jti)| {
+                redis::cmd("ZSCORE")
+                    .arg(&key)
+                    .arg(jti)
+                    .query::<Option<f64>>(conn)
+                    .unwrap()
+                    .is_none()
+            })
+            .map(|(token, _)| token)
+            .collect()
+    }
 }
 
 /// The `jti` of a token minted by the test (its payload is trusted test data).
