@@ -286,6 +286,41 @@ async fn revocation_reaches_three_mirrors_after_revoke_returns() {
     }
 }
 
+/// The barrier's roster, read by every revoke, sweeps positions left without a registration
+/// (a mirror that reported after its registration lapsed) only when there can be some: it
+/// keeps the live mirror's position, drops the stray one, and leaves a clean hash alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoke_sweeps_barrier_positions_left_without_a_registration() {
+    let redis = TestRedis::shared_or_own();
+    let settings = settings_for(&redis);
+    let feed = RedisFeed::start(&settings, clock()).await.unwrap();
+    let store = RedisStore::open(&settings).await.unwrap();
+    wait_ready(feed.mirror()).await;
+    let mut admin = admin_for(&redis);
+    let (live, positions) = (
+        format!("{{{}}}:live", settings.key_prefix),
+        format!("{{{}}}:inst", settings.key_prefix),
+    );
+    let first = random_id();
+    RevocationStore::revoke(&store, token(&first))
+        .await
+        .unwrap();
+    wait_revoked(feed.mirror(), &first).await;
+    let registered: Vec<String> = admin.zrange(&live, 0, -1).unwrap();
+    assert_eq!(registered.len(), 1, "the feed's registration");
+    let own = registered[0].clone();
+    // A position whose mirror is gone: more positions than registrations.
+    let _: () = admin.hset(&positions, "gone-mirror", "g 1").unwrap();
+
+    let second = random_id();
+    RevocationStore::revoke(&store, token(&second))
+        .await
+        .unwrap();
+    let left: Vec<String> = admin.hkeys(&positions).unwrap();
+    assert_eq!(left, [own], "the stray position swept, the live one kept");
+    assert_eq!(feed.mirror().size().tokens, 2);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoking_process_rejects_at_once_through_its_local_mirror() {
     let redis = TestRedis::shared_or_own();

@@ -64,6 +64,11 @@ return 1
 /// `ROSTER`: Redis' time (ms) then, per registration, instance, deadline and position (empty
 /// if none); removes registrations whose deadline passed, and positions without one.
 /// KEYS: live, inst.
+///
+/// The sweep of positions (`HKEYS`, then a `ZSCORE` each) costs one lookup per mirror, on every
+/// revoke, on the primary: at 100 mirrors about a quarter of the script (`docs/scale.md`). It
+/// runs only when there can be something to sweep: a registration just expired, or more
+/// positions than registrations (a mirror that reported after its registration lapsed).
 const ROSTER_LUA: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -74,9 +79,11 @@ for i = 1, #all, 2 do
   out[#out + 1] = all[i + 1]
   out[#out + 1] = redis.call('HGET', KEYS[2], all[i]) or ''
 end
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-for _, id in ipairs(redis.call('HKEYS', KEYS[2])) do
-  if not redis.call('ZSCORE', KEYS[1], id) then redis.call('HDEL', KEYS[2], id) end
+local expired = redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if expired > 0 or redis.call('HLEN', KEYS[2]) > redis.call('ZCARD', KEYS[1]) then
+  for _, id in ipairs(redis.call('HKEYS', KEYS[2])) do
+    if not redis.call('ZSCORE', KEYS[1], id) then redis.call('HDEL', KEYS[2], id) end
+  end
 end
 return out
 ";
