@@ -491,6 +491,9 @@ pub fn is_lost_primary_error(err: &RedisError) -> bool {
                     | "MASTERDOWN"
                     | "LOADING"
                     | "MOVED"
+                    // A transaction (MULTI/EXEC) one of whose commands was refused before it
+                    // ran: in a cluster, a `MOVED` inside it shows only as this.
+                    | "EXECABORT"
                     | "ASK"
                     | "TRYAGAIN"
                     | "CLUSTERDOWN"

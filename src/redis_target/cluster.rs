@@ -275,18 +275,18 @@ impl Node {
     }
 }
 
-/// The online primary among the nodes of `slot`'s shard.
+/// The online primary among the nodes of `slot`'s shard. After a failover the shard may still
+/// list the old primary, failed, beside the new one: the online one is the answer.
 fn primary_of(shard: &[Node], slot: u16) -> Result<&Node, String> {
-    let primary = shard
-        .iter()
-        .find(|node| node.primary)
-        .ok_or_else(|| format!("no primary for slot {slot}"))?;
-    if primary.online {
-        Ok(primary)
-    } else {
+    if let Some(online) = shard.iter().find(|node| node.primary && node.online) {
+        return Ok(online);
+    }
+    if shard.iter().any(|node| node.primary) {
         Err(format!(
             "the primary of slot {slot} is not online (a failover in progress)"
         ))
+    } else {
+        Err(format!("no primary for slot {slot}"))
     }
 }
 
@@ -514,9 +514,23 @@ mod tests {
                 node("10.0.0.4", 7003, "replica", "online"),
             ],
         )]);
-        let shard = shard_in_shards(&reply, 100).unwrap();
-        let err = primary_of(&shard, 100).unwrap_err();
+        let nodes = shard_in_shards(&reply, 100).unwrap();
+        let err = primary_of(&nodes, 100).unwrap_err();
         assert!(err.contains("not online"), "{err}");
+        // Once a replica took over, the failed old primary listed first is passed over.
+        let reply = Value::Array(vec![shard(
+            &[0, 16383],
+            vec![
+                node("10.0.0.1", 7000, "master", "fail"),
+                node("10.0.0.4", 7003, "master", "online"),
+            ],
+        )]);
+        let nodes = shard_in_shards(&reply, 100).unwrap();
+        assert_eq!(primary_of(&nodes, 100).unwrap().port, 7003);
+        let err = primary_of(&nodes[..1], 100).unwrap_err();
+        assert!(err.contains("not online"), "{err}");
+        let err = primary_of(&[], 100).unwrap_err();
+        assert!(err.contains("no primary"), "{err}");
     }
 
     #[test]

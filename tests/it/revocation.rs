@@ -321,6 +321,64 @@ async fn a_revoke_sweeps_barrier_positions_left_without_a_registration() {
     assert_eq!(feed.mirror().size().tokens, 2);
 }
 
+/// A mirror that holds changes the primary lacks (the sequence went back: a promoted replica
+/// that missed the last writes) never records or publishes that position at the barrier:
+/// there it would confirm the revokes the primary numbers next, which the mirror skips as
+/// already applied. It re-seeds instead, under a new generation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_position_past_the_head_confirms_nothing_at_the_barrier() {
+    let redis = TestRedis::shared_or_own();
+    let settings = settings_for(&redis);
+    let feed = RedisFeed::start(&settings, clock()).await.unwrap();
+    let store = RedisStore::open(&settings).await.unwrap();
+    wait_ready(feed.mirror()).await;
+    let jti = random_id();
+    RevocationStore::revoke(&store, token(&jti)).await.unwrap();
+    wait_revoked(feed.mirror(), &jti).await;
+    let health = feed.mirror().health().borrow().clone();
+    let (generation, applied) = (health.generation.expect("a generation"), health.applied_seq);
+
+    let mut admin = admin_for(&redis);
+    let prefix = &settings.key_prefix;
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut acks = client.get_async_pubsub().await.unwrap();
+    acks.subscribe(format!("{{{prefix}}}:acks")).await.unwrap();
+    // The primary "lost" the last write: its sequence is one behind what the mirror applied,
+    // and it holds no position for the mirror.
+    let _: () = admin.del(format!("{{{prefix}}}:inst")).unwrap();
+    let _: () = admin.set(format!("{{{prefix}}}:seq"), applied - 1).unwrap();
+    let past = format!(" {generation} {applied}");
+    let mut messages = acks.into_on_message();
+    let watched = tokio::time::timeout(Duration::from_secs(2), async {
+        while let Some(message) = messages.next().await {
+            let text: String = message.get_payload().unwrap();
+            assert!(
+                !text.ends_with(&past),
+                "published a position past the head: {text}"
+            );
+        }
+    })
+    .await;
+    assert!(watched.is_err(), "the acknowledgement channel closed");
+    let positions: Vec<String> = admin.hvals(format!("{{{prefix}}}:inst")).unwrap();
+    assert!(
+        positions
+            .iter()
+            .all(|p| !p.starts_with(&format!("{generation} "))),
+        "a position in the rolled-back generation: {positions:?}"
+    );
+    // The mirror noticed and re-seeded: a new generation that holds the revocation.
+    wait_until(feed.mirror(), "a new generation", |_, h| {
+        h.generation.as_deref().is_some_and(|g| g != generation)
+    })
+    .await;
+    assert!(
+        store_state(&mut admin, prefix)
+            .iter()
+            .any(|e| e.contains(&jti))
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoking_process_rejects_at_once_through_its_local_mirror() {
     let redis = TestRedis::shared_or_own();

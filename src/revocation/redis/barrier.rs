@@ -27,7 +27,18 @@ use crate::revocation::settings::RevocationSettings;
 
 /// Raises the position of instance `id` in hash `key`: within a generation it only rises, a
 /// new generation replaces it. Shared by `HEAD` and `REPORT`.
+///
+/// `within` first: a position is recorded or published only when it lies in the data set as
+/// it is (the head's generation, at or below its sequence). A mirror ahead of the head holds
+/// changes this primary never had (a promoted replica that missed the last writes), numbered
+/// as the primary will number its next ones: its position would confirm those next revokes,
+/// which it skips as already applied. Refused, it confirms nothing until it re-seeded and
+/// follows the data set again (its head read shows it behind and re-seeds).
 const RAISE_LUA: &str = r"
+local function within(gen, seq, head_gen, head_seq)
+  return gen ~= '' and head_gen ~= false and gen == head_gen and head_seq ~= false
+    and tonumber(seq) <= tonumber(head_seq)
+end
 local function raise(key, id, gen, seq)
   if gen == '' then return false end
   local known = redis.call('HGET', key, id)
@@ -41,21 +52,26 @@ end
 ";
 
 /// `HEAD`: renew a registration (deadline = Redis `TIME` + ttl), raise and publish its
-/// position, and read the head, atomically. KEYS: gen, seq, live, inst. ARGV: instance, ttl
-/// (ms), generation (empty: none yet), seq, acks channel.
+/// position if it lies within the head, and read the head, atomically. KEYS: gen, seq, live,
+/// inst. ARGV: instance, ttl (ms), generation (empty: none yet), seq, acks channel.
 const HEAD_LUA: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local head_gen, head_seq = redis.call('GET', KEYS[1]), redis.call('GET', KEYS[2])
 redis.call('ZADD', KEYS[3], now + tonumber(ARGV[2]), ARGV[1])
-if raise(KEYS[4], ARGV[1], ARGV[3], ARGV[4]) then
+if within(ARGV[3], ARGV[4], head_gen, head_seq) and raise(KEYS[4], ARGV[1], ARGV[3], ARGV[4]) then
   redis.call('PUBLISH', ARGV[5], ARGV[1] .. ' ' .. ARGV[3] .. ' ' .. ARGV[4])
 end
-return {redis.call('GET', KEYS[1]), redis.call('GET', KEYS[2])}
+return {head_gen, head_seq}
 ";
 
-/// `REPORT`: raise a position and publish it. KEYS: inst. ARGV: instance, generation, seq,
-/// acks channel.
+/// `REPORT`: raise a position and publish it, if it lies within the head. KEYS: inst, gen,
+/// seq. ARGV: instance, generation, seq, acks channel. Returns 1, or 0 for a position past
+/// the head (not recorded, not published).
 const REPORT_LUA: &str = r"
+if not within(ARGV[2], ARGV[3], redis.call('GET', KEYS[2]), redis.call('GET', KEYS[3])) then
+  return 0
+end
 raise(KEYS[1], ARGV[1], ARGV[2], ARGV[3])
 redis.call('PUBLISH', ARGV[4], ARGV[1] .. ' ' .. ARGV[2] .. ' ' .. ARGV[3])
 return 1
@@ -201,6 +217,8 @@ pub(crate) async fn reporter(
         let mut invocation = scripts.report.prepare_invoke();
         invocation
             .key(&keys.instances)
+            .key(&keys.generation)
+            .key(&keys.seq)
             .arg(instance.as_str())
             .arg(&position.generation)
             .arg(position.seq)

@@ -669,6 +669,21 @@ impl Worker {
                 head_seq,
                 applied_seq,
             } => {
+                // Reading from a replica, the mirror may have applied changes the primary it
+                // asked for its head does not have: a replica promoted while this process still
+                // reaches the old primary. Never re-seed on that word: ask for the primary again
+                // and let the next session, reading from it, decide.
+                if let Some(address) = self.reads.as_ref().map(|reads| Arc::clone(&reads.address)) {
+                    self.target.invalidate();
+                    self.replica_trouble(
+                        &address,
+                        format!(
+                            "delivered a data set the primary's head does not show ({reason:?}); \
+                             re-checking from the primary before any re-seed"
+                        ),
+                    );
+                    return Err(self.trouble.take().unwrap_or(FeedError::Disconnected));
+                }
                 self.reset(conn, reason, &expected, head_seq, applied_seq)
                     .await?;
                 return Ok(Some(Input::Reseeded));
@@ -970,8 +985,10 @@ impl Worker {
         conn: &mut MultiplexedConnection,
         from: u64,
     ) -> Result<(Vec<LogEntry>, bool), FeedError> {
+        // A catch-up page (at most LOG_PAGE entries) keeps the command timeout: catch-ups
+        // follow heartbeats, and a black-holed Redis must end the session as fast as ever.
         let entries: Vec<(String, LogFields)> = timed(
-            self.settings.bulk_timeout,
+            self.settings.command_timeout,
             "read the revocation log",
             ::redis::cmd("XRANGE")
                 .arg(&self.keys.log)
@@ -1201,7 +1218,10 @@ impl Worker {
     fn feed_node_failed(&mut self, err: StoreError) -> FeedError {
         match self.reads.as_ref().map(|reads| Arc::clone(&reads.address)) {
             Some(address) => {
-                self.replica_trouble(&address, format!("failed the feed connection: {err}"));
+                self.replica_trouble(
+                    &address,
+                    format!("failed the feed connection: {}", with_causes(&err)),
+                );
                 self.trouble.take().unwrap_or(FeedError::Store(err))
             }
             None => err.into(),
@@ -1234,11 +1254,11 @@ impl Worker {
                 Ok(true) => self
                     .full_resync(&mut replica, generation.clone(), seq)
                     .await
-                    .map_err(|err| format!("failed the full resync: {err}")),
+                    .map_err(|err| format!("failed the full resync: {}", with_causes(&err))),
                 Ok(false) => Err(format!(
                     "stayed behind the primary's head (sequence {seq}) for a full resync"
                 )),
-                Err(err) => Err(format!("did not answer its head: {err}")),
+                Err(err) => Err(format!("did not answer its head: {}", with_causes(&err))),
             };
             match outcome {
                 Ok(()) => return Ok(()),
