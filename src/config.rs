@@ -198,8 +198,8 @@ pub struct RevocationConfig {
     pub heartbeat_ms: u64,
     /// Longest wait for one Redis command, in milliseconds. Default 2000.
     pub command_timeout_ms: u64,
-    /// Longest wait for one bulk step of a mirror's sync (a page of a full resync or catch-up,
-    /// a re-seed pipeline), in milliseconds. Default 30000.
+    /// Longest wait for one bulk step of a mirror's sync (a page of a full resync, a re-seed
+    /// pipeline), in milliseconds. Default 30000.
     pub bulk_timeout_ms: u64,
     /// How long a revoke waits for every registered verifier to confirm it applied the
     /// revocation, in milliseconds (the barrier). Past it the revoke answers `202` with the

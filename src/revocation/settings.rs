@@ -80,8 +80,8 @@ pub struct RevocationSettings {
     pub leeway: Duration,
     /// Longest wait for any single Redis command before it counts as failed. Default 2 s.
     pub command_timeout: Duration,
-    /// Longest wait for one bulk step of a mirror's sync: a page of a full resync or of a
-    /// catch-up, a re-seed pipeline. Default 30 s, at least `command_timeout`.
+    /// Longest wait for one bulk step of a mirror's sync: a page of a full resync, a re-seed
+    /// pipeline. Default 30 s, at least `command_timeout`.
     ///
     /// Why apart from `command_timeout`: after a Redis restart every mirror re-seeds and
     /// resyncs at once, and each reply waits behind the others' bulk work. A failed step ends
