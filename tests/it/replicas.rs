@@ -19,6 +19,7 @@ use reqwest::StatusCode;
 use crate::support::delay_proxy::DelayProxy;
 use crate::support::deployment::{AUDIENCE, Deployment, ISSUER, mint};
 use crate::support::eventually::eventually;
+use crate::support::failover::{REQUIREMENT, is_ack, readyz, verify_status};
 use crate::support::process::EdgetokenProcess;
 use crate::support::sentinel::{MASTER_NAME, SentinelRedis};
 
@@ -32,8 +33,6 @@ const BEFORE_KILL: Duration = Duration::from_secs(1);
 const AROUND_KILL: Duration = Duration::from_secs(5);
 /// A staleness below this (2.5 heartbeats) counts as fresh.
 const FRESH_MARK: f64 = 0.5;
-/// Verification requirement: alice's tokens hold `runs:read` in acme.
-const REQUIREMENT: &str = "/v1/verify?tenant=acme&permission=runs:read";
 
 fn config_text(deployment: &Deployment, sentinels: &[String], read_from_replicas: bool) -> String {
     let addresses = sentinels
@@ -55,22 +54,6 @@ fn config_text(deployment: &Deployment, sentinels: &[String], read_from_replicas
     )
 }
 
-async fn verify_status(client: &reqwest::Client, url: &str, token: &str) -> StatusCode {
-    client
-        .get(url)
-        .bearer_auth(token)
-        .send()
-        .await
-        .map_or(StatusCode::SERVICE_UNAVAILABLE, |r| r.status())
-}
-
-async fn readyz(client: &reqwest::Client, base: &str) -> serde_json::Value {
-    match client.get(format!("{base}/readyz")).send().await {
-        Ok(response) => response.json().await.unwrap_or_default(),
-        Err(_) => serde_json::Value::Null,
-    }
-}
-
 /// Where the verifier's feed reads from, as `/readyz` says: `primary` or `replica H:P`.
 fn feed_source(ready: &serde_json::Value) -> String {
     ready["revocation"]["feed_source"]
@@ -87,10 +70,6 @@ fn replica_port(source: &str) -> Option<u16> {
         .1
         .parse()
         .ok()
-}
-
-fn is_ack(status: StatusCode) -> bool {
-    status == StatusCode::OK || status == StatusCode::ACCEPTED
 }
 
 /// What one run of revocations saw.
