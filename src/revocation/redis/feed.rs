@@ -669,11 +669,16 @@ impl Worker {
                 head_seq,
                 applied_seq,
             } => {
-                // Reading from a replica, the mirror may have applied changes the primary it
-                // asked for its head does not have: a replica promoted while this process still
-                // reaches the old primary. Never re-seed on that word: ask for the primary again
-                // and let the next session, reading from it, decide.
-                if let Some(address) = self.reads.as_ref().map(|reads| Arc::clone(&reads.address)) {
+                // Reading from a replica, a sequence behind what was applied may mean the mirror
+                // applied changes the primary it asked for its head does not have: a replica
+                // promoted while this process still reaches the old primary. Never re-seed on
+                // that word: ask for the primary again and let the next session, reading from
+                // it, decide. (A replica lags its primary, so in a sound topology a replica-fed
+                // mirror is never ahead of it; the other reasons are the primary's own word.)
+                if reason == Reason::RolledBack
+                    && let Some(address) =
+                        self.reads.as_ref().map(|reads| Arc::clone(&reads.address))
+                {
                     self.target.invalidate();
                     self.replica_trouble(
                         &address,
