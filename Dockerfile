@@ -1,7 +1,8 @@
 # edgetoken: one image for the issuer and the verifiers (`edgetoken serve --role ...`).
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
-COPY Cargo.toml Cargo.lock ./
+# askama.toml tells the template engine where the tokens page's templates are.
+COPY Cargo.toml Cargo.lock askama.toml ./
 COPY src ./src
 COPY benches ./benches
 COPY examples ./examples
