@@ -175,6 +175,12 @@ enum KeysCommand {
     },
 }
 
+/// mimalloc rather than glibc's malloc: fewer instructions per allocation on the verifier's
+/// hot path, where hyper and the answer allocate a few dozen small blocks per check
+/// (docs/proxies-bench.md, "Allocator").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// A token was checked and refused: exit 1, not 2.
 #[derive(Debug)]
 struct Rejected;
@@ -373,8 +379,8 @@ async fn serve(config: Settings, role: Role, development: bool) -> anyhow::Resul
             shutdown_signal(),
         ))
     });
-    let router = edgetoken::http::router(Arc::clone(&started.services));
-    edgetoken::http::serve(listener, router, limits, shutdown_signal())
+    let app = edgetoken::http::app(Arc::clone(&started.services));
+    edgetoken::http::serve(listener, app, limits, shutdown_signal())
         .await
         .context("server failed")?;
     #[cfg(feature = "grpc")]
