@@ -50,7 +50,7 @@ use self::jwks::JwksRefresher;
 #[cfg(feature = "server")]
 use self::limits::RateLimiter;
 #[cfg(feature = "server")]
-pub use self::server::{ServerLimits, serve};
+pub use self::server::{App, ServerLimits, serve};
 #[cfg(feature = "server")]
 use self::verifier::VerifierApi;
 #[cfg(feature = "server")]
@@ -216,6 +216,14 @@ impl Services {
     pub fn is_ready(&self) -> bool {
         self.mirror.is_ready() && self.mirror.is_fresh() && !self.verifier.keys().is_empty()
     }
+}
+
+/// What [`serve`] answers for `state.role`: the [`router`], with forward-auth answered
+/// directly by the server loop when the role includes the verifier.
+#[cfg(feature = "server")]
+pub fn app(state: AppState) -> App {
+    let forward_auth = state.role.has_verifier().then(|| Arc::clone(&state));
+    App::new(router(state), forward_auth)
 }
 
 /// The router for `state.role`.

@@ -18,6 +18,10 @@
 //! A connection with a request in flight is never closed by these rules. The bookkeeping on
 //! the request path is two uncontended atomic increments on the connection's own counters and
 //! one store; the timers run per connection, not per request.
+//!
+//! Forward-auth, the request a proxy sends for every request it passes, is answered here
+//! without the router when the [`App`] carries the verifier (see
+//! `verifier::forward_auth_answer`); everything else goes through the router.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -43,6 +47,8 @@ use tokio::task::JoinSet;
 use tokio::time::{Instant, MissedTickBehavior};
 use tower::ServiceExt as _;
 use tower::util::Oneshot;
+
+use super::AppState;
 
 /// Descriptors kept free for everything that is not a client connection (Redis, key files,
 /// the JWKS fetch, logs).
@@ -127,7 +133,33 @@ fn soft_descriptor_limit() -> Option<u64> {
         .ok()
 }
 
-/// Serves `router` on `listener` within `limits` until `shutdown` completes, then lets the
+/// What [`serve`] answers: a router, and the services whose forward-auth the server loop
+/// answers itself.
+#[derive(Debug, Clone)]
+pub struct App {
+    router: Router,
+    forward_auth: Option<AppState>,
+}
+
+impl App {
+    /// `router`, with forward-auth (`/v1/verify` and its Envoy form) answered directly from
+    /// `forward_auth`'s verifier when given. The router must route those paths to the same
+    /// services' forward-auth, as [`super::router`] does: the answer is the same either way.
+    pub fn new(router: Router, forward_auth: Option<AppState>) -> Self {
+        Self {
+            router,
+            forward_auth,
+        }
+    }
+}
+
+impl From<Router> for App {
+    fn from(router: Router) -> Self {
+        Self::new(router, None)
+    }
+}
+
+/// Serves `app` on `listener` within `limits` until `shutdown` completes, then lets the
 /// requests in flight finish.
 ///
 /// # Errors
@@ -136,10 +168,11 @@ fn soft_descriptor_limit() -> Option<u64> {
 /// stops the server). The `Result` keeps room for listener failures that are fatal.
 pub async fn serve(
     listener: TcpListener,
-    router: Router,
+    app: impl Into<App>,
     limits: ServerLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
+    let app = app.into();
     let registry = Arc::new(Registry::default());
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut connections = JoinSet::new();
@@ -161,11 +194,11 @@ pub async fn serve(
         match accepted {
             Ok((stream, peer)) => {
                 let connection = registry.open();
-                let router = router.clone();
+                let app = app.clone();
                 let stop = stop_rx.clone();
                 let registry = Arc::clone(&registry);
                 connections.spawn(async move {
-                    drive(stream, peer, router, &connection, limits, stop).await;
+                    drive(stream, peer, app, &connection, limits, stop).await;
                     registry.close(&connection);
                 });
             }
@@ -197,7 +230,7 @@ fn is_descriptor_exhaustion(error: &io::Error) -> bool {
 async fn drive(
     stream: TcpStream,
     peer: SocketAddr,
-    router: Router,
+    app: App,
     connection: &Arc<Connection>,
     limits: ServerLimits,
     mut stop: watch::Receiver<bool>,
@@ -207,7 +240,7 @@ async fn drive(
         connection: Arc::clone(connection),
     });
     let service = Tracked {
-        router,
+        app,
         connection: Arc::clone(connection),
         peer,
     };
@@ -425,11 +458,11 @@ impl AsyncWrite for Metered {
     }
 }
 
-/// The router as hyper's service for one connection: counts requests in flight and gives
+/// The app as hyper's service for one connection: counts requests in flight and gives
 /// handlers the peer address (`ConnectInfo`), as `axum::serve` does.
 #[derive(Debug, Clone)]
 struct Tracked {
-    router: Router,
+    app: App,
     connection: Arc<Connection>,
     peer: SocketAddr,
 }
@@ -442,26 +475,49 @@ impl hyper::service::Service<hyper::Request<Incoming>> for Tracked {
     fn call(&self, request: hyper::Request<Incoming>) -> Self::Future {
         self.connection.head_pending.store(false, Ordering::Relaxed);
         self.connection.started.fetch_add(1, Ordering::Relaxed);
+        let finished = Finished(Arc::clone(&self.connection));
+        if let Some(state) = &self.app.forward_auth
+            && super::verifier::is_forward_auth_path(request.uri().path())
+        {
+            // Answered now: the decision never waits (SPEC §9), and forward-auth reads no body.
+            let (parts, _body) = request.into_parts();
+            let response = super::verifier::forward_auth_answer(state, &parts, self.peer.ip());
+            return InFlight {
+                answer: Answer::Ready(std::future::ready(Ok(response))),
+                _finished: finished,
+            };
+        }
         let mut request = request.map(Body::new);
         request.extensions_mut().insert(ConnectInfo(self.peer));
         InFlight {
-            response: self.router.clone().oneshot(request),
-            _finished: Finished(Arc::clone(&self.connection)),
+            answer: Answer::Routed(self.app.router.clone().oneshot(request)),
+            _finished: finished,
         }
     }
 }
 
 /// A request being answered; dropping it (answered or abandoned) counts it finished.
 struct InFlight {
-    response: Oneshot<Router, axum::extract::Request>,
+    answer: Answer,
     _finished: Finished,
+}
+
+/// Where a request's answer comes from.
+enum Answer {
+    /// Already decided (forward-auth).
+    Ready(std::future::Ready<Result<Response, Infallible>>),
+    /// The router's.
+    Routed(Oneshot<Router, axum::extract::Request>),
 }
 
 impl Future for InFlight {
     type Output = Result<Response, Infallible>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        Pin::new(&mut self.response).poll(cx)
+        match &mut self.answer {
+            Answer::Ready(ready) => Pin::new(ready).poll(cx),
+            Answer::Routed(routed) => Pin::new(routed).poll(cx),
+        }
     }
 }
 

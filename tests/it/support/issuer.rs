@@ -109,10 +109,10 @@ impl TestIssuer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let (tx, rx) = oneshot::channel();
-        let router = http::router(Arc::clone(&services));
+        let app = http::app(Arc::clone(&services));
         let limits = http::ServerLimits::from_settings(&services.settings.server);
         let server = tokio::spawn(async move {
-            http::serve(listener, router, limits, async {
+            http::serve(listener, app, limits, async {
                 let _ = rx.await;
             })
             .await

@@ -65,10 +65,10 @@ impl Served {
             .expect("bind");
         let addr = listener.local_addr().expect("local addr");
         let (tx, rx) = oneshot::channel::<()>();
-        let router = edgetoken::http::router(Arc::clone(&services));
+        let app = edgetoken::http::app(Arc::clone(&services));
         let limits = edgetoken::http::ServerLimits::from_settings(&services.settings.server);
         let task = tokio::spawn(async move {
-            let _ = edgetoken::http::serve(listener, router, limits, async {
+            let _ = edgetoken::http::serve(listener, app, limits, async {
                 let _ = rx.await;
             })
             .await;

@@ -425,3 +425,103 @@ async fn the_envoy_path_form_and_a_header_pair_at_once_are_ambiguous_and_denied(
         r#"Bearer error="insufficient_scope", error_description="no_route""#
     );
 }
+
+/// A request: method, path and headers.
+type Case<'a> = (&'a str, &'a str, Vec<(&'a str, &'a str)>);
+
+/// The server loop answers forward-auth itself, without the router (`http::App`); the router
+/// still routes the same paths to the same handler. Every answer must be the same either way:
+/// status, challenge, `X-Auth-*` headers and body, for allowed, refused and unrouted requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_loop_answers_forward_auth_exactly_as_the_router_does() {
+    use tower::ServiceExt as _;
+
+    let deployment = Deployment::new();
+    let served = verifier(&deployment, "").await;
+    let app_router = edgetoken::http::router(std::sync::Arc::clone(&served.services));
+    let token = mint(&deployment.offline_issuer(), "alice", "acme", "runs:read");
+    let bearer = format!("Bearer {token}");
+    let forwarded = [
+        ("x-forwarded-method", "GET"),
+        ("x-forwarded-uri", "/api/acme/runs/7"),
+    ];
+    let cases: Vec<Case<'_>> = vec![
+        ("GET", "/v1/verify", forwarded.to_vec()),
+        ("GET", "/v1/verify/api/acme/runs/3", vec![]),
+        ("GET", "/v1/verify/api/globex/runs/3", vec![]),
+        ("POST", "/v1/verify/api/acme/runs", vec![]),
+        ("GET", "/v1/verify/api/acme/runs/%2e%2e/x", vec![]),
+        ("GET", "/v1/verify?tenant=acme&permission=runs:read", vec![]),
+        ("GET", "/v1/verify/", vec![]),
+        ("GET", "/v1/verify//", vec![]),
+        ("GET", "/v1/verifyx", vec![]),
+        (
+            "GET",
+            "/v1/verify/x",
+            vec![("authorization", "Bearer a.b.c")],
+        ),
+        ("GET", "/v1/verify", vec![("authorization", "Basic YTpi")]),
+    ];
+    let client = reqwest::Client::new();
+    for (method, path, headers) in &cases {
+        for with_token in [true, false] {
+            let case = format!("{method} {path} {headers:?}, token: {with_token}");
+            let mut over_socket = client.request(method.parse().unwrap(), served.url(path));
+            let mut direct = axum::http::Request::builder().method(*method).uri(*path);
+            let explicit = headers.iter().any(|(name, _)| *name == "authorization");
+            if with_token && !explicit {
+                over_socket = over_socket.header("authorization", &bearer);
+                direct = direct.header("authorization", &bearer);
+            }
+            for (name, value) in headers {
+                over_socket = over_socket.header(*name, *value);
+                direct = direct.header(*name, *value);
+            }
+            let mut direct = direct.body(axum::body::Body::empty()).unwrap();
+            direct
+                .extensions_mut()
+                .insert(axum::extract::ConnectInfo(std::net::SocketAddr::from((
+                    [127, 0, 0, 1],
+                    4000,
+                ))));
+            let served_answer = over_socket.send().await.unwrap();
+            let routed = app_router.clone().oneshot(direct).await.unwrap();
+            assert_eq!(
+                served_answer.status().as_u16(),
+                routed.status().as_u16(),
+                "{case}"
+            );
+            for name in [
+                "www-authenticate",
+                "content-type",
+                "cache-control",
+                "x-auth-subject",
+                "x-auth-tenant",
+                "x-auth-scope",
+                "x-auth-token-id",
+                "x-auth-expires",
+            ] {
+                assert_eq!(
+                    served_answer
+                        .headers()
+                        .get(name)
+                        .map(reqwest::header::HeaderValue::as_bytes),
+                    routed
+                        .headers()
+                        .get(name)
+                        .map(axum::http::HeaderValue::as_bytes),
+                    "{case}: {name}"
+                );
+            }
+            let routed_body = axum::body::to_bytes(routed.into_body(), 1 << 16)
+                .await
+                .unwrap();
+            assert_eq!(served_answer.bytes().await.unwrap(), routed_body, "{case}");
+        }
+    }
+    // A refusal to HEAD has the status and challenge, and no body, as through the router.
+    let head = client.head(served.url("/v1/verify")).send().await.unwrap();
+    assert_eq!(head.status(), StatusCode::UNAUTHORIZED);
+    assert!(!challenge(&head).is_empty());
+    assert!(head.bytes().await.unwrap().is_empty());
+}
