@@ -13,8 +13,8 @@
 #          the cold run likewise (every request a new token: a new usage slot each), for
 #          information
 #
-# Usage: benches/load/run.sh   (env: DURATION=10s CONNECTIONS=32 THREADS=2 COLD_TOKENS=400000
-#                                    PIN=1)
+# Usage: benches/load/run.sh   (env: DURATION=10s CONNECTIONS=32 THREADS=2 COLD_TOKENS=250000
+#                                    PIN=1 SKIP_BUILD= BIN_DIR=target/release)
 # With PIN=1 (the default on a machine with 2 or more cores) the servers run on CPU 1 and wrk
 # on CPU 0 (taskset), so the load generator never steals the servers' core and the two sides
 # of each ratio get the same, whole CPU; without pinning, runs on 2 cores vary by +-20%.
@@ -41,8 +41,11 @@ USAGE_OFF_PORT=${USAGE_OFF_PORT:-18484}
 
 command -v wrk >/dev/null || { echo "wrk is not installed (apt-get install wrk)" >&2; exit 2; }
 command -v redis-server >/dev/null || { echo "redis-server is not installed" >&2; exit 2; }
-cargo build --release --quiet --bin edgetoken --example bare_axum --example mint_many
-bin=target/release
+# SKIP_BUILD=1 and BIN_DIR=DIR (edgetoken, examples/bare_axum, examples/mint_many): a build made
+# earlier, to compare two builds with the same script.
+[ -n "${SKIP_BUILD:-}" ] ||
+    cargo build --release --quiet --bin edgetoken --example bare_axum --example mint_many
+bin=${BIN_DIR:-target/release}
 
 work=$(mktemp -d)
 pids=()

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # What route mode costs the verifier against query mode, in instructions (issue 12): runs a
-# verifier under `valgrind --tool=callgrind`, collecting only inside the forward-auth handler's
-# decision and answer (`--toggle-collect` on `verifier::decide`, which finds the requirement and
-# verifies the token, and `verifier::allowed`, which builds the 200), and sends it N warm
-# requests over one keep-alive connection, once per mode:
+# verifier under `valgrind --tool=callgrind`, collecting only inside the forward-auth decision
+# and answer (`--toggle-collect` on `verifier::answer`, which finds the requirement, verifies
+# the token and builds the 200), and sends it N warm requests over one keep-alive connection,
+# once per mode:
 #
 #   query: GET /v1/verify?tenant=acme&permission=runs:read   (a verifier without routes)
 #   route: GET /v1/verify with X-Forwarded-Method: GET, X-Forwarded-Uri: /api/acme/runs/42
@@ -63,8 +63,7 @@ measure() {
     local mode=$1 port=$2 target=$3; shift 3
     env RUST_LOG=warn TOKIO_WORKER_THREADS=1 valgrind --tool=callgrind \
         --callgrind-out-file="$work/callgrind.$mode" \
-        "--toggle-collect=edgetoken::http::verifier::decide" \
-        "--toggle-collect=edgetoken::http::verifier::allowed" \
+        "--toggle-collect=edgetoken::http::verifier::answer" \
         "$bin/edgetoken" serve --config "$work/$mode.toml" --role verifier \
         >"$work/$mode.log" 2>&1 &
     local vpid=$!
@@ -104,7 +103,7 @@ read -r q_handler < <(measure query "$base" "/v1/verify?tenant=acme&permission=r
 read -r r_handler < <(measure route "$((base + 1))" "/v1/verify" \
     "X-Forwarded-Method: GET" "X-Forwarded-Uri: /api/acme/runs/42")
 awk -v q="$q_handler" -v r="$r_handler" -v n="$REQUESTS" 'BEGIN {
-    printf "| mode | decide + allowed: instructions per request |\n| --- | ---: |\n"
+    printf "| mode | answer (decision and 200): instructions per request |\n| --- | ---: |\n"
     printf "| query | %.0f |\n| route | %.0f |\n", q / n, r / n
     printf "\nroute - query: %.0f instructions per request (%d requests each)\n", (r - q) / n, n
 }'
