@@ -60,22 +60,9 @@ trap cleanup EXIT
 # A verifier alone needs the shared revocation store: a private redis-server, never the
 # machine's own. Verification never touches it (the mirror is in memory); only the feed does.
 REDIS_PORT=${REDIS_PORT:-18483}
-redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
-    --dir "$work" --daemonize no >"$work/redis.log" 2>&1 &
-pids+=($!)
-for _ in $(seq 50); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
-cat >"$work/edgetoken.toml" <<TOML
-[token]
-issuer = "https://issuer.bench"
-audience = "bench"
-[keys]
-dir = "$work/keys"
-[server]
-listen = "127.0.0.1:$VERIFIER_PORT"
-[revocation]
-redis_url = "redis://127.0.0.1:$REDIS_PORT/"
-key_prefix = "load-bench"
-TOML
+. benches/lib.sh
+bench_redis "$REDIS_PORT"
+bench_verifier_toml "$VERIFIER_PORT" "$REDIS_PORT" load-bench >"$work/edgetoken.toml"
 # The same verifier with token usage off, for the usage on / off pair.
 sed "s/127.0.0.1:$VERIFIER_PORT/127.0.0.1:$USAGE_OFF_PORT/" "$work/edgetoken.toml" >"$work/usage-off.toml"
 printf '[usage]\nenabled = false\n' >>"$work/usage-off.toml"

@@ -35,24 +35,9 @@ cleanup() {
 trap cleanup EXIT
 
 "$bin/edgetoken" keygen --dir "$work/keys" >/dev/null
-redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no --dir "$work" \
-    --daemonize no >"$work/redis.log" 2>&1 &
-pids+=($!)
-for _ in $(seq 50); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.1; done
-common() {
-    cat <<TOML
-[token]
-issuer = "https://issuer.bench"
-audience = "bench"
-[keys]
-dir = "$work/keys"
-[server]
-listen = "127.0.0.1:$1"
-[revocation]
-redis_url = "redis://127.0.0.1:$redis_port/"
-key_prefix = "route-cost"
-TOML
-}
+. benches/lib.sh
+bench_redis "$redis_port"
+common() { bench_verifier_toml "$1" "$redis_port" route-cost; }
 common "$base" >"$work/query.toml"
 { common "$((base + 1))"; sed -n '/^\[verifier\]/,$p' deploy/verifier.toml; } >"$work/route.toml"
 "$bin/examples/mint_many" "$work/query.toml" "$work/warm.txt" 1

@@ -73,8 +73,9 @@ bin=${BIN_DIR:-target/release}
 
 work=$(mktemp -d)
 declare -A pid=()
+pids=() # what benches/lib.sh starts (Redis); `pid` names the servers measured
 cleanup() {
-    for p in "${pid[@]}"; do kill "$p" 2>/dev/null || true; done
+    for p in "${pid[@]}" "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
     wait 2>/dev/null || true
     [ -n "${KEEP_WORK:-}" ] || rm -rf "$work"
 }
@@ -99,29 +100,14 @@ if not keys:
 print(json.dumps({"keys": keys}))
 PY
 
-redis-server --port "${port[redis]}" --bind 127.0.0.1 --save '' --appendonly no \
-    --dir "$work" --daemonize no >"$work/redis.log" 2>&1 &
-pid[redis]=$!
-for _ in $(seq 50); do redis-cli -p "${port[redis]}" ping >/dev/null 2>&1 && break; sleep 0.1; done
+. benches/lib.sh
+bench_redis "${port[redis]}"
 
 grpc_line=""
 if [ -f deploy/envoy/edge-grpc.yaml ] && grep -rqs "$GRPC_SETTING" src/; then
     grpc_line="$GRPC_SETTING = \"127.0.0.1:${port[verifier_grpc]}\""
 fi
-common() {
-    cat <<TOML
-[token]
-issuer = "https://issuer.bench"
-audience = "bench"
-[keys]
-dir = "$work/keys"
-[server]
-listen = "127.0.0.1:$1"
-[revocation]
-redis_url = "redis://127.0.0.1:${port[redis]}/"
-key_prefix = "proxies-bench"
-TOML
-}
+common() { bench_verifier_toml "$1" "${port[redis]}" proxies-bench; }
 # Route mode: deploy/verifier.toml's [verifier] section and routes (the demo's policy).
 {
     common "${port[verifier]}"

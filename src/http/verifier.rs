@@ -396,8 +396,9 @@ pub(super) fn is_forward_auth_path(path: &str) -> bool {
 /// [`is_forward_auth_path`], from `peer`: 200 with the `X-Auth-*` headers, or the refusal.
 ///
 /// The router's handler gives the same answer; this skips the router's per-request work
-/// (matching the path, boxing the handler's future, the route's request extensions), about
-/// a sixth of a warm check's instructions (docs/proxies-bench.md, "The server's share").
+/// (matching the path, boxing the handler's future, the route's request extensions), about a
+/// fifth of a warm check's instructions (docs/proxies-bench.md, "The verifier's share of a
+/// check").
 /// Forward-auth never reads a body and has no layers, so nothing else differs.
 pub(super) fn forward_auth_answer(state: &Services, parts: &Parts, peer: IpAddr) -> Response {
     answer(state, parts, Some(peer), Instant::now())
