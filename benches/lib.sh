@@ -1,6 +1,20 @@
-# Shared by the benchmark scripts (sourced, not run): a private redis-server and the verifier
-# settings every benchmark starts from. The caller has `set -euo pipefail`, a work directory in
-# `$work`, and a `pids` array its EXIT trap kills.
+# Shared by the benchmark scripts (sourced from the repository's root, not run): a work
+# directory cleaned up on exit, a private redis-server, and the verifier settings every
+# benchmark starts from. The caller has `set -euo pipefail`.
+
+# bench_workdir: a fresh `$work` directory and an empty `pids` array; on exit every PID in
+# `pids` is killed and `$work` removed (kept with KEEP_WORK=1).
+bench_workdir() {
+    work=$(mktemp -d)
+    pids=()
+    trap bench_cleanup EXIT
+}
+
+bench_cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    [ -n "${KEEP_WORK:-}" ] || rm -rf "$work"
+}
 
 # bench_redis PORT: a redis-server on 127.0.0.1:PORT that keeps nothing on disk (never the
 # machine's own Redis), its PID added to `pids`; returns once it answers PING.

@@ -47,20 +47,13 @@ command -v redis-server >/dev/null || { echo "redis-server is not installed" >&2
     cargo build --release --quiet --bin edgetoken --example bare_axum --example mint_many
 bin=${BIN_DIR:-target/release}
 
-work=$(mktemp -d)
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    [ -n "${KEEP_WORK:-}" ] || rm -rf "$work"
-}
-trap cleanup EXIT
+. benches/lib.sh
+bench_workdir
 
 "$bin/edgetoken" keygen --dir "$work/keys" >/dev/null
 # A verifier alone needs the shared revocation store: a private redis-server, never the
 # machine's own. Verification never touches it (the mirror is in memory); only the feed does.
 REDIS_PORT=${REDIS_PORT:-18483}
-. benches/lib.sh
 bench_redis "$REDIS_PORT"
 bench_verifier_toml "$VERIFIER_PORT" "$REDIS_PORT" load-bench >"$work/edgetoken.toml"
 # The same verifier with token usage off, for the usage on / off pair.

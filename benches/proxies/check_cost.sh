@@ -41,17 +41,10 @@ done
 [ -n "${SKIP_BUILD:-}" ] || cargo build --release --quiet --bin edgetoken --example mint_many
 bin=${BIN_DIR:-target/release}
 
-work=$(mktemp -d)
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    [ -n "${KEEP_WORK:-}" ] || rm -rf "$work"
-}
-trap cleanup EXIT
+. benches/lib.sh
+bench_workdir
 
 "$bin/edgetoken" keygen --dir "$work/keys" >/dev/null
-. benches/lib.sh
 bench_redis "$redis_port"
 config() {
     bench_verifier_toml "$1" "$redis_port" check-cost

@@ -25,17 +25,10 @@ command -v redis-server >/dev/null || { echo "redis-server is not installed" >&2
 [ -n "${SKIP_BUILD:-}" ] || cargo build --release --quiet --bin edgetoken --example mint_many
 bin=${BIN_DIR:-target/release}
 
-work=$(mktemp -d)
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    [ -n "${KEEP_WORK:-}" ] || rm -rf "$work"
-}
-trap cleanup EXIT
+. benches/lib.sh
+bench_workdir
 
 "$bin/edgetoken" keygen --dir "$work/keys" >/dev/null
-. benches/lib.sh
 bench_redis "$redis_port"
 common() { bench_verifier_toml "$1" "$redis_port" route-cost; }
 common "$base" >"$work/query.toml"
