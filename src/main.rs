@@ -175,12 +175,6 @@ enum KeysCommand {
     },
 }
 
-/// mimalloc rather than glibc's malloc: fewer instructions per allocation on the verifier's
-/// hot path, where hyper and the answer allocate a few dozen small blocks per check
-/// (docs/proxies-bench.md, "Allocator").
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// A token was checked and refused: exit 1, not 2.
 #[derive(Debug)]
 struct Rejected;
