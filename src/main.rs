@@ -154,7 +154,9 @@ enum KeysCommand {
     /// Make KID the signing key (its private key must be in the directory). A running issuer
     /// switches to it at its next key reload (`keys.reload_secs`).
     Activate {
-        /// The key id.
+        /// The key id. Key ids are base64url and may begin with `-`, which is taken as the id,
+        /// not as an option.
+        #[arg(allow_hyphen_values = true)]
         kid: String,
         #[arg(long)]
         dir: Option<PathBuf>,
@@ -168,7 +170,8 @@ enum KeysCommand {
     /// them at once) and retire the key's files to `keys/retired/`. The active key cannot be
     /// revoked: rotate first.
     Revoke {
-        /// The key id.
+        /// The key id (may begin with `-`, as for `activate`).
+        #[arg(allow_hyphen_values = true)]
         kid: String,
         #[arg(long)]
         dir: Option<PathBuf>,

@@ -328,3 +328,41 @@ async fn revoke_from_the_command_line_says_whether_every_verifier_confirmed() {
     );
     feed.shutdown().await;
 }
+
+/// Key ids are base64url, so one in 64 begins with `-`; `keys activate` and `keys revoke` take
+/// such an id as the id, not as an unknown option.
+#[test]
+fn key_ids_beginning_with_a_hyphen_are_ids_not_options() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = keygen(dir.path());
+    let hyphenated = (0..1000)
+        .map(|_| {
+            let output = run(dir.path(), &["keys", "rotate"], "");
+            assert!(output.status.success(), "{output:?}");
+            String::from_utf8(output.stdout)
+                .unwrap()
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .to_owned()
+        })
+        .find(|kid| kid.starts_with('-'))
+        .expect("one in 64 key ids begins with '-'");
+    let activated = run(dir.path(), &["keys", "activate", &first], "");
+    assert!(activated.status.success(), "{activated:?}");
+    let activated = run(dir.path(), &["keys", "activate", &hyphenated], "");
+    assert!(activated.status.success(), "{activated:?}");
+    let list = run(dir.path(), &["keys", "list", "--json"], "");
+    let list: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    let active: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|key| key["active"] == true)
+        .filter_map(|key| key["kid"].as_str())
+        .collect();
+    assert_eq!(active, [hyphenated.as_str()]);
+    // Refused for what it is (the active key), not as an unknown option.
+    let revoked = run(dir.path(), &["keys", "revoke", &hyphenated], "");
+    assert_fails(&revoked, 2, "is the active signing key");
+}
