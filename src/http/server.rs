@@ -143,12 +143,13 @@ pub struct App {
 
 impl App {
     /// `router`, with forward-auth (`/v1/verify` and its Envoy form) answered directly from
-    /// `forward_auth`'s verifier when given. The router must route those paths to the same
+    /// `forward_auth`'s verifier when given and its role includes the verifier (otherwise
+    /// the router answers those paths too). The router should route them to the same
     /// services' forward-auth, as [`super::router`] does: the answer is the same either way.
     pub fn new(router: Router, forward_auth: Option<AppState>) -> Self {
         Self {
             router,
-            forward_auth,
+            forward_auth: forward_auth.filter(|state| state.role.has_verifier()),
         }
     }
 }

@@ -396,9 +396,8 @@ pub(super) fn is_forward_auth_path(path: &str) -> bool {
 /// [`is_forward_auth_path`], from `peer`: 200 with the `X-Auth-*` headers, or the refusal.
 ///
 /// The router's handler gives the same answer; this skips the router's per-request work
-/// (matching the path, boxing the handler's future, the route's request extensions), about a
-/// fifth of a warm check's instructions (docs/proxies-bench.md, "The verifier's share of a
-/// check").
+/// (matching the path, boxing the handler's future, the route's request extensions), a fifth
+/// of a warm check's instructions (docs/proxies-bench.md, "The verifier's share of a check").
 /// Forward-auth never reads a body and has no layers, so nothing else differs.
 pub(super) fn forward_auth_answer(state: &Services, parts: &Parts, peer: IpAddr) -> Response {
     answer(state, parts, Some(peer), Instant::now())
@@ -623,6 +622,29 @@ mod tests {
     fn debug_shows_ids_only() {
         let text = format!("{:?}", clients());
         assert!(text.contains("gw") && !text.contains("aaaa"));
+    }
+
+    #[test]
+    fn forward_auth_paths_are_exactly_those_the_router_gives_forward_auth() {
+        // `/v1/verify` and `/v1/verify/{*original}` (a catch-all never matches an empty rest).
+        for path in [
+            "/v1/verify",
+            "/v1/verify/x",
+            "/v1/verify//",
+            "/v1/verify/api/a/runs/1",
+        ] {
+            assert!(is_forward_auth_path(path), "{path}");
+        }
+        for path in [
+            "/v1/verify/",
+            "/v1/verifyx",
+            "/v1/verif",
+            "/v1/%76erify",
+            "/",
+            "",
+        ] {
+            assert!(!is_forward_auth_path(path), "{path}");
+        }
     }
 
     #[test]

@@ -426,19 +426,16 @@ async fn the_envoy_path_form_and_a_header_pair_at_once_are_ambiguous_and_denied(
     );
 }
 
-/// A request: method, path and headers.
-type Case<'a> = (&'a str, &'a str, Vec<(&'a str, &'a str)>);
+/// A request: method, path, headers and body.
+type Case<'a> = (&'a str, &'a str, Vec<(&'a str, &'a str)>, &'a str);
 
 /// The server loop answers forward-auth itself, without the router (`http::App`); the router
 /// still routes the same paths to the same handler. Every answer must be the same either way:
-/// status, challenge, `X-Auth-*` headers and body, for allowed, refused and unrouted requests.
+/// status, every header but `Date`, and body, for allowed, refused and unrouted requests, in
+/// route mode from a trusted and from an untrusted peer, and in query mode.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_server_loop_answers_forward_auth_exactly_as_the_router_does() {
-    use tower::ServiceExt as _;
-
     let deployment = Deployment::new();
-    let served = verifier(&deployment, "").await;
-    let app_router = edgetoken::http::router(std::sync::Arc::clone(&served.services));
     let token = mint(&deployment.offline_issuer(), "alice", "acme", "runs:read");
     let bearer = format!("Bearer {token}");
     let forwarded = [
@@ -446,82 +443,186 @@ async fn the_server_loop_answers_forward_auth_exactly_as_the_router_does() {
         ("x-forwarded-uri", "/api/acme/runs/7"),
     ];
     let cases: Vec<Case<'_>> = vec![
-        ("GET", "/v1/verify", forwarded.to_vec()),
-        ("GET", "/v1/verify/api/acme/runs/3", vec![]),
-        ("GET", "/v1/verify/api/globex/runs/3", vec![]),
-        ("POST", "/v1/verify/api/acme/runs", vec![]),
-        ("GET", "/v1/verify/api/acme/runs/%2e%2e/x", vec![]),
-        ("GET", "/v1/verify?tenant=acme&permission=runs:read", vec![]),
-        ("GET", "/v1/verify/", vec![]),
-        ("GET", "/v1/verify//", vec![]),
-        ("GET", "/v1/verifyx", vec![]),
+        ("GET", "/v1/verify", forwarded.to_vec(), ""),
+        ("HEAD", "/v1/verify", forwarded.to_vec(), ""),
+        ("GET", "/v1/verify/api/acme/runs/3", vec![], ""),
+        ("HEAD", "/v1/verify/api/acme/runs/3", vec![], ""),
+        ("GET", "/v1/verify/api/globex/runs/3", vec![], ""),
+        ("POST", "/v1/verify/api/acme/runs", vec![], "{\"a\": 1}"),
+        // An encoded slash: a path no route may judge (reqwest sends it as it is).
+        ("GET", "/v1/verify/api/acme/runs/a%2Fb", vec![], ""),
+        (
+            "GET",
+            "/v1/verify?tenant=acme&permission=runs:read",
+            vec![],
+            "",
+        ),
+        (
+            "HEAD",
+            "/v1/verify?tenant=acme&permission=runs:read",
+            vec![],
+            "",
+        ),
+        (
+            "GET",
+            "/v1/verify?tenant=acme&permission=runs:write",
+            vec![],
+            "",
+        ),
+        ("GET", "/v1/verify?tenant=acme&color=red", vec![], ""),
+        ("GET", "/v1/verify/", vec![], ""),
+        ("GET", "/v1/verify//", vec![], ""),
+        ("GET", "/v1/verifyx", vec![], ""),
         (
             "GET",
             "/v1/verify/x",
             vec![("authorization", "Bearer a.b.c")],
+            "",
         ),
-        ("GET", "/v1/verify", vec![("authorization", "Basic YTpi")]),
+        (
+            "GET",
+            "/v1/verify",
+            vec![("authorization", "Basic YTpi")],
+            "",
+        ),
     ];
-    let client = reqwest::Client::new();
-    for (method, path, headers) in &cases {
-        for with_token in [true, false] {
-            let case = format!("{method} {path} {headers:?}, token: {with_token}");
-            let mut over_socket = client.request(method.parse().unwrap(), served.url(path));
-            let mut direct = axum::http::Request::builder().method(*method).uri(*path);
-            let explicit = headers.iter().any(|(name, _)| *name == "authorization");
-            if with_token && !explicit {
-                over_socket = over_socket.header("authorization", &bearer);
-                direct = direct.header("authorization", &bearer);
+    let verifiers = [
+        ("route mode", verifier(&deployment, "").await),
+        (
+            "route mode, untrusted peer",
+            verifier(
+                &deployment,
+                "[verifier]\ntrusted_proxies = [\"192.0.2.0/24\"]",
+            )
+            .await,
+        ),
+        (
+            "query mode",
+            Served::start(deployment.config(""), Role::Verifier).await,
+        ),
+    ];
+    for (mode, served) in &verifiers {
+        let app_router = edgetoken::http::router(std::sync::Arc::clone(&served.services));
+        for case in &cases {
+            let explicit = case.2.iter().any(|(name, _)| *name == "authorization");
+            for authorization in [Some(bearer.as_str()), None] {
+                let authorization = authorization.filter(|_| !explicit);
+                let label = format!("{mode}: {case:?}, token: {}", authorization.is_some());
+                assert_same_answer(served, &app_router, case, authorization, &label).await;
             }
-            for (name, value) in headers {
-                over_socket = over_socket.header(*name, *value);
-                direct = direct.header(*name, *value);
-            }
-            let mut direct = direct.body(axum::body::Body::empty()).unwrap();
-            direct
-                .extensions_mut()
-                .insert(axum::extract::ConnectInfo(std::net::SocketAddr::from((
-                    [127, 0, 0, 1],
-                    4000,
-                ))));
-            let served_answer = over_socket.send().await.unwrap();
-            let routed = app_router.clone().oneshot(direct).await.unwrap();
-            assert_eq!(
-                served_answer.status().as_u16(),
-                routed.status().as_u16(),
-                "{case}"
-            );
-            for name in [
-                "www-authenticate",
-                "content-type",
-                "cache-control",
-                "x-auth-subject",
-                "x-auth-tenant",
-                "x-auth-scope",
-                "x-auth-token-id",
-                "x-auth-expires",
-            ] {
-                assert_eq!(
-                    served_answer
-                        .headers()
-                        .get(name)
-                        .map(reqwest::header::HeaderValue::as_bytes),
-                    routed
-                        .headers()
-                        .get(name)
-                        .map(axum::http::HeaderValue::as_bytes),
-                    "{case}: {name}"
-                );
-            }
-            let routed_body = axum::body::to_bytes(routed.into_body(), 1 << 16)
-                .await
-                .unwrap();
-            assert_eq!(served_answer.bytes().await.unwrap(), routed_body, "{case}");
         }
     }
-    // A refusal to HEAD has the status and challenge, and no body, as through the router.
-    let head = client.head(served.url("/v1/verify")).send().await.unwrap();
-    assert_eq!(head.status(), StatusCode::UNAUTHORIZED);
-    assert!(!challenge(&head).is_empty());
-    assert!(head.bytes().await.unwrap().is_empty());
+}
+
+/// Sends `case` (with `authorization`, if any) to `served` over a socket and to `app_router`
+/// directly from a trusted loopback peer, and asserts the two answers are the same.
+async fn assert_same_answer(
+    served: &Served,
+    app_router: &axum::Router,
+    (method, path, headers, body): &Case<'_>,
+    authorization: Option<&str>,
+    label: &str,
+) {
+    use tower::ServiceExt as _;
+
+    let mut over_socket = reqwest::Client::new().request(method.parse().unwrap(), served.url(path));
+    let mut direct = axum::http::Request::builder().method(*method).uri(*path);
+    if let Some(authorization) = authorization {
+        over_socket = over_socket.header("authorization", authorization);
+        direct = direct.header("authorization", authorization);
+    }
+    for (name, value) in headers {
+        over_socket = over_socket.header(*name, *value);
+        direct = direct.header(*name, *value);
+    }
+    let mut direct = direct
+        .body(axum::body::Body::from(body.to_string()))
+        .unwrap();
+    direct
+        .extensions_mut()
+        .insert(axum::extract::ConnectInfo(std::net::SocketAddr::from((
+            [127, 0, 0, 1],
+            4000,
+        ))));
+    let served_answer = over_socket.body(body.to_string()).send().await.unwrap();
+    let routed = app_router.clone().oneshot(direct).await.unwrap();
+    assert_eq!(
+        served_answer.status().as_u16(),
+        routed.status().as_u16(),
+        "{label}"
+    );
+    let served_names = header_names(served_answer.headers());
+    // hyper sets `Content-Length` from an answer's body when the router's response carries
+    // none; every other header must come from the answer itself.
+    let mut routed_names = header_names(routed.headers());
+    if !routed_names.iter().any(|name| name == "content-length") {
+        routed_names.push("content-length".to_owned());
+        routed_names.sort();
+    }
+    assert_eq!(served_names, routed_names, "{label}");
+    for name in served_names.iter().filter(|name| *name != "content-length") {
+        assert_eq!(
+            served_answer
+                .headers()
+                .get(name)
+                .map(|v| v.as_bytes().to_vec()),
+            routed.headers().get(name).map(|v| v.as_bytes().to_vec()),
+            "{label}: {name}"
+        );
+    }
+    let routed_body = axum::body::to_bytes(routed.into_body(), 1 << 16)
+        .await
+        .unwrap();
+    assert_eq!(served_answer.bytes().await.unwrap(), routed_body, "{label}");
+}
+
+/// The header names of an answer but `Date`, sorted.
+fn header_names(map: &axum::http::HeaderMap) -> Vec<String> {
+    let mut names: Vec<String> = map
+        .keys()
+        .map(|name| name.as_str().to_owned())
+        .filter(|name| name != "date")
+        .collect();
+    names.sort();
+    names
+}
+
+/// The fast path is taken: served with a router that has no routes at all, forward-auth is
+/// still answered (by the server loop), and every other path gets the router's 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forward_auth_is_answered_by_the_server_loop_itself() {
+    let deployment = Deployment::new();
+    let started = Served::start(deployment.config(""), Role::Verifier).await;
+    let token = mint(&deployment.offline_issuer(), "alice", "acme", "runs:read");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let app = edgetoken::http::App::new(
+        axum::Router::new(),
+        Some(std::sync::Arc::clone(&started.services)),
+    );
+    let limits = edgetoken::http::ServerLimits::default();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(edgetoken::http::serve(listener, app, limits, async {
+        let _ = stopped.await;
+    }));
+    let client = reqwest::Client::new();
+    let allowed = client
+        .get(format!("{base}/v1/verify?tenant=acme&permission=runs:read"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(allowed.status(), StatusCode::OK);
+    assert_eq!(allowed.headers()["x-auth-subject"], "alice");
+    let refused = client
+        .get(format!("{base}/v1/verify"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+    assert!(!challenge(&refused).is_empty());
+    let elsewhere = client.get(format!("{base}/healthz")).send().await.unwrap();
+    assert_eq!(elsewhere.status(), StatusCode::NOT_FOUND);
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
 }
