@@ -7,13 +7,16 @@
 # the N costliest functions (inclusive).
 #
 #   query:  GET /v1/verify?tenant=acme&permission=runs:read    (a verifier without routes)
-#   route:  GET /v1/verify with X-Forwarded-Method/-Uri from 127.0.0.1  (nginx, Traefik, Caddy)
+#   route:  GET /v1/verify with X-Forwarded-Method/-Uri from 127.0.0.1  (as Traefik and Caddy;
+#           nginx sends the X-Original-* pair, looked up the same way)
 #   envoy-http, envoy-grpc: the checks a real Envoy sends (deploy/envoy/edge.yaml and
 #           edge-grpc.yaml as benches/proxies/configs.py writes them) for GET /api/acme/runs/42,
 #           over HTTP and over gRPC ext_authz; the client talks to Envoy, the upstream is nginx
 #
 # Instruction counts do not move with the machine's load, unlike CPU time on a shared machine;
-# they leave out the kernel (system calls) and cache misses.
+# they leave out the kernel (system calls) and cache misses, and they include the process's
+# background work during the requests (the revocation feed's heartbeats, connection timers),
+# a little more per request for the slower shapes.
 #
 # Usage: benches/proxies/check_cost.sh   (env: REQUESTS=5000
 #        SHAPES="query route envoy-http envoy-grpc"
@@ -103,7 +106,7 @@ if shape.startswith("envoy-"):
     target, headers = "/api/acme/runs/42", auth
 elif shape == "query":
     target, headers = "/v1/verify?tenant=acme&permission=runs:read", auth
-else:  # route: what nginx, Traefik and Caddy send, more or less
+else:  # route: the X-Forwarded-* pair, as Traefik and Caddy send it
     target = "/v1/verify"
     headers = {**auth, "X-Forwarded-Method": "GET", "X-Forwarded-Uri": "/api/acme/runs/42",
                "X-Forwarded-Proto": "http", "X-Forwarded-Host": "edge.example"}
@@ -134,12 +137,15 @@ subprocess.run(["callgrind_control", "-z", vpid], check=True, capture_output=Tru
 run(n)
 subprocess.run(["callgrind_control", "-d", vpid], check=True, capture_output=True)
 PY
-    [ -z "$envoy_pid" ] || { kill "$envoy_pid"; wait "$envoy_pid" 2>/dev/null || true; }
-    kill -INT "$vpid"
+    if [ -n "$envoy_pid" ]; then
+        kill "$envoy_pid" 2>/dev/null || true
+        wait "$envoy_pid" 2>/dev/null || true
+    fi
+    kill -INT "$vpid" 2>/dev/null || true
     wait "$vpid" 2>/dev/null || true
     local total
     local dump
-dump=$(ls "$work/callgrind.$shape".* 2>/dev/null | head -1)
+    dump=$(ls "$work/callgrind.$shape".* 2>/dev/null | head -1 || true)
     [ -n "$dump" ] || { echo "$shape: callgrind wrote no dump" >&2; exit 1; }
     total=$(awk '/^summary:|^totals:/ {print $2; exit}' "$dump")
     awk -v s="$shape" -v t="$total" -v n="$REQUESTS" 'BEGIN { printf "%s %.0f\n", s, t / n }' \

@@ -36,7 +36,8 @@ common "$base" >"$work/query.toml"
 "$bin/examples/mint_many" "$work/query.toml" "$work/warm.txt" 1
 token=$(head -1 "$work/warm.txt")
 
-# measure MODE PORT URL_PATH [HEADER...]: instructions collected over REQUESTS requests
+# measure MODE PORT URL_PATH [HEADER...]: instructions collected over REQUESTS requests, into
+# $work/count.MODE (run in this shell, not a subshell, so the EXIT trap knows its verifier)
 measure() {
     local mode=$1 port=$2 target=$3; shift 3
     env RUST_LOG=warn TOKIO_WORKER_THREADS=1 valgrind --tool=callgrind \
@@ -72,14 +73,16 @@ for _ in range(n - 1):
     if r.status != 200:
         sys.exit(f"answered {r.status}")
 PY
-    kill -INT "$vpid"
+    kill -INT "$vpid" 2>/dev/null || true
     wait "$vpid" 2>/dev/null || true
-    awk '/^summary:|^totals:/ {print $2; exit}' "$work/callgrind.$mode"
+    awk '/^summary:|^totals:/ {print $2; exit}' "$work/callgrind.$mode" >"$work/count.$mode"
 }
 
-read -r q_handler < <(measure query "$base" "/v1/verify?tenant=acme&permission=runs:read")
-read -r r_handler < <(measure route "$((base + 1))" "/v1/verify" \
-    "X-Forwarded-Method: GET" "X-Forwarded-Uri: /api/acme/runs/42")
+measure query "$base" "/v1/verify?tenant=acme&permission=runs:read"
+measure route "$((base + 1))" "/v1/verify" \
+    "X-Forwarded-Method: GET" "X-Forwarded-Uri: /api/acme/runs/42"
+q_handler=$(cat "$work/count.query")
+r_handler=$(cat "$work/count.route")
 awk -v q="$q_handler" -v r="$r_handler" -v n="$REQUESTS" 'BEGIN {
     printf "| mode | answer (decision and 200): instructions per request |\n| --- | ---: |\n"
     printf "| query | %.0f |\n| route | %.0f |\n", q / n, r / n
