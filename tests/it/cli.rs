@@ -5,7 +5,7 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 use std::process::Output;
 
-use crate::support::process::{edgetoken, run_cli as run};
+use crate::support::process::{edgetoken, first_word, run_cli as run};
 
 /// Asserts exit status `code` and that stderr mentions `needle`, without a panic.
 fn assert_fails(output: &Output, code: i32, needle: &str) {
@@ -16,14 +16,7 @@ fn assert_fails(output: &Output, code: i32, needle: &str) {
 }
 
 fn keygen(dir: &Path) -> String {
-    let output = run(dir, &["keygen"], "");
-    assert!(output.status.success());
-    String::from_utf8(output.stdout)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_owned()
+    first_word(&run(dir, &["keygen"], ""))
 }
 
 #[test]
@@ -336,16 +329,7 @@ fn key_ids_beginning_with_a_hyphen_are_ids_not_options() {
     let dir = tempfile::tempdir().unwrap();
     let first = keygen(dir.path());
     let hyphenated = (0..1000)
-        .map(|_| {
-            let output = run(dir.path(), &["keys", "rotate"], "");
-            assert!(output.status.success(), "{output:?}");
-            String::from_utf8(output.stdout)
-                .unwrap()
-                .split_whitespace()
-                .next()
-                .unwrap()
-                .to_owned()
-        })
+        .map(|_| first_word(&run(dir.path(), &["keys", "rotate"], "")))
         .find(|kid| kid.starts_with('-'))
         .expect("one in 64 key ids begins with '-'");
     let activated = run(dir.path(), &["keys", "activate", &first], "");

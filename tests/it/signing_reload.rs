@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use crate::support::eventually::eventually;
 use crate::support::issuer::{ALICE_PASSWORD, directory_text, jwks_kids};
-use crate::support::process::{EdgetokenProcess, edgetoken};
+use crate::support::process::{EdgetokenProcess, edgetoken, first_word};
 use crate::support::tokens::{parts, unb64};
 
 /// Long enough for a few reloads at `reload_secs = 1` on a busy machine.
@@ -65,13 +65,7 @@ fn keys_command(cwd: &Path, dir: &Path, args: &[&str]) -> String {
         .arg(dir)
         .output()
         .unwrap();
-    assert!(output.status.success(), "{output:?}");
-    String::from_utf8(output.stdout)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_owned()
+    first_word(&output)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

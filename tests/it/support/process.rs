@@ -396,6 +396,17 @@ fn proc_status(pid: u32, field: &str) -> u64 {
         .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"))
 }
 
+/// The first word a successful command printed (a key id, for `keygen` and `keys ...`);
+/// panics with the whole output if the command failed.
+pub(crate) fn first_word(output: &std::process::Output) -> String {
+    assert!(output.status.success(), "{output:?}");
+    String::from_utf8_lossy(&output.stdout)
+        .split_whitespace()
+        .next()
+        .expect("the command printed something")
+        .to_owned()
+}
+
 /// Runs `edgetoken ARGS...` in `cwd` (clean environment) with `stdin` on its standard input,
 /// and returns its output.
 pub(crate) fn run_cli(cwd: &Path, args: &[&str], stdin: &str) -> std::process::Output {
