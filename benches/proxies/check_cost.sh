@@ -4,7 +4,9 @@
 # it up, zeroes the counts (`callgrind_control -z`), sends REQUESTS requests one after the other
 # over one keep-alive connection, dumps the counts (`-d`), and prints instructions per request
 # of the whole process (hyper, tonic, tokio, malloc and the decision alike) and, with TOP=N,
-# the N costliest functions (inclusive).
+# the N costliest functions (inclusive). With INSIDE=FUNCTION only the instructions run inside
+# that function count (`--toggle-collect`); benches/proxies/route_cost.sh uses it for the
+# decision alone.
 #
 #   query:  GET /v1/verify?tenant=acme&permission=runs:read    (a verifier without routes)
 #   route:  GET /v1/verify with X-Forwarded-Method/-Uri from 127.0.0.1  (as Traefik and Caddy;
@@ -20,13 +22,15 @@
 #
 # Usage: benches/proxies/check_cost.sh   (env: REQUESTS=5000
 #        SHAPES="query route envoy-http envoy-grpc"
-#        TOP=0 (functions to list per shape) BASE_PORT=18670 SKIP_BUILD= BIN_DIR=target/release)
+#        TOP=0 (functions to list per shape) INSIDE= (a function: count only inside it)
+#        BASE_PORT=18670 SKIP_BUILD= BIN_DIR=target/release)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 REQUESTS=${REQUESTS:-5000}
 SHAPES=${SHAPES:-query route envoy-http envoy-grpc}
 TOP=${TOP:-0}
+INSIDE=${INSIDE:-}
 base=${BASE_PORT:-18670}
 redis_port=$((base + 9))
 # The real-Envoy shapes: the ports configs.py writes every proxy's configuration for.
@@ -86,7 +90,7 @@ measure() {
     *) config "$listen" "$shape" >"$work/$shape.toml" ;;
     esac
     env RUST_LOG=warn TOKIO_WORKER_THREADS=1 valgrind --tool=callgrind \
-        --callgrind-out-file="$work/callgrind.$shape" \
+        --callgrind-out-file="$work/callgrind.$shape" ${INSIDE:+"--toggle-collect=$INSIDE"} \
         "$bin/edgetoken" serve --config "$work/$shape.toml" --role verifier \
         >"$work/$shape.log" 2>&1 &
     local vpid=$!
@@ -161,7 +165,7 @@ for shape in $SHAPES; do
     measure "$shape" "$next_port"
     next_port=$((next_port + 1))
 done
-echo "| request shape | instructions per request (whole verifier process) |"
+echo "| request shape | instructions per request (${INSIDE:-whole verifier process}) |"
 echo "| --- | ---: |"
 while read -r shape count; do echo "| $shape | $count |"; done <"$work/results"
 echo
