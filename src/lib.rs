@@ -88,6 +88,7 @@ pub mod clock;
 pub mod config;
 pub mod directory;
 mod encoding;
+pub mod error_chain;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;

@@ -11,6 +11,7 @@ use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
+pub use crate::error_chain::ErrorChain;
 use crate::records::RecordError;
 use crate::revocation::StoreError;
 use crate::token::Rejection;
@@ -260,21 +261,5 @@ impl From<RecordError> for ApiError {
         } else {
             Self::Internal(Box::new(error))
         }
-    }
-}
-
-/// Displays an error with its whole `source()` chain, for one log line.
-#[derive(Debug)]
-pub struct ErrorChain<'a>(pub &'a (dyn std::error::Error + 'static));
-
-impl std::fmt::Display for ErrorChain<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)?;
-        let mut source = self.0.source();
-        while let Some(error) = source {
-            write!(f, ": {error}")?;
-            source = error.source();
-        }
-        Ok(())
     }
 }

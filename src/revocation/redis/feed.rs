@@ -43,6 +43,7 @@ use super::{
     server_run_id, target, timed, watermark, write_event,
 };
 use crate::clock::Clock;
+use crate::error_chain::ErrorChain;
 use crate::redis_target::{RedisTarget, jittered};
 use crate::revocation::StoreError;
 use crate::revocation::barrier::{InstanceId, Position};
@@ -248,24 +249,6 @@ enum FeedError {
     ReplicaBack,
 }
 
-/// `err` and its sources, joined by `: `. A session's end is shown in `/readyz` and the log by
-/// this: "failed while trying to read the revocation state" alone cannot tell a timeout from
-/// a reset or a refused connection, and after a Redis restart thousands of sessions end so.
-fn with_causes(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        // thiserror's `transparent` repeats its inner error as the source's text.
-        if !text.ends_with(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
-}
-
 impl From<Failure> for FeedError {
     fn from(failure: Failure) -> Self {
         match failure {
@@ -413,7 +396,7 @@ impl Worker {
                 let Action::Reconnect { after, lost } = action else {
                     continue;
                 };
-                let message = with_causes(&err);
+                let message = ErrorChain(&err).to_string();
                 if matches!(err, FeedError::Store(StoreError::EvictionPolicy { .. })) {
                     tracing::error!(error = %err, "refusing to follow a Redis that may evict revocations");
                 } else if matches!(err, FeedError::ReplicaBack) {
@@ -1225,7 +1208,7 @@ impl Worker {
             Some(address) => {
                 self.replica_trouble(
                     &address,
-                    format!("failed the feed connection: {}", with_causes(&err)),
+                    format!("failed the feed connection: {}", ErrorChain(&err)),
                 );
                 self.trouble.take().unwrap_or(FeedError::Store(err))
             }
@@ -1259,11 +1242,11 @@ impl Worker {
                 Ok(true) => self
                     .full_resync(&mut replica, generation.clone(), seq)
                     .await
-                    .map_err(|err| format!("failed the full resync: {}", with_causes(&err))),
+                    .map_err(|err| format!("failed the full resync: {}", ErrorChain(&err))),
                 Ok(false) => Err(format!(
                     "stayed behind the primary's head (sequence {seq}) for a full resync"
                 )),
-                Err(err) => Err(format!("did not answer its head: {}", with_causes(&err))),
+                Err(err) => Err(format!("did not answer its head: {}", ErrorChain(&err))),
             };
             match outcome {
                 Ok(()) => return Ok(()),
@@ -1461,7 +1444,7 @@ mod tests {
             operation: "read the revocation state",
             source: ::redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut)),
         });
-        let text = with_causes(&err);
+        let text = ErrorChain(&err).to_string();
         assert!(
             text.starts_with(
                 "revocation store: Redis failed while trying to read the revocation state: "
