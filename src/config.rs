@@ -271,7 +271,7 @@ impl Default for RevocationConfig {
             on_stale: defaults.on_stale,
             heartbeat_ms: 1000,
             command_timeout_ms: 2000,
-            bulk_timeout_ms: 30_000,
+            bulk_timeout_ms: u64::try_from(defaults.bulk_timeout.as_millis()).unwrap_or(u64::MAX),
             barrier_timeout_ms: u64::try_from(defaults.barrier_timeout.as_millis())
                 .unwrap_or(u64::MAX),
             read_from_replicas: defaults.read_from_replicas,
