@@ -2,6 +2,11 @@
 //! axum on the same runtime and settings as edgetoken, with
 //!
 //! - `GET /ok`: returns 200 and nothing else (the floor for warm forward-auth);
+//! - `/v1/verify` and `/v1/verify/<path>` (Envoy's form; any method): returns 200 with fixed `X-Auth-*` headers of a passing check's
+//!   size, whatever the request carries: a check that decides nothing, for the edge-proxy
+//!   benchmark (`benches/proxies/run.sh`) to put where a verifier goes, as the floor of what a
+//!   check can cost a Rust server behind each proxy. It lets every request through, so it is
+//!   for benchmarks only;
 //! - `GET /strict`: one ed25519-dalek `verify_strict` of the bearer token's signature over its
 //!   `header.payload`, with the key named by its `kid`, and nothing else: no claims, time or
 //!   revocation (the floor for cold forward-auth).
@@ -14,13 +19,27 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::routing::get;
+use axum::routing::{any, get};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use edgetoken::keys::{KeyDir, KeyRing};
 
 async fn ok() -> StatusCode {
     StatusCode::OK
+}
+
+/// A passing answer of `/v1/verify`'s shape, decided on nothing.
+async fn pass_everything() -> (StatusCode, [(&'static str, &'static str); 5]) {
+    (
+        StatusCode::OK,
+        [
+            ("x-auth-subject", "bench"),
+            ("x-auth-tenant", "acme"),
+            ("x-auth-scope", "runs:read"),
+            ("x-auth-token-id", "01JZ8Q0W6Y3V7C9B2N4M5K6J7H"),
+            ("x-auth-expires", "2026-12-02T09:00:00Z"),
+        ],
+    )
 }
 
 async fn strict(State(ring): State<Arc<KeyRing>>, headers: HeaderMap) -> StatusCode {
@@ -55,6 +74,8 @@ async fn main() -> Result<(), Box<dyn Error>> {
     let app = Router::new()
         .route("/ok", get(ok))
         .route("/strict", get(strict))
+        .route("/v1/verify", any(pass_everything))
+        .route("/v1/verify/{*original}", any(pass_everything))
         .with_state(ring);
     let listener = tokio::net::TcpListener::bind(&listen).await?;
     axum::serve(listener, app).await?;

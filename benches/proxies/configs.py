@@ -67,6 +67,35 @@ def nginx(work, p):
     plain = once(edge, "listen 80;", f"listen 127.0.0.1:{p['nginx']};", "nginx listen")
     plain = once(plain, "auth_request /_edgetoken_verify;", "auth_request off;", "nginx auth")
     write(work, "nginx.conf", nginx_main(work, "nginx", plain))
+    # The floor: the same edge asking a check that decides nothing (every request passes), in
+    # place of the verifier: an nginx `return 200` with a passing answer's headers, and bare
+    # axum (examples/bare_axum, `/v1/verify`).
+    write(work, "null-check.conf", nginx_main(work, "null-check", NULL_CHECK.format(port=p["null_check"])))
+    for name, verifier in (("nginx-null", "null_check"), ("nginx-bare", "bare_check")):
+        floor = once(
+            deploy("nginx/edge.conf"),
+            "server verifier-1:8080;\n    server verifier-2:8080;",
+            f"server 127.0.0.1:{p[verifier]};",
+            "nginx floor verifiers",
+        )
+        floor = once(floor, "server upstream:8080;", f"server 127.0.0.1:{p['upstream']};", "nginx app")
+        floor = once(floor, "listen 80;", f"listen 127.0.0.1:{p[name.replace('-', '_')]};", "nginx listen")
+        write(work, f"{name}.conf", nginx_main(work, name, floor))
+
+
+# A check that decides nothing: 200 to every request, with the five X-Auth-* headers of a
+# passing answer (benchmarks only: it lets everything through).
+NULL_CHECK = """server {{
+    listen 127.0.0.1:{port};
+    location / {{
+        add_header X-Auth-Subject bench;
+        add_header X-Auth-Tenant acme;
+        add_header X-Auth-Scope runs:read;
+        add_header X-Auth-Token-Id 01JZ8Q0W6Y3V7C9B2N4M5K6J7H;
+        add_header X-Auth-Expires 2026-12-02T09:00:00Z;
+        return 200;
+    }}
+}}"""
 
 
 ENVOY_API_ROUTE = "                          route: { cluster: edgetoken_app }\n"
@@ -109,6 +138,11 @@ def envoy(work, p, jwks):
         "envoy-http.yaml",
         envoy_addresses(edge, "envoy http", p["envoy_http"], p["verifier"], p["upstream"]),
     )
+    write(
+        work,
+        "envoy-http-bare.yaml",
+        envoy_addresses(edge, "envoy http floor", p["envoy_http_bare"], p["bare_check"], p["upstream"]),
+    )
     plain = once(edge, ENVOY_API_ROUTE, ENVOY_NO_AUTHZ, "envoy plain")
     write(
         work,
@@ -124,29 +158,37 @@ def envoy(work, p, jwks):
     if os.path.exists(grpc):
         # The gRPC edge: its verifier endpoints (port 9191, verifier.grpc_listen) point at the
         # bench verifier's gRPC listener.
-        text = deploy("envoy/edge-grpc.yaml")
-        for name in ("verifier-1", "verifier-2"):
-            text = once(
-                text,
-                f"{{ address: {name}, port_value: 9191 }}",
-                f"{{ address: 127.0.0.1, port_value: {p['verifier_grpc']} }}",
-                "envoy grpc verifiers",
-            )
-        text = envoy_addresses(text, "envoy grpc", p["envoy_grpc"], None, p["upstream"])
-        write(work, "envoy-grpc.yaml", text)
+        # Its floor: the same file asking examples/null_check_grpc.
+        for name, verifier, listen in (
+            ("envoy-grpc", "verifier_grpc", "envoy_grpc"),
+            ("envoy-grpc-null", "null_grpc", "envoy_grpc_null"),
+        ):
+            text = deploy("envoy/edge-grpc.yaml")
+            for host in ("verifier-1", "verifier-2"):
+                text = once(
+                    text,
+                    f"{{ address: {host}, port_value: 9191 }}",
+                    f"{{ address: 127.0.0.1, port_value: {p[verifier]} }}",
+                    f"{name} verifiers",
+                )
+            text = envoy_addresses(text, name, p[listen], None, p["upstream"])
+            write(work, f"{name}.yaml", text)
 
 
 def traefik(work, p):
-    dynamic = deploy("traefik/dynamic.yml")
-    dynamic = once(
-        dynamic,
-        'address: "http://verifier-1:8080/v1/verify"',
-        f'address: "http://127.0.0.1:{p["verifier"]}/v1/verify"',
-        "traefik verifier",
-    )
-    dynamic = once(
-        dynamic, 'url: "http://upstream:8080"', f'url: "http://127.0.0.1:{p["upstream"]}"', "traefik app"
-    )
+    def with_verifier(port):
+        dynamic = deploy("traefik/dynamic.yml")
+        dynamic = once(
+            dynamic,
+            'address: "http://verifier-1:8080/v1/verify"',
+            f'address: "http://127.0.0.1:{port}/v1/verify"',
+            "traefik verifier",
+        )
+        return once(
+            dynamic, 'url: "http://upstream:8080"', f'url: "http://127.0.0.1:{p["upstream"]}"', "traefik app"
+        )
+
+    dynamic = with_verifier(p["verifier"])
     plain = once(
         dynamic,
         "middlewares: [edgetoken, edgetoken-drop-token]",
@@ -154,7 +196,11 @@ def traefik(work, p):
         "traefik plain",
     )
     static = deploy("traefik/traefik.yml")
-    for name, text, port in (("traefik-auth", dynamic, p["traefik_auth"]), ("traefik", plain, p["traefik"])):
+    for name, text, port in (
+        ("traefik-auth", dynamic, p["traefik_auth"]),
+        ("traefik", plain, p["traefik"]),
+        ("traefik-bare", with_verifier(p["bare_check"]), p["traefik_bare"]),
+    ):
         path = os.path.join(work, f"{name}-dynamic.yml")
         write(work, f"{name}-dynamic.yml", text)
         config = once(static, 'address: ":8000"', f'address: "127.0.0.1:{port}"', "traefik listen")
@@ -163,16 +209,19 @@ def traefik(work, p):
 
 
 def caddy(work, p):
-    text = deploy("caddy/Caddyfile")
-    text = once(
-        text,
-        "forward_auth verifier-1:8080 verifier-2:8080 {",
-        f"forward_auth 127.0.0.1:{p['verifier']} {{",
-        "caddy verifier",
-    )
-    text = once(
-        text, "reverse_proxy upstream:8080 {", f"reverse_proxy 127.0.0.1:{p['upstream']} {{", "caddy app"
-    )
+    def with_verifier(port):
+        text = deploy("caddy/Caddyfile")
+        text = once(
+            text,
+            "forward_auth verifier-1:8080 verifier-2:8080 {",
+            f"forward_auth 127.0.0.1:{port} {{",
+            "caddy verifier",
+        )
+        return once(
+            text, "reverse_proxy upstream:8080 {", f"reverse_proxy 127.0.0.1:{p['upstream']} {{", "caddy app"
+        )
+
+    text = with_verifier(p["verifier"])
     # The same site without the forward_auth block.
     plain, count = re.subn(r"\n\t\tforward_auth .*?\n\t\t}\n", "\n", text, flags=re.S)
     if count != 1:
@@ -180,6 +229,7 @@ def caddy(work, p):
     for name, site, port, admin in (
         ("caddy-auth", text, p["caddy_auth"], p["caddy_auth_admin"]),
         ("caddy", plain, p["caddy"], p["caddy_admin"]),
+        ("caddy-bare", with_verifier(p["bare_check"]), p["caddy_bare"], p["caddy_bare_admin"]),
     ):
         site = once(site, "admin localhost:2019", f"admin 127.0.0.1:{admin}", "caddy admin")
         site = once(site, "http://:8000 {", f"http://127.0.0.1:{port} {{", "caddy listen")

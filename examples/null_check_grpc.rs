@@ -1,0 +1,67 @@
+//! A gRPC `envoy.service.auth.v3.Authorization/Check` server that decides nothing, for the
+//! edge-proxy benchmark (`benches/proxies/run.sh`): every check is `OK` with the five
+//! `X-Auth-*` headers of a passing answer, whatever it carries. Put where edgetoken's gRPC
+//! listener goes behind Envoy, it is the floor of what a gRPC check costs a tonic server, as
+//! `bare_axum`'s `/v1/verify` is over HTTP. It lets every request through: benchmarks only.
+//!
+//! Usage: `null_check_grpc LISTEN_ADDR`.
+
+use std::error::Error;
+
+use envoy_types::ext_authz::v3::pb::{
+    Authorization, AuthorizationServer, CheckRequest, CheckResponse, HeaderAppendAction,
+    HeaderValueOption, HttpResponse, OkHttpResponse,
+};
+use envoy_types::pb::envoy::config::core::v3::HeaderValue;
+use envoy_types::pb::google::rpc;
+
+/// The headers of a passing answer, as edgetoken sets them.
+const PASS: [(&str, &str); 5] = [
+    ("x-auth-subject", "bench"),
+    ("x-auth-tenant", "acme"),
+    ("x-auth-scope", "runs:read"),
+    ("x-auth-token-id", "01JZ8Q0W6Y3V7C9B2N4M5K6J7H"),
+    ("x-auth-expires", "2026-12-02T09:00:00Z"),
+];
+
+struct PassEverything;
+
+#[tonic::async_trait]
+impl Authorization for PassEverything {
+    async fn check(
+        &self,
+        _request: tonic::Request<CheckRequest>,
+    ) -> Result<tonic::Response<CheckResponse>, tonic::Status> {
+        let headers = PASS
+            .iter()
+            .map(|(key, value)| HeaderValueOption {
+                header: Some(HeaderValue {
+                    key: (*key).to_owned(),
+                    value: (*value).to_owned(),
+                    ..HeaderValue::default()
+                }),
+                append_action: HeaderAppendAction::OverwriteIfExistsOrAdd.into(),
+                ..HeaderValueOption::default()
+            })
+            .collect();
+        Ok(tonic::Response::new(CheckResponse {
+            status: Some(rpc::Status::default()), // code 0: OK
+            http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
+                headers,
+                ..OkHttpResponse::default()
+            })),
+            ..CheckResponse::default()
+        }))
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn Error>> {
+    let Some(listen) = std::env::args().nth(1) else {
+        return Err("usage: null_check_grpc LISTEN_ADDR".into());
+    };
+    tonic::transport::Server::builder()
+        .serve(listen.parse()?, AuthorizationServer::new(PassEverything))
+        .await?;
+    Ok(())
+}
