@@ -318,7 +318,8 @@ pub struct MirrorHealth {
     /// the in-process store.
     pub durability: Option<super::Durability>,
     /// Where the feed reads from this session (`read_from_replicas`): `primary`, or
-    /// `replica HOST:PORT`; `None` before the first session and for the in-process store.
+    /// `replica HOST:PORT`; `None` between sessions (before the first, and from a lost one
+    /// until the next chooses) and for the in-process store.
     pub feed_source: Option<String>,
     /// Sessions whose feed wanted a replica but read from the primary (none usable, or the
     /// replica failed or lagged mid-session).

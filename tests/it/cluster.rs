@@ -105,9 +105,9 @@ async fn slot_primary_replaced(fault: Fault, feed_reads: Reads) {
     let client = client();
 
     // The verifier's feed reads where it should, and its one subscription is there. Source and
-    // subscriptions are read together until they agree: a session that left a replica (one
-    // that lagged or failed its first sync, the freshly added one say) leaves `feed_source`
-    // naming it until the next session chooses again, and a connection another process just
+    // subscriptions are read together until they agree: after a session that left a replica
+    // (one that lagged or failed its first sync, the freshly added one say) `feed_source` is
+    // empty until the next session chooses again, and a connection another process just
     // closed or opened (the issuer's, on a loaded machine) may still show for a moment.
     let mut ready = serde_json::Value::Null;
     let mut source = String::new();

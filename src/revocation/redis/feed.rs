@@ -410,6 +410,9 @@ impl Worker {
                     h.connected = false;
                     h.disconnects += u64::from(lost);
                     h.last_error = Some(message);
+                    // No session, no source: `/readyz` must not name a node the feed has left
+                    // (the next session names the one it chooses).
+                    h.feed_source = None;
                 });
                 // Jittered: when a primary dies every verifier's feed fails at once, and their
                 // reconnects (and sentinel or cluster lookups) should not arrive in step.

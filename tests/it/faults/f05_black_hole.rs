@@ -101,11 +101,18 @@ async fn f5_black_holed_redis_is_detected_fails_closed_at_max_staleness_and_reco
 
     // Detection: the in-process feed's heartbeat times out and it drops the session.
     let mut health = mirror.health();
-    tokio::time::timeout(Duration::from_secs(10), health.wait_for(|h| !h.connected))
+    let lost = tokio::time::timeout(Duration::from_secs(10), health.wait_for(|h| !h.connected))
         .await
         .expect("the black hole was never noticed")
-        .unwrap();
+        .unwrap()
+        .clone();
     let detected = fault.elapsed();
+    // A lost session no longer names where it read: /readyz must not report a source the
+    // feed has left.
+    assert_eq!(
+        lost.feed_source, None,
+        "feed_source kept after the session was lost"
+    );
 
     // Until the bound, every answer is unchanged: the valid token passes, the revoked fails;
     // the process's staleness gauge rises.
