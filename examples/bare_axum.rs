@@ -1,19 +1,20 @@
-//! The comparison server of the HTTP load benchmark (SPEC §9, `benches/load/run.sh`): bare
-//! axum on the same runtime and settings as edgetoken, with
+//! Benchmark-only comparison servers: bare axum on the same runtime and settings as edgetoken.
+//! **`/v1/verify` passes every request**, so this binary listens on loopback only.
 //!
-//! - `GET /ok`: returns 200 and nothing else (the floor for warm forward-auth);
-//! - `/v1/verify` and `/v1/verify/<path>` (Envoy's form; any method): returns 200 with fixed `X-Auth-*` headers of a passing check's
-//!   size, whatever the request carries: a check that decides nothing, for the edge-proxy
-//!   benchmark (`benches/proxies/run.sh`) to put where a verifier goes, as the floor of what a
-//!   check can cost a Rust server behind each proxy. It lets every request through, so it is
-//!   for benchmarks only;
+//! - `GET /ok`: returns 200 and nothing else (the floor for warm forward-auth, in the HTTP load
+//!   benchmark: SPEC §9, `benches/load/run.sh`);
 //! - `GET /strict`: one ed25519-dalek `verify_strict` of the bearer token's signature over its
 //!   `header.payload`, with the key named by its `kid`, and nothing else: no claims, time or
-//!   revocation (the floor for cold forward-auth).
+//!   revocation (the floor for cold forward-auth);
+//! - `/v1/verify` and `/v1/verify/<path>` (Envoy's form), any method: 200 with fixed `X-Auth-*`
+//!   headers of a passing answer's size, whatever the request carries. A check that decides
+//!   nothing, which the edge-proxy benchmark (`benches/proxies/run.sh`) puts where a verifier
+//!   goes: the floor of what a check costs a Rust server behind each proxy.
 //!
-//! Usage: `bare_axum LISTEN_ADDR KEY_DIR`.
+//! Usage: `bare_axum LISTEN_ADDR KEY_DIR` (`LISTEN_ADDR` a loopback address).
 
 use std::error::Error;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
@@ -70,6 +71,12 @@ async fn main() -> Result<(), Box<dyn Error>> {
     let (Some(listen), Some(keys)) = (args.next(), args.next()) else {
         return Err("usage: bare_axum LISTEN_ADDR KEY_DIR".into());
     };
+    let listen: SocketAddr = listen.parse()?;
+    if !listen.ip().is_loopback() {
+        return Err(
+            format!("{listen}: /v1/verify passes every request; listen on loopback").into(),
+        );
+    }
     let ring = Arc::new(KeyDir::new(keys).load_ring()?);
     let app = Router::new()
         .route("/ok", get(ok))
@@ -77,7 +84,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
         .route("/v1/verify", any(pass_everything))
         .route("/v1/verify/{*original}", any(pass_everything))
         .with_state(ring);
-    let listener = tokio::net::TcpListener::bind(&listen).await?;
+    let listener = tokio::net::TcpListener::bind(listen).await?;
     axum::serve(listener, app).await?;
     Ok(())
 }

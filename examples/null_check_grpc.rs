@@ -1,12 +1,13 @@
-//! A gRPC `envoy.service.auth.v3.Authorization/Check` server that decides nothing, for the
-//! edge-proxy benchmark (`benches/proxies/run.sh`): every check is `OK` with the five
-//! `X-Auth-*` headers of a passing answer, whatever it carries. Put where edgetoken's gRPC
-//! listener goes behind Envoy, it is the floor of what a gRPC check costs a tonic server, as
-//! `bare_axum`'s `/v1/verify` is over HTTP. It lets every request through: benchmarks only.
+//! Benchmark-only: a gRPC `envoy.service.auth.v3.Authorization/Check` server that **passes
+//! every request** (`OK` with the five `X-Auth-*` headers of a passing answer, whatever the
+//! check carries), so it listens on loopback only. The edge-proxy benchmark
+//! (`benches/proxies/run.sh`) puts it where edgetoken's gRPC listener goes behind Envoy: the
+//! floor of what a gRPC check costs a tonic server, as `bare_axum`'s `/v1/verify` is over HTTP.
 //!
-//! Usage: `null_check_grpc LISTEN_ADDR`.
+//! Usage: `null_check_grpc LISTEN_ADDR` (a loopback address).
 
 use std::error::Error;
+use std::net::SocketAddr;
 
 use envoy_types::ext_authz::v3::pb::{
     Authorization, AuthorizationServer, CheckRequest, CheckResponse, HeaderAppendAction,
@@ -60,8 +61,12 @@ async fn main() -> Result<(), Box<dyn Error>> {
     let Some(listen) = std::env::args().nth(1) else {
         return Err("usage: null_check_grpc LISTEN_ADDR".into());
     };
+    let listen: SocketAddr = listen.parse()?;
+    if !listen.ip().is_loopback() {
+        return Err(format!("{listen}: every check passes; listen on loopback").into());
+    }
     tonic::transport::Server::builder()
-        .serve(listen.parse()?, AuthorizationServer::new(PassEverything))
+        .serve(listen, AuthorizationServer::new(PassEverything))
         .await?;
     Ok(())
 }

@@ -17,6 +17,8 @@
 #   null-route, null-grpc: the floor, a check that decides nothing in the verifier's place:
 #           route's request to bare axum's `/v1/verify` (examples/bare_axum), and envoy-grpc's
 #           checks to a tonic Check that passes everything (examples/null_check_grpc)
+#   route-conn, null-route-conn: route and null-route with a new connection per request,
+#           closed by the client after the answer, as Traefik's ForwardAuth client mostly does
 #
 # Instruction counts do not move with the machine's load, unlike CPU time on a shared machine;
 # they leave out the kernel (system calls) and cache misses, and they include the process's
@@ -24,7 +26,8 @@
 # a little more per request for the slower shapes.
 #
 # Usage: benches/proxies/check_cost.sh   (env: REQUESTS=5000
-#        SHAPES="query route envoy-http envoy-grpc" (also: null-route null-grpc)
+#        SHAPES="query route envoy-http envoy-grpc" (also: null-route null-grpc route-conn
+#        null-route-conn)
 #        TOP=0 (functions to list per shape) INSIDE= (a function: count only inside it)
 #        BASE_PORT=18670 SKIP_BUILD= BIN_DIR=target/release)
 set -euo pipefail
@@ -95,7 +98,9 @@ measure() {
         sed -i "s/^\[verifier\]$/[verifier]\ngrpc_listen = \"127.0.0.1:${port[verifier_grpc]}\"/" \
             "$work/$shape.toml"
         ;;
-    null-route) server=("$bin/examples/bare_axum" "127.0.0.1:$listen" "$work/keys") ;;
+    null-route | null-route-conn)
+        server=("$bin/examples/bare_axum" "127.0.0.1:$listen" "$work/keys")
+        ;;
     null-grpc)
         client_port=${port[envoy_grpc_null]} envoy_config=envoy-grpc-null
         server=("$bin/examples/null_check_grpc" "127.0.0.1:${port[null_grpc]}")
@@ -122,7 +127,7 @@ if shape.startswith("envoy-") or shape == "null-grpc":
     target, headers = "/api/acme/runs/42", auth
 elif shape == "query":
     target, headers = "/v1/verify?tenant=acme&permission=runs:read", auth
-else:  # route, null-route: the X-Forwarded-* pair, as Traefik and Caddy send it
+else:  # route, null-route (and -conn): the X-Forwarded-* pair, as Traefik and Caddy send it
     target = "/v1/verify"
     headers = {**auth, "X-Forwarded-Method": "GET", "X-Forwarded-Uri": "/api/acme/runs/42",
                "X-Forwarded-Proto": "http", "X-Forwarded-Host": "edge.example"}
@@ -143,7 +148,11 @@ while True:
         sys.exit(f"{shape}: port {port} never answered 200 ({last})")
     time.sleep(0.5)
 def run(count):
+    global c
     for _ in range(count):
+        if shape.endswith("-conn"):
+            c.close()
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
         c.request("GET", target, headers=headers)
         r = c.getresponse(); r.read()
         if r.status != 200:
@@ -185,7 +194,8 @@ echo "| request shape | instructions per request (${INSIDE:-whole verifier proce
 echo "| --- | ---: |"
 while read -r shape count; do echo "| $shape | $count |"; done <"$work/results"
 echo
-echo "($REQUESTS warm requests per shape over one connection, after 500 to warm up)"
+echo "($REQUESTS warm requests per shape over one connection, a new one per request for the"
+echo "-conn shapes, after 500 to warm up)"
 if [ "$TOP" -gt 0 ]; then
     for shape in $SHAPES; do
         echo
