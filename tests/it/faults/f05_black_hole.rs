@@ -89,6 +89,11 @@ async fn f5_black_holed_redis_is_detected_fails_closed_at_max_staleness_and_reco
     assert_eq!(mirror.status(&facts.get()), RevocationStatus::Revoked);
     let threads_before = verifier.proc_status("Threads");
     let disconnects_before = mirror.health().borrow().disconnects;
+    assert_eq!(
+        mirror.health().borrow().feed_source.as_deref(),
+        Some("primary"),
+        "a connected feed names where it reads"
+    );
 
     // The rule takes effect somewhere while `black_hole` runs (a command in the namespace,
     // which a loaded machine can make last tens of milliseconds): the fault happened between
