@@ -31,6 +31,14 @@ def once(text, old, new, what):
     return text.replace(old, new)
 
 
+def edited(path, what, *replacements):
+    """The deploy/ file at `path` with each (old, new) replaced, each old text exactly once."""
+    text = deploy(path)
+    for old, new in replacements:
+        text = once(text, old, new, what)
+    return text
+
+
 def write(work, name, text):
     with open(os.path.join(work, name), "w", encoding="utf-8") as f:
         f.write(text)
@@ -54,14 +62,16 @@ def nginx(work, p):
         deploy("nginx/upstream.conf"), "listen 8080;", f"listen 127.0.0.1:{p['upstream']};", "upstream"
     )
     write(work, "upstream.conf", nginx_main(work, "upstream", upstream))
-    edge = deploy("nginx/edge.conf")
-    edge = once(
-        edge,
-        "server verifier-1:8080;\n    server verifier-2:8080;",
-        f"server 127.0.0.1:{p['verifier']};",
-        "nginx verifiers",
-    )
-    edge = once(edge, "server upstream:8080;", f"server 127.0.0.1:{p['upstream']};", "nginx app")
+
+    def with_verifier(port):
+        return edited(
+            "nginx/edge.conf",
+            "nginx addresses",
+            ("server verifier-1:8080;\n    server verifier-2:8080;", f"server 127.0.0.1:{port};"),
+            ("server upstream:8080;", f"server 127.0.0.1:{p['upstream']};"),
+        )
+
+    edge = with_verifier(p["verifier"])
     auth = once(edge, "listen 80;", f"listen 127.0.0.1:{p['nginx_auth']};", "nginx listen")
     write(work, "nginx-auth.conf", nginx_main(work, "nginx-auth", auth))
     plain = once(edge, "listen 80;", f"listen 127.0.0.1:{p['nginx']};", "nginx listen")
@@ -72,13 +82,7 @@ def nginx(work, p):
     # axum (examples/bare_axum, `/v1/verify`).
     write(work, "null-check.conf", nginx_main(work, "null-check", NULL_CHECK.format(port=p["null_check"])))
     for name, verifier in (("nginx-null", "null_check"), ("nginx-bare", "bare_check")):
-        floor = once(
-            deploy("nginx/edge.conf"),
-            "server verifier-1:8080;\n    server verifier-2:8080;",
-            f"server 127.0.0.1:{p[verifier]};",
-            "nginx floor verifiers",
-        )
-        floor = once(floor, "server upstream:8080;", f"server 127.0.0.1:{p['upstream']};", "nginx app")
+        floor = with_verifier(p[verifier])
         floor = once(floor, "listen 80;", f"listen 127.0.0.1:{p[name.replace('-', '_')]};", "nginx listen")
         write(work, f"{name}.conf", nginx_main(work, name, floor))
 
@@ -177,15 +181,11 @@ def envoy(work, p, jwks):
 
 def traefik(work, p):
     def with_verifier(port):
-        dynamic = deploy("traefik/dynamic.yml")
-        dynamic = once(
-            dynamic,
-            'address: "http://verifier-1:8080/v1/verify"',
-            f'address: "http://127.0.0.1:{port}/v1/verify"',
-            "traefik verifier",
-        )
-        return once(
-            dynamic, 'url: "http://upstream:8080"', f'url: "http://127.0.0.1:{p["upstream"]}"', "traefik app"
+        return edited(
+            "traefik/dynamic.yml",
+            "traefik addresses",
+            ('address: "http://verifier-1:8080/v1/verify"', f'address: "http://127.0.0.1:{port}/v1/verify"'),
+            ('url: "http://upstream:8080"', f'url: "http://127.0.0.1:{p["upstream"]}"'),
         )
 
     dynamic = with_verifier(p["verifier"])
@@ -210,15 +210,11 @@ def traefik(work, p):
 
 def caddy(work, p):
     def with_verifier(port):
-        text = deploy("caddy/Caddyfile")
-        text = once(
-            text,
-            "forward_auth verifier-1:8080 verifier-2:8080 {",
-            f"forward_auth 127.0.0.1:{port} {{",
-            "caddy verifier",
-        )
-        return once(
-            text, "reverse_proxy upstream:8080 {", f"reverse_proxy 127.0.0.1:{p['upstream']} {{", "caddy app"
+        return edited(
+            "caddy/Caddyfile",
+            "caddy addresses",
+            ("forward_auth verifier-1:8080 verifier-2:8080 {", f"forward_auth 127.0.0.1:{port} {{"),
+            ("reverse_proxy upstream:8080 {", f"reverse_proxy 127.0.0.1:{p['upstream']} {{"),
         )
 
     text = with_verifier(p["verifier"])
