@@ -288,9 +288,19 @@ impl Run<'_> {
                     break;
                 }
                 if at.elapsed() >= MAX_GAP {
-                    if self.debug {
-                        eprintln!("issuer stderr:\n{}", self.issuer.stderr());
-                    }
+                    // Always the end of the issuer's log: a failover that leaves it hanging is
+                    // rare, and the next CI run may not show it again.
+                    let stderr = self.issuer.stderr();
+                    let lines: Vec<&str> = stderr.lines().collect();
+                    let tail = if self.debug {
+                        0
+                    } else {
+                        lines.len().saturating_sub(100)
+                    };
+                    eprintln!(
+                        "issuer stderr (from line {tail}):\n{}",
+                        lines[tail..].join("\n")
+                    );
                     panic!("{label}: revokes not accepted again within {MAX_GAP:?} of the fault");
                 }
             }
