@@ -256,6 +256,8 @@ pub fn redact_url(url: &str) -> String {
 impl Default for RevocationConfig {
     fn default() -> Self {
         let defaults = crate::revocation::RevocationSettings::default();
+        // The settings' durations as this file's whole milliseconds.
+        let millis = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         Self {
             redis_url: String::new(),
             sentinel_master_name: String::new(),
@@ -264,16 +266,15 @@ impl Default for RevocationConfig {
             cluster_nodes: Vec::new(),
             cluster_password: String::new(),
             min_replicas_acked: None,
-            wait_timeout_ms: u64::try_from(defaults.wait_timeout.as_millis()).unwrap_or(u64::MAX),
+            wait_timeout_ms: millis(defaults.wait_timeout),
             require_durability: defaults.require_durability,
             key_prefix: defaults.key_prefix,
             max_staleness_secs: defaults.max_staleness.as_secs(),
             on_stale: defaults.on_stale,
             heartbeat_ms: 1000,
             command_timeout_ms: 2000,
-            bulk_timeout_ms: u64::try_from(defaults.bulk_timeout.as_millis()).unwrap_or(u64::MAX),
-            barrier_timeout_ms: u64::try_from(defaults.barrier_timeout.as_millis())
-                .unwrap_or(u64::MAX),
+            bulk_timeout_ms: millis(defaults.bulk_timeout),
+            barrier_timeout_ms: millis(defaults.barrier_timeout),
             read_from_replicas: defaults.read_from_replicas,
         }
     }
