@@ -160,6 +160,7 @@ async fn a_promoted_replica_that_missed_a_revocation_is_reseeded_from_the_mirror
     let killed = Instant::now();
     redis.node_mut(old_primary).kill();
     drop(proxies);
+    redis.allow_failover();
 
     // Until the promoted primary holds the revocation again, the verifier never accepts it.
     let reseeded_at = eventually(

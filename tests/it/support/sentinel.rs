@@ -183,7 +183,11 @@ fn data_node(primary: Option<u16>) -> Node {
     Node::spawn(&args, dir, port)
 }
 
-fn sentinel_node(primary: u16) -> Node {
+/// The sentinels' `failover-timeout`, in ms: how long a failover may take, and the longest
+/// before a failed election is retried (twice this).
+const FAILOVER_TIMEOUT_MS: u64 = 5000;
+
+fn sentinel_node(primary: u16, failover_timeout_ms: u64) -> Node {
     let port = free_port();
     let dir = temp_dir("edgetoken-sentinel-");
     // Sentinel rewrites its config file as it learns the topology: it must be its own file.
@@ -194,7 +198,7 @@ fn sentinel_node(primary: u16) -> Node {
             "port {port}\nbind 127.0.0.1\ndir {dir}\nlogfile {log}\n\
              sentinel monitor {MASTER_NAME} 127.0.0.1 {primary} 2\n\
              sentinel down-after-milliseconds {MASTER_NAME} 1000\n\
-             sentinel failover-timeout {MASTER_NAME} 5000\n\
+             sentinel failover-timeout {MASTER_NAME} {failover_timeout_ms}\n\
              sentinel parallel-syncs {MASTER_NAME} 2\n",
             dir = path(dir.path()),
             log = path(&dir.path().join("redis.log")),
@@ -227,13 +231,42 @@ impl SentinelRedis {
     /// Starts two replicas of `primary`, each replicating from the port in `links` (the
     /// primary's own, or a proxy in front of it), and three sentinels watching `primary`; waits
     /// as [`SentinelRedis::start`] does.
+    ///
+    /// With a proxy in a link, the sentinels start with a `failover-timeout` of 10 minutes,
+    /// until [`SentinelRedis::allow_failover`]: a sentinel repoints a replica that replicates
+    /// from another address than the primary's (`+fix-slave-config`) once `failover-timeout`
+    /// has passed since it found the replica, which would route the stream around the proxy
+    /// (seen in CI, where a slow setup took more than the usual 5 s).
     pub(crate) fn around(primary: Node, links: [u16; 2]) -> Self {
+        let proxied = links.iter().any(|link| *link != primary.port);
+        let failover_timeout_ms = if proxied {
+            600_000
+        } else {
+            FAILOVER_TIMEOUT_MS
+        };
         let mut nodes = vec![primary];
         nodes.extend(links.map(|link| data_node(Some(link))));
-        let sentinels: Vec<Node> = (0..3).map(|_| sentinel_node(nodes[0].port)).collect();
+        let sentinels: Vec<Node> = (0..3)
+            .map(|_| sentinel_node(nodes[0].port, failover_timeout_ms))
+            .collect();
         let deployment = Self { nodes, sentinels };
         deployment.wait_topology();
         deployment
+    }
+
+    /// Sets every sentinel's `failover-timeout` back to the usual 5 s (see
+    /// [`SentinelRedis::around`]); call it once the primary is gone, so that no sentinel
+    /// repoints a replica first.
+    pub(crate) fn allow_failover(&self) {
+        for sentinel in &self.sentinels {
+            let () = redis::cmd("SENTINEL")
+                .arg("SET")
+                .arg(MASTER_NAME)
+                .arg("failover-timeout")
+                .arg(FAILOVER_TIMEOUT_MS)
+                .query(&mut sentinel.admin())
+                .expect("SENTINEL SET failover-timeout");
+        }
     }
 
     /// `host:port` of each sentinel.
