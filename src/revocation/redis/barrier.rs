@@ -39,8 +39,8 @@ local function within(gen, seq, head_gen, head_seq)
   return gen ~= '' and head_gen ~= false and gen == head_gen and head_seq ~= false
     and tonumber(seq) <= tonumber(head_seq)
 end
+-- Only after `within`, which refuses an empty generation.
 local function raise(key, id, gen, seq)
-  if gen == '' then return false end
   local known = redis.call('HGET', key, id)
   if known then
     local g, s = string.match(known, '^(%S+) (%d+)$')
