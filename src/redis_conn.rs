@@ -11,16 +11,19 @@
 //! another address replaces the connection. Callers pass each command's result through
 //! [`LazyConnection::checked`], which reports a lost primary.
 
+pub(crate) mod slot;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use tokio::sync::Mutex;
 
+use self::slot::ConnectionSlot;
 use crate::redis_target::{RedisTarget, is_lost_primary_error};
 
-/// Why the connection could not be opened.
-#[derive(Debug)]
+/// Why the connection could not be opened. `Clone`, so that every caller waiting on one open
+/// gets its error.
+#[derive(Debug, Clone)]
 pub(crate) enum OpenError {
     /// Redis did not answer within the timeout.
     Timeout,
@@ -32,8 +35,9 @@ pub(crate) enum OpenError {
 pub(crate) struct LazyConnection {
     target: RedisTarget,
     timeout: Duration,
-    /// The open connection and the primary address it goes to.
-    slot: Mutex<Option<(Arc<str>, ConnectionManager)>>,
+    /// The open connection and the primary address it goes to; one open at a time, which no
+    /// caller's cancellation stops ([`ConnectionSlot`]).
+    slot: ConnectionSlot<ConnectionManager, OpenError>,
 }
 
 impl std::fmt::Debug for LazyConnection {
@@ -51,7 +55,7 @@ impl LazyConnection {
         Self {
             target,
             timeout,
-            slot: Mutex::new(None),
+            slot: ConnectionSlot::default(),
         }
     }
 
@@ -62,55 +66,58 @@ impl LazyConnection {
 
     /// The connection, opened now if there is none or the primary moved.
     pub(crate) async fn get(&self) -> Result<ConnectionManager, OpenError> {
-        let mut slot = self.slot.lock().await;
         let primary = self.target.primary().await.map_err(OpenError::Redis)?;
-        if let Some((address, conn)) = slot.as_ref()
-            && *address == primary.address
-        {
-            return Ok(conn.clone());
-        }
-        *slot = None;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(self.timeout))
-            .set_response_timeout(Some(self.timeout))
-            .set_number_of_retries(1);
-        let opened = tokio::time::timeout(
-            self.timeout,
-            ConnectionManager::new_with_config(primary.client, config),
-        )
-        .await;
-        let conn = match opened {
-            Ok(Ok(conn)) => conn,
-            Ok(Err(err)) => {
-                self.target.invalidate();
-                return Err(OpenError::Redis(err));
-            }
-            Err(_elapsed) => {
-                self.target.invalidate();
-                return Err(OpenError::Timeout);
-            }
+        let address = Arc::clone(&primary.address);
+        let (target, timeout) = (self.target.clone(), self.timeout);
+        let open = move || async move {
+            let config = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(timeout))
+                .set_response_timeout(Some(timeout))
+                .set_number_of_retries(1);
+            let opened = tokio::time::timeout(
+                timeout,
+                ConnectionManager::new_with_config(primary.client, config),
+            )
+            .await;
+            opened
+                .map_err(|_elapsed| OpenError::Timeout)
+                .and_then(|opened| opened.map_err(OpenError::Redis))
+                .inspect_err(|_| target.forget(&primary.address))
         };
-        *slot = Some((primary.address, conn.clone()));
-        Ok(conn)
+        let opened = self
+            .slot
+            .get(&address, open, || {
+                OpenError::Redis(redis::RedisError::from((
+                    redis::ErrorKind::Io,
+                    "the connection open ended without an answer",
+                )))
+            })
+            .await?;
+        Ok(opened.value)
     }
 
     /// `result`, after reporting a lost primary ([`is_lost_primary_error`]) if it shows one.
-    pub(crate) async fn checked<T>(&self, result: redis::RedisResult<T>) -> redis::RedisResult<T> {
+    pub(crate) fn checked<T>(&self, result: redis::RedisResult<T>) -> redis::RedisResult<T> {
         if let Err(err) = &result
             && is_lost_primary_error(err)
         {
-            self.lost().await;
+            self.lost();
         }
         result
     }
 
     /// Reports a command that found the connection lost (or the cluster slot moved): under
-    /// Sentinel or Cluster the next call asks where the primary is and opens a new connection (a plain URL's manager reconnects by
-    /// itself).
-    pub(crate) async fn lost(&self) {
+    /// Sentinel or Cluster the next call asks where the primary is and opens a new connection
+    /// (a plain URL's manager reconnects by itself). Which connection the command ran on is
+    /// not known here, so the current one goes: at worst one open too many.
+    pub(crate) fn lost(&self) {
         if self.target.follows_failover() {
-            self.target.invalidate();
-            *self.slot.lock().await = None;
+            if let Some(current) = self.slot.current() {
+                self.target.forget(&current.address);
+                self.slot.forget(current.id);
+            } else {
+                self.target.invalidate();
+            }
         }
     }
 }

@@ -349,6 +349,22 @@ impl RedisTarget {
             resolver.lock().known = None;
         }
     }
+
+    /// As [`RedisTarget::invalidate`], but only while the remembered primary is the one at
+    /// `address`: a failure seen on a connection to a primary already replaced says nothing
+    /// of the new one, and forgetting it would cost every caller a lookup.
+    pub(crate) fn forget(&self, address: &str) {
+        if let Inner::Resolved(resolver) = &*self.inner {
+            let mut state = resolver.lock();
+            if state
+                .known
+                .as_ref()
+                .is_some_and(|known| *known.address == *address)
+            {
+                state.known = None;
+            }
+        }
+    }
 }
 
 impl Resolver {

@@ -114,18 +114,11 @@ impl RedisRecords {
         match first {
             Err(e) if e.is_connection_dropped() || e.is_io_error() => {
                 // Under Sentinel or Cluster the primary may have moved: the retry asks where it is.
-                self.conn.lost().await;
+                self.conn.lost();
                 let retried = op(self.conn().await?).await;
-                self.conn
-                    .checked(retried)
-                    .await
-                    .map_err(redis_error(operation))
+                self.conn.checked(retried).map_err(redis_error(operation))
             }
-            other => self
-                .conn
-                .checked(other)
-                .await
-                .map_err(redis_error(operation)),
+            other => self.conn.checked(other).map_err(redis_error(operation)),
         }
     }
 
@@ -174,7 +167,6 @@ impl RedisRecords {
         let () = self
             .conn
             .checked(pipe.query_async(&mut conn).await)
-            .await
             .map_err(redis_error("store a token record"))?;
         Ok(())
     }

@@ -253,6 +253,17 @@ impl RevocationSettings {
         }
     }
 
+    /// The longest a revoke against Redis takes to answer; past it the revoke answers 503
+    /// (the write may still have landed: a retry is a no-op). Room for a connection open or a
+    /// write with its `WAIT`, one retry after a lost primary, and the barrier:
+    /// 3 × `command_timeout` + `wait_timeout` + `barrier_timeout`, 6.55 s by default.
+    pub(crate) fn revoke_deadline(&self) -> Duration {
+        self.command_timeout
+            .saturating_mul(3)
+            .saturating_add(self.wait_timeout)
+            .saturating_add(self.barrier_timeout)
+    }
+
     /// The leeway in whole seconds, as used by the prune arithmetic.
     pub(crate) fn leeway_secs(&self) -> i64 {
         i64::try_from(self.leeway.as_secs()).unwrap_or(i64::MAX)

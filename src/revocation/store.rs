@@ -53,8 +53,9 @@ pub enum StoreKind {
     Redis,
 }
 
-/// Why a revocation store operation failed.
-#[derive(Debug, thiserror::Error)]
+/// Why a revocation store operation failed. `Clone`, so that every revoke waiting on one
+/// connection open gets its error.
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
     /// Redis refused, failed or dropped the connection.

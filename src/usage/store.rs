@@ -296,7 +296,6 @@ impl RedisUsage {
         let created: Vec<i64> = self
             .conn
             .checked(pipe.query_async(&mut conn).await)
-            .await
             .map_err(redis_error("merge token usage"))?;
         Ok(created.into_iter().map(|c| c == 1).collect())
     }
@@ -322,7 +321,6 @@ impl RedisUsage {
         let found: Vec<Fields> = self
             .conn
             .checked(pipe.query_async(&mut conn).await)
-            .await
             .map_err(redis_error("read token usage"))?;
         Ok(ids
             .iter()

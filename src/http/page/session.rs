@@ -338,7 +338,6 @@ impl RedisSessions {
         let json: Option<String> = self
             .conn
             .checked(conn.get(self.key(digest)).await)
-            .await
             .map_err(|source| SessionError::Redis {
                 operation: "read a session",
                 source,
@@ -362,7 +361,6 @@ impl RedisSessions {
                 conn.set_ex(self.key(digest), json, ttl.as_secs().max(1))
                     .await,
             )
-            .await
             .map_err(|source| SessionError::Redis {
                 operation: "write a session",
                 source,
@@ -375,7 +373,6 @@ impl RedisSessions {
         let _: i64 = self
             .conn
             .checked(conn.del(self.key(digest)).await)
-            .await
             .map_err(|source| SessionError::Redis {
                 operation: "delete a session",
                 source,

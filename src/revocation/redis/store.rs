@@ -15,9 +15,13 @@
 //!
 //! Failover: the connection goes to the primary the [`RedisTarget`] names. A command that
 //! fails with a lost connection, a timeout, `READONLY` (a demoted primary) or, in a Cluster,
-//! `MOVED`/`ASK`/`TRYAGAIN`/`CLUSTERDOWN` drops it and tells the target, so the next revoke
-//! asks the sentinels (or the cluster) again; each new connection is checked (eviction
-//! policy, durability) before use.
+//! `MOVED`/`ASK`/`TRYAGAIN`/`CLUSTERDOWN` drops that connection and tells the target, so the
+//! next revoke asks the sentinels (or the cluster) again; each new connection is checked
+//! (eviction policy, durability) before use. One open runs at a time, in a task of its own,
+//! and every revoke meanwhile waits for it ([`ConnectionSlot`]); a failure reported late on
+//! an older connection leaves the new one alone. Each revoke, too, runs in a task of its own
+//! within [`RevocationSettings::revoke_deadline`], so a client that gives up stops nothing
+//! halfway and every revoke answers in bounded time.
 //!
 //! [`RevocationStore::revoke`] then waits at the revocation barrier (up to
 //! `barrier_timeout`) until every registered mirror confirmed the change, and says how many
@@ -27,7 +31,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use tokio::sync::Mutex;
 use tokio::time::Instant;
 
 use super::barrier::Waiter;
@@ -35,7 +38,8 @@ use super::{
     Keys, Scripts, check_durability, check_eviction_policy, is_lost_primary, measure_durability,
     prune, target, timed, write_event, write_event_and_wait,
 };
-use crate::redis_target::RedisTarget;
+use crate::redis_conn::slot::{ConnectionSlot, Opened};
+use crate::redis_target::{Primary, RedisTarget};
 use crate::revocation::Durability;
 use crate::revocation::barrier::{InstanceId, Position, Propagation};
 use crate::revocation::mirror::Mirror;
@@ -59,8 +63,9 @@ struct Shared {
     settings: RevocationSettings,
     keys: Keys,
     scripts: Scripts,
-    /// The connection to the primary, opened on first use and replaced after a failover.
-    connection: Mutex<Option<Open>>,
+    /// The connection to the primary, opened on first use and replaced after a failover;
+    /// one open at a time, which no caller's cancellation stops ([`ConnectionSlot`]).
+    connection: ConnectionSlot<Checked, StoreError>,
     /// This process's own mirror, if any: updated right after Redis acknowledged, so the
     /// revoking process rejects the token without waiting for the feed.
     local: Option<Arc<Mirror>>,
@@ -73,13 +78,14 @@ struct Shared {
 
 /// A checked connection to one primary.
 #[derive(Debug, Clone)]
-struct Open {
-    /// The primary's address, as the target named it.
-    address: Arc<str>,
+struct Checked {
     conn: ConnectionManager,
     /// What the primary gives, measured when the connection opened.
     durability: Durability,
 }
+
+/// A checked connection and the primary it goes to.
+type Open = Opened<Checked>;
 
 impl RedisStore {
     /// A store for `settings.redis_url` (or the Sentinel or Cluster primary). Tries to connect
@@ -136,7 +142,7 @@ impl RedisStore {
                 settings: settings.clone(),
                 keys: Keys::new(&settings.key_prefix),
                 scripts: Scripts::new(),
-                connection: Mutex::new(None),
+                connection: ConnectionSlot::default(),
                 local,
                 next_prune_ms: AtomicU64::new(0),
                 origin: Instant::now(),
@@ -170,7 +176,7 @@ impl RedisStore {
     /// # Errors
     /// [`StoreError`] when Redis is unreachable.
     pub async fn prune(&self) -> Result<u64, StoreError> {
-        let mut conn = self.shared.connection().await?.conn;
+        let mut conn = self.shared.connection().await?.value.conn;
         let s = &self.shared;
         prune(&mut conn, &s.keys, &s.scripts, &s.settings).await
     }
@@ -201,10 +207,9 @@ fn log_durability(primary: &str, durability: &Durability) {
 
 impl Shared {
     /// The connection to the current primary, opened (and checked) if there is none or the
-    /// target names another primary now.
-    async fn connection(&self) -> Result<Open, StoreError> {
-        let timeout = self.settings.command_timeout;
-        let mut slot = self.connection.lock().await;
+    /// target names another primary now. The open runs on its own ([`ConnectionSlot`]): every
+    /// revoke that arrives meanwhile waits for the same one.
+    async fn connection(self: &Arc<Self>) -> Result<Open, StoreError> {
         let primary = self
             .target
             .primary()
@@ -213,12 +218,23 @@ impl Shared {
                 operation: "find the Redis primary",
                 source,
             })?;
-        if let Some(open) = slot.as_ref()
-            && open.address == primary.address
-        {
-            return Ok(open.clone());
-        }
-        *slot = None;
+        let address = Arc::clone(&primary.address);
+        let shared = Arc::clone(self);
+        self.connection
+            .get(
+                &address,
+                move || async move { shared.open(primary).await },
+                || StoreError::Protocol {
+                    operation: "open a connection to the Redis primary",
+                    detail: "the open ended without an answer".to_owned(),
+                },
+            )
+            .await
+    }
+
+    /// Opens a connection to `primary` and checks it (eviction policy, durability).
+    async fn open(&self, primary: Primary) -> Result<Checked, StoreError> {
+        let timeout = self.settings.command_timeout;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout))
             // A write may wait for replicas (`WAIT`) on top of its own time; each command is
@@ -232,7 +248,7 @@ impl Shared {
             ConnectionManager::new_with_config(primary.client, config),
         )
         .await
-        .inspect_err(|_| self.target.invalidate())?;
+        .inspect_err(|_| self.target.forget(&primary.address))?;
         check_eviction_policy(&mut conn, timeout).await?;
         let mut durability =
             measure_durability(&mut conn, &self.settings, self.target.follows_failover()).await?;
@@ -243,22 +259,17 @@ impl Shared {
             let reported = durability.clone();
             mirror.update_health(|h| h.durability = Some(reported));
         }
-        let open = Open {
-            address: primary.address,
-            conn,
-            durability,
-        };
-        *slot = Some(open.clone());
-        Ok(open)
+        Ok(Checked { conn, durability })
     }
 
-    /// After a failed command: drops the connection if it points at a lost primary, so the
-    /// next call finds the primary again.
-    async fn note_failure(&self, err: &StoreError) {
+    /// After a command on `failed` failed: if the error says the primary is lost, forgets
+    /// that connection and that primary, so the next call finds the primary again. A failure
+    /// reported late by a command on an older connection leaves a newer one alone.
+    fn note_failure(&self, err: &StoreError, failed: &Open) {
         if is_lost_primary(err) {
-            self.target.invalidate();
+            self.target.forget(&failed.address);
             if self.target.follows_failover() {
-                *self.connection.lock().await = None;
+                self.connection.forget(failed.id);
             }
         }
     }
@@ -266,7 +277,7 @@ impl Shared {
     /// Commits, then waits at the barrier.
     async fn revoke(self: &Arc<Self>, revocation: &Revocation) -> Result<Propagation, StoreError> {
         let target = self.commit(revocation).await?;
-        let mut conn = self.connection().await?.conn;
+        let mut conn = self.connection().await?.value.conn;
         let propagation = self.waiter.wait(&mut conn, &target).await?;
         if !propagation.is_confirmed() {
             tracing::warn!(
@@ -296,11 +307,11 @@ impl Shared {
         // `MOVED`, the slot's new owner; after `ASK`, the same node again: 503).
         let (seq, generation) = match written {
             Err(err) if is_lost_primary(&err) => {
-                self.note_failure(&err).await;
+                self.note_failure(&err, &open);
                 let open = self.connection().await?;
                 let retried = self.write(&open, &body, entry).await;
                 if let Err(err) = &retried {
-                    self.note_failure(err).await;
+                    self.note_failure(err, &open);
                 }
                 retried?
             }
@@ -322,8 +333,8 @@ impl Shared {
         body: &str,
         entry: (&str, &str, i64),
     ) -> Result<(u64, String), StoreError> {
-        let mut conn = open.conn.clone();
-        let wanted = open.durability.min_replicas_acked;
+        let mut conn = open.value.conn.clone();
+        let wanted = open.value.durability.min_replicas_acked;
         if wanted == 0 {
             return write_event(
                 &mut conn,
@@ -384,13 +395,7 @@ impl Shared {
         }
         let shared = Arc::clone(self);
         tokio::spawn(async move {
-            let Some(mut conn) = shared
-                .connection
-                .lock()
-                .await
-                .as_ref()
-                .map(|open| open.conn.clone())
-            else {
+            let Some(mut conn) = shared.connection.current().map(|open| open.value.conn) else {
                 return;
             };
             if let Err(err) =
@@ -403,8 +408,28 @@ impl Shared {
 }
 
 impl RevocationStore for RedisStore {
+    /// Runs the revoke in a task of its own, bounded by
+    /// [`RevocationSettings::revoke_deadline`]: a caller that goes away (its HTTP client gave
+    /// up) does not stop it halfway, and the caller has its answer by the deadline.
     fn revoke(&self, revocation: Revocation) -> StoreFuture<'_, Propagation> {
-        Box::pin(async move { self.shared.revoke(&revocation).await })
+        let shared = Arc::clone(&self.shared);
+        let deadline = shared.settings.revoke_deadline();
+        let task = tokio::spawn(async move {
+            tokio::time::timeout(deadline, shared.revoke(&revocation)).await
+        });
+        Box::pin(async move {
+            match task.await {
+                Ok(Ok(answer)) => answer,
+                Ok(Err(_elapsed)) => Err(StoreError::Timeout {
+                    operation: "revoke",
+                    timeout: deadline,
+                }),
+                Err(ended) => Err(StoreError::Protocol {
+                    operation: "revoke",
+                    detail: format!("the revoke's task ended without an answer: {ended}"),
+                }),
+            }
+        })
     }
 
     fn kind(&self) -> StoreKind {
