@@ -4,7 +4,9 @@
 //! Opening never happens at start: a store built while Redis is down must not stop the
 //! service, only fail its own calls (503) until Redis answers. The first call opens a
 //! `ConnectionManager` within the timeout and keeps it; the manager reconnects by itself
-//! after a dropped connection, and a failed open is retried by the next call.
+//! after a dropped connection, and a failed open is retried by the next call. Calls that
+//! arrive during an open wait for that one, and a call dropped meanwhile does not cancel it
+//! ([`slot::ConnectionSlot`]).
 //!
 //! Failover: the connection goes to the primary its [`RedisTarget`] names. Each call asks the
 //! target (which answers from its cache until told the primary is lost), and a primary at

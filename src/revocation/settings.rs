@@ -257,7 +257,7 @@ impl RevocationSettings {
     /// (the write may still have landed: a retry is a no-op). Room for a connection open or a
     /// write with its `WAIT`, one retry after a lost primary, and the barrier:
     /// 3 × `command_timeout` + `wait_timeout` + `barrier_timeout`, 6.55 s by default.
-    pub(crate) fn revoke_deadline(&self) -> Duration {
+    pub fn revoke_deadline(&self) -> Duration {
         self.command_timeout
             .saturating_mul(3)
             .saturating_add(self.wait_timeout)
