@@ -21,6 +21,7 @@ use futures_util::StreamExt as _;
 use rand_core::{OsRng, RngCore};
 use redis::Commands as _;
 
+use crate::support::delay_proxy::DelayProxy;
 use crate::support::eventually::eventually;
 use crate::support::ids::{Facts, jti, kid, subject, tenant};
 use crate::support::redis::{RedisServer, TestRedis};
@@ -934,6 +935,56 @@ async fn f10_frozen_redis_turns_mirror_unavailable_at_the_bound_then_recovers() 
     wait_until(m, "fresh again after the pause", |_, h| h.fresh).await;
     assert!(m.staleness() < settings.max_staleness);
     assert_eq!(m.status(&facts(&valid).get()), RevocationStatus::NotRevoked);
+}
+
+/// A revoke whose caller gives up (an HTTP client timing out) cancels nothing: the connection
+/// open it started finishes for the revokes after it, and the revoke itself still lands. Redis
+/// is down at start and then answers 300 ms late each way, so an open (about five round trips)
+/// takes longer than any caller waits. Before, each revoke ran the open under a lock and took
+/// it down when dropped: no open ever finished, and nothing was written (what left an issuer
+/// answering no revoke for 45 s under load in a Cluster slot migration).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revokes_whose_callers_give_up_still_open_the_connection_and_land() {
+    let mut server = RedisServer::reserve();
+    let upstream = server
+        .url()
+        .trim_start_matches("redis://")
+        .trim_end_matches('/')
+        .parse()
+        .unwrap();
+    let proxy = DelayProxy::start(upstream).await;
+    let settings = RevocationSettings {
+        command_timeout: Duration::from_millis(1500),
+        ..settings(&proxy.redis_url())
+    };
+    let store = RedisStore::open(&settings).await.unwrap();
+    server.restart();
+    proxy.set_delay(Duration::from_millis(300), Duration::ZERO);
+
+    let jtis: Vec<String> = (0..5).map(|_| random_id()).collect();
+    for jti in &jtis {
+        let gave_up = tokio::time::timeout(Duration::from_secs(1), store.revoke(token(jti))).await;
+        assert!(
+            gave_up.is_err(),
+            "a revoke answered within 1 s through 600 ms round trips"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let key = format!("{{{}}}:tok", settings.key_prefix);
+    let mut admin = server.admin();
+    eventually("every given-up revoke in Redis", WAIT)
+        .until(async || {
+            let held: Vec<Option<f64>> = jtis
+                .iter()
+                .map(|jti| admin.zscore(&key, jti).unwrap())
+                .collect();
+            held.iter().all(Option::is_some).then_some(())
+        })
+        .await;
+    store
+        .revoke(token(&random_id()))
+        .await
+        .expect("a revoke that waits is answered on the open connection");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
