@@ -15,12 +15,12 @@
 //! one opened since.
 
 use std::future::Future;
-use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use futures_util::FutureExt as _;
 use futures_util::future::{BoxFuture, Shared};
+use tracing::Instrument as _;
 
 /// One open connection (or anything opened per primary) and where it goes.
 #[derive(Debug, Clone)]
@@ -29,6 +29,7 @@ pub(crate) struct Opened<T> {
     pub(crate) address: Arc<str>,
     /// Tells this open apart from every other of the slot, for [`ConnectionSlot::forget`].
     pub(crate) id: u64,
+    /// What the open returned: the connection, with whatever was checked on it.
     pub(crate) value: T,
 }
 
@@ -40,11 +41,14 @@ pub(crate) struct ConnectionSlot<T, E> {
 }
 
 struct Inner<T, E> {
+    /// Held only for a few assignments, never across an `.await`.
     state: Mutex<State<T, E>>,
+    /// The id of the next open.
     next_id: AtomicU64,
 }
 
 struct State<T, E> {
+    /// The connection callers get while it goes to the primary they ask for.
     open: Option<Opened<T>>,
     /// The open under way: the address it goes to, its id, and the future every caller for
     /// that address awaits.
@@ -93,7 +97,7 @@ where
     /// open. A failed open is not kept: the next call tries again.
     ///
     /// `panicked` is the error its waiters get if `open()` panics (or its task is cancelled
-    /// by the runtime shutting down).
+    /// by the runtime shutting down); the next call tries again.
     ///
     /// # Errors
     /// What `open()` returned.
@@ -133,30 +137,35 @@ where
         F: Future<Output = Result<T, E>> + Send + 'static,
     {
         let inner = Arc::clone(&self.inner);
-        let task = tokio::spawn(async move {
-            // A panic must still clear `opening` below, or every later caller would get it.
-            let opened = match AssertUnwindSafe(open).catch_unwind().await {
-                Ok(opened) => opened.map(|value| Opened { address, id, value }),
-                Err(_panic) => Err(panicked()),
-            };
-            let mut state = inner.lock();
-            // Unless a caller has since started an open to another primary, this one is the
-            // slot's answer.
-            if state
-                .opening
-                .as_ref()
-                .is_some_and(|(_, current, _)| *current == id)
-            {
-                state.opening = None;
+        let task = tokio::spawn(
+            async move {
+                // However the task ends (a panic in `open`, the runtime shutting down), the
+                // open under way is cleared, or every later caller would get its failure.
+                let ended = EndOpening {
+                    inner: Arc::clone(&inner),
+                    id,
+                };
+                let opened = open.await.map(|value| Opened { address, id, value });
                 if let Ok(opened) = &opened {
-                    state.open = Some(opened.clone());
+                    let mut state = inner.lock();
+                    // Unless a caller has since started an open to another primary.
+                    if state.opening.as_ref().is_some_and(|(_, at, _)| *at == id) {
+                        state.open = Some(opened.clone());
+                    }
                 }
+                drop(ended);
+                opened
             }
-            opened
-        });
-        task.map(move |joined| joined.unwrap_or_else(|_| Err(panicked())))
-            .boxed()
-            .shared()
+            .in_current_span(),
+        );
+        task.map(move |joined| {
+            joined.unwrap_or_else(|ended| {
+                tracing::error!(error = %ended, "a connection open ended without an answer");
+                Err(panicked())
+            })
+        })
+        .boxed()
+        .shared()
     }
 
     /// Drops the open connection if it is the one with `id` (a command on it found the
@@ -171,6 +180,25 @@ where
     /// The open connection, if any, without opening one.
     pub(crate) fn current(&self) -> Option<Opened<T>> {
         self.inner.lock().open.clone()
+    }
+}
+
+/// Clears the slot's open under way, if it is still the one with `id`, when dropped.
+struct EndOpening<T, E> {
+    inner: Arc<Inner<T, E>>,
+    id: u64,
+}
+
+impl<T, E> Drop for EndOpening<T, E> {
+    fn drop(&mut self) {
+        let mut state = self.inner.lock();
+        if state
+            .opening
+            .as_ref()
+            .is_some_and(|(_, at, _)| *at == self.id)
+        {
+            state.opening = None;
+        }
     }
 }
 
@@ -206,7 +234,7 @@ mod tests {
         }
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn callers_waiting_for_the_same_primary_share_one_open() {
         let slot = Slot::default();
         let opens = Arc::new(AtomicUsize::new(0));
@@ -227,7 +255,7 @@ mod tests {
         assert_eq!(opens.load(Ordering::SeqCst), 1);
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_caller_that_gives_up_does_not_cancel_the_open() {
         let slot = Slot::default();
         let opens = Arc::new(AtomicUsize::new(0));
@@ -250,7 +278,7 @@ mod tests {
         assert_eq!(opens.load(Ordering::SeqCst), 1, "and is used, not reopened");
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn forget_drops_only_the_connection_the_failure_was_seen_on() {
         let slot = Slot::default();
         let opens = Arc::new(AtomicUsize::new(0));
@@ -271,7 +299,7 @@ mod tests {
         assert_eq!(slot.current().map(|opened| opened.id), Some(new.id));
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn another_primary_replaces_the_connection_and_a_failed_open_is_retried() {
         let slot = Slot::default();
         let opens = Arc::new(AtomicUsize::new(0));
@@ -295,7 +323,35 @@ mod tests {
         assert_eq!(slot.current().map(|o| o.address), Some(b));
     }
 
-    #[tokio::test]
+    #[test]
+    fn an_open_cut_short_by_the_runtime_shutting_down_is_not_kept() {
+        let runtime = || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .unwrap()
+        };
+        let slot = Slot::default();
+        let a = address("10.0.0.1:6379");
+        let first = runtime();
+        first.block_on(async {
+            let never = || std::future::pending::<Result<usize, String>>().boxed();
+            let gave_up =
+                tokio::time::timeout(Duration::from_millis(10), slot.get(&a, never, panicked))
+                    .await;
+            assert!(gave_up.is_err());
+        });
+        drop(first);
+        let opens = Arc::new(AtomicUsize::new(0));
+        let opened = runtime().block_on(slot.get(&a, counted(&opens, Duration::ZERO), panicked));
+        assert_eq!(
+            opened.map(|o| o.value),
+            Ok(1),
+            "a new open, not the dead one"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn an_open_that_panics_answers_the_error_and_is_retried() {
         let slot = Slot::default();
         let a = address("10.0.0.1:6379");
