@@ -8,7 +8,9 @@
 //! `Sentinel`, which reads `SENTINEL MASTERS`, skips a primary flagged down and checks with
 //! `ROLE` that the node it names really is a primary), and:
 //! - remembers the answer until a caller reports that a connection to it failed or that it
-//!   answered as a replica (`RedisTarget::invalidate`; see [`is_lost_primary_error`]). No
+//!   answered as a replica (`RedisTarget::invalidate`, or `RedisTarget::forget` naming the
+//!   address that failed; see [`is_lost_primary_error`]). One lookup at a time, in a task of
+//!   its own that callers wait on and none can cancel. No
 //!   periodic re-check: a primary that failed over either dies (connections break) or is
 //!   demoted (writes answer `READONLY`), and either is reported; and thousands of verifiers
 //!   re-asking every second would load the sentinels and the primary for nothing;
@@ -36,6 +38,7 @@ use rand_core::{OsRng, RngCore};
 use redis::sentinel::Sentinel;
 use redis::{Client, ConnectionAddr, ErrorKind, IntoConnectionInfo, RedisError, RedisResult};
 use tokio::time::Instant;
+use tracing::Instrument as _;
 
 /// The first wait after a failed lookup; it doubles up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
@@ -316,7 +319,30 @@ impl RedisTarget {
     pub(crate) async fn primary(&self) -> RedisResult<Primary> {
         match &*self.inner {
             Inner::Url(primary) => Ok(Primary::clone(primary)),
-            Inner::Resolved(resolver) => resolver.primary().await,
+            Inner::Resolved(resolver) => {
+                if let Some(answer) = resolver.cached() {
+                    return answer;
+                }
+                // The lookup runs in a task of its own: a caller dropped while it waits (its
+                // HTTP client went away) must not throw away the lookup others queue for.
+                let target = self.clone();
+                let lookup = tokio::spawn(
+                    async move {
+                        match &*target.inner {
+                            Inner::Url(primary) => Ok(Primary::clone(primary)),
+                            Inner::Resolved(resolver) => resolver.primary().await,
+                        }
+                    }
+                    .in_current_span(),
+                );
+                lookup.await.unwrap_or_else(|ended| {
+                    Err(RedisError::from((
+                        ErrorKind::Io,
+                        "the primary lookup ended without an answer",
+                        ended.to_string(),
+                    )))
+                })
+            }
         }
     }
 
@@ -484,7 +510,7 @@ impl Resolver {
 }
 
 /// Whether a failed command means the connection, or the node's role, is gone: the caller
-/// should tell the target (`RedisTarget::invalidate`) and find the primary again. `READONLY`
+/// should tell the target (`RedisTarget::forget`) and find the primary again. `READONLY`
 /// is a primary demoted to replica (a failover behind a partition), `MASTERDOWN` a replica
 /// that lost its primary, `LOADING` a node still reading its data after a restart.
 ///
