@@ -33,6 +33,10 @@ pub(crate) enum OpenError {
     Redis(redis::RedisError),
 }
 
+/// A connection handed out by [`LazyConnection::get`], with where it goes and which open it
+/// came from: report a failed command on it with [`LazyConnection::checked`].
+pub(crate) type Lease = slot::Opened<ConnectionManager>;
+
 /// A Redis connection opened on first use.
 pub(crate) struct LazyConnection {
     target: RedisTarget,
@@ -67,7 +71,7 @@ impl LazyConnection {
     }
 
     /// The connection, opened now if there is none or the primary moved.
-    pub(crate) async fn get(&self) -> Result<ConnectionManager, OpenError> {
+    pub(crate) async fn get(&self) -> Result<Lease, OpenError> {
         let primary = self.target.primary().await.map_err(OpenError::Redis)?;
         let address = Arc::clone(&primary.address);
         let (target, timeout) = (self.target.clone(), self.timeout);
@@ -86,40 +90,39 @@ impl LazyConnection {
                 .and_then(|opened| opened.map_err(OpenError::Redis))
                 .inspect_err(|_| target.forget(&primary.address))
         };
-        let opened = self
-            .slot
+        self.slot
             .get(&address, open, || {
                 OpenError::Redis(redis::RedisError::from((
                     redis::ErrorKind::Io,
                     "the connection open ended without an answer",
                 )))
             })
-            .await?;
-        Ok(opened.value)
+            .await
     }
 
-    /// `result`, after reporting a lost primary ([`is_lost_primary_error`]) if it shows one.
-    pub(crate) fn checked<T>(&self, result: redis::RedisResult<T>) -> redis::RedisResult<T> {
+    /// `result` of a command on `lease`, after reporting a lost primary
+    /// ([`is_lost_primary_error`]) if it shows one.
+    pub(crate) fn checked<T>(
+        &self,
+        lease: &Lease,
+        result: redis::RedisResult<T>,
+    ) -> redis::RedisResult<T> {
         if let Err(err) = &result
             && is_lost_primary_error(err)
         {
-            self.lost();
+            self.lost(lease);
         }
         result
     }
 
-    /// Reports a command that found the connection lost (or the cluster slot moved): under
-    /// Sentinel or Cluster the next call asks where the primary is and opens a new connection
-    /// (a plain URL's manager reconnects by itself). Which connection the command ran on is
-    /// not known here, so the current one goes: at worst one open too many.
-    pub(crate) fn lost(&self) {
+    /// Reports a command on `lease` that found the connection lost (or the cluster slot
+    /// moved): under Sentinel or Cluster the next call asks where the primary is and opens a
+    /// new connection (a plain URL's manager reconnects by itself). A failure reported late,
+    /// on a connection already replaced, leaves the new one and its primary alone.
+    pub(crate) fn lost(&self, lease: &Lease) {
         if self.target.follows_failover() {
-            if let Some(current) = self.slot.current() {
-                self.target.forget(&current.address);
-                self.slot.forget(current.id);
-            } else {
-                self.target.invalidate();
-            }
+            self.target.forget(&lease.address);
+            self.slot.forget(lease.id);
         }
     }
 }

@@ -27,7 +27,7 @@ use time::OffsetDateTime;
 
 use super::{RecordError, TokenRecord};
 use crate::clock::Clock;
-use crate::redis_conn::{LazyConnection, OpenError};
+use crate::redis_conn::{LazyConnection, Lease, OpenError};
 use crate::redis_target::RedisTarget;
 use crate::token::{Subject, TenantId};
 
@@ -91,7 +91,7 @@ impl RedisRecords {
         }
     }
 
-    async fn conn(&self) -> Result<ConnectionManager, RecordError> {
+    async fn conn(&self) -> Result<Lease, RecordError> {
         let operation = "connect for token records";
         self.conn.get().await.map_err(|error| match error {
             OpenError::Timeout => RecordError::Timeout {
@@ -110,15 +110,22 @@ impl RedisRecords {
         F: Fn(ConnectionManager) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
-        let first = op(self.conn().await?).await;
+        let lease = self.conn().await?;
+        let first = op(lease.value.clone()).await;
         match first {
             Err(e) if e.is_connection_dropped() || e.is_io_error() => {
                 // Under Sentinel or Cluster the primary may have moved: the retry asks where it is.
-                self.conn.lost();
-                let retried = op(self.conn().await?).await;
-                self.conn.checked(retried).map_err(redis_error(operation))
+                self.conn.lost(&lease);
+                let lease = self.conn().await?;
+                let retried = op(lease.value.clone()).await;
+                self.conn
+                    .checked(&lease, retried)
+                    .map_err(redis_error(operation))
             }
-            other => self.conn.checked(other).map_err(redis_error(operation)),
+            other => self
+                .conn
+                .checked(&lease, other)
+                .map_err(redis_error(operation)),
         }
     }
 
@@ -141,7 +148,8 @@ impl RedisRecords {
         })?;
         let until = self.keep_until(record.expires_at);
         let index = self.index_key(&record.tenant, &record.user);
-        let mut conn = self.conn().await?;
+        let lease = self.conn().await?;
+        let mut conn = lease.value.clone();
         let mut pipe = redis::pipe();
         pipe.atomic()
             .set(self.record_key(&record.tenant, record.id.as_str()), json)
@@ -166,7 +174,7 @@ impl RedisRecords {
             .ignore();
         let () = self
             .conn
-            .checked(pipe.query_async(&mut conn).await)
+            .checked(&lease, pipe.query_async(&mut conn).await)
             .map_err(redis_error("store a token record"))?;
         Ok(())
     }

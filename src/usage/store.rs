@@ -29,13 +29,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
 use time::OffsetDateTime;
 
 use super::TokenUsage;
 use crate::clock::Clock;
 use crate::records::RecordError;
-use crate::redis_conn::{LazyConnection, OpenError};
+use crate::redis_conn::{LazyConnection, Lease, OpenError};
 use crate::redis_target::RedisTarget;
 use crate::token::{TenantId, TokenId};
 
@@ -263,7 +262,7 @@ impl RedisUsage {
         format!("{{{}}}:use:{tenant}:{id}", self.prefix)
     }
 
-    async fn conn(&self) -> Result<ConnectionManager, RecordError> {
+    async fn conn(&self) -> Result<Lease, RecordError> {
         let operation = "connect for token usage";
         self.conn.get().await.map_err(|error| match error {
             OpenError::Timeout => RecordError::Timeout {
@@ -292,10 +291,11 @@ impl RedisUsage {
                 .arg(token.agent.as_deref().unwrap_or_default())
                 .arg((token.expires_at + retention).unix_timestamp());
         }
-        let mut conn = self.conn().await?;
+        let lease = self.conn().await?;
+        let mut conn = lease.value.clone();
         let created: Vec<i64> = self
             .conn
-            .checked(pipe.query_async(&mut conn).await)
+            .checked(&lease, pipe.query_async(&mut conn).await)
             .map_err(redis_error("merge token usage"))?;
         Ok(created.into_iter().map(|c| c == 1).collect())
     }
@@ -317,10 +317,11 @@ impl RedisUsage {
                 .arg("from")
                 .arg("agent");
         }
-        let mut conn = self.conn().await?;
+        let lease = self.conn().await?;
+        let mut conn = lease.value.clone();
         let found: Vec<Fields> = self
             .conn
-            .checked(pipe.query_async(&mut conn).await)
+            .checked(&lease, pipe.query_async(&mut conn).await)
             .map_err(redis_error("read token usage"))?;
         Ok(ids
             .iter()

@@ -20,13 +20,12 @@ use std::time::Duration;
 
 use rand_core::RngCore as _;
 use redis::AsyncCommands as _;
-use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
 use crate::clock::Clock;
 use crate::encoding::b64_encode;
-use crate::redis_conn::{LazyConnection, OpenError};
+use crate::redis_conn::{LazyConnection, Lease, OpenError};
 use crate::redis_target::RedisTarget;
 
 /// Sessions kept at most by the in-process store.
@@ -325,7 +324,7 @@ impl RedisSessions {
         format!("{{{}}}:sess:{digest}", self.prefix)
     }
 
-    async fn conn(&self) -> Result<ConnectionManager, SessionError> {
+    async fn conn(&self) -> Result<Lease, SessionError> {
         let operation = "connect";
         self.conn.get().await.map_err(|error| match error {
             OpenError::Timeout => SessionError::Timeout { operation },
@@ -334,10 +333,11 @@ impl RedisSessions {
     }
 
     async fn get(&self, digest: &str) -> Result<Option<Session>, SessionError> {
-        let mut conn = self.conn().await?;
+        let lease = self.conn().await?;
+        let mut conn = lease.value.clone();
         let json: Option<String> = self
             .conn
-            .checked(conn.get(self.key(digest)).await)
+            .checked(&lease, conn.get(self.key(digest)).await)
             .map_err(|source| SessionError::Redis {
                 operation: "read a session",
                 source,
@@ -354,10 +354,12 @@ impl RedisSessions {
         ttl: Duration,
     ) -> Result<(), SessionError> {
         let json = serde_json::to_string(session).unwrap_or_default();
-        let mut conn = self.conn().await?;
+        let lease = self.conn().await?;
+        let mut conn = lease.value.clone();
         let () = self
             .conn
             .checked(
+                &lease,
                 conn.set_ex(self.key(digest), json, ttl.as_secs().max(1))
                     .await,
             )
@@ -369,10 +371,11 @@ impl RedisSessions {
     }
 
     async fn delete(&self, digest: &str) -> Result<(), SessionError> {
-        let mut conn = self.conn().await?;
+        let lease = self.conn().await?;
+        let mut conn = lease.value.clone();
         let _: i64 = self
             .conn
-            .checked(conn.del(self.key(digest)).await)
+            .checked(&lease, conn.del(self.key(digest)).await)
             .map_err(|source| SessionError::Redis {
                 operation: "delete a session",
                 source,
