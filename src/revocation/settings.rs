@@ -253,10 +253,12 @@ impl RevocationSettings {
         }
     }
 
-    /// The longest a revoke against Redis takes to answer; past it the revoke answers 503
-    /// (the write may still have landed: a retry is a no-op). Room for a connection open or a
-    /// write with its `WAIT`, one retry after a lost primary, and the barrier:
-    /// 3 × `command_timeout` + `wait_timeout` + `barrier_timeout`, 6.55 s by default.
+    /// The longest a revoke against Redis takes to answer: 3 × `command_timeout` +
+    /// `wait_timeout` + `barrier_timeout`, 6.55 s by default. A revoke still under way then
+    /// answers 503, even if Redis already holds the change (a retry is a no-op, and this
+    /// process's mirror refuses the token already). A budget, not the sum of every step's own
+    /// timeout (an open alone may send five commands): it fits an open, the write with its
+    /// `WAIT` and the barrier on a Redis that answers, and ends a revoke on one that does not.
     pub fn revoke_deadline(&self) -> Duration {
         self.command_timeout
             .saturating_mul(3)

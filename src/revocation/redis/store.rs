@@ -32,6 +32,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::time::Instant;
+use tracing::Instrument as _;
 
 use super::barrier::Waiter;
 use super::{
@@ -168,7 +169,7 @@ impl RedisStore {
     /// # Errors
     /// See [`RevocationStore::revoke`].
     pub async fn revoke_with_seq(&self, revocation: &Revocation) -> Result<u64, StoreError> {
-        Ok(self.shared.commit(revocation).await?.seq)
+        Ok(self.shared.commit(revocation).await?.0.seq)
     }
 
     /// Removes expired entries from Redis now. Returns how many.
@@ -276,8 +277,8 @@ impl Shared {
 
     /// Commits, then waits at the barrier.
     async fn revoke(self: &Arc<Self>, revocation: &Revocation) -> Result<Propagation, StoreError> {
-        let target = self.commit(revocation).await?;
-        let mut conn = self.connection().await?.value.conn;
+        let (target, open) = self.commit(revocation).await?;
+        let mut conn = open.value.conn;
         let propagation = self.waiter.wait(&mut conn, &target).await?;
         if !propagation.is_confirmed() {
             tracing::warn!(
@@ -290,8 +291,12 @@ impl Shared {
         Ok(propagation)
     }
 
-    /// Writes the change; returns its position (generation and sequence) in the feed.
-    async fn commit(self: &Arc<Self>, revocation: &Revocation) -> Result<Position, StoreError> {
+    /// Writes the change; returns its position (generation and sequence) in the feed, and the
+    /// connection Redis acknowledged it on (the barrier reads the roster there).
+    async fn commit(
+        self: &Arc<Self>,
+        revocation: &Revocation,
+    ) -> Result<(Position, Open), StoreError> {
         store::validate(revocation)?;
         let body = serde_json::to_string(revocation).map_err(|err| StoreError::Protocol {
             operation: "encode a revocation",
@@ -305,7 +310,7 @@ impl Shared {
         // manager reconnects; one retry hides that. Safe: a change applied twice is a no-op.
         // Under Sentinel or Cluster the retry goes to whatever primary is named now (after
         // `MOVED`, the slot's new owner; after `ASK`, the same node again: 503).
-        let (seq, generation) = match written {
+        let ((seq, generation), open) = match written {
             Err(err) if is_lost_primary(&err) => {
                 self.note_failure(&err, &open);
                 let open = self.connection().await?;
@@ -313,16 +318,16 @@ impl Shared {
                 if let Err(err) = &retried {
                     self.note_failure(err, &open);
                 }
-                retried?
+                (retried?, open)
             }
-            other => other?,
+            other => (other?, open),
         };
         // Only now, with Redis' acknowledgement, may local state change.
         if let Some(mirror) = &self.local {
             mirror.apply(revocation);
         }
         self.maybe_prune();
-        Ok(Position { generation, seq })
+        Ok((Position { generation, seq }, open))
     }
 
     /// Writes the change on `open`; when replicas must confirm it, with `WAIT` in the same
@@ -414,9 +419,10 @@ impl RevocationStore for RedisStore {
     fn revoke(&self, revocation: Revocation) -> StoreFuture<'_, Propagation> {
         let shared = Arc::clone(&self.shared);
         let deadline = shared.settings.revoke_deadline();
-        let task = tokio::spawn(async move {
-            tokio::time::timeout(deadline, shared.revoke(&revocation)).await
-        });
+        let task = tokio::spawn(
+            async move { tokio::time::timeout(deadline, shared.revoke(&revocation)).await }
+                .in_current_span(),
+        );
         Box::pin(async move {
             match task.await {
                 Ok(Ok(answer)) => answer,
@@ -424,10 +430,13 @@ impl RevocationStore for RedisStore {
                     operation: "revoke",
                     timeout: deadline,
                 }),
-                Err(ended) => Err(StoreError::Protocol {
-                    operation: "revoke",
-                    detail: format!("the revoke's task ended without an answer: {ended}"),
-                }),
+                Err(ended) => {
+                    tracing::error!(error = %ended, "a revoke ended without an answer");
+                    Err(StoreError::Protocol {
+                        operation: "revoke",
+                        detail: format!("the revoke's task ended without an answer: {ended}"),
+                    })
+                }
             }
         })
     }
