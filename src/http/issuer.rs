@@ -15,6 +15,7 @@ use axum::routing::{delete, get, post};
 use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
 use time::OffsetDateTime;
+use tracing::Instrument as _;
 use utoipa::{OpenApi, ToSchema};
 
 use super::error::{ApiError, ErrorChain};
@@ -521,18 +522,16 @@ pub(super) async fn revoke_own(
         .await?
         .filter(|record| record.user == person.id)
         .ok_or(ApiError::NotFound)?;
-    let propagation = revoke(
+    revoke(
         state,
-        issuer,
         &person.id,
         Revocation::Token {
             jti: record.id.clone(),
             expires_at: record.expires_at.unix_timestamp(),
         },
+        Some((tenant, record.id)),
     )
-    .await?;
-    mark_record_revoked(state, issuer, &tenant, record.id.as_str()).await;
-    Ok(propagation)
+    .await
 }
 
 /// The `Edgetoken-Barrier` header of every revoke answer: how many verifiers confirmed, and
@@ -586,9 +585,36 @@ pub(crate) fn revoked(success: StatusCode, propagation: Propagation) -> Response
     response
 }
 
-/// Commits a revocation and waits at the barrier, with metrics and an audit event. Nothing is
-/// acknowledged unless the store accepted it.
+/// Commits a revocation and waits at the barrier, with metrics, an audit event and, for a
+/// token with a record (`record`: its tenant and id), the record's revocation time. Nothing
+/// is acknowledged unless the store accepted it.
+///
+/// In a task of its own: a revoke that lands is audited, counted and noted on its record even
+/// when the client went away before the answer (the store bounds how long it takes).
 async fn revoke(
+    state: &AppState,
+    by: &Subject,
+    revocation: Revocation,
+    record: Option<(TenantId, TokenId)>,
+) -> Result<Propagation, ApiError> {
+    let (state, by) = (state.clone(), by.clone());
+    let task = tokio::spawn(
+        async move {
+            let issuer = state.issuer()?;
+            let propagation = commit_revocation(&state, issuer, &by, revocation).await?;
+            if let Some((tenant, id)) = record {
+                mark_record_revoked(&state, issuer, &tenant, id.as_str()).await;
+            }
+            Ok(propagation)
+        }
+        .in_current_span(),
+    );
+    task.await
+        .map_err(|ended| ApiError::Internal(Box::new(ended)))?
+}
+
+/// The store's part of [`revoke`], with its metrics and audit event.
+async fn commit_revocation(
     state: &AppState,
     issuer: &IssuerState,
     by: &Subject,
@@ -685,7 +711,7 @@ async fn revoke_many(
         .tenant_revocations
         .acquire(person.id.as_str())
         .map_err(|retry_after| ApiError::RateLimited { retry_after })?;
-    let propagation = revoke(&state, issuer, &person.id, revocation).await?;
+    let propagation = revoke(&state, &person.id, revocation, None).await?;
     Ok(revoked(StatusCode::NO_CONTENT, propagation))
 }
 
@@ -738,7 +764,8 @@ async fn revoke_presented(
     State(state): State<AppState>,
     request: Request,
 ) -> Result<Response, ApiError> {
-    let issuer = state.issuer()?;
+    // Only an issuer revokes: anything else is refused before the body is read.
+    state.issuer()?;
     let bytes = body_bytes(request, &()).await?;
     let form: PresentedToken = serde_urlencoded::from_bytes(&bytes)
         .map_err(|e| ApiError::bad_request("invalid_request", e.to_string()))?;
@@ -755,15 +782,14 @@ async fn revoke_presented(
     };
     let propagation = revoke(
         &state,
-        issuer,
         &claims.subject,
         Revocation::Token {
             jti: claims.token_id.clone(),
             expires_at: claims.expires_at.unix_timestamp(),
         },
+        Some((claims.tenant.clone(), claims.token_id.clone())),
     )
     .await?;
-    mark_record_revoked(&state, issuer, &claims.tenant, claims.token_id.as_str()).await;
     Ok(revoked(StatusCode::OK, propagation))
 }
 

@@ -15,7 +15,7 @@ use reqwest::StatusCode;
 
 use super::{REQUIREMENT, jti_and_exp, ms, percentile, status};
 use crate::support::delay_proxy::DelayProxy;
-use crate::support::deployment::{Deployment, mint};
+use crate::support::deployment::{ALICE_PASSWORD, Deployment, mint, mint_via_api};
 use crate::support::eventually::eventually;
 use crate::support::process::EdgetokenProcess;
 use crate::support::redis::RedisServer;
@@ -180,5 +180,65 @@ async fn f7_redis_latency_leaves_verification_alone_and_revocations_arrive() {
     assert!(
         reconnects <= minutes && warnings as u64 <= minutes,
         "{reconnects} reconnects, {warnings} warnings in {under_latency:?}"
+    );
+}
+
+/// A revoke whose client gives up while Redis is slow is finished anyway, with everything that
+/// belongs to it: the revocation lands, the audit log records it, and the token's record shows
+/// when it was revoked. Before, the handler was dropped with the client, midway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f07_a_revoke_whose_client_gives_up_is_still_audited_and_noted() {
+    let deployment = Deployment::new();
+    let upstream: SocketAddr = deployment
+        .redis
+        .url()
+        .trim_start_matches("redis://")
+        .trim_end_matches('/')
+        .parse()
+        .unwrap();
+    let proxy = DelayProxy::start(upstream).await;
+    let config_text = deployment.config_text_for(&proxy.redis_url(), "", "");
+    let issuer = EdgetokenProcess::start_logging(&config_text, "issuer", "info").await;
+    let (id, token) = mint_via_api(&issuer.url(""), &["runs:read"]).await;
+
+    // Each Redis round trip now takes 1.2 s: the write, the barrier's roster read and the
+    // record's update take over 3 s, and the client waits 1 s. RFC 7009 revocation by the
+    // token itself, so that nothing reads Redis before the revoke starts.
+    proxy.set_delay(Duration::from_millis(600), Duration::ZERO);
+    let gave_up = reqwest::Client::builder()
+        .timeout(Duration::from_secs(1))
+        .build()
+        .unwrap()
+        .post(issuer.url("/v1/revoke"))
+        .form(&[("token", &token)])
+        .send()
+        .await;
+    assert!(gave_up.is_err(), "answered within 1 s: {gave_up:?}");
+    proxy.set_delay(Duration::ZERO, Duration::ZERO);
+
+    let client = reqwest::Client::new();
+    let listing = eventually("the record to show the revocation", Duration::from_secs(15))
+        .until(async || {
+            let listing: serde_json::Value = client
+                .get(issuer.url("/v1/tenants/acme/tokens"))
+                .basic_auth("alice", Some(ALICE_PASSWORD))
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            listing["tokens"][0]["revoked_at"]
+                .is_string()
+                .then_some(listing)
+        })
+        .await;
+    assert_eq!(listing["tokens"][0]["status"], "revoked", "{listing}");
+    let log = issuer.stderr();
+    assert!(
+        log.lines().any(|line| line.contains("\"revoke\"")
+            && line.contains(&format!("\"{id}\""))
+            && line.contains("\"ok\"")),
+        "no audit event for the revoke of {id}:\n{log}"
     );
 }
