@@ -415,7 +415,9 @@ impl Shared {
 impl RevocationStore for RedisStore {
     /// Runs the revoke in a task of its own, bounded by
     /// [`RevocationSettings::revoke_deadline`]: a caller that goes away (its HTTP client gave
-    /// up) does not stop it halfway, and the caller has its answer by the deadline.
+    /// up) does not stop it halfway, and the caller has its answer by the deadline. The task
+    /// starts when this is called, not when the future is first polled, so this must be
+    /// called inside a Tokio runtime.
     fn revoke(&self, revocation: Revocation) -> StoreFuture<'_, Propagation> {
         let shared = Arc::clone(&self.shared);
         let deadline = shared.settings.revoke_deadline();
