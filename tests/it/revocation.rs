@@ -946,13 +946,7 @@ async fn f10_frozen_redis_turns_mirror_unavailable_at_the_bound_then_recovers() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revokes_whose_callers_give_up_still_open_the_connection_and_land() {
     let mut server = RedisServer::reserve();
-    let upstream = server
-        .url()
-        .trim_start_matches("redis://")
-        .trim_end_matches('/')
-        .parse()
-        .unwrap();
-    let proxy = DelayProxy::start(upstream).await;
+    let proxy = DelayProxy::in_front_of(&server.url()).await;
     let settings = RevocationSettings {
         command_timeout: Duration::from_millis(1500),
         ..settings(&proxy.redis_url())

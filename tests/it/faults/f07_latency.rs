@@ -5,7 +5,6 @@
 //! still arrive within the delay plus `T_prop`; and the verifier does not flap (the proxy counts
 //! every connection it accepts, so a reconnect shows whatever the verifier reports).
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -71,13 +70,7 @@ async fn load(url: &str, token: &str, window: Duration) -> Vec<Duration> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn f7_redis_latency_leaves_verification_alone_and_revocations_arrive() {
     let redis = RedisServer::start();
-    let upstream: SocketAddr = redis
-        .url()
-        .trim_start_matches("redis://")
-        .trim_end_matches('/')
-        .parse()
-        .unwrap();
-    let proxy = DelayProxy::start(upstream).await;
+    let proxy = DelayProxy::in_front_of(&redis.url()).await;
     let deployment = Deployment::new();
     let revocation = format!(
         "heartbeat_ms = {HEARTBEAT_MS}\ncommand_timeout_ms = {COMMAND_TIMEOUT_MS}\n\
@@ -189,14 +182,7 @@ async fn f7_redis_latency_leaves_verification_alone_and_revocations_arrive() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn f07_a_revoke_whose_client_gives_up_is_still_audited_and_noted() {
     let deployment = Deployment::new();
-    let upstream: SocketAddr = deployment
-        .redis
-        .url()
-        .trim_start_matches("redis://")
-        .trim_end_matches('/')
-        .parse()
-        .unwrap();
-    let proxy = DelayProxy::start(upstream).await;
+    let proxy = DelayProxy::in_front_of(&deployment.redis.url()).await;
     let config_text = deployment.config_text_for(&proxy.redis_url(), "", "");
     let issuer = EdgetokenProcess::start_logging(&config_text, "issuer", "info").await;
     let (id, token) = mint_via_api(&issuer.url(""), &["runs:read"]).await;

@@ -50,6 +50,17 @@ pub(crate) struct DelayProxy {
 }
 
 impl DelayProxy {
+    /// Starts forwarding to the Redis at `redis_url` (`redis://127.0.0.1:PORT/`, as the test
+    /// servers name themselves) with no delay.
+    pub(crate) async fn in_front_of(redis_url: &str) -> Self {
+        let upstream = redis_url
+            .trim_start_matches("redis://")
+            .trim_end_matches('/')
+            .parse()
+            .expect("a test Redis URL names host:port");
+        Self::start(upstream).await
+    }
+
     /// Starts forwarding to `upstream` with no delay.
     pub(crate) async fn start(upstream: SocketAddr) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0")
