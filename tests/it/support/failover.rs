@@ -332,7 +332,12 @@ impl Run<'_> {
             }));
         }
         for request in requests {
-            request.await.unwrap();
+            if let Err(unanswered) = request.await {
+                // The issuer's log says why a revoke was not answered within the client's
+                // timeout.
+                eprintln!("issuer stderr:\n{}", self.issuer.stderr());
+                panic!("{label}: {unanswered}");
+            }
         }
         let fault_at = fault_at.expect("the fault ran");
 
