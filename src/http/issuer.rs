@@ -590,20 +590,37 @@ pub(crate) fn revoked(success: StatusCode, propagation: Propagation) -> Response
 /// is acknowledged unless the store accepted it.
 ///
 /// In a task of its own: a revoke that lands is audited, counted and noted on its record even
-/// when the client went away before the answer (the store bounds how long it takes).
+/// when the client went away before the answer. The answer comes within
+/// [`RevocationSettings::revoke_deadline`](crate::revocation::RevocationSettings::revoke_deadline)
+/// of the call, as the README promises: the store bounds the commit by it, and the record's
+/// note (bookkeeping, two more round trips on a connection of its own that a failover may
+/// have left on the lost primary) gets what is left of it, then finishes in the background.
 async fn revoke(
     state: &AppState,
     by: &Subject,
     revocation: Revocation,
     record: Option<(TenantId, TokenId)>,
 ) -> Result<Propagation, ApiError> {
+    let answer_by = tokio::time::Instant::now() + state.settings.revocation.revoke_deadline();
     let (state, by) = (state.clone(), by.clone());
     let task = tokio::spawn(
         async move {
             let issuer = state.issuer()?;
             let propagation = commit_revocation(&state, issuer, &by, revocation).await?;
             if let Some((tenant, id)) = record {
-                mark_record_revoked(&state, issuer, &tenant, id.as_str()).await;
+                let note = tokio::spawn(
+                    async move {
+                        if let Ok(issuer) = state.issuer() {
+                            mark_record_revoked(&state, issuer, &tenant, id.as_str()).await;
+                        }
+                    }
+                    .in_current_span(),
+                );
+                if tokio::time::timeout_at(answer_by, note).await.is_err() {
+                    tracing::info!(
+                        "answering the revoke before its record notes the revocation time"
+                    );
+                }
             }
             Ok(propagation)
         }
