@@ -99,6 +99,7 @@ mod feed;
 pub(crate) mod protocol;
 mod replica;
 mod store;
+mod wait_gate;
 
 pub use self::feed::RedisFeed;
 pub use self::store::RedisStore;

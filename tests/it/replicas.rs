@@ -526,3 +526,88 @@ async fn a_read_from_replicas_verifier_follows_a_failover_of_the_primary() {
         }
     }
 }
+
+/// Replicas that stop confirming writes (their replication stream held back 3 s, beyond the
+/// 500 ms `wait_timeout`) while revokes arrive at [`PER_SECOND`]: every revoke answers 503,
+/// and none for a timeout. Each write waits for replicas with `WAIT`, which blocks the
+/// connection it runs on; before the store let one such pipeline at a time onto it, 20 revokes
+/// queued 20 half-second waits inside Redis, and from about the 10th on each timed out waiting
+/// for the ones ahead (and dropped the connection). Now the first waits and the rest answer at
+/// once, not written. Once the stream flows again, revokes are confirmed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_that_stop_confirming_get_revokes_refused_at_once_not_queued_in_redis() {
+    let primary = SentinelRedis::primary();
+    let upstream = format!("127.0.0.1:{}", primary.port).parse().unwrap();
+    let proxies = [
+        DelayProxy::start(upstream).await,
+        DelayProxy::start(upstream).await,
+    ];
+    let links = [proxies[0].port(), proxies[1].port()];
+    let redis = tokio::task::block_in_place(|| SentinelRedis::around(primary, links));
+    let deployment = Deployment::new();
+    // Under Sentinel each revoke waits for one replica (`min_replicas_acked` = 1).
+    let config = config_text(&deployment, &redis.sentinel_addresses(), false);
+    let issuer = EdgetokenProcess::start(&config, "issuer").await;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let offline = deployment.offline_issuer();
+    let revoke_url = issuer.url("/v1/revoke");
+    let revoke = async |token: String| {
+        client
+            .post(&revoke_url)
+            .form(&[("token", token.as_str())])
+            .send()
+            .await
+            .expect("the issuer answers every revoke")
+            .status()
+    };
+    assert_eq!(
+        revoke(mint(&offline, "alice", "acme", "runs:read")).await,
+        StatusCode::OK,
+        "replicas confirm"
+    );
+
+    for proxy in &proxies {
+        proxy.set_delay(Duration::from_secs(3), Duration::ZERO);
+    }
+    let tokens = (0..20)
+        .map(|i| (i, mint(&offline, "alice", "acme", "runs:read")))
+        .collect();
+    let run = revoke_steadily(client.clone(), revoke_url.clone(), String::new(), tokens).await;
+    let statuses: Vec<u16> = run.answers.iter().map(|(_, s)| s.as_u16()).collect();
+    eprintln!("replicas (held back): revokes answered {statuses:?}");
+    assert!(
+        run.answers
+            .iter()
+            .all(|(_, s)| *s == StatusCode::SERVICE_UNAVAILABLE),
+        "{statuses:?}"
+    );
+    let log = issuer.stderr();
+    let refusals: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("store unavailable"))
+        .collect();
+    let count = |what: &str| refusals.iter().filter(|l| l.contains(what)).count();
+    let (short, refused_at_once, timed_out) = (
+        count("confirmed the revocation within"),
+        count("this one was not written"),
+        count("did not answer within") + count("timed out"),
+    );
+    eprintln!(
+        "replicas (held back): {short} short of replicas after waiting, {refused_at_once} \
+         refused at once, {timed_out} timed out"
+    );
+    assert_eq!(timed_out, 0, "{log}");
+    assert!(short >= 1 && refused_at_once >= 1, "{log}");
+    assert_eq!(short + refused_at_once, 20, "{log}");
+
+    for proxy in &proxies {
+        proxy.set_delay(Duration::ZERO, Duration::ZERO);
+    }
+    let token = mint(&offline, "alice", "acme", "runs:read");
+    eventually("a revoke confirmed again", Duration::from_secs(20))
+        .until(async || (revoke(token.clone()).await == StatusCode::OK).then_some(()))
+        .await;
+}

@@ -11,7 +11,10 @@
 //! write; fewer replicas within the timeout and the revoke fails (503), nothing is
 //! acknowledged and the local mirror is not touched (THREATS F8: asynchronous replication loses
 //! acknowledged writes on failover). The pipeline matters: sent separately, a reconnect between
-//! the two would run `WAIT` on a fresh connection with no writes, which answers at once.
+//! the two would run `WAIT` on a fresh connection with no writes, which answers at once. Such
+//! pipelines go onto the connection one at a time ([`WaitGate`]): `WAIT` blocks the connection
+//! it runs on, and while replicas lag, revokes answer 503 at once instead of queueing their
+//! waits inside Redis.
 //!
 //! Failover: the connection goes to the primary the [`RedisTarget`] names. A command that
 //! fails with a lost connection, a timeout, `READONLY` (a demoted primary) or, in a Cluster,
@@ -35,6 +38,7 @@ use tokio::time::Instant;
 use tracing::Instrument as _;
 
 use super::barrier::Waiter;
+use super::wait_gate::WaitGate;
 use super::{
     Keys, Scripts, check_durability, check_eviction_policy, is_lost_primary, measure_durability,
     prune, target, timed, write_event, write_event_and_wait,
@@ -83,6 +87,8 @@ struct Checked {
     conn: ConnectionManager,
     /// What the primary gives, measured when the connection opened.
     durability: Durability,
+    /// One write-and-`WAIT` pipeline at a time on `conn` ([`WaitGate`]).
+    gate: Arc<WaitGate>,
 }
 
 /// A checked connection and the primary it goes to.
@@ -260,7 +266,11 @@ impl Shared {
             let reported = durability.clone();
             mirror.update_health(|h| h.durability = Some(reported));
         }
-        Ok(Checked { conn, durability })
+        Ok(Checked {
+            conn,
+            durability,
+            gate: Arc::default(),
+        })
     }
 
     /// After a command on `failed` failed: if the error says the primary is lost, forgets
@@ -351,9 +361,18 @@ impl Shared {
             )
             .await;
         }
+        let gate = &open.value.gate;
+        let _in_flight = gate
+            .enter()
+            .await
+            .map_err(|_lagging| StoreError::ReplicasLagging {
+                wanted,
+                timeout: self.settings.wait_timeout,
+            })?;
         let ((seq, generation), acked) =
             write_event_and_wait(&mut conn, &self.keys, &self.settings, body, entry, wanted)
                 .await?;
+        gate.record(acked, wanted);
         if let Some(mirror) = &self.local {
             mirror.update_health(|h| {
                 if let Some(durability) = h.durability.as_mut() {
