@@ -334,9 +334,11 @@ impl Run<'_> {
         for request in requests {
             if let Err(unanswered) = request.await {
                 // The issuer's log says why a revoke was not answered within the client's
-                // timeout.
-                eprintln!("issuer stderr:\n{}", self.issuer.stderr());
-                panic!("{label}: {unanswered}");
+                // timeout; its end goes into the panic message, which CI shows in full.
+                let stderr = self.issuer.stderr();
+                let lines: Vec<&str> = stderr.lines().collect();
+                let tail = lines[lines.len().saturating_sub(60)..].join("\n");
+                panic!("{label}: {unanswered}\nthe issuer's log ends:\n{tail}");
             }
         }
         let fault_at = fault_at.expect("the fault ran");
