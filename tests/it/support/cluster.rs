@@ -23,39 +23,41 @@ pub(crate) struct ClusterRedis {
 }
 
 fn cluster_node() -> Node {
-    let port = free_port();
-    // The bus port is set explicitly: the default (port + 10000) may be taken or past 65535.
-    let bus = free_port();
-    let dir = temp_dir("edgetoken-cluster-");
-    let mut args: Vec<String> = [
-        "--port",
-        &port.to_string(),
-        "--cluster-port",
-        &bus.to_string(),
-        "--bind",
-        "127.0.0.1",
-        "--cluster-enabled",
-        "yes",
-        "--cluster-node-timeout",
-        &NODE_TIMEOUT_MS.to_string(),
-        "--appendonly",
-        "no",
-        "--save",
-        "",
-        "--maxmemory-policy",
-        "noeviction",
-        "--repl-diskless-sync-delay",
-        "0",
-    ]
-    .map(str::to_owned)
-    .to_vec();
-    args.extend(["--dir".to_owned(), path(dir.path())]);
-    args.extend([
-        "--cluster-config-file".to_owned(),
-        path(&dir.path().join("nodes.conf")),
-    ]);
-    args.extend(["--logfile".to_owned(), path(&dir.path().join("redis.log"))]);
-    Node::spawn(&args, dir, port)
+    Node::spawn(|| {
+        let port = free_port();
+        // The bus port is set explicitly: the default (port + 10000) may be taken or past 65535.
+        let bus = free_port();
+        let dir = temp_dir("edgetoken-cluster-");
+        let mut args: Vec<String> = [
+            "--port",
+            &port.to_string(),
+            "--cluster-port",
+            &bus.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--cluster-enabled",
+            "yes",
+            "--cluster-node-timeout",
+            &NODE_TIMEOUT_MS.to_string(),
+            "--appendonly",
+            "no",
+            "--save",
+            "",
+            "--maxmemory-policy",
+            "noeviction",
+            "--repl-diskless-sync-delay",
+            "0",
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        args.extend(["--dir".to_owned(), path(dir.path())]);
+        args.extend([
+            "--cluster-config-file".to_owned(),
+            path(&dir.path().join("nodes.conf")),
+        ]);
+        args.extend(["--logfile".to_owned(), path(&dir.path().join("redis.log"))]);
+        (args, dir, port)
+    })
 }
 
 impl ClusterRedis {

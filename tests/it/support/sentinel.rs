@@ -16,6 +16,8 @@ use super::eventually::eventually;
 pub(crate) const MASTER_NAME: &str = "edgetoken";
 /// How long a node gets to answer PING, and the sentinels to see the whole topology.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// How many times a node is started on fresh ports before the test gives up.
+const SPAWN_ATTEMPTS: u32 = 5;
 
 /// One `redis-server` process (data node or sentinel).
 #[derive(Debug)]
@@ -26,8 +28,26 @@ pub(crate) struct Node {
 }
 
 impl Node {
-    /// Starts `redis-server ARGS` (its port is `port`, its files in `dir`) and waits for PING.
-    pub(crate) fn spawn(args: &[String], dir: TempDir, port: u16) -> Self {
+    /// Starts the `redis-server` that `setup` describes (its arguments, its dir, its port;
+    /// fresh ports on each call) and waits until that very process answers. A port found free
+    /// can be taken by another test's server before this one binds it: the node is then
+    /// started again on other ports, up to [`SPAWN_ATTEMPTS`] times.
+    pub(crate) fn spawn(setup: impl Fn() -> (Vec<String>, TempDir, u16)) -> Self {
+        let mut problem = String::new();
+        for attempt in 1..=SPAWN_ATTEMPTS {
+            let (args, dir, port) = setup();
+            match Self::try_spawn(&args, dir, port) {
+                Ok(node) => return node,
+                Err(err) => {
+                    eprintln!("redis-server on port {port} (attempt {attempt}): {err}");
+                    problem = err;
+                }
+            }
+        }
+        panic!("redis-server did not start in {SPAWN_ATTEMPTS} attempts: {problem}")
+    }
+
+    fn try_spawn(args: &[String], dir: TempDir, port: u16) -> Result<Self, String> {
         let child = Command::new("redis-server")
             .args(args)
             .stdin(Stdio::null())
@@ -45,8 +65,8 @@ impl Node {
             dir,
             child: Some(child),
         };
-        node.wait_ready();
-        node
+        node.wait_ready()?;
+        Ok(node)
     }
 
     /// `redis://127.0.0.1:PORT/`.
@@ -92,8 +112,12 @@ impl Node {
         std::fs::read_to_string(self.dir.path().join("redis.log")).unwrap_or_default()
     }
 
-    fn wait_ready(&mut self) {
+    /// Waits until this node's own process answers on its port (`process_id` in `INFO
+    /// server`: another test's server that took the port answers too). The reason, with the
+    /// node's log, if it exited or never answered.
+    fn wait_ready(&mut self) -> Result<(), String> {
         let client = redis::Client::open(self.url()).expect("node URL");
+        let pid = self.child.as_ref().map(Child::id);
         let outcome = eventually(
             format!("redis-server on {} to answer PING", self.port),
             READY_TIMEOUT,
@@ -105,17 +129,19 @@ impl Node {
             {
                 return Some(Err(format!("exited with {status}")));
             }
-            let pong = client
+            let info = client
                 .get_connection_with_timeout(Duration::from_millis(200))
-                .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c));
-            pong.is_ok().then_some(Ok(()))
+                .and_then(|mut c| redis::cmd("INFO").arg("server").query::<String>(&mut c))
+                .ok()?;
+            let answered_by = info
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("process_id:"))
+                .and_then(|p| p.parse::<u32>().ok());
+            (answered_by == pid).then_some(Ok(()))
         });
-        if let Ok(Err(problem)) | Err(problem) = outcome.map_err(|t| t.to_string()) {
-            panic!(
-                "redis-server on {}: {problem}; log:\n{}",
-                self.port,
-                self.log()
-            );
+        match outcome.map_err(|t| t.to_string()) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(problem)) | Err(problem) => Err(format!("{problem}; log:\n{}", self.log())),
         }
     }
 }
@@ -149,38 +175,40 @@ pub(crate) fn temp_dir(prefix: &str) -> TempDir {
 }
 
 fn data_node(primary: Option<u16>) -> Node {
-    let port = free_port();
-    let dir = temp_dir("edgetoken-sentinel-data-");
-    let mut args: Vec<String> = [
-        "--port",
-        &port.to_string(),
-        "--bind",
-        "127.0.0.1",
-        "--appendonly",
-        "yes",
-        "--appendfsync",
-        "everysec",
-        "--save",
-        "",
-        "--maxmemory-policy",
-        "noeviction",
-        // A replica that needs a full sync gets it at once, not after the default 5 s wait
-        // for more replicas: until it is online, WAIT cannot count it.
-        "--repl-diskless-sync-delay",
-        "0",
-    ]
-    .map(str::to_owned)
-    .to_vec();
-    args.extend(["--dir".to_owned(), path(dir.path())]);
-    args.extend(["--logfile".to_owned(), path(&dir.path().join("redis.log"))]);
-    if let Some(primary) = primary {
-        args.extend([
-            "--replicaof".to_owned(),
-            "127.0.0.1".to_owned(),
-            primary.to_string(),
-        ]);
-    }
-    Node::spawn(&args, dir, port)
+    Node::spawn(|| {
+        let port = free_port();
+        let dir = temp_dir("edgetoken-sentinel-data-");
+        let mut args: Vec<String> = [
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "everysec",
+            "--save",
+            "",
+            "--maxmemory-policy",
+            "noeviction",
+            // A replica that needs a full sync gets it at once, not after the default 5 s wait
+            // for more replicas: until it is online, WAIT cannot count it.
+            "--repl-diskless-sync-delay",
+            "0",
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        args.extend(["--dir".to_owned(), path(dir.path())]);
+        args.extend(["--logfile".to_owned(), path(&dir.path().join("redis.log"))]);
+        if let Some(primary) = primary {
+            args.extend([
+                "--replicaof".to_owned(),
+                "127.0.0.1".to_owned(),
+                primary.to_string(),
+            ]);
+        }
+        (args, dir, port)
+    })
 }
 
 /// The sentinels' `failover-timeout`, in ms: how long a failover may take, and the longest
@@ -188,24 +216,26 @@ fn data_node(primary: Option<u16>) -> Node {
 const FAILOVER_TIMEOUT_MS: u64 = 5000;
 
 fn sentinel_node(primary: u16, failover_timeout_ms: u64) -> Node {
-    let port = free_port();
-    let dir = temp_dir("edgetoken-sentinel-");
-    // Sentinel rewrites its config file as it learns the topology: it must be its own file.
-    let conf = dir.path().join("sentinel.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "port {port}\nbind 127.0.0.1\ndir {dir}\nlogfile {log}\n\
-             sentinel monitor {MASTER_NAME} 127.0.0.1 {primary} 2\n\
-             sentinel down-after-milliseconds {MASTER_NAME} 1000\n\
-             sentinel failover-timeout {MASTER_NAME} {failover_timeout_ms}\n\
-             sentinel parallel-syncs {MASTER_NAME} 2\n",
-            dir = path(dir.path()),
-            log = path(&dir.path().join("redis.log")),
-        ),
-    )
-    .expect("write sentinel.conf");
-    Node::spawn(&[path(&conf), "--sentinel".to_owned()], dir, port)
+    Node::spawn(|| {
+        let port = free_port();
+        let dir = temp_dir("edgetoken-sentinel-");
+        // Sentinel rewrites its config file as it learns the topology: it must be its own file.
+        let conf = dir.path().join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port {port}\nbind 127.0.0.1\ndir {dir}\nlogfile {log}\n\
+                 sentinel monitor {MASTER_NAME} 127.0.0.1 {primary} 2\n\
+                 sentinel down-after-milliseconds {MASTER_NAME} 1000\n\
+                 sentinel failover-timeout {MASTER_NAME} {failover_timeout_ms}\n\
+                 sentinel parallel-syncs {MASTER_NAME} 2\n",
+                dir = path(dir.path()),
+                log = path(&dir.path().join("redis.log")),
+            ),
+        )
+        .expect("write sentinel.conf");
+        (vec![path(&conf), "--sentinel".to_owned()], dir, port)
+    })
 }
 
 /// `p` as a string argument.
