@@ -6,6 +6,8 @@
 
 use std::time::Duration;
 
+use crate::redis_conn::OpenError;
+
 /// Why a token record operation failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -51,6 +53,14 @@ impl RecordError {
             self,
             Self::Redis { .. } | Self::Timeout { .. } | Self::Encoding { .. }
         )
+    }
+
+    /// `operation` found no connection: its open failed, or took longer than `timeout`.
+    pub(crate) fn connecting(operation: &'static str, error: OpenError, timeout: Duration) -> Self {
+        match error {
+            OpenError::Timeout => Self::Timeout { operation, timeout },
+            OpenError::Redis(source) => Self::Redis { operation, source },
+        }
     }
 }
 

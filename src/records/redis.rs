@@ -27,7 +27,7 @@ use time::OffsetDateTime;
 
 use super::{RecordError, TokenRecord};
 use crate::clock::Clock;
-use crate::redis_conn::{LazyConnection, Lease, OpenError};
+use crate::redis_conn::{LazyConnection, Lease};
 use crate::redis_target::RedisTarget;
 use crate::token::{Subject, TenantId};
 
@@ -92,13 +92,8 @@ impl RedisRecords {
     }
 
     async fn conn(&self) -> Result<Lease, RecordError> {
-        let operation = "connect for token records";
-        self.conn.get().await.map_err(|error| match error {
-            OpenError::Timeout => RecordError::Timeout {
-                operation,
-                timeout: self.timeout,
-            },
-            OpenError::Redis(source) => RecordError::Redis { operation, source },
+        self.conn.get().await.map_err(|error| {
+            RecordError::connecting("connect for token records", error, self.timeout)
         })
     }
 

@@ -34,7 +34,7 @@ use time::OffsetDateTime;
 use super::TokenUsage;
 use crate::clock::Clock;
 use crate::records::RecordError;
-use crate::redis_conn::{LazyConnection, Lease, OpenError};
+use crate::redis_conn::{LazyConnection, Lease};
 use crate::redis_target::RedisTarget;
 use crate::token::{TenantId, TokenId};
 
@@ -263,13 +263,8 @@ impl RedisUsage {
     }
 
     async fn conn(&self) -> Result<Lease, RecordError> {
-        let operation = "connect for token usage";
-        self.conn.get().await.map_err(|error| match error {
-            OpenError::Timeout => RecordError::Timeout {
-                operation,
-                timeout: self.timeout,
-            },
-            OpenError::Redis(source) => RecordError::Redis { operation, source },
+        self.conn.get().await.map_err(|error| {
+            RecordError::connecting("connect for token usage", error, self.timeout)
         })
     }
 
