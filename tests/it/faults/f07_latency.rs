@@ -14,7 +14,7 @@ use reqwest::StatusCode;
 
 use super::{REQUIREMENT, jti_and_exp, ms, percentile, status};
 use crate::support::delay_proxy::DelayProxy;
-use crate::support::deployment::{ALICE_PASSWORD, Deployment, mint, mint_via_api};
+use crate::support::deployment::{Deployment, list_via_api, mint, mint_via_api};
 use crate::support::eventually::eventually;
 use crate::support::process::EdgetokenProcess;
 use crate::support::redis::RedisServer;
@@ -205,15 +205,7 @@ async fn f07_a_revoke_whose_client_gives_up_is_still_audited_and_noted() {
     let client = reqwest::Client::new();
     let listing = eventually("the record to show the revocation", Duration::from_secs(15))
         .until(async || {
-            let listing: serde_json::Value = client
-                .get(issuer.url("/v1/tenants/acme/tokens"))
-                .basic_auth("alice", Some(ALICE_PASSWORD))
-                .send()
-                .await
-                .ok()?
-                .json()
-                .await
-                .ok()?;
+            let listing = list_via_api(&client, &issuer.url("")).await?;
             listing["tokens"][0]["revoked_at"]
                 .is_string()
                 .then_some(listing)

@@ -168,3 +168,20 @@ pub(crate) async fn revoke_via_api(issuer_base: &str, id: &str) {
         .expect("revoke request");
     assert_eq!(response.status(), 204, "revoke through the issuer API");
 }
+
+/// Alice's token listing in acme from the issuer API at `issuer_base`; `None` when it does not
+/// answer with JSON (for polling with `eventually`).
+pub(crate) async fn list_via_api(
+    client: &reqwest::Client,
+    issuer_base: &str,
+) -> Option<serde_json::Value> {
+    client
+        .get(format!("{issuer_base}/v1/tenants/acme/tokens"))
+        .basic_auth("alice", Some(ALICE_PASSWORD))
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()
+}

@@ -17,7 +17,7 @@ use serde_json::Value;
 
 use super::WAIT;
 use crate::support::deployment::{
-    ALICE_PASSWORD, AUDIENCE, Deployment, ISSUER, ROUTES, mint, mint_via_api, revoke_via_api,
+    AUDIENCE, Deployment, ISSUER, ROUTES, list_via_api, mint, mint_via_api, revoke_via_api,
 };
 use crate::support::echo_upstream::EchoUpstream;
 use crate::support::edge_proxy::{EdgeProxy, ProxyKind};
@@ -200,20 +200,11 @@ async fn records_the_clients_address_for_last_used_not_a_forged_one(kind: ProxyK
             .send_with("GET", "/api/acme/runs/1", Some(&token), &forged)
             .await,
     );
-    let client = edge.client.clone();
-    let list = edge.issuer.url("/v1/tenants/acme/tokens");
+    let issuer = edge.issuer.url("");
     let used = eventually("the use in the list API", WAIT)
         .every(std::time::Duration::from_millis(100))
         .until(async || {
-            let body: Value = client
-                .get(&list)
-                .basic_auth("alice", Some(ALICE_PASSWORD))
-                .send()
-                .await
-                .ok()?
-                .json()
-                .await
-                .ok()?;
+            let body = list_via_api(&edge.client, &issuer).await?;
             body["tokens"]
                 .as_array()?
                 .iter()
