@@ -96,10 +96,10 @@
 
 mod barrier;
 mod feed;
+mod group_commit;
 pub(crate) mod protocol;
 mod replica;
 mod store;
-mod wait_gate;
 
 pub use self::feed::RedisFeed;
 pub use self::store::RedisStore;
@@ -594,42 +594,74 @@ where
     .await
 }
 
-/// As [`write_event`], then `WAIT replicas wait_timeout`, as one pipeline on `conn`: `WAIT`
-/// counts the replicas that have this connection's writes, so sent on its own after a
-/// reconnect it would count a fresh connection with no writes and answer at once. Returns the
-/// change's sequence number and generation, and how many replicas confirmed it.
+/// One write for [`write_events_and_wait`]: the event's body and the state-set entry (set,
+/// member, score) it writes.
+#[derive(Debug, Clone)]
+pub(crate) struct PendingWrite {
+    pub(crate) body: String,
+    pub(crate) set: String,
+    pub(crate) member: String,
+    pub(crate) score: i64,
+}
+
+/// As [`write_event`] for each of `changes`, then `WAIT replicas wait_timeout`, as one
+/// pipeline on `conn`: `WAIT` counts the replicas that have this connection's writes, so sent
+/// on its own after a reconnect it would count a fresh connection with no writes and answer at
+/// once. Returns each change's sequence number and generation, in order, and how many replicas
+/// confirmed them all.
 ///
 /// `EVAL` with the source rather than `EVALSHA`: a pipeline cannot recover from `NOSCRIPT` (a
 /// primary just promoted has an empty script cache), and revokes are rare.
-pub(crate) async fn write_event_and_wait<C>(
+pub(crate) async fn write_events_and_wait<C>(
     conn: &mut C,
     keys: &Keys,
     settings: &RevocationSettings,
-    body: &str,
-    entry: (&str, &str, i64),
+    changes: &[PendingWrite],
     replicas: u32,
-) -> Result<((u64, String), u64), StoreError>
+) -> Result<(Vec<(u64, String)>, u64), StoreError>
 where
     C: ::redis::aio::ConnectionLike + Send,
 {
-    let (script_keys, args) = event_call(keys, settings, body, Some(entry));
     let wait_ms = u64::try_from(settings.wait_timeout.as_millis()).unwrap_or(u64::MAX);
     let mut pipe = ::redis::pipe();
-    pipe.cmd("EVAL")
-        .arg(EVENT_LUA)
-        .arg(script_keys.len())
-        .arg(&script_keys[..])
-        .arg(&args[..])
-        .cmd("WAIT")
-        .arg(replicas)
-        .arg(wait_ms);
+    for change in changes {
+        let entry = (change.set.as_str(), change.member.as_str(), change.score);
+        let (script_keys, args) = event_call(keys, settings, &change.body, Some(entry));
+        pipe.cmd("EVAL")
+            .arg(EVENT_LUA)
+            .arg(script_keys.len())
+            .arg(&script_keys[..])
+            .arg(&args[..]);
+    }
+    pipe.cmd("WAIT").arg(replicas).arg(wait_ms);
     // The pipeline may take a command's time plus the wait itself.
-    timed(
+    let mut replies: Vec<::redis::Value> = timed(
         settings.command_timeout + settings.wait_timeout,
-        "write a revocation and wait for replicas",
+        "write revocations and wait for replicas",
         pipe.query_async(conn),
     )
-    .await
+    .await?;
+    let malformed = |detail: String| StoreError::Protocol {
+        operation: "read the replies of a write and its WAIT",
+        detail,
+    };
+    let wait = replies
+        .pop()
+        .ok_or_else(|| malformed("no reply".to_owned()))?;
+    if replies.len() != changes.len() {
+        return Err(malformed(format!(
+            "{} replies for {} writes",
+            replies.len(),
+            changes.len()
+        )));
+    }
+    let acked: u64 = ::redis::from_redis_value(wait).map_err(|e| malformed(e.to_string()))?;
+    let written = replies
+        .into_iter()
+        .map(::redis::from_redis_value::<(u64, String)>)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| malformed(e.to_string()))?;
+    Ok((written, acked))
 }
 
 /// Removes expired entries from the state sets, on Redis' clock. Returns how many.

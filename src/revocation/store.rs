@@ -110,19 +110,6 @@ pub enum StoreError {
         /// The `WAIT` timeout.
         timeout: Duration,
     },
-    /// Not written: the last revoke's `WAIT` came back short of `min_replicas_acked`, and
-    /// another is checking whether the replicas confirm again. Answered at once (503) rather
-    /// than queued behind that check; retrying is safe.
-    #[error(
-        "revocation store: fewer than {wanted} replica(s) confirmed the last revocation \
-         within {timeout:?}; this one was not written, retry"
-    )]
-    ReplicasLagging {
-        /// Replicas required (`min_replicas_acked`).
-        wanted: u32,
-        /// The `WAIT` timeout.
-        timeout: Duration,
-    },
     /// The Redis primary gives less durability than `require_durability` asks for.
     #[error(
         "revocation store: Redis gives durability `{found}` but require_durability is \
@@ -164,7 +151,6 @@ impl StoreError {
                 | Self::Protocol { .. }
                 | Self::EvictionPolicy { .. }
                 | Self::NotReplicated { .. }
-                | Self::ReplicasLagging { .. }
                 | Self::Durability { .. }
         )
     }

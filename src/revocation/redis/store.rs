@@ -11,10 +11,10 @@
 //! write; fewer replicas within the timeout and the revoke fails (503), nothing is
 //! acknowledged and the local mirror is not touched (THREATS F8: asynchronous replication loses
 //! acknowledged writes on failover). The pipeline matters: sent separately, a reconnect between
-//! the two would run `WAIT` on a fresh connection with no writes, which answers at once. Such
-//! pipelines go onto the connection one at a time ([`WaitGate`]): `WAIT` blocks the connection
-//! it runs on, and while replicas lag, revokes answer 503 at once instead of queueing their
-//! waits inside Redis.
+//! the two would run `WAIT` on a fresh connection with no writes, which answers at once.
+//! Concurrent revokes share one such pipeline ([`GroupCommit`]): `WAIT` blocks the connection
+//! it runs on, so one runs at a time, and the revokes that arrive meanwhile go together in the
+//! next, rather than each queueing a wait of its own inside Redis.
 //!
 //! Failover: the connection goes to the primary the [`RedisTarget`] names. A command that
 //! fails with a lost connection, a timeout, `READONLY` (a demoted primary) or, in a Cluster,
@@ -34,14 +34,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use futures_util::FutureExt as _;
 use tokio::time::Instant;
 use tracing::Instrument as _;
 
 use super::barrier::Waiter;
-use super::wait_gate::WaitGate;
+use super::group_commit::{GroupCommit, Runner};
 use super::{
-    Keys, Scripts, check_durability, check_eviction_policy, is_lost_primary, measure_durability,
-    prune, target, timed, write_event, write_event_and_wait,
+    Keys, PendingWrite, Scripts, check_durability, check_eviction_policy, is_lost_primary,
+    measure_durability, prune, target, timed, write_event, write_events_and_wait,
 };
 use crate::redis_conn::slot::{ConnectionSlot, Opened};
 use crate::redis_target::{Primary, RedisTarget};
@@ -87,9 +88,18 @@ struct Checked {
     conn: ConnectionManager,
     /// What the primary gives, measured when the connection opened.
     durability: Durability,
-    /// One write-and-`WAIT` pipeline at a time on `conn` ([`WaitGate`]).
-    gate: Arc<WaitGate>,
+    /// The writes that wait for replicas, batched behind one `WAIT` at a time on `conn`.
+    commits: Arc<Commits>,
 }
+
+/// A replicated write's sequence number and generation, and how many replicas confirmed it.
+type Written = ((u64, String), u64);
+
+/// The group commit of one connection's replicated writes.
+type Commits = GroupCommit<PendingWrite, Written, StoreError>;
+
+/// The most writes one pipeline carries (about 1 KiB each).
+const MAX_BATCH: usize = 64;
 
 /// A checked connection and the primary it goes to.
 type Open = Opened<Checked>;
@@ -266,10 +276,30 @@ impl Shared {
             let reported = durability.clone();
             mirror.update_health(|h| h.durability = Some(reported));
         }
+        let commits = self.commits(conn.clone(), durability.min_replicas_acked);
         Ok(Checked {
             conn,
             durability,
-            gate: Arc::default(),
+            commits,
+        })
+    }
+
+    /// The group commit of `conn`: each batch is the writes and one `WAIT` for `wanted`
+    /// replicas, as one pipeline.
+    fn commits(&self, conn: ConnectionManager, wanted: u32) -> Arc<Commits> {
+        let (keys, settings) = (self.keys.clone(), self.settings.clone());
+        let run: Runner<PendingWrite, Written, StoreError> = Box::new(move |changes| {
+            let (mut conn, keys, settings) = (conn.clone(), keys.clone(), settings.clone());
+            async move {
+                let (written, acked) =
+                    write_events_and_wait(&mut conn, &keys, &settings, &changes, wanted).await?;
+                Ok(written.into_iter().map(|w| (w, acked)).collect())
+            }
+            .boxed()
+        });
+        GroupCommit::new(run, MAX_BATCH, || StoreError::Protocol {
+            operation: "write a revocation and wait for replicas",
+            detail: "its batch ended without an answer".to_owned(),
         })
     }
 
@@ -341,7 +371,8 @@ impl Shared {
     }
 
     /// Writes the change on `open`; when replicas must confirm it, with `WAIT` in the same
-    /// pipeline ([`write_event_and_wait`]), and fails unless enough did.
+    /// pipeline shared with the revokes that arrive meanwhile ([`write_events_and_wait`],
+    /// [`GroupCommit`]), and fails unless enough did.
     async fn write(
         &self,
         open: &Open,
@@ -361,18 +392,13 @@ impl Shared {
             )
             .await;
         }
-        let gate = &open.value.gate;
-        let _in_flight = gate
-            .enter()
-            .await
-            .map_err(|_lagging| StoreError::ReplicasLagging {
-                wanted,
-                timeout: self.settings.wait_timeout,
-            })?;
-        let ((seq, generation), acked) =
-            write_event_and_wait(&mut conn, &self.keys, &self.settings, body, entry, wanted)
-                .await?;
-        gate.record(acked, wanted);
+        let change = PendingWrite {
+            body: body.to_owned(),
+            set: entry.0.to_owned(),
+            member: entry.1.to_owned(),
+            score: entry.2,
+        };
+        let ((seq, generation), acked) = open.value.commits.submit(change).await?;
         if let Some(mirror) = &self.local {
             mirror.update_health(|h| {
                 if let Some(durability) = h.durability.as_mut() {
