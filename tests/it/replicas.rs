@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 
-use crate::support::delay_proxy::DelayProxy;
 use crate::support::deployment::{AUDIENCE, Deployment, ISSUER, mint};
 use crate::support::eventually::eventually;
 use crate::support::failover::{REQUIREMENT, is_ack, readyz, verify_status};
@@ -336,14 +335,7 @@ async fn read_from_replicas_verifiers_keep_up_with_a_replica_and_fall_back_when_
 /// leaves the lagging replicas.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lagging_replica_is_read_around_and_never_taken_for_lost_revocations() {
-    let primary = SentinelRedis::primary();
-    let upstream = format!("127.0.0.1:{}", primary.port).parse().unwrap();
-    let proxies = [
-        DelayProxy::start(upstream).await,
-        DelayProxy::start(upstream).await,
-    ];
-    let links = [proxies[0].port(), proxies[1].port()];
-    let redis = tokio::task::block_in_place(|| SentinelRedis::around(primary, links));
+    let (redis, proxies) = SentinelRedis::with_delayed_replication().await;
     let deployment = Deployment::new();
     let sentinels = redis.sentinel_addresses();
     let issuer_config = config_text(&deployment, &sentinels, false).replace(
@@ -536,14 +528,7 @@ async fn a_read_from_replicas_verifier_follows_a_failover_of_the_primary() {
 /// connection). Once the stream flows again, revokes are confirmed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_that_stop_confirming_get_revokes_refused_after_one_shared_wait_not_a_queue() {
-    let primary = SentinelRedis::primary();
-    let upstream = format!("127.0.0.1:{}", primary.port).parse().unwrap();
-    let proxies = [
-        DelayProxy::start(upstream).await,
-        DelayProxy::start(upstream).await,
-    ];
-    let links = [proxies[0].port(), proxies[1].port()];
-    let redis = tokio::task::block_in_place(|| SentinelRedis::around(primary, links));
+    let (redis, proxies) = SentinelRedis::with_delayed_replication().await;
     let deployment = Deployment::new();
     // Under Sentinel each revoke waits for one replica (`min_replicas_acked` = 1).
     let config = config_text(&deployment, &redis.sentinel_addresses(), false);

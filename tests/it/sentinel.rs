@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 
-use crate::support::delay_proxy::DelayProxy;
 use crate::support::deployment::{AUDIENCE, Deployment, ISSUER, mint};
 use crate::support::eventually::eventually;
 use crate::support::failover::{REQUIREMENT, Run, client, jti, readyz, revoke, verify_status};
@@ -100,14 +99,7 @@ async fn sentinel_failover_loses_no_acknowledged_revocation_and_never_acknowledg
 async fn a_promoted_replica_that_missed_a_revocation_is_reseeded_from_the_mirrors() {
     // The replicas replicate through delaying proxies, so a write can be held back from them
     // and then lost with the proxies when the primary dies.
-    let primary = SentinelRedis::primary();
-    let upstream = format!("127.0.0.1:{}", primary.port).parse().unwrap();
-    let proxies = [
-        DelayProxy::start(upstream).await,
-        DelayProxy::start(upstream).await,
-    ];
-    let links = [proxies[0].port(), proxies[1].port()];
-    let mut redis = tokio::task::block_in_place(|| SentinelRedis::around(primary, links));
+    let (mut redis, proxies) = SentinelRedis::with_delayed_replication().await;
     let deployment = Deployment::new();
     let config = format!(
         "{}\n",

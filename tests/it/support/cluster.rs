@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use super::eventually::eventually;
-use super::sentinel::{Node, free_port, path, temp_dir};
+use super::sentinel::{Node, data_node_args, free_port, path, temp_dir};
 
 /// How long the cluster gets to form (slots assigned, replicas online, state ok everywhere).
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -28,34 +28,19 @@ fn cluster_node() -> Node {
         // The bus port is set explicitly: the default (port + 10000) may be taken or past 65535.
         let bus = free_port();
         let dir = temp_dir("edgetoken-cluster-");
-        let mut args: Vec<String> = [
-            "--port",
-            &port.to_string(),
-            "--cluster-port",
-            &bus.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--cluster-enabled",
-            "yes",
-            "--cluster-node-timeout",
-            &NODE_TIMEOUT_MS.to_string(),
-            "--appendonly",
-            "no",
-            "--save",
-            "",
-            "--maxmemory-policy",
-            "noeviction",
-            "--repl-diskless-sync-delay",
-            "0",
-        ]
-        .map(str::to_owned)
-        .to_vec();
-        args.extend(["--dir".to_owned(), path(dir.path())]);
+        let mut args = data_node_args(port, dir.path());
         args.extend([
+            "--cluster-port".to_owned(),
+            bus.to_string(),
+            "--cluster-enabled".to_owned(),
+            "yes".to_owned(),
+            "--cluster-node-timeout".to_owned(),
+            NODE_TIMEOUT_MS.to_string(),
+            "--appendonly".to_owned(),
+            "no".to_owned(),
             "--cluster-config-file".to_owned(),
             path(&dir.path().join("nodes.conf")),
         ]);
-        args.extend(["--logfile".to_owned(), path(&dir.path().join("redis.log"))]);
         (args, dir, port)
     })
 }

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use tempfile::TempDir;
 
+use super::delay_proxy::DelayProxy;
 use super::eventually::eventually;
 
 /// The name the sentinels monitor the primary under.
@@ -174,32 +175,37 @@ pub(crate) fn temp_dir(prefix: &str) -> TempDir {
         .expect("temp dir")
 }
 
+/// What every test data node runs with, on `port` with its files in `dir`: loopback only, no
+/// RDB snapshots, never evicting, and a replica's full sync at once (not after the default
+/// 5 s wait for more replicas: until it is online, `WAIT` cannot count it). The caller adds
+/// persistence and its role.
+pub(crate) fn data_node_args(port: u16, dir: &Path) -> Vec<String> {
+    [
+        "--port",
+        &port.to_string(),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--maxmemory-policy",
+        "noeviction",
+        "--repl-diskless-sync-delay",
+        "0",
+        "--dir",
+        &path(dir),
+        "--logfile",
+        &path(&dir.join("redis.log")),
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
 fn data_node(primary: Option<u16>) -> Node {
     Node::spawn(|| {
         let port = free_port();
         let dir = temp_dir("edgetoken-sentinel-data-");
-        let mut args: Vec<String> = [
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--appendonly",
-            "yes",
-            "--appendfsync",
-            "everysec",
-            "--save",
-            "",
-            "--maxmemory-policy",
-            "noeviction",
-            // A replica that needs a full sync gets it at once, not after the default 5 s wait
-            // for more replicas: until it is online, WAIT cannot count it.
-            "--repl-diskless-sync-delay",
-            "0",
-        ]
-        .map(str::to_owned)
-        .to_vec();
-        args.extend(["--dir".to_owned(), path(dir.path())]);
-        args.extend(["--logfile".to_owned(), path(&dir.path().join("redis.log"))]);
+        let mut args = data_node_args(port, dir.path());
+        args.extend(["--appendonly", "yes", "--appendfsync", "everysec"].map(str::to_owned));
         if let Some(primary) = primary {
             args.extend([
                 "--replicaof".to_owned(),
@@ -282,6 +288,22 @@ impl SentinelRedis {
         let deployment = Self { nodes, sentinels };
         deployment.wait_topology();
         deployment
+    }
+
+    /// A deployment whose two replicas replicate through delaying proxies (returned with it,
+    /// so the test can hold the replication stream back): [`SentinelRedis::around`] them.
+    pub(crate) async fn with_delayed_replication() -> (Self, [DelayProxy; 2]) {
+        let primary = Self::primary();
+        let upstream = format!("127.0.0.1:{}", primary.port)
+            .parse()
+            .expect("a socket address");
+        let proxies = [
+            DelayProxy::start(upstream).await,
+            DelayProxy::start(upstream).await,
+        ];
+        let links = [proxies[0].port(), proxies[1].port()];
+        let redis = tokio::task::block_in_place(|| Self::around(primary, links));
+        (redis, proxies)
     }
 
     /// Sets every sentinel's `failover-timeout` back to the usual 5 s (see
