@@ -19,7 +19,7 @@ use reqwest::StatusCode;
 
 use super::deployment::{Deployment, mint};
 use super::eventually::eventually;
-use super::process::EdgetokenProcess;
+use super::process::{EdgetokenProcess, thread_stacks};
 
 /// The revocation rate of the issue.
 const PER_SECOND: u64 = 50;
@@ -128,23 +128,30 @@ pub(crate) async fn revoke(
     index: usize,
     token: &str,
 ) -> Answer {
-    let sent = Instant::now();
-    let response = client
-        .post(url)
-        .form(&[("token", token)])
-        .send()
+    try_revoke(client, url, index, token)
         .await
-        .expect("the issuer answers every revoke (it must not hang past its timeouts)");
+        .expect("the issuer answers every revoke (it must not hang past its timeouts)")
+}
+
+/// As [`revoke`], with the client's error if the issuer did not answer in time.
+async fn try_revoke(
+    client: &reqwest::Client,
+    url: &str,
+    index: usize,
+    token: &str,
+) -> Result<Answer, reqwest::Error> {
+    let sent = Instant::now();
+    let response = client.post(url).form(&[("token", token)]).send().await?;
     let status = response.status();
     let body: serde_json::Value = response.json().await.unwrap_or_default();
     let bound = Duration::from_millis(body["max_staleness_ms"].as_u64().unwrap_or(0));
-    Answer {
+    Ok(Answer {
         token: index,
         sent,
         answered: Instant::now(),
         status,
         bound,
-    }
+    })
 }
 
 pub(crate) fn is_ack(status: StatusCode) -> bool {
@@ -317,8 +324,25 @@ impl Run<'_> {
                 Arc::clone(&answers),
                 Arc::clone(&violations),
             );
+            let issuer_pid = self.issuer.pid();
             requests.push(tokio::spawn(async move {
-                let answer = revoke(&client, &revoke_url, index, &token).await;
+                let answer = match try_revoke(&client, &revoke_url, index, &token).await {
+                    Ok(answer) => answer,
+                    Err(unanswered) => {
+                        // What the issuer's threads are doing while a revoke goes unanswered:
+                        // the log does not say when nothing is logged.
+                        let dump = match issuer_pid {
+                            Some(pid) => tokio::task::spawn_blocking(move || thread_stacks(pid))
+                                .await
+                                .unwrap_or_default(),
+                            None => "the issuer has exited".to_owned(),
+                        };
+                        panic!(
+                            "the issuer answers every revoke (it must not hang past its \
+                             timeouts): {unanswered}\nthe issuer's threads then:\n{dump}"
+                        );
+                    }
+                };
                 let confirmed = answer.status == StatusCode::OK;
                 answers.lock().unwrap().push(answer.clone());
                 // A revoke confirmed by every verifier: the very next request must fail.

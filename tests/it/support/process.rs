@@ -188,6 +188,11 @@ impl EdgetokenProcess {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
 
+    /// The process id, while it runs.
+    pub(crate) fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Sends `signal` (`STOP`, `CONT`, `TERM`, `KILL`) to the process, as `kill -SIGNAL`.
     pub(crate) fn signal(&self, signal: &str) {
         let pid = self.child.as_ref().expect("running").id().to_string();
@@ -425,4 +430,24 @@ pub(crate) fn run_cli(cwd: &Path, args: &[&str], stdin: &str) -> std::process::O
         .write_all(stdin.as_bytes())
         .expect("write stdin");
     child.wait_with_output().expect("edgetoken output")
+}
+
+/// Every thread's stack of process `pid`, from `gdb -p PID -batch` (installed by `.ci/run`), or
+/// why there are none: for a failure that looks like a hang, what each thread was doing at
+/// that moment. Blocks for the second or so gdb takes.
+pub(crate) fn thread_stacks(pid: u32) -> String {
+    match Command::new("gdb")
+        .args([
+            "-p",
+            &pid.to_string(),
+            "-batch",
+            "-ex",
+            "thread apply all bt",
+        ])
+        .stdin(Stdio::null())
+        .output()
+    {
+        Ok(output) => String::from_utf8_lossy(&output.stdout).into_owned(),
+        Err(err) => format!("no stacks: running gdb failed ({err})"),
+    }
 }
