@@ -178,6 +178,20 @@ impl Services {
 
     /// What `/metrics` and `/readyz` report about state.
     pub fn sample(&self) -> StateSample {
+        // One read of the mirror's health, released before anything else. Each `borrow()`
+        // takes the watch's read lock until the end of its statement, and std's `RwLock` lets
+        // no new reader in while a writer waits: a second `borrow()` in the same statement,
+        // with the feed's `send_modify` waiting between the two, blocked both for good. Seen
+        // as an issuer whose two worker threads stopped (`/readyz` polled during a failover).
+        let (applied_seq, clock_skew_ms, replica_fallbacks) = {
+            let health = self.mirror.health();
+            let health = health.borrow();
+            (
+                health.applied_seq,
+                health.clock_skew_ms,
+                health.replica_fallbacks,
+            )
+        };
         StateSample {
             cache: self.verifier.cache_stats(),
             mirror_entries: u64::try_from(self.mirror.size().total()).unwrap_or(u64::MAX),
@@ -189,19 +203,14 @@ impl Services {
                     .last_success
                     .map_or(std::time::Duration::MAX, |at| at.elapsed())
             }),
-            applied_seq: self.mirror.health().borrow().applied_seq,
+            applied_seq,
             #[expect(
                 clippy::cast_precision_loss,
                 reason = "milliseconds of skew, far below 2^52"
             )]
-            clock_skew: self
-                .mirror
-                .health()
-                .borrow()
-                .clock_skew_ms
-                .map(|ms| ms as f64 / 1000.0),
+            clock_skew: clock_skew_ms.map(|ms| ms as f64 / 1000.0),
             registration_age: self.mirror.registration_age(),
-            replica_fallbacks: self.mirror.health().borrow().replica_fallbacks,
+            replica_fallbacks,
             usage: self
                 .verifier_api
                 .as_ref()

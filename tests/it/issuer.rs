@@ -3,8 +3,12 @@
 //! Each test starts the real router on a real socket; tests that concern shared state run
 //! against their own `redis-server`.
 
-use edgetoken::revocation::RevocationCheck as _;
-use edgetoken::token::{Rejection, Requirement, TenantId};
+use std::sync::Arc;
+use std::time::Duration;
+
+use edgetoken::clock::Clock as _;
+use edgetoken::revocation::{Revocation, RevocationCheck as _};
+use edgetoken::token::{Rejection, Requirement, TenantId, TokenId};
 use serde_json::json;
 
 use crate::support::eventually::eventually;
@@ -880,13 +884,10 @@ async fn trusted_header_mode_ignores_basic_credentials() {
 
 /// Polls the JWKS until `done` holds, for at most 10 s (the reload runs every second).
 async fn wait_for_jwks(issuer: &TestIssuer, done: impl Fn(&[String]) -> bool) {
-    eventually(
-        "the key reload in the JWKS",
-        std::time::Duration::from_secs(10),
-    )
-    .every(std::time::Duration::from_millis(50))
-    .until(async || done(&jwks_kids(&issuer.url("/.well-known/jwks.json")).await).then_some(()))
-    .await;
+    eventually("the key reload in the JWKS", Duration::from_secs(10))
+        .every(Duration::from_millis(50))
+        .until(async || done(&jwks_kids(&issuer.url("/.well-known/jwks.json")).await).then_some(()))
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1029,13 +1030,10 @@ async fn json_errors_are_not_sniffed_and_name_no_framework_internals() {
     );
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut answer = Vec::new();
-    tokio::time::timeout(
-        std::time::Duration::from_secs(10),
-        stream.read_to_end(&mut answer),
-    )
-    .await
-    .expect("an answer")
-    .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
+        .await
+        .expect("an answer")
+        .unwrap();
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
     assert!(answer.contains("invalid_request"), "{answer}");
@@ -1192,7 +1190,7 @@ async fn a_429_for_want_of_a_password_slot_gives_its_attempt_back() {
         ..Options::default()
     })
     .await;
-    let slots = std::sync::Arc::clone(&issuer.services.issuer.as_ref().unwrap().password_checks);
+    let slots = Arc::clone(&issuer.services.issuer.as_ref().unwrap().password_checks);
     let permits = u32::try_from(slots.available_permits()).unwrap();
     let held = slots.acquire_many_owned(permits).await.unwrap();
     // Every slot is taken: both attempts wait, then get 429 without any password check.
@@ -1217,4 +1215,46 @@ async fn a_429_for_want_of_a_password_slot_gives_its_attempt_back() {
         assert_error(response, 401, "unauthenticated").await;
     }
     issuer.stop().await;
+}
+
+/// `/readyz` and `/metrics` sample the mirror's health while the feed writes it: a thread
+/// sampling and a thread changing the mirror must both finish. Before, one sample took the
+/// health's read lock twice in one statement, and a change arriving between the two (its
+/// writer waiting, which lets no new reader in) blocked both threads for good: an issuer whose
+/// two worker threads stopped during a Redis Cluster failover, `gdb` showed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sampling_the_health_while_the_mirror_changes_never_deadlocks() {
+    const ROUNDS: usize = 200_000;
+    let issuer = TestIssuer::start(Options::default()).await;
+    let (done, finished) = std::sync::mpsc::channel();
+    let sampler = {
+        let (services, done) = (Arc::clone(&issuer.services), done.clone());
+        std::thread::spawn(move || {
+            for _ in 0..ROUNDS {
+                std::hint::black_box(services.sample());
+            }
+            done.send("the sampler").unwrap();
+        })
+    };
+    let writer = {
+        let services = Arc::clone(&issuer.services);
+        let expires_at = issuer.clock.unix_now() + 3600;
+        std::thread::spawn(move || {
+            for i in 0..ROUNDS {
+                let jti = TokenId::new(&format!("deadlock-test-token-{i:08}")).unwrap();
+                services
+                    .mirror
+                    .apply(&Revocation::Token { jti, expires_at });
+            }
+            done.send("the writer").unwrap();
+        })
+    };
+    for _ in 0..2 {
+        let who = finished
+            .recv_timeout(Duration::from_mins(1))
+            .expect("the sampler and the writer deadlocked on the mirror's health");
+        eprintln!("{who} finished {ROUNDS} rounds");
+    }
+    sampler.join().unwrap();
+    writer.join().unwrap();
 }
