@@ -379,11 +379,10 @@ impl Shared {
         body: &str,
         entry: (&str, &str, i64),
     ) -> Result<(u64, String), StoreError> {
-        let mut conn = open.value.conn.clone();
         let wanted = open.value.durability.min_replicas_acked;
         if wanted == 0 {
             return write_event(
-                &mut conn,
+                &mut open.value.conn.clone(),
                 &self.keys,
                 &self.scripts,
                 &self.settings,
