@@ -1257,4 +1257,5 @@ async fn sampling_the_health_while_the_mirror_changes_never_deadlocks() {
     }
     sampler.join().unwrap();
     writer.join().unwrap();
+    issuer.stop().await;
 }

@@ -200,6 +200,8 @@ impl Run<'_> {
         let answers: Arc<Mutex<Vec<Answer>>> = Arc::default();
         let violations: Arc<Mutex<Vec<Violation>>> = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
+        // Whether an unanswered revoke took the issuer's thread stacks already.
+        let stacks_taken = Arc::new(AtomicBool::new(false));
 
         // Sweeps every acknowledged token against the verifier: none may pass once its
         // acknowledgement (plus the bound of a 202) is past.
@@ -324,14 +326,18 @@ impl Run<'_> {
                 Arc::clone(&answers),
                 Arc::clone(&violations),
             );
-            let issuer_pid = self.issuer.pid();
+            let (issuer_pid, stacks_taken) = (self.issuer.pid(), Arc::clone(&stacks_taken));
             requests.push(tokio::spawn(async move {
                 let answer = match try_revoke(&client, &revoke_url, index, &token).await {
                     Ok(answer) => answer,
                     Err(unanswered) => {
                         // What the issuer's threads are doing while a revoke goes unanswered:
-                        // the log does not say when nothing is logged.
+                        // the log does not say when nothing is logged. Taken once: gdb stops
+                        // the process it attaches to, and a second gdb cannot attach meanwhile.
                         let dump = match issuer_pid {
+                            _ if stacks_taken.swap(true, Ordering::Relaxed) => {
+                                "in the first unanswered revoke's panic".to_owned()
+                            }
                             Some(pid) => tokio::task::spawn_blocking(move || thread_stacks(pid))
                                 .await
                                 .unwrap_or_default(),

@@ -195,7 +195,7 @@ impl EdgetokenProcess {
 
     /// Sends `signal` (`STOP`, `CONT`, `TERM`, `KILL`) to the process, as `kill -SIGNAL`.
     pub(crate) fn signal(&self, signal: &str) {
-        let pid = self.child.as_ref().expect("running").id().to_string();
+        let pid = self.pid().expect("running").to_string();
         let status = Command::new("kill")
             .arg(format!("-{signal}"))
             .arg(&pid)
@@ -207,7 +207,7 @@ impl EdgetokenProcess {
     /// Whether every thread of the process is stopped (`kill -STOP` took effect): state `T` in
     /// `/proc/PID/stat`.
     pub(crate) fn is_stopped(&self) -> bool {
-        let pid = self.child.as_ref().expect("running").id();
+        let pid = self.pid().expect("running");
         let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
             return false;
         };
@@ -247,7 +247,7 @@ impl EdgetokenProcess {
 
     /// A `kB` field (`VmRSS`, `VmHWM`) or a count (`Threads`) of `/proc/PID/status`.
     pub(crate) fn proc_status(&self, field: &str) -> u64 {
-        let pid = self.child.as_ref().expect("running").id();
+        let pid = self.pid().expect("running");
         proc_status(pid, field)
     }
 
