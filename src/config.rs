@@ -116,8 +116,12 @@ impl Role {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServerConfig {
-    /// Address to listen on. Default `127.0.0.1:8080`.
+    /// Address to listen on: an IP address and port, or `unix:PATH` for a Unix socket (for a
+    /// proxy on the same host). Default `127.0.0.1:8080`.
     pub listen: String,
+    /// The permissions of a `unix:` listen socket's file, in octal: who may connect. Default
+    /// `"0660"`, the owner and its group.
+    pub unix_socket_mode: String,
     /// Services to run: `issuer`, `verifier` or `all` (default). `--role` overrides it.
     pub role: Role,
     /// Largest request body accepted, in bytes; larger bodies get 413. Default 16384.
@@ -138,6 +142,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:8080".into(),
+            unix_socket_mode: "0660".into(),
             role: Role::All,
             max_body_bytes: 16 * 1024,
             header_read_timeout_secs: 10,
@@ -382,8 +387,9 @@ pub struct VerifierConfig {
     pub jwks_timeout_ms: u64,
     /// Largest JWKS document accepted, in bytes; a larger one is refused whole. Default 65536.
     pub jwks_max_bytes: usize,
-    /// Peers (IP addresses or CIDR blocks) whose `X-Forwarded-*`/`X-Original-*` headers are
-    /// honoured by `/v1/verify`. Default loopback only: `["127.0.0.1/32", "::1/128"]`.
+    /// Peers (IP addresses or CIDR blocks, and `unix` for every peer of a Unix-socket
+    /// `server.listen`) whose `X-Forwarded-*`/`X-Original-*` headers are honoured by
+    /// `/v1/verify`. Default this host only: `["127.0.0.1/32", "::1/128", "unix"]`.
     pub trusted_proxies: Vec<String>,
     /// What a request that no route matches gets: `deny` (default, 403 `no_route`) or
     /// `allow_authenticated` (any valid token passes, with no tenant or permission check).
@@ -429,7 +435,7 @@ impl Default for VerifierConfig {
             jwks_min_refetch_secs: 30,
             jwks_timeout_ms: 5000,
             jwks_max_bytes: 64 * 1024,
-            trusted_proxies: vec!["127.0.0.1/32".into(), "::1/128".into()],
+            trusted_proxies: vec!["127.0.0.1/32".into(), "::1/128".into(), "unix".into()],
             unmatched: crate::policy::Unmatched::Deny,
             routes: Vec::new(),
             introspection_clients: Vec::new(),

@@ -13,12 +13,14 @@ use clap::{Parser, Subcommand};
 use edgetoken::clock::Clock as _;
 use edgetoken::clock::SystemClock;
 use edgetoken::config::{DEFAULT_CONFIG_FILE, ENV_CONFIG_FILE, Role};
+use edgetoken::http::Listener;
+use edgetoken::http::unix_socket::SocketFile;
 use edgetoken::issuance;
 use edgetoken::keys::{KeyDir, KeyId};
 use edgetoken::revocation::{
     MemoryRevocations, Propagation, RedisStore, Revocation, RevocationStore as _,
 };
-use edgetoken::settings::Settings;
+use edgetoken::settings::{ListenAddress, Settings};
 use edgetoken::token::{
     Issuer, Lifetime, MintRequest, Requirement, Subject, TenantId, TokenId, Verifier,
 };
@@ -305,28 +307,45 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// Listens on `listen`: the listener, a Unix socket's file (removed when dropped), and the
+/// address as the banner shows it.
+async fn bind(listen: &ListenAddress) -> anyhow::Result<(Listener, Option<SocketFile>, String)> {
+    match listen {
+        ListenAddress::Tcp(tcp) => {
+            let listener = tokio::net::TcpListener::bind(tcp)
+                .await
+                .with_context(|| format!("could not listen on {listen}"))?;
+            let address = listener
+                .local_addr()
+                .context("reading the listen address")?;
+            Ok((Listener::from(listener), None, format!("http://{address}")))
+        }
+        ListenAddress::Unix { path, mode } => {
+            let (listener, file) = edgetoken::http::unix_socket::bind(path, *mode)
+                .with_context(|| format!("could not listen on {listen}"))?;
+            Ok((Listener::from(listener), Some(file), listen.to_string()))
+        }
+    }
+}
+
 async fn serve(config: Settings, role: Role, development: bool) -> anyhow::Result<()> {
     // Refused, not ignored: Envoy would fail every request closed with no hint why.
     #[cfg(not(feature = "grpc"))]
     if role.has_verifier() && config.verifier.grpc_listen.is_some() {
         bail!("verifier.grpc_listen is set, but this binary was built without the `grpc` feature");
     }
-    let listen = config.server.listen;
+    let listen = config.server.listen.clone();
     let limits =
         edgetoken::http::ServerLimits::from_settings(&config.server).fitted_to_descriptors();
     let started = edgetoken::http::boot::start(config, role, development, Arc::new(SystemClock))
         .await
         .context("could not start")?;
-    let listener = tokio::net::TcpListener::bind(&listen)
-        .await
-        .with_context(|| format!("could not listen on {listen}"))?;
-    let address = listener
-        .local_addr()
-        .context("reading the listen address")?;
+    // `_socket_file` removes a Unix socket's file when the server has stopped.
+    let (listener, _socket_file, address) = bind(&listen).await?;
     // The banner goes to standard output, not the log: in development it holds the demo
     // password, which must never reach a log file.
     let mut banner = format!(
-        "edgetoken {} serving {role} on http://{address}",
+        "edgetoken {} serving {role} on {address}",
         env!("CARGO_PKG_VERSION")
     );
     for line in &started.banner {
@@ -335,7 +354,12 @@ async fn serve(config: Settings, role: Role, development: bool) -> anyhow::Resul
     if role.has_issuer() {
         let _ = write!(
             banner,
-            "\n  tokens page: http://{address}/ (open it in a browser and sign in{})",
+            "\n  tokens page: {} (open it in a browser and sign in{})",
+            if matches!(listen, ListenAddress::Unix { .. }) {
+                format!("/ through the proxy in front of {address}")
+            } else {
+                format!("{address}/")
+            },
             if development {
                 " as the demo user above"
             } else {

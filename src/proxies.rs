@@ -4,9 +4,49 @@
 //! `X-Forwarded-Method`/`X-Forwarded-Uri` and `X-Original-Method`/`X-Original-URI` decide the
 //! route, and so the requirement. They are honoured only when the connection comes from an
 //! address in this list (CIDR blocks or single addresses; default loopback only); from anyone
-//! else they are ignored. This module only parses and matches addresses; it knows no HTTP.
+//! else they are ignored. The entry `unix` trusts every peer of a Unix-socket listener
+//! (`server.listen = "unix:PATH"`): only processes the socket file's mode lets in can connect,
+//! which is narrower than loopback. This module only parses and matches peers; it knows no
+//! HTTP.
 
 use std::net::IpAddr;
+
+/// The entry of `trusted_proxies` that trusts peers on a Unix socket.
+pub const UNIX_ENTRY: &str = "unix";
+
+/// Who is at the other end of a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Peer {
+    /// A TCP peer.
+    Ip(IpAddr),
+    /// A process on this host, connected to a Unix-socket listener: it has no address.
+    Unix,
+}
+
+impl Peer {
+    /// The peer's IP address, if it has one.
+    pub fn ip(self) -> Option<IpAddr> {
+        match self {
+            Self::Ip(ip) => Some(ip),
+            Self::Unix => None,
+        }
+    }
+}
+
+impl From<IpAddr> for Peer {
+    fn from(ip: IpAddr) -> Self {
+        Self::Ip(ip)
+    }
+}
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Ip(ip) => ip.fmt(f),
+            Self::Unix => f.write_str("unix socket"),
+        }
+    }
+}
 
 /// One CIDR block.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,11 +59,15 @@ struct Block {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TrustedProxies {
     blocks: Vec<Block>,
+    /// The list holds `unix`: Unix-socket peers are trusted.
+    unix: bool,
 }
 
 /// Why an entry of `trusted_proxies` was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("trusted_proxies[{index}]: `{entry}` is not an IP address or CIDR block ({reason})")]
+#[error(
+    "trusted_proxies[{index}]: `{entry}` is not an IP address, a CIDR block or `unix` ({reason})"
+)]
 pub struct ProxyListError {
     /// Position in the list, from 0.
     pub index: usize,
@@ -34,7 +78,8 @@ pub struct ProxyListError {
 }
 
 impl TrustedProxies {
-    /// Parses entries such as `127.0.0.1`, `10.0.0.0/8`, `::1` or `fd00::/8`.
+    /// Parses entries such as `127.0.0.1`, `10.0.0.0/8`, `::1`, `fd00::/8`, or `unix` (every
+    /// peer of a Unix-socket listener).
     ///
     /// # Errors
     ///
@@ -42,8 +87,13 @@ impl TrustedProxies {
     /// (`10.0.0.1/8`) is refused: it usually means the operator meant something else.
     pub fn parse(entries: &[impl AsRef<str>]) -> Result<Self, ProxyListError> {
         let mut blocks = Vec::with_capacity(entries.len());
+        let mut unix = false;
         for (index, entry) in entries.iter().enumerate() {
             let entry = entry.as_ref();
+            if entry == UNIX_ENTRY {
+                unix = true;
+                continue;
+            }
             let error = |reason| ProxyListError {
                 index,
                 entry: entry.to_owned(),
@@ -68,7 +118,16 @@ impl TrustedProxies {
             }
             blocks.push(Block { network, prefix });
         }
-        Ok(Self { blocks })
+        Ok(Self { blocks, unix })
+    }
+
+    /// Whether `peer` is trusted: an address in the list, or a Unix-socket peer when the list
+    /// holds `unix`.
+    pub fn trusts(&self, peer: Peer) -> bool {
+        match peer {
+            Peer::Ip(ip) => self.contains(ip),
+            Peer::Unix => self.unix,
+        }
     }
 
     /// Whether `peer` is in the list. An IPv4-mapped IPv6 peer (`::ffff:127.0.0.1`) is
@@ -82,7 +141,7 @@ impl TrustedProxies {
 
     /// Whether the list is empty (then no forwarded header is ever trusted).
     pub fn is_empty(&self) -> bool {
-        self.blocks.is_empty()
+        self.blocks.is_empty() && !self.unix
     }
 }
 
@@ -132,6 +191,19 @@ mod tests {
         let list = TrustedProxies::parse(&["0.0.0.0/0"]).unwrap();
         assert!(list.contains(ip("8.8.8.8")));
         assert!(!list.contains(ip("::2")));
+    }
+
+    #[test]
+    fn unix_peers_are_trusted_only_when_listed() {
+        let without = TrustedProxies::parse(&["127.0.0.1"]).unwrap();
+        assert!(!without.trusts(Peer::Unix));
+        assert!(without.trusts(Peer::Ip(ip("127.0.0.1"))));
+        let with = TrustedProxies::parse(&["unix"]).unwrap();
+        assert!(with.trusts(Peer::Unix));
+        assert!(!with.is_empty());
+        // `unix` trusts no address: not loopback, not anything.
+        assert!(!with.trusts(Peer::Ip(ip("127.0.0.1"))));
+        assert!(TrustedProxies::parse(&["UNIX"]).is_err());
     }
 
     #[test]

@@ -80,11 +80,70 @@ pub struct KeySettings {
     pub reload: Option<Duration>,
 }
 
+/// Where the HTTP server listens (`server.listen`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenAddress {
+    /// An IP address and port.
+    Tcp(SocketAddr),
+    /// A Unix socket at this path (`unix:PATH`), with its file's permission bits.
+    Unix {
+        /// The socket file.
+        path: PathBuf,
+        /// Its mode (`server.unix_socket_mode`).
+        mode: u32,
+    },
+}
+
+/// The longest path a Unix socket address holds (`sun_path` is 108 bytes on Linux, the last
+/// one the terminating NUL).
+const MAX_UNIX_PATH: usize = 107;
+
+impl ListenAddress {
+    /// Parses `server.listen`: `HOST:PORT`, or `unix:PATH` whose file gets `mode`.
+    fn parse(text: &str, mode: u32) -> Result<Self, String> {
+        let Some(path) = text.strip_prefix("unix:") else {
+            return text.parse::<SocketAddr>().map(Self::Tcp).map_err(|e| {
+                format!("`{text}` is not an IP address and port nor unix:PATH ({e})")
+            });
+        };
+        if path.is_empty() {
+            return Err("unix: needs the socket's path, as in unix:/run/edgetoken.sock".into());
+        }
+        if path.len() > MAX_UNIX_PATH || path.contains('\0') {
+            return Err(format!(
+                "`{path}` is not a usable Unix socket path (at most {MAX_UNIX_PATH} bytes, no NUL)"
+            ));
+        }
+        Ok(Self::Unix {
+            path: PathBuf::from(path),
+            mode,
+        })
+    }
+}
+
+/// Parses `server.unix_socket_mode`: permission bits in octal (`0660`, `660` or `0o660`).
+fn socket_mode(text: &str) -> Result<u32, String> {
+    let digits = text.strip_prefix("0o").unwrap_or(text);
+    u32::from_str_radix(digits, 8)
+        .ok()
+        .filter(|mode| *mode <= 0o777 && !digits.is_empty())
+        .ok_or_else(|| format!("`{text}` is not octal permissions like 0660"))
+}
+
+impl std::fmt::Display for ListenAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Tcp(address) => address.fmt(f),
+            Self::Unix { path, .. } => write!(f, "unix:{}", path.display()),
+        }
+    }
+}
+
 /// `[server]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerSettings {
     /// Listen address.
-    pub listen: SocketAddr,
+    pub listen: ListenAddress,
     /// Services to run unless `--role` says otherwise.
     pub role: Role,
     /// Largest request body accepted (413 above).
@@ -238,7 +297,9 @@ impl Settings {
             .map_err(|e| field("revocation", e.to_string()))?;
         let issuer = issuer(config)?;
         let verifier = verifier(config, &catalogue)?;
-        if verifier.grpc_listen == Some(server.listen) {
+        if let ListenAddress::Tcp(listen) = server.listen
+            && verifier.grpc_listen == Some(listen)
+        {
             return Err(field(
                 "verifier.grpc_listen",
                 "must differ from server.listen: gRPC ext_authz has its own listener",
@@ -351,10 +412,8 @@ fn catalogue(config: &Config) -> Result<Catalogue, ConfigError> {
 
 fn server(config: &Config) -> Result<ServerSettings, ConfigError> {
     let s = &config.server;
-    let listen = s
-        .listen
-        .parse::<SocketAddr>()
-        .map_err(|e| field("server.listen", e.to_string()))?;
+    let mode = socket_mode(&s.unix_socket_mode).map_err(|e| field("server.unix_socket_mode", e))?;
+    let listen = ListenAddress::parse(&s.listen, mode).map_err(|e| field("server.listen", e))?;
     for (name, is_zero) in [
         ("server.max_body_bytes", s.max_body_bytes == 0),
         ("server.max_connections", s.max_connections == 0),
@@ -605,6 +664,76 @@ fn is_loopback_host(host_port: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn listen_takes_an_address_or_a_unix_socket_path() {
+        let listen = |toml: &str| Settings::from_toml(toml).map(|s| s.server.listen);
+        assert_eq!(
+            listen("").unwrap(),
+            ListenAddress::Tcp("127.0.0.1:8080".parse().unwrap())
+        );
+        assert_eq!(
+            listen("[server]\nlisten = \"unix:/run/edgetoken/v.sock\"\n").unwrap(),
+            ListenAddress::Unix {
+                path: "/run/edgetoken/v.sock".into(),
+                mode: 0o660
+            }
+        );
+        let unix = listen("[server]\nlisten = \"unix:v.sock\"\nunix_socket_mode = \"0o600\"\n");
+        assert_eq!(
+            unix.unwrap(),
+            ListenAddress::Unix {
+                path: "v.sock".into(),
+                mode: 0o600
+            }
+        );
+        assert_eq!(
+            ListenAddress::Unix {
+                path: "/s".into(),
+                mode: 0
+            }
+            .to_string(),
+            "unix:/s"
+        );
+        for (bad, field, why) in [
+            (
+                "listen = \"unix:\"",
+                "server.listen",
+                "needs the socket's path",
+            ),
+            (
+                "listen = \"localhost:8080\"",
+                "server.listen",
+                "nor unix:PATH",
+            ),
+            (
+                "unix_socket_mode = \"0999\"",
+                "server.unix_socket_mode",
+                "not octal",
+            ),
+            (
+                "unix_socket_mode = \"1777\"",
+                "server.unix_socket_mode",
+                "not octal",
+            ),
+            (
+                "unix_socket_mode = \"\"",
+                "server.unix_socket_mode",
+                "not octal",
+            ),
+        ] {
+            let error = listen(&format!("[server]\n{bad}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                error.contains(field) && error.contains(why),
+                "{bad}: {error}"
+            );
+        }
+        let long = format!("[server]\nlisten = \"unix:/{}\"\n", "a".repeat(107));
+        let error = listen(&long).unwrap_err().to_string();
+        assert!(error.contains("at most 107 bytes"), "{error}");
+    }
 
     #[test]
     fn grpc_listen_is_off_by_default_and_parsed_when_set() {

@@ -5,13 +5,14 @@
 //!
 //! Properties: an extracted token comes from the one `Authorization` value, after a
 //! `Bearer` scheme in any case and spaces, and is non-empty RFC 6750 `b64token`; a client
-//! address is always found for a known peer.
+//! address is always found for a TCP peer; a Unix-socket peer (no address of its own) gets
+//! none unless it is trusted.
 
 #![no_main]
 
 use axum::http::{HeaderMap, HeaderValue, header};
 use edgetoken::http::bearer::{bearer_token, client_address};
-use edgetoken::proxies::TrustedProxies;
+use edgetoken::proxies::{Peer, TrustedProxies};
 use libfuzzer_sys::fuzz_target;
 
 fn is_b64token(b: u8) -> bool {
@@ -47,7 +48,8 @@ fuzz_target!(|data: &[u8]| {
         );
     }
 
-    let proxies = TrustedProxies::parse(&["127.0.0.1", "10.0.0.0/8", "::1"]).expect("proxies");
+    let proxies =
+        TrustedProxies::parse(&["127.0.0.1", "10.0.0.0/8", "::1", "unix"]).expect("proxies");
     let mut forwarded = HeaderMap::new();
     for (i, value) in values.into_iter().enumerate() {
         let name = if i % 3 == 2 {
@@ -58,7 +60,11 @@ fuzz_target!(|data: &[u8]| {
         forwarded.append(name, value);
     }
     for peer in ["127.0.0.1", "192.0.2.1", "::ffff:10.1.2.3"] {
-        let peer = peer.parse().ok();
+        let peer = peer.parse().ok().map(Peer::Ip);
         assert!(client_address(&forwarded, peer, Some(&proxies)).is_some());
     }
+    // Trusted: whatever it forwards, or nothing; untrusted: never a forwarded address.
+    let _ = client_address(&forwarded, Some(Peer::Unix), Some(&proxies));
+    let untrusted = TrustedProxies::parse(&["127.0.0.1"]).expect("proxies");
+    assert!(client_address(&forwarded, Some(Peer::Unix), Some(&untrusted)).is_none());
 });

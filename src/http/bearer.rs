@@ -9,17 +9,18 @@
 //! The token and the `Authorization` header are never logged; decisions log `jti`, `kid`,
 //! `tenant` and `reason` at debug level, and metrics count every outcome.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
+use axum::extract::ConnectInfo;
 use axum::http::{HeaderMap, header};
 
 use super::error::ApiError;
 #[cfg(feature = "server")]
 use super::jwks::JwksRefresher;
 use crate::metrics::Metrics;
-use crate::proxies::TrustedProxies;
+use crate::proxies::{Peer, TrustedProxies};
 #[cfg(feature = "server")]
 use crate::token::Rejection;
 use crate::token::warm::Verified;
@@ -83,50 +84,61 @@ fn is_b64token_byte(b: u8) -> bool {
         | (b == b'~')
 }
 
-/// The client address of a request from TCP peer `peer`: when the peer is one of `proxies`,
+/// The peer of a request served by `http::serve` (or by `axum::serve` with `ConnectInfo`): its
+/// TCP address, or [`Peer::Unix`] over a Unix socket. `None` when the request came some other
+/// way (a test's `oneshot`).
+pub(crate) fn peer_of(extensions: &axum::http::Extensions) -> Option<Peer> {
+    extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(address)| Peer::Ip(address.ip()))
+        .or_else(|| extensions.get::<Peer>().copied())
+}
+
+/// The client address of a request from peer `peer`: when the peer is one of `proxies`,
 /// the address it forwards (`X-Real-IP`, else the right-most `X-Forwarded-For` entry that is
-/// not itself a trusted proxy), else the peer itself.
+/// not itself a trusted proxy), else the peer's own address (none for a Unix-socket peer).
 ///
 /// # Security
 ///
 /// Forwarded headers from any other peer are ignored, as for the route headers: a client
 /// cannot choose the address recorded for its use. A forwarded value that does not parse
-/// stops the walk and the peer is used.
+/// stops the walk and the peer's own address is used.
 pub fn client_address(
     headers: &HeaderMap,
-    peer: Option<IpAddr>,
+    peer: Option<Peer>,
     proxies: Option<&TrustedProxies>,
 ) -> Option<IpAddr> {
-    let peer = peer?.to_canonical();
-    let Some(proxies) = proxies.filter(|p| p.contains(peer)) else {
-        return Some(peer);
+    let peer = peer?;
+    let own = peer.ip().map(|ip| ip.to_canonical());
+    let Some(proxies) = proxies.filter(|p| p.trusts(peer)) else {
+        return own;
     };
     let mut real = headers.get_all("x-real-ip").iter();
     if let (Some(value), None) = (real.next(), real.next()) {
-        return Some(
-            value
-                .to_str()
-                .ok()
-                .and_then(|v| v.trim().parse::<IpAddr>().ok())
-                .map_or(peer, |ip| ip.to_canonical()),
-        );
+        return value
+            .to_str()
+            .ok()
+            .and_then(|v| v.trim().parse::<IpAddr>().ok())
+            .map(|ip| ip.to_canonical())
+            .or(own);
     }
     let mut hops = headers
         .get_all("x-forwarded-for")
         .iter()
         .rev()
         .flat_map(|value| value.to_str().unwrap_or(",").rsplit(','));
-    let mut nearest = peer;
+    let mut nearest = own;
     for hop in hops.by_ref() {
         let Ok(ip) = hop.trim().parse::<IpAddr>() else {
-            return Some(peer);
+            return own;
         };
-        nearest = ip.to_canonical();
-        if !proxies.contains(nearest) {
-            return Some(nearest);
+        let ip = ip.to_canonical();
+        nearest = Some(ip);
+        if !proxies.contains(ip) {
+            return nearest;
         }
     }
-    Some(nearest)
+    nearest
 }
 
 /// The request an accepted token came with, from which usage takes the client address and
@@ -135,8 +147,8 @@ pub fn client_address(
 pub(crate) struct Presented<'a> {
     /// The request headers.
     pub(crate) headers: &'a HeaderMap,
-    /// The TCP peer, when known.
-    pub(crate) peer: Option<IpAddr>,
+    /// The connection's peer, when known.
+    pub(crate) peer: Option<Peer>,
     /// Peers whose forwarded headers are trusted (none for the layer).
     pub(crate) proxies: Option<&'a TrustedProxies>,
 }
@@ -337,40 +349,61 @@ mod tests {
     fn client_address_honours_forwarded_headers_only_from_trusted_proxies() {
         let proxies = TrustedProxies::parse(&["127.0.0.1", "10.0.0.0/8"]).unwrap();
         let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
+        let peer = |s: &str| Some(Peer::Ip(s.parse::<IpAddr>().unwrap()));
         let xff = forwarded(&[("x-forwarded-for", "203.0.113.9, 198.51.100.7, 10.1.1.1")]);
         assert_eq!(
-            client_address(&xff, ip("127.0.0.1"), Some(&proxies)),
+            client_address(&xff, peer("127.0.0.1"), Some(&proxies)),
             ip("198.51.100.7"),
             "right-most address that is not a trusted proxy"
         );
         assert_eq!(
-            client_address(&xff, ip("192.0.2.1"), Some(&proxies)),
+            client_address(&xff, peer("192.0.2.1"), Some(&proxies)),
             ip("192.0.2.1"),
             "an untrusted peer's headers are ignored"
         );
-        assert_eq!(client_address(&xff, ip("127.0.0.1"), None), ip("127.0.0.1"));
+        assert_eq!(
+            client_address(&xff, peer("127.0.0.1"), None),
+            ip("127.0.0.1")
+        );
         let real = forwarded(&[
             ("x-real-ip", "198.51.100.8"),
             ("x-forwarded-for", "1.2.3.4"),
         ]);
         assert_eq!(
-            client_address(&real, ip("127.0.0.1"), Some(&proxies)),
+            client_address(&real, peer("127.0.0.1"), Some(&proxies)),
             ip("198.51.100.8")
         );
         let junk = forwarded(&[("x-forwarded-for", "not-an-ip, 198.51.100.7")]);
         assert_eq!(
-            client_address(&junk, ip("127.0.0.1"), Some(&proxies)),
+            client_address(&junk, peer("127.0.0.1"), Some(&proxies)),
             ip("198.51.100.7")
         );
         let only_junk = forwarded(&[("x-forwarded-for", "198.51.100.7, junk")]);
         assert_eq!(
-            client_address(&only_junk, ip("127.0.0.1"), Some(&proxies)),
+            client_address(&only_junk, peer("127.0.0.1"), Some(&proxies)),
             ip("127.0.0.1")
         );
         assert_eq!(
-            client_address(&HeaderMap::new(), ip("::ffff:127.0.0.1"), Some(&proxies)),
+            client_address(&HeaderMap::new(), peer("::ffff:127.0.0.1"), Some(&proxies)),
             ip("127.0.0.1")
         );
+        // A Unix-socket peer has no address of its own: a trusted one's forwarded address, or
+        // none at all.
+        let local = TrustedProxies::parse(&["unix"]).unwrap();
+        let unix = Some(Peer::Unix);
+        assert_eq!(client_address(&xff, unix, Some(&local)), ip("10.1.1.1"));
+        assert_eq!(
+            client_address(&real, unix, Some(&local)),
+            ip("198.51.100.8")
+        );
+        assert_eq!(client_address(&HeaderMap::new(), unix, Some(&local)), None);
+        assert_eq!(client_address(&only_junk, unix, Some(&local)), None);
+        assert_eq!(
+            client_address(&xff, unix, Some(&proxies)),
+            None,
+            "untrusted"
+        );
+        assert_eq!(client_address(&xff, unix, None), None);
     }
 
     #[test]

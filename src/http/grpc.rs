@@ -51,6 +51,7 @@ use super::error::ApiError;
 use super::server::ServerLimits;
 use super::verifier::{AUTH_HEADERS, VerifierApi, answer_headers, decide_check};
 use super::{AppState, error::ErrorChain};
+use crate::proxies::Peer;
 use crate::token::warm::Verified;
 
 /// How long a connection may leave an HTTP/2 ping unanswered, and how often one is sent: a
@@ -279,7 +280,7 @@ fn decide(
 ) -> Result<Verified, ApiError> {
     let presented = Presented {
         headers: &original.headers,
-        peer: client(api.is_trusted(peer), peer, original.source),
+        peer: client(api.is_trusted(peer.map(Peer::Ip)), peer, original.source).map(Peer::Ip),
         // The address is settled above: the client's own X-Real-IP or X-Forwarded-For (in
         // `headers`) are never read.
         proxies: None,
@@ -287,7 +288,7 @@ fn decide(
     decide_check(
         api,
         presented,
-        || Ok(api.original_requirement(peer, original.method, original.target)),
+        || Ok(api.original_requirement(peer.map(Peer::Ip), original.method, original.target)),
         started,
     )
 }

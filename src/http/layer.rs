@@ -23,15 +23,15 @@
 //!
 //! With [`RequireToken::with_usage`], every accepted token's use is recorded (issue 10), with
 //! the TCP peer from axum's `ConnectInfo<SocketAddr>` (when the service is served with
-//! `into_make_service_with_connect_info`) and the user agent.
+//! `into_make_service_with_connect_info`, or by [`super::serve`], which also marks a
+//! Unix-socket peer) and the user agent.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use axum::extract::{ConnectInfo, FromRequestParts, Request};
+use axum::extract::{FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use futures_util::future::{Either, Ready, ready};
@@ -161,10 +161,7 @@ impl Guard {
         };
         let presented = Presented {
             headers: request.headers(),
-            peer: request
-                .extensions()
-                .get::<ConnectInfo<SocketAddr>>()
-                .map(|ConnectInfo(address)| address.ip()),
+            peer: super::bearer::peer_of(request.extensions()),
             proxies: None,
         };
         self.decider

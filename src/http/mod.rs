@@ -32,6 +32,8 @@ pub mod page;
 #[cfg(feature = "server")]
 pub mod server;
 #[cfg(feature = "server")]
+pub mod unix_socket;
+#[cfg(feature = "server")]
 pub mod verifier;
 
 #[cfg(feature = "server")]
@@ -50,7 +52,7 @@ use self::jwks::JwksRefresher;
 #[cfg(feature = "server")]
 use self::limits::RateLimiter;
 #[cfg(feature = "server")]
-pub use self::server::{App, ServerLimits, serve};
+pub use self::server::{App, Listener, ServerLimits, serve};
 #[cfg(feature = "server")]
 use self::verifier::VerifierApi;
 #[cfg(feature = "server")]

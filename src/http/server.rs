@@ -41,7 +41,7 @@ use axum::response::Response;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::{Instant, MissedTickBehavior};
@@ -49,6 +49,7 @@ use tower::ServiceExt as _;
 use tower::util::Oneshot;
 
 use super::AppState;
+use crate::proxies::Peer;
 
 /// Descriptors kept free for everything that is not a client connection (Redis, key files,
 /// the JWKS fetch, logs).
@@ -160,6 +161,50 @@ impl From<Router> for App {
     }
 }
 
+/// Where [`serve`] accepts connections: a TCP socket, or a Unix socket for a proxy on the
+/// same host (`server.listen = "unix:PATH"`), where the socket file's permissions decide who
+/// may connect (see [`super::unix_socket`]).
+#[derive(Debug)]
+pub enum Listener {
+    /// TCP: each connection's peer is its address.
+    Tcp(TcpListener),
+    /// A Unix socket: each connection's peer is [`Peer::Unix`].
+    Unix(UnixListener),
+}
+
+impl From<TcpListener> for Listener {
+    fn from(listener: TcpListener) -> Self {
+        Self::Tcp(listener)
+    }
+}
+
+impl From<UnixListener> for Listener {
+    fn from(listener: UnixListener) -> Self {
+        Self::Unix(listener)
+    }
+}
+
+/// A connection just accepted.
+enum Accepted {
+    Tcp(TcpStream, SocketAddr),
+    Unix(UnixStream),
+}
+
+impl Listener {
+    async fn accept(&self) -> io::Result<Accepted> {
+        match self {
+            Self::Tcp(listener) => listener
+                .accept()
+                .await
+                .map(|(stream, address)| Accepted::Tcp(stream, address)),
+            Self::Unix(listener) => listener
+                .accept()
+                .await
+                .map(|(stream, _)| Accepted::Unix(stream)),
+        }
+    }
+}
+
 /// Serves `app` on `listener` within `limits` until `shutdown` completes, then lets the
 /// requests in flight finish.
 ///
@@ -168,11 +213,12 @@ impl From<Router> for App {
 /// None today: accept errors are logged and retried (so running out of descriptors never
 /// stops the server). The `Result` keeps room for listener failures that are fatal.
 pub async fn serve(
-    listener: TcpListener,
+    listener: impl Into<Listener>,
     app: impl Into<App>,
     limits: ServerLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
+    let listener = listener.into();
     let app = app.into();
     let registry = Arc::new(Registry::default());
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -193,13 +239,21 @@ pub async fn serve(
             accepted = listener.accept() => accepted,
         };
         match accepted {
-            Ok((stream, peer)) => {
+            Ok(accepted) => {
                 let connection = registry.open();
                 let app = app.clone();
                 let stop = stop_rx.clone();
                 let registry = Arc::clone(&registry);
                 connections.spawn(async move {
-                    drive(stream, peer, app, &connection, limits, stop).await;
+                    match accepted {
+                        Accepted::Tcp(stream, address) => {
+                            let peer = Origin::Tcp(address);
+                            drive(stream, peer, app, &connection, limits, stop).await;
+                        }
+                        Accepted::Unix(stream) => {
+                            drive(stream, Origin::Unix, app, &connection, limits, stop).await;
+                        }
+                    }
                     registry.close(&connection);
                 });
             }
@@ -227,15 +281,34 @@ fn is_descriptor_exhaustion(error: &io::Error) -> bool {
     matches!(error.raw_os_error(), Some(23 | 24))
 }
 
+/// Where a connection comes from, as handlers are told it.
+#[derive(Debug, Clone, Copy)]
+enum Origin {
+    Tcp(SocketAddr),
+    Unix,
+}
+
+impl Origin {
+    fn peer(self) -> Peer {
+        match self {
+            Self::Tcp(address) => Peer::Ip(address.ip()),
+            Self::Unix => Peer::Unix,
+        }
+    }
+}
+
 /// Serves one connection until it ends, times out, is evicted, or the server stops.
-async fn drive(
-    stream: TcpStream,
-    peer: SocketAddr,
+async fn drive<S>(
+    stream: S,
+    origin: Origin,
     app: App,
     connection: &Arc<Connection>,
     limits: ServerLimits,
     mut stop: watch::Receiver<bool>,
-) {
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let peer = origin.peer();
     let io = TokioIo::new(Metered {
         inner: stream,
         connection: Arc::clone(connection),
@@ -243,7 +316,7 @@ async fn drive(
     let service = Tracked {
         app,
         connection: Arc::clone(connection),
-        peer,
+        origin,
     };
     let conn = hyper::server::conn::http1::Builder::new().serve_connection(io, service);
     let mut conn = std::pin::pin!(conn);
@@ -409,12 +482,12 @@ impl Watchdog {
 
 /// The socket, noting when bytes of a new request head arrive.
 #[derive(Debug)]
-struct Metered {
-    inner: TcpStream,
+struct Metered<S> {
+    inner: S,
     connection: Arc<Connection>,
 }
 
-impl AsyncRead for Metered {
+impl<S: AsyncRead + Unpin> AsyncRead for Metered<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -429,7 +502,7 @@ impl AsyncRead for Metered {
     }
 }
 
-impl AsyncWrite for Metered {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Metered<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -460,12 +533,12 @@ impl AsyncWrite for Metered {
 }
 
 /// The app as hyper's service for one connection: counts requests in flight and gives
-/// handlers the peer address (`ConnectInfo`), as `axum::serve` does.
+/// handlers the peer: its address (`ConnectInfo`) as `axum::serve` does, or [`Peer::Unix`].
 #[derive(Debug, Clone)]
 struct Tracked {
     app: App,
     connection: Arc<Connection>,
-    peer: SocketAddr,
+    origin: Origin,
 }
 
 impl hyper::service::Service<hyper::Request<Incoming>> for Tracked {
@@ -482,14 +555,22 @@ impl hyper::service::Service<hyper::Request<Incoming>> for Tracked {
         {
             // Answered now: the decision never waits (SPEC §9), and forward-auth reads no body.
             let (parts, _body) = request.into_parts();
-            let response = super::verifier::forward_auth_answer(state, &parts, self.peer.ip());
+            let response = super::verifier::forward_auth_answer(state, &parts, self.origin.peer());
             return InFlight {
                 answer: Answer::Ready(std::future::ready(Ok(response))),
                 _finished: finished,
             };
         }
         let mut request = request.map(Body::new);
-        request.extensions_mut().insert(ConnectInfo(self.peer));
+        let extensions = request.extensions_mut();
+        match self.origin {
+            Origin::Tcp(address) => {
+                extensions.insert(ConnectInfo(address));
+            }
+            Origin::Unix => {
+                extensions.insert(Peer::Unix);
+            }
+        }
         InFlight {
             answer: Answer::Routed(self.app.router.clone().oneshot(request)),
             _finished: finished,

@@ -24,13 +24,12 @@
 //! digests of the secrets are kept, compared in constant time. Every inactive answer is
 //! exactly `{"active": false}`: it never says why.
 
-use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Json;
 use axum::Router;
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -48,7 +47,7 @@ use super::{AppState, Services};
 use crate::config::IntrospectionClient;
 use crate::permissions::Permission;
 use crate::policy::RoutePolicy;
-use crate::proxies::TrustedProxies;
+use crate::proxies::{Peer, TrustedProxies};
 use crate::token::warm::Verified;
 use crate::token::{Claims, Requirement, TenantId};
 
@@ -141,7 +140,7 @@ impl IntrospectionClients {
 
 impl VerifierApi {
     /// The requirement of this request, or `None` when it is denied (see the module docs).
-    fn requirement(&self, parts: &Parts, peer: Option<IpAddr>) -> Result<Option<Need>, ApiError> {
+    fn requirement(&self, parts: &Parts, peer: Option<Peer>) -> Result<Option<Need>, ApiError> {
         let lookup = if self.policy.has_routes() {
             self.route_requirement(parts, peer)
         } else if parts.uri.path() == VERIFY_PATH {
@@ -166,7 +165,7 @@ impl VerifierApi {
     #[cfg(feature = "grpc")]
     pub(super) fn original_requirement(
         &self,
-        peer: Option<IpAddr>,
+        peer: Option<Peer>,
         method: &str,
         target: &str,
     ) -> Option<Need> {
@@ -185,8 +184,8 @@ impl VerifierApi {
     }
 
     /// Whether `peer` is a proxy whose word on the original request is believed.
-    pub(super) fn is_trusted(&self, peer: Option<IpAddr>) -> bool {
-        peer.is_some_and(|ip| self.trusted_proxies.contains(ip))
+    pub(super) fn is_trusted(&self, peer: Option<Peer>) -> bool {
+        peer.is_some_and(|peer| self.trusted_proxies.trusts(peer))
     }
 
     fn resolve(&self, lookup: Lookup) -> Option<Need> {
@@ -197,7 +196,7 @@ impl VerifierApi {
         }
     }
 
-    fn route_requirement(&self, parts: &Parts, peer: Option<IpAddr>) -> Lookup {
+    fn route_requirement(&self, parts: &Parts, peer: Option<Peer>) -> Lookup {
         if !self.is_trusted(peer) {
             if has_forwarded_headers(&parts.headers) {
                 tracing::debug!(
@@ -374,10 +373,7 @@ pub(crate) fn query_requirement(query: &str) -> Result<Option<Requirement>, ApiE
 async fn forward_auth(State(state): State<AppState>, request: Request) -> Response {
     let started = Instant::now();
     let (parts, _body) = request.into_parts();
-    let peer = parts
-        .extensions
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|ConnectInfo(address)| address.ip());
+    let peer = super::bearer::peer_of(&parts.extensions);
     answer(&state, &parts, peer, started)
 }
 
@@ -399,13 +395,13 @@ pub(super) fn is_forward_auth_path(path: &str) -> bool {
 /// (matching the path, boxing the handler's future, the route's request extensions), a fifth
 /// of a warm check's instructions (docs/proxies-bench.md, "The verifier's share of a check").
 /// Forward-auth never reads a body and has no layers, so nothing else differs.
-pub(super) fn forward_auth_answer(state: &Services, parts: &Parts, peer: IpAddr) -> Response {
+pub(super) fn forward_auth_answer(state: &Services, parts: &Parts, peer: Peer) -> Response {
     answer(state, parts, Some(peer), Instant::now())
 }
 
 // Never inlined: `benches/proxies/route_cost.sh` counts the instructions inside it.
 #[inline(never)]
-fn answer(state: &Services, parts: &Parts, peer: Option<IpAddr>, started: Instant) -> Response {
+fn answer(state: &Services, parts: &Parts, peer: Option<Peer>, started: Instant) -> Response {
     let result = state
         .verifier_api()
         .and_then(|api| decide(api, parts, peer, started));
@@ -418,7 +414,7 @@ fn answer(state: &Services, parts: &Parts, peer: Option<IpAddr>, started: Instan
 fn decide(
     api: &VerifierApi,
     parts: &Parts,
-    peer: Option<IpAddr>,
+    peer: Option<Peer>,
     started: Instant,
 ) -> Result<Verified, ApiError> {
     let presented = Presented {
@@ -538,10 +534,7 @@ async fn introspect(State(state): State<AppState>, request: Request) -> Result<R
     // path, so a copy of the headers is affordable.
     let (headers, peer) = (
         request.headers().clone(),
-        request
-            .extensions()
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|ConnectInfo(address)| address.ip()),
+        super::bearer::peer_of(request.extensions()),
     );
     let is_form = has_media_type(request.headers(), "application/x-www-form-urlencoded");
     // The body (under the body limit) is read before the caller is authenticated: a refusal

@@ -56,13 +56,23 @@ fn replace_once(text: &str, from: &str, to: &str) -> String {
 impl Nginx {
     /// Starts the edge in front of the verifier at `verifier_port`.
     pub(crate) fn start_edge(verifier_port: u16) -> Self {
+        Self::start_edge_to(&format!("127.0.0.1:{verifier_port}"))
+    }
+
+    /// Starts the edge in front of the verifier listening on the Unix socket `socket`.
+    pub(crate) fn start_edge_to_unix_socket(socket: &Path) -> Self {
+        Self::start_edge_to(&format!("unix:{}", socket.display()))
+    }
+
+    /// Starts the edge with `verifier` (an nginx `server` address) as its only verifier.
+    fn start_edge_to(verifier: &str) -> Self {
         let edge_port = free_port();
         let upstream_port = free_port();
         let edge = repo_file("edge.conf");
         let edge = replace_once(
             &edge,
             "server verifier-1:8080;\n    server verifier-2:8080;",
-            &format!("server 127.0.0.1:{verifier_port};"),
+            &format!("server {verifier};"),
         );
         let edge = replace_once(
             &edge,

@@ -122,6 +122,7 @@ pub(crate) async fn wait_ready(base: &str, diagnose: impl Fn() -> Option<String>
 pub(crate) struct EdgetokenProcess {
     child: Option<Child>,
     dir: TempDir,
+    /// Its port; 0 on a Unix socket.
     pub(crate) port: u16,
 }
 
@@ -134,15 +135,50 @@ impl EdgetokenProcess {
 
     /// As [`EdgetokenProcess::start`], logging what `filter` (`RUST_LOG`) lets through.
     pub(crate) async fn start_logging(config: &str, role: &str, filter: &str) -> Self {
+        let port = free_port();
+        let mut process = Self::spawn(config, &format!("127.0.0.1:{port}"), role, filter);
+        process.port = port;
+        let url = process.url("");
+        let diagnose = process.exit_diagnosis();
+        wait_ready(&url, diagnose).await;
+        process
+    }
+
+    /// As [`EdgetokenProcess::start`], listening on a Unix socket at `socket`
+    /// (`listen = "unix:SOCKET"`) rather than a port, waiting for `/readyz` over it.
+    pub(crate) async fn start_on_unix_socket(config: &str, role: &str, socket: &Path) -> Self {
+        let listen = format!("unix:{}", socket.display());
+        let mut process = Self::spawn(config, &listen, role, "warn");
+        {
+            let diagnose = process.exit_diagnosis();
+            eventually(format!("{listen} /readyz to answer 200"), READY_TIMEOUT)
+                .until(async || {
+                    if unix_get(socket, "/readyz")
+                        .is_ok_and(|answer| answer.starts_with("HTTP/1.1 200"))
+                    {
+                        return Some(());
+                    }
+                    if let Some(problem) = diagnose() {
+                        panic!("{listen} will not get ready: {problem}");
+                    }
+                    None
+                })
+                .await;
+        }
+        process
+    }
+
+    /// Writes `config` plus `[server] listen = LISTEN` to a temp dir and runs
+    /// `edgetoken serve --config FILE --role ROLE`, without waiting.
+    fn spawn(config: &str, listen: &str, role: &str, filter: &str) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("edgetoken-proc-")
             .tempdir()
             .expect("temp dir");
-        let port = free_port();
         let file = dir.path().join("edgetoken.toml");
         std::fs::write(
             &file,
-            format!("{config}\n[server]\nlisten = \"127.0.0.1:{port}\"\n"),
+            format!("{config}\n[server]\nlisten = \"{listen}\"\n"),
         )
         .expect("write config");
         let log =
@@ -160,16 +196,18 @@ impl EdgetokenProcess {
             .stderr(log("stderr.log"))
             .spawn()
             .expect("spawn edgetoken");
-        let mut process = Self {
+        Self {
             child: Some(child),
             dir,
-            port,
-        };
-        let url = process.url("");
-        let stderr = process.dir.path().join("stderr.log");
-        let child = process.child.as_mut().expect("child");
-        let exited = std::sync::Mutex::new(child);
-        wait_ready(&url, || {
+            port: 0,
+        }
+    }
+
+    /// What to say when the process exits before it is ready: its status and standard error.
+    fn exit_diagnosis(&mut self) -> impl Fn() -> Option<String> + use<'_> {
+        let stderr = self.dir.path().join("stderr.log");
+        let exited = std::sync::Mutex::new(self.child.as_mut().expect("child"));
+        move || {
             let mut child = exited.lock().expect("lock");
             match child.try_wait() {
                 Ok(Some(status)) => Some(format!(
@@ -178,9 +216,7 @@ impl EdgetokenProcess {
                 )),
                 _ => None,
             }
-        })
-        .await;
-        process
+        }
     }
 
     /// `http://127.0.0.1:PORT` + `path`.
@@ -280,6 +316,21 @@ impl Drop for EdgetokenProcess {
             let _ = child.wait();
         }
     }
+}
+
+/// Sends `GET path` over the Unix socket at `socket` and returns the whole answer (status
+/// line, headers and body). A test client: reqwest speaks no Unix sockets.
+pub(crate) fn unix_get(socket: &Path, path: &str) -> std::io::Result<String> {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::os::unix::net::UnixStream::connect(socket)?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: verifier\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer)?;
+    Ok(answer)
 }
 
 /// A running `edgetoken serve`, killed on drop.

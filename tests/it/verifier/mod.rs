@@ -12,6 +12,7 @@ mod nginx;
 mod processes;
 mod proxies;
 mod rotation;
+mod unix_socket;
 mod usage;
 
 use std::time::Duration;
