@@ -64,10 +64,12 @@ def nginx(work, p):
     write(work, "upstream.conf", nginx_main(work, "upstream", upstream))
 
     def with_verifier(port):
+        """The edge asking the verifier at `port`: a port number, or a Unix socket's path."""
+        address = port if isinstance(port, str) else f"127.0.0.1:{port}"
         return edited(
             "nginx/edge.conf",
             "nginx addresses",
-            ("server verifier-1:8080;\n    server verifier-2:8080;", f"server 127.0.0.1:{port};"),
+            ("server verifier-1:8080;\n    server verifier-2:8080;", f"server {address};"),
             ("server upstream:8080;", f"server 127.0.0.1:{p['upstream']};"),
         )
 
@@ -77,12 +79,22 @@ def nginx(work, p):
     plain = once(edge, "listen 80;", f"listen 127.0.0.1:{p['nginx']};", "nginx listen")
     plain = once(plain, "auth_request /_edgetoken_verify;", "auth_request off;", "nginx auth")
     write(work, "nginx.conf", nginx_main(work, "nginx", plain))
+    # The same edge asking the verifier and the nginx null check over a Unix socket, for a
+    # verifier on the proxy's host (server.listen = "unix:PATH").
+    unix_verifier = f"unix:{work}/verifier.sock"
+    unix_null = f"unix:{work}/null-check.sock"
+    auth_unix = with_verifier(unix_verifier)
+    auth_unix = once(auth_unix, "listen 80;", f"listen 127.0.0.1:{p['nginx_auth_unix']};", "nginx listen")
+    write(work, "nginx-auth-unix.conf", nginx_main(work, "nginx-auth-unix", auth_unix))
     # The floor: the same edge asking a check that decides nothing (every request passes), in
     # place of the verifier: an nginx `return 200` with a passing answer's headers, and bare
-    # axum (examples/bare_axum, `/v1/verify`).
-    write(work, "null-check.conf", nginx_main(work, "null-check", NULL_CHECK.format(port=p["null_check"])))
-    for name, verifier in (("nginx-null", "null_check"), ("nginx-bare", "bare_check")):
-        floor = with_verifier(p[verifier])
+    # axum (examples/bare_axum, `/v1/verify`); the nginx one also over a Unix socket.
+    null_check = NULL_CHECK.format(port=p["null_check"])
+    null_check = once(null_check, "listen 127.0.0.1", f"listen {unix_null};\n    listen 127.0.0.1", "null listen")
+    write(work, "null-check.conf", nginx_main(work, "null-check", null_check))
+    floors = (("nginx-null", p["null_check"]), ("nginx-bare", p["bare_check"]), ("nginx-null-unix", unix_null))
+    for name, verifier in floors:
+        floor = with_verifier(verifier)
         floor = once(floor, "listen 80;", f"listen 127.0.0.1:{p[name.replace('-', '_')]};", "nginx listen")
         write(work, f"{name}.conf", nginx_main(work, name, floor))
 

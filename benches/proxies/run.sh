@@ -60,7 +60,7 @@ declare -A port=(
     [caddy_auth]=$((base + 19)) [caddy_admin]=$((base + 20)) [caddy_auth_admin]=$((base + 21))
     [nginx_null]=$((base + 22)) [nginx_bare]=$((base + 23)) [envoy_http_bare]=$((base + 24))
     [envoy_grpc_null]=$((base + 25)) [traefik_bare]=$((base + 26)) [caddy_bare]=$((base + 27))
-    [caddy_bare_admin]=$((base + 28))
+    [caddy_bare_admin]=$((base + 28)) [nginx_auth_unix]=$((base + 29)) [nginx_null_unix]=$((base + 30))
 )
 
 need() { command -v "$1" >/dev/null || { echo "$1 is not installed ($2)" >&2; exit 2; }; }
@@ -130,6 +130,9 @@ common() { bench_verifier_toml "$1" "${port[redis]}" proxies-bench; }
 } >"$work/verifier.toml"
 # Query mode: the same verifier without routes.
 common "${port[verifier_query]}" >"$work/verifier-query.toml"
+# The route-mode verifier on a Unix socket (configs.py points nginx at the same path).
+sed -e "s|^listen = .*|listen = \"unix:$work/verifier.sock\"|" -e '/^grpc_listen/d' \
+    "$work/verifier.toml" >"$work/verifier-unix.toml"
 
 echo "minting 100 warm tokens (and one for another tenant)..." >&2
 "$bin/examples/mint_many" "$work/verifier.toml" "$work/warm.txt" 100
@@ -145,13 +148,14 @@ start() { # start NAME COMMAND...: pinned to the server core, output in $work/NA
 }
 start verifier "$bin/edgetoken" serve --config "$work/verifier.toml" --role verifier
 start verifier_query "$bin/edgetoken" serve --config "$work/verifier-query.toml" --role verifier
+start verifier_unix "$bin/edgetoken" serve --config "$work/verifier-unix.toml" --role verifier
 start upstream nginx -p "$work/upstream" -e "$work/upstream/error.log" -c "$work/upstream.conf"
 start null_check nginx -p "$work/null-check" -e "$work/null-check/error.log" -c "$work/null-check.conf"
 start bare_check "$bin/examples/bare_axum" "127.0.0.1:${port[bare_check]}" "$work/keys"
 # A build from before the floor rows (BIN_DIR) has no null_check_grpc: its rows are skipped.
 [ ! -x "$bin/examples/null_check_grpc" ] ||
     start null_grpc "$bin/examples/null_check_grpc" "127.0.0.1:${port[null_grpc]}"
-for name in nginx nginx_auth nginx_null nginx_bare; do
+for name in nginx nginx_auth nginx_null nginx_bare nginx_auth_unix nginx_null_unix; do
     conf=${name//_/-}
     start "$name" nginx -p "$work/$conf" -e "$work/$conf/error.log" -c "$work/$conf.conf"
 done
@@ -201,6 +205,7 @@ configs=(
     "caddy|http://127.0.0.1:${port[caddy]}$path|caddy||"
     "envoy_jwt|http://127.0.0.1:${port[envoy_jwt]}$path|envoy_jwt||"
     "nginx_auth|http://127.0.0.1:${port[nginx_auth]}$path|nginx_auth|verifier|"
+    "nginx_auth_unix|http://127.0.0.1:${port[nginx_auth_unix]}$path|nginx_auth_unix|verifier_unix|"
     "envoy_http|http://127.0.0.1:${port[envoy_http]}$path|envoy_http|verifier|"
     "envoy_grpc|http://127.0.0.1:${port[envoy_grpc]}$path|envoy_grpc|verifier|"
     "traefik_auth|http://127.0.0.1:${port[traefik_auth]}$path|traefik_auth|verifier|"
@@ -209,6 +214,7 @@ configs=(
     "verify_route|http://127.0.0.1:${port[verifier]}/v1/verify||verifier|${forwarded[0]}|${forwarded[1]}"
     "nginx_null|http://127.0.0.1:${port[nginx_null]}$path|nginx_null|null_check|"
     "nginx_bare|http://127.0.0.1:${port[nginx_bare]}$path|nginx_bare|bare_check|"
+    "nginx_null_unix|http://127.0.0.1:${port[nginx_null_unix]}$path|nginx_null_unix|null_check|"
     "null_alone|http://127.0.0.1:${port[null_check]}/v1/verify||null_check|"
     "bare_alone|http://127.0.0.1:${port[bare_check]}/v1/verify||bare_check|"
     "envoy_http_bare|http://127.0.0.1:${port[envoy_http_bare]}$path|envoy_http_bare|bare_check|"
@@ -225,6 +231,8 @@ declare -A label=(
     [verify_query]="edgetoken alone, query mode" [verify_route]="edgetoken alone, route mode (X-Forwarded-*)"
     [nginx_null]="floor: nginx auth_request → null check (nginx return 200)"
     [nginx_bare]="floor: nginx auth_request → null check (bare axum)"
+    [nginx_auth_unix]="nginx auth_request → edgetoken (Unix socket)"
+    [nginx_null_unix]="floor: nginx auth_request → null check (nginx return 200, Unix socket)"
     [null_alone]="floor: null check alone (nginx return 200)"
     [bare_alone]="floor: null check alone (bare axum)"
     [envoy_http_bare]="floor: Envoy HTTP ext_authz → null check (bare axum)"
@@ -243,7 +251,17 @@ bare_verifies() {
     done
     return 1
 }
-bare_ok=""
+# Whether the verifier on a Unix socket came up: a build from before server.listen took
+# "unix:PATH" (BIN_DIR) refuses its configuration, and its rows are skipped.
+unix_listens() {
+    for _ in $(seq 100); do
+        [ -S "$work/verifier.sock" ] && return 0
+        kill -0 "${pid[verifier_unix]}" 2>/dev/null || return 1
+        sleep 0.1
+    done
+    return 1
+}
+bare_ok="" unix_ok=""
 selected=() skipped=()
 for entry in "${configs[@]}"; do
     IFS='|' read -r name url proxy verifier headers <<<"$entry"
@@ -251,6 +269,10 @@ for entry in "${configs[@]}"; do
     if { [[ $name == envoy_grpc* ]] && [ -z "${pid[$name]:-}" ]; } ||
         { [ "$verifier" = null_grpc ] && [ -z "${pid[null_grpc]:-}" ]; }; then
         skipped+=("$name"); continue
+    fi
+    if [ "$verifier" = verifier_unix ]; then
+        [ -n "$unix_ok" ] || { unix_listens && unix_ok=yes || unix_ok=no; }
+        [ "$unix_ok" = yes ] || { skipped+=("$name"); continue; }
     fi
     if [ "$verifier" = bare_check ]; then
         [ -n "$bare_ok" ] || { bare_verifies && bare_ok=yes || bare_ok=no; }
