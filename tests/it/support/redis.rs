@@ -232,9 +232,11 @@ impl RedisServer {
         self.wait_ready()
     }
 
-    /// Polls PING until the server answers, the process exits, or the timeout passes.
+    /// Waits until this server's own process answers on its port (another test's server
+    /// that took the port answers too), the process exits, or the timeout passes.
     fn wait_ready(&mut self) -> Result<(), String> {
         let client = redis::Client::open(self.url()).map_err(|e| e.to_string())?;
+        let pid = self.child.as_ref().map(Child::id);
         // `Some(Err(..))`: the server exited, and waiting longer cannot help.
         eventually("redis-server to answer PING", READY_TIMEOUT)
             .every(Duration::from_millis(10))
@@ -248,13 +250,22 @@ impl RedisServer {
                         "redis-server exited with {status}; log:\n{log}"
                     )));
                 }
-                let pong = client
-                    .get_connection_with_timeout(Duration::from_millis(200))
-                    .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c));
-                pong.is_ok().then_some(Ok(()))
+                (pid.is_some() && answering_process(&client) == pid).then_some(Ok(()))
             })
             .unwrap_or_else(|timed_out| Err(timed_out.to_string()))
     }
+}
+
+/// The process id of the server answering at `client`'s address (`process_id` in `INFO
+/// server`); `None` while nothing answers.
+pub(crate) fn answering_process(client: &redis::Client) -> Option<u32> {
+    let info = client
+        .get_connection_with_timeout(Duration::from_millis(200))
+        .and_then(|mut c| redis::cmd("INFO").arg("server").query::<String>(&mut c))
+        .ok()?;
+    info.lines()
+        .find_map(|l| l.trim().strip_prefix("process_id:"))
+        .and_then(|p| p.parse::<u32>().ok())
 }
 
 /// Copies the data files of `from` (not the log) into `to`, recursively.

@@ -12,6 +12,7 @@ use tempfile::TempDir;
 
 use super::delay_proxy::DelayProxy;
 use super::eventually::eventually;
+use super::redis::answering_process;
 
 /// The name the sentinels monitor the primary under.
 pub(crate) const MASTER_NAME: &str = "edgetoken";
@@ -130,15 +131,7 @@ impl Node {
             {
                 return Some(Err(format!("exited with {status}")));
             }
-            let info = client
-                .get_connection_with_timeout(Duration::from_millis(200))
-                .and_then(|mut c| redis::cmd("INFO").arg("server").query::<String>(&mut c))
-                .ok()?;
-            let answered_by = info
-                .lines()
-                .find_map(|l| l.trim().strip_prefix("process_id:"))
-                .and_then(|p| p.parse::<u32>().ok());
-            (answered_by == pid).then_some(Ok(()))
+            (answering_process(&client)? == pid?).then_some(Ok(()))
         });
         match outcome.map_err(|t| t.to_string()) {
             Ok(Ok(())) => Ok(()),
