@@ -185,3 +185,24 @@ pub(crate) async fn list_via_api(
         .await
         .ok()
 }
+
+/// Waits up to `wait` for alice's token `id` to show one use in the issuer's listing at
+/// `issuer_base`, and returns its entry (with `last_used_at` and `last_used_from`).
+pub(crate) async fn once_used_via_api(
+    client: &reqwest::Client,
+    issuer_base: &str,
+    id: &str,
+    wait: std::time::Duration,
+) -> serde_json::Value {
+    super::eventually::eventually("the use in the list API", wait)
+        .every(std::time::Duration::from_millis(100))
+        .until(async || {
+            let body = list_via_api(client, issuer_base).await?;
+            body["tokens"]
+                .as_array()?
+                .iter()
+                .find(|t| t["id"] == id && t["uses"] == 1)
+                .cloned()
+        })
+        .await
+}

@@ -17,7 +17,7 @@ use serde_json::Value;
 
 use super::WAIT;
 use crate::support::deployment::{
-    AUDIENCE, Deployment, ISSUER, ROUTES, list_via_api, mint, mint_via_api, revoke_via_api,
+    AUDIENCE, Deployment, ISSUER, ROUTES, mint, mint_via_api, once_used_via_api, revoke_via_api,
 };
 use crate::support::echo_upstream::EchoUpstream;
 use crate::support::edge_proxy::{EdgeProxy, ProxyKind};
@@ -201,17 +201,7 @@ async fn records_the_clients_address_for_last_used_not_a_forged_one(kind: ProxyK
             .await,
     );
     let issuer = edge.issuer.url("");
-    let used = eventually("the use in the list API", WAIT)
-        .every(std::time::Duration::from_millis(100))
-        .until(async || {
-            let body = list_via_api(&edge.client, &issuer).await?;
-            body["tokens"]
-                .as_array()?
-                .iter()
-                .find(|t| t["id"] == id.as_str() && t["uses"] == 1)
-                .cloned()
-        })
-        .await;
+    let used = once_used_via_api(&edge.client, &issuer, &id, WAIT).await;
     // The test client is on loopback: the proxy's view of it, not what it claimed.
     assert_eq!(used["last_used_from"], "127.0.0.1", "{used}");
 }

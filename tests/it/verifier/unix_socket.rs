@@ -5,16 +5,14 @@
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
-use std::time::Duration;
 
 use edgetoken::config::Role;
 use reqwest::StatusCode;
 
 use super::WAIT;
 use crate::support::deployment::{
-    Deployment, ROUTES, list_via_api, mint, mint_via_api, revoke_via_api,
+    Deployment, ROUTES, mint, mint_via_api, once_used_via_api, revoke_via_api,
 };
-use crate::support::eventually::eventually;
 use crate::support::nginx::Nginx;
 use crate::support::process::{EdgetokenProcess, Served, edgetoken, unix_get};
 
@@ -109,17 +107,7 @@ async fn nginx_checks_every_request_with_a_verifier_on_a_unix_socket() {
 
     // "Last used from": the client's address as nginx saw it (X-Real-IP from the trusted
     // socket peer), not the one the client claimed.
-    let used = eventually("the use in the list API", WAIT)
-        .every(Duration::from_millis(100))
-        .until(async || {
-            let body = list_via_api(&edge.client, &issuer).await?;
-            body["tokens"]
-                .as_array()?
-                .iter()
-                .find(|t| t["id"] == id.as_str() && t["uses"] == 1)
-                .cloned()
-        })
-        .await;
+    let used = once_used_via_api(&edge.client, &issuer, &id, WAIT).await;
     assert_eq!(used["last_used_from"], "127.0.0.1", "{used}");
 
     // A revoke answers once the verifier refuses the token: its very next request fails.
