@@ -54,11 +54,29 @@ fn the_pattern_matches_minted_tokens_in_text() {
     for seed in 0..32 {
         let token = minted(seed);
         let text = format!("Authorization: Bearer {token}\n");
-        let found = pattern.find(&text).map(|m| m.as_str());
+        let found = pattern.captures(&text).map(|c| c.get(1).unwrap().as_str());
         assert_eq!(found, Some(token.as_str()));
-        // One more base64url character makes it something else.
-        assert!(!pattern.is_match(&format!("{token}A")));
+        // One more base64url character, `-` and `_` included, makes it something else: a
+        // longer signature is not an Ed25519 one.
+        for more in ["A", "-", "_", "-A", "_x"] {
+            let longer = format!("{token}{more}");
+            assert!(!pattern.is_match(&longer), "{longer}");
+        }
         assert!(!pattern.is_match(&format!("x{token}")));
+    }
+}
+
+#[test]
+fn the_pattern_finds_tokens_one_character_apart() {
+    let pattern = regex::Regex::new(TOKEN_PATTERN).unwrap();
+    let tokens: Vec<String> = (0..4).map(minted).collect();
+    for separator in ["\n", " ", ",", "\r\n"] {
+        let text = tokens.join(separator);
+        let found: Vec<&str> = pattern
+            .captures_iter(&text)
+            .map(|c| c.get(1).unwrap().as_str())
+            .collect();
+        assert_eq!(found, tokens, "separated by {separator:?}");
     }
 }
 

@@ -23,7 +23,8 @@ fn pattern() -> Regex {
     Regex::new(TOKEN_PATTERN).expect("TOKEN_PATTERN compiles")
 }
 
-/// Asserts the pattern finds exactly `token` when it sits in text the way leaks look.
+/// Asserts the pattern's capture group 1 is exactly `token` when it sits in text the way leaks
+/// look.
 fn assert_found(pattern: &Regex, token: &str) {
     for text in [
         token.to_owned(),
@@ -32,7 +33,10 @@ fn assert_found(pattern: &Regex, token: &str) {
         format!("https://api.example/x?access_token={token}&page=2"),
         format!("export EDGETOKEN='{token}'"),
     ] {
-        let found: Vec<&str> = pattern.find_iter(&text).map(|m| m.as_str()).collect();
+        let found: Vec<&str> = pattern
+            .captures_iter(&text)
+            .map(|c| c.get(1).expect("group 1 is the token").as_str())
+            .collect();
         assert_eq!(found, [token], "in {text:?}");
     }
 }
@@ -196,6 +200,10 @@ fn other_issuers_tokens() -> Vec<(&'static str, String)> {
         for (what, header, payload, sig_len) in cases {
             tokens.push((what, forged(&header, &payload, sig_len)));
         }
+        tokens.push((
+            "our header and claims, RSA-sized signature with `-` after 86 characters",
+            longer_signature_ending_like_ours(i),
+        ));
         // A real signature, but over a header with a space in it.
         tokens.push((
             "our members with whitespace",
@@ -207,6 +215,25 @@ fn other_issuers_tokens() -> Vec<(&'static str, String)> {
         ));
     }
     tokens
+}
+
+/// Our header and claims with a 256-byte signature whose 86th character could end an Ed25519
+/// one and whose 87th is `-`, `_` or a letter: a word boundary would end the match there, one
+/// random RSA-sized signature in 1,024 looks like this. `i` picks the characters.
+fn longer_signature_ending_like_ours(i: usize) -> String {
+    let header = format!(
+        r#"{{"alg":"EdDSA","typ":"at+jwt","kid":"{}"}}"#,
+        random_kid(43)
+    );
+    let token = forged(&header, r#"{"iss":"https://issuer.example"}"#, 256);
+    let (signed, signature) = token.rsplit_once('.').unwrap();
+    let last = ["A", "Q", "g", "w"][i % 4];
+    let next = ["-", "_", "x"][i % 3];
+    format!(
+        "{signed}.{}{last}{next}{}",
+        &signature[..85],
+        &signature[87..]
+    )
 }
 
 /// Hand-built headers of other issuers, over `payload`: (what, header, payload, signature
