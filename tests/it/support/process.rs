@@ -175,12 +175,7 @@ impl EdgetokenProcess {
             .prefix("edgetoken-proc-")
             .tempdir()
             .expect("temp dir");
-        let file = dir.path().join("edgetoken.toml");
-        std::fs::write(
-            &file,
-            format!("{config}\n[server]\nlisten = \"{listen}\"\n"),
-        )
-        .expect("write config");
+        let file = write_config(dir.path(), config, listen);
         let log =
             |name: &str| std::fs::File::create(dir.path().join(name)).expect("create log file");
         // The config file is the whole configuration: no inherited `EDGETOKEN_*` override
@@ -501,4 +496,15 @@ pub(crate) fn thread_stacks(pid: u32) -> String {
         Ok(output) => String::from_utf8_lossy(&output.stdout).into_owned(),
         Err(err) => format!("no stacks: running gdb failed ({err})"),
     }
+}
+
+/// Writes `config` plus `[server] listen = LISTEN` to `DIR/edgetoken.toml`, and returns its path.
+pub(crate) fn write_config(dir: &Path, config: &str, listen: &str) -> PathBuf {
+    let file = dir.join("edgetoken.toml");
+    std::fs::write(
+        &file,
+        format!("{config}\n[server]\nlisten = \"{listen}\"\n"),
+    )
+    .expect("write config");
+    file
 }

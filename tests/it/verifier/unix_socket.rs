@@ -14,7 +14,7 @@ use crate::support::deployment::{
     Deployment, ROUTES, mint, mint_via_api, once_used_via_api, revoke_via_api,
 };
 use crate::support::nginx::Nginx;
-use crate::support::process::{EdgetokenProcess, Served, edgetoken, unix_get};
+use crate::support::process::{EdgetokenProcess, Served, edgetoken, unix_get, write_config};
 
 /// The issuer (in process), a verifier process on a Unix socket in `dir` with the route
 /// policy and `extra` config, and nginx in front of it.
@@ -151,15 +151,7 @@ async fn a_socket_peer_is_not_trusted_without_the_unix_entry() {
 /// `edgetoken serve --role verifier` on `socket`, run to its exit: its status and stderr.
 fn serve_until_exit(config: &str, socket: &Path) -> (std::process::ExitStatus, String) {
     let dir = tempfile::tempdir().expect("config dir");
-    let file = dir.path().join("edgetoken.toml");
-    std::fs::write(
-        &file,
-        format!(
-            "{config}\n[server]\nlisten = \"unix:{}\"\n",
-            socket.display()
-        ),
-    )
-    .unwrap();
+    let file = write_config(dir.path(), config, &format!("unix:{}", socket.display()));
     let output = edgetoken(dir.path())
         .args(["serve", "--role", "verifier", "--config"])
         .arg(&file)
