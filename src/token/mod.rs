@@ -56,13 +56,15 @@ pub const TOKEN_PREFIX: &str = "eyJhbGciOiJFZERTQSIsInR5cCI6ImF0K2p3dCIsImtpZCI6
 /// - `\.eyJpc3MiOi[A-Za-z0-9_-]+`: the claims, which always begin `{"iss":` (mint order);
 /// - `\.[A-Za-z0-9_-]{85}[AQgw]`: the 64-byte Ed25519 signature, 86 characters whose last
 ///   one carries two bits;
-/// - `(?:[^A-Za-z0-9_-]|$)`: the end of the base64url run. Not `\b`: `-` is a base64url
+/// - `([^A-Za-z0-9_-]|$)`: the end of the base64url run. Not `\b`: `-` is a base64url
 ///   character but not a word character, so `\b` would let a longer signature (an RSA one over
 ///   our header, one time in 1,024) match at its 86th character. Without look-ahead this end
-///   is part of the match, so the token itself is capture group 1. The start stays `\b`, which
-///   takes no character, so tokens one space or newline apart are all found; it lets a `-`
-///   come before the token, where 49 fixed characters make a chance match negligible.
+///   is part of the match, so the token itself is capture group 1, and the character after
+///   it group 2 (a scrubber replaces matches with `[REDACTED]$2` to keep it). The start stays
+///   `\b`, which takes no character, so tokens one space or newline apart are all found; it
+///   lets a `-` come before the token, where 49 fixed characters make a chance match
+///   negligible.
 ///
 /// The README's "Leaked tokens" section quotes it verbatim (a unit test checks that), and the
 /// integration test `leaked` checks every minted token matches and other JWTs do not.
-pub const TOKEN_PATTERN: &str = r"\b(eyJhbGciOiJFZERTQSIsInR5cCI6ImF0K2p3dCIsImtpZCI6I[i-n][A-Za-z0-9_-]{57}ifQ\.eyJpc3MiOi[A-Za-z0-9_-]+\.[A-Za-z0-9_-]{85}[AQgw])(?:[^A-Za-z0-9_-]|$)";
+pub const TOKEN_PATTERN: &str = r"\b(eyJhbGciOiJFZERTQSIsInR5cCI6ImF0K2p3dCIsImtpZCI6I[i-n][A-Za-z0-9_-]{57}ifQ\.eyJpc3MiOi[A-Za-z0-9_-]+\.[A-Za-z0-9_-]{85}[AQgw])([^A-Za-z0-9_-]|$)";

@@ -81,6 +81,17 @@ fn the_pattern_finds_tokens_one_character_apart() {
 }
 
 #[test]
+fn a_scrubber_keeps_what_follows_a_token() {
+    let pattern = regex::Regex::new(TOKEN_PATTERN).unwrap();
+    let (first, second) = (minted(1), minted(2));
+    let text = format!("a={first}\n{{\"token\":\"{second}\"}} end {first}");
+    assert_eq!(
+        pattern.replace_all(&text, "[REDACTED]$2"),
+        "a=[REDACTED]\n{\"token\":\"[REDACTED]\"} end [REDACTED]"
+    );
+}
+
+#[test]
 fn the_readme_quotes_the_pattern_and_prefix_verbatim() {
     let readme = include_str!("../../README.md");
     assert!(
