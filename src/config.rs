@@ -22,6 +22,9 @@ use crate::token::CacheSettings;
 pub const ENV_PREFIX: &str = "EDGETOKEN_";
 /// The environment variable naming the config file (same as `--config`).
 pub const ENV_CONFIG_FILE: &str = "EDGETOKEN_CONFIG";
+/// The environment variable choosing the log format (`json`; see `telemetry`). Like
+/// [`ENV_CONFIG_FILE`] it is read before the configuration, so it is not an override.
+pub const ENV_LOG_FORMAT: &str = "EDGETOKEN_LOG_FORMAT";
 /// The file read when no `--config` is given, if it exists.
 pub const DEFAULT_CONFIG_FILE: &str = "edgetoken.toml";
 
@@ -698,7 +701,7 @@ fn apply_env(
         let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
             continue;
         };
-        if name == ENV_CONFIG_FILE {
+        if name == ENV_CONFIG_FILE || name == ENV_LOG_FORMAT {
             continue;
         }
         let path: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
@@ -810,6 +813,19 @@ mod tests {
         )
         .unwrap_err();
         assert!(matches!(err, ConfigError::EnvName { .. }));
+    }
+
+    #[test]
+    fn the_variables_read_before_the_configuration_are_not_overrides() {
+        let config = Config::load(
+            Some(Path::new("/dev/null")),
+            env(&[
+                (ENV_CONFIG_FILE, "/etc/edgetoken.toml"),
+                (ENV_LOG_FORMAT, "json"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config, Config::default());
     }
 
     #[test]

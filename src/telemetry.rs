@@ -12,7 +12,7 @@ use tracing_subscriber::EnvFilter;
 /// Installs the global subscriber. Call once, from `main`.
 pub fn init() {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let json = std::env::var("EDGETOKEN_LOG_FORMAT").is_ok_and(|v| v == "json");
+    let json = std::env::var(crate::config::ENV_LOG_FORMAT).is_ok_and(|v| v == "json");
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
