@@ -50,6 +50,7 @@ declare -A port=(
     [bare_check]=$((base + 37)) [nginx_null]=$((base + 38)) [nginx_bare]=$((base + 39))
     [null_grpc]=$((base + 40)) [envoy_http_bare]=$((base + 41)) [envoy_grpc_null]=$((base + 42))
     [traefik_bare]=$((base + 43)) [caddy_bare]=$((base + 44)) [caddy_bare_admin]=$((base + 45))
+    [nginx_auth_unix]=$((base + 46)) [nginx_null_unix]=$((base + 47))
 )
 for tool in valgrind callgrind_control callgrind_annotate redis-server python3; do
     command -v "$tool" >/dev/null || { echo "$tool is not installed" >&2; exit 2; }
