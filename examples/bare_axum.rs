@@ -65,8 +65,14 @@ async fn strict(State(ring): State<Arc<KeyRing>>, headers: HeaderMap) -> StatusC
     }
 }
 
-#[tokio::main]
-async fn main() -> Result<(), Box<dyn Error>> {
+/// On edgetoken's own runtime (`edgetoken::runtime`, one thread per CPU this process may use
+/// or `TOKIO_WORKER_THREADS`), so that the floor runs on what the verifier runs on.
+fn main() -> Result<(), Box<dyn Error>> {
+    let threads = edgetoken::runtime::worker_threads(None)?;
+    edgetoken::runtime::build(threads)?.block_on(serve())
+}
+
+async fn serve() -> Result<(), Box<dyn Error>> {
     let mut args = std::env::args().skip(1);
     let (Some(listen), Some(keys)) = (args.next(), args.next()) else {
         return Err("usage: bare_axum LISTEN_ADDR KEY_DIR".into());

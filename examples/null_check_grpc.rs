@@ -56,8 +56,14 @@ impl Authorization for PassEverything {
     }
 }
 
-#[tokio::main]
-async fn main() -> Result<(), Box<dyn Error>> {
+/// On edgetoken's own runtime (`edgetoken::runtime`, one thread per CPU this process may use
+/// or `TOKIO_WORKER_THREADS`), so that the floor runs on what the verifier runs on.
+fn main() -> Result<(), Box<dyn Error>> {
+    let threads = edgetoken::runtime::worker_threads(None)?;
+    edgetoken::runtime::build(threads)?.block_on(serve())
+}
+
+async fn serve() -> Result<(), Box<dyn Error>> {
     let Some(listen) = std::env::args().nth(1) else {
         return Err("usage: null_check_grpc LISTEN_ADDR".into());
     };

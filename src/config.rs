@@ -139,6 +139,10 @@ pub struct ServerConfig {
     /// descriptors, the oldest idle connections are closed to make room. Lowered at start to
     /// fit the open-file limit. Default 4096.
     pub max_connections: usize,
+    /// Threads that run requests. 0 (the default): `TOKIO_WORKER_THREADS` when set, else one
+    /// per CPU this process may run on. One thread runs everything on tokio's current-thread
+    /// runtime (see [`crate::runtime`]). At most 1024.
+    pub worker_threads: usize,
 }
 
 impl Default for ServerConfig {
@@ -151,6 +155,7 @@ impl Default for ServerConfig {
             header_read_timeout_secs: 10,
             idle_timeout_secs: 60,
             max_connections: 4096,
+            worker_threads: 0,
         }
     }
 }

@@ -103,6 +103,7 @@ pub mod records;
 mod redis_conn;
 pub mod redis_target;
 pub mod revocation;
+pub mod runtime;
 pub mod settings;
 pub mod token;
 pub mod usage;

@@ -232,7 +232,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve { role } => {
             let development = cli.config.is_none() && !Path::new(DEFAULT_CONFIG_FILE).exists();
             let role = role.map_or(config.server.role, Role::from);
-            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            let runtime = serve_runtime(config.server.worker_threads)?;
             runtime.block_on(serve(config.clone(), role, development))
         }
         Command::Mint {
@@ -326,6 +326,22 @@ async fn bind(listen: &ListenAddress) -> anyhow::Result<(Listener, Option<Socket
             Ok((Listener::from(listener), Some(file), listen.to_string()))
         }
     }
+}
+
+/// The runtime `serve` runs on: `server.worker_threads` request threads
+/// ([`edgetoken::runtime`]).
+fn serve_runtime(
+    worker_threads: Option<std::num::NonZeroUsize>,
+) -> anyhow::Result<tokio::runtime::Runtime> {
+    let threads = edgetoken::runtime::worker_threads(worker_threads)
+        .map_err(|e| anyhow::anyhow!("server.worker_threads is 0 (automatic): {e}"))?;
+    let runtime = edgetoken::runtime::build(threads).context("starting the async runtime")?;
+    tracing::info!(
+        threads,
+        runtime = edgetoken::runtime::flavor(threads),
+        "request threads"
+    );
+    Ok(runtime)
 }
 
 async fn serve(config: Settings, role: Role, development: bool) -> anyhow::Result<()> {

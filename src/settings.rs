@@ -154,6 +154,8 @@ pub struct ServerSettings {
     pub idle_timeout: Duration,
     /// Connections open at once.
     pub max_connections: usize,
+    /// Threads that run requests; `None` decides at start ([`crate::runtime::worker_threads`]).
+    pub worker_threads: Option<std::num::NonZeroUsize>,
 }
 
 /// `[issuer]`.
@@ -427,6 +429,12 @@ fn server(config: &Config) -> Result<ServerSettings, ConfigError> {
             return Err(field(name, "must be above 0"));
         }
     }
+    if s.worker_threads > MAX_WORKER_THREADS {
+        return Err(field(
+            "server.worker_threads",
+            format!("must be at most {MAX_WORKER_THREADS} (0 picks one per CPU)"),
+        ));
+    }
     Ok(ServerSettings {
         listen,
         role: s.role,
@@ -434,8 +442,12 @@ fn server(config: &Config) -> Result<ServerSettings, ConfigError> {
         header_read_timeout: Duration::from_secs(s.header_read_timeout_secs),
         idle_timeout: Duration::from_secs(s.idle_timeout_secs),
         max_connections: s.max_connections,
+        worker_threads: std::num::NonZeroUsize::new(s.worker_threads),
     })
 }
+
+/// More request threads than this is a typo, not a machine.
+const MAX_WORKER_THREADS: usize = 1024;
 
 fn revocation(config: &Config) -> RevocationSettings {
     let r = &config.revocation;
@@ -733,6 +745,32 @@ mod tests {
         let long = format!("[server]\nlisten = \"unix:/{}\"\n", "a".repeat(107));
         let error = listen(&long).unwrap_err().to_string();
         assert!(error.contains("at most 107 bytes"), "{error}");
+    }
+
+    #[test]
+    fn worker_threads_is_automatic_by_default_and_bounded() {
+        let threads = |toml: &str| Settings::from_toml(toml).map(|s| s.server.worker_threads);
+        assert_eq!(threads("").unwrap(), None);
+        assert_eq!(threads("[server]\nworker_threads = 0\n").unwrap(), None);
+        assert_eq!(
+            threads("[server]\nworker_threads = 1\n").unwrap(),
+            std::num::NonZeroUsize::new(1)
+        );
+        assert_eq!(
+            threads("[server]\nworker_threads = 1024\n").unwrap(),
+            std::num::NonZeroUsize::new(1024)
+        );
+        let error = threads("[server]\nworker_threads = 1025\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("server.worker_threads") && error.contains("at most 1024"),
+            "{error}"
+        );
+        let error = threads("[server]\nworker_threads = -1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("server.worker_threads"), "{error}");
     }
 
     #[test]

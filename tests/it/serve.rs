@@ -310,3 +310,100 @@ fn half_sent_and_idle_connections_are_closed_on_time() {
     );
     server.stop();
 }
+
+/// The `request threads` event of a server started with `EDGETOKEN_LOG_FORMAT=json`.
+fn threads_event(server: &ServeProcess) -> serde_json::Value {
+    std::fs::read_to_string(&server.stderr)
+        .unwrap()
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .find(|event| event["fields"]["message"] == "request threads")
+        .unwrap_or_else(|| panic!("no `request threads` event:\n{}", server.output()))
+}
+
+#[test]
+fn one_request_thread_serves_everything_on_the_current_thread_runtime() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = configured_server(
+        dir.path(),
+        "worker_threads = 1\n",
+        "export EDGETOKEN_LOG_FORMAT=json",
+    );
+    let event = threads_event(&server);
+    assert_eq!(event["fields"]["threads"], 1, "{event}");
+    assert_eq!(event["fields"]["runtime"], "current-thread", "{event}");
+
+    // Sign-in (argon2, on the blocking pool), a mint, checks and a revoke, all on one thread.
+    let client = reqwest::blocking::Client::new();
+    let url = |path: &str| format!("{}{path}", server.base);
+    let minted: serde_json::Value = client
+        .post(url("/v1/tenants/acme/tokens"))
+        .basic_auth("alice", Some(ALICE_PASSWORD))
+        .json(&json!({"name": "one thread", "permissions": ["runs:read"]}))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let token = minted["token"].as_str().expect("a token");
+    let check = |permission: &str| {
+        client
+            .get(url(&format!(
+                "/v1/verify?tenant=acme&permission={permission}"
+            )))
+            .bearer_auth(token)
+            .send()
+            .unwrap()
+            .status()
+    };
+    assert_eq!(check("runs:read"), 200);
+    assert_eq!(check("runs:write"), 403);
+    let revoked = client
+        .post(url("/v1/revoke"))
+        .form(&[("token", token)])
+        .send()
+        .unwrap();
+    assert!(revoked.status().is_success(), "{}", revoked.status());
+    assert_eq!(check("runs:read"), 401);
+    server.stop();
+}
+
+#[test]
+fn automatic_request_threads_honour_tokio_worker_threads_and_refuse_nonsense() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = configured_server(
+        dir.path(),
+        "",
+        "export EDGETOKEN_LOG_FORMAT=json TOKIO_WORKER_THREADS=3",
+    );
+    let event = threads_event(&server);
+    assert_eq!(event["fields"]["threads"], 3, "{event}");
+    assert_eq!(event["fields"]["runtime"], "multi-thread", "{event}");
+    server.stop();
+
+    // tokio itself would panic on this; edgetoken refuses to start and says why.
+    let output = edgetoken(dir.path())
+        .arg("serve")
+        .env("TOKIO_WORKER_THREADS", "all")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("TOKIO_WORKER_THREADS=\"all\"") && stderr.contains("above 0"),
+        "{stderr}"
+    );
+    // An explicit setting wins over the variable.
+    std::fs::write(
+        dir.path().join("edgetoken.toml"),
+        "[server]\nlisten = \"127.0.0.1:0\"\nworker_threads = 2\n[issuer]\ndirectory = \"users.toml\"\n",
+    )
+    .unwrap();
+    let mut command = edgetoken(dir.path());
+    command
+        .arg("serve")
+        .env("TOKIO_WORKER_THREADS", "all")
+        .env("EDGETOKEN_LOG_FORMAT", "json");
+    let mut server = ServeProcess::start(command, dir.path());
+    assert_eq!(threads_event(&server)["fields"]["threads"], 2);
+    server.stop();
+}

@@ -87,7 +87,8 @@ impl Deployment {
     }
 
     /// The shared configuration text; `extra` is appended (it may add `[verifier]` keys
-    /// through a `[verifier]` table, but not `[server]`).
+    /// through a `[verifier]` table; a `[server]` table only for an `EdgetokenProcess`, which
+    /// writes its listen address into it).
     pub(crate) fn config_text(&self, extra: &str) -> String {
         self.config_text_for(
             &self.redis.url(),

@@ -498,13 +498,16 @@ pub(crate) fn thread_stacks(pid: u32) -> String {
     }
 }
 
-/// Writes `config` plus `[server] listen = LISTEN` to `DIR/edgetoken.toml`, and returns its path.
+/// Writes `config` plus `[server] listen = LISTEN` to `DIR/edgetoken.toml`, and returns its
+/// path. A `config` with a `[server]` table of its own gets the listen address in that table.
 pub(crate) fn write_config(dir: &Path, config: &str, listen: &str) -> PathBuf {
     let file = dir.join("edgetoken.toml");
-    std::fs::write(
-        &file,
-        format!("{config}\n[server]\nlisten = \"{listen}\"\n"),
-    )
-    .expect("write config");
+    let listen = format!("[server]\nlisten = \"{listen}\"\n");
+    let text = if config.contains("[server]\n") {
+        config.replacen("[server]\n", &listen, 1)
+    } else {
+        format!("{config}\n{listen}")
+    };
+    std::fs::write(&file, text).expect("write config");
     file
 }

@@ -43,8 +43,12 @@ async fn edge(kind: ProxyKind) -> Edge {
     let grpc = grpc_port.map_or_else(String::new, |port| {
         format!("[verifier]\ngrpc_listen = \"127.0.0.1:{port}\"\n")
     });
-    // Uses are flushed every second, for the "last used" scenario.
-    let config = deployment.config_text(&format!("{grpc}{ROUTES}\n[usage]\nflush_secs = 1\n"));
+    // Uses are flushed every second, for the "last used" scenario. One request thread, as a
+    // sidecar on one core runs (the current-thread runtime; `verifier::nginx` runs the
+    // multi-thread one).
+    let config = deployment.config_text(&format!(
+        "{grpc}{ROUTES}\n[usage]\nflush_secs = 1\n[server]\nworker_threads = 1\n"
+    ));
     let verifier = EdgetokenProcess::start(&config, "verifier").await;
     let upstream = EchoUpstream::start().await;
     let verifier_port = grpc_port.unwrap_or(verifier.port);
