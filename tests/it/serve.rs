@@ -311,14 +311,17 @@ fn half_sent_and_idle_connections_are_closed_on_time() {
     server.stop();
 }
 
-/// The `request threads` event of a server started with `EDGETOKEN_LOG_FORMAT=json`.
-fn threads_event(server: &ServeProcess) -> serde_json::Value {
-    std::fs::read_to_string(&server.stderr)
+/// Asserts the request threads and runtime a server started with `EDGETOKEN_LOG_FORMAT=json`
+/// logged.
+fn assert_request_threads(server: &ServeProcess, threads: u64, runtime: &str) {
+    let event = std::fs::read_to_string(&server.stderr)
         .unwrap()
         .lines()
         .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
         .find(|event| event["fields"]["message"] == "request threads")
-        .unwrap_or_else(|| panic!("no `request threads` event:\n{}", server.output()))
+        .unwrap_or_else(|| panic!("no `request threads` event:\n{}", server.output()));
+    assert_eq!(event["fields"]["threads"], threads, "{event}");
+    assert_eq!(event["fields"]["runtime"], runtime, "{event}");
 }
 
 #[test]
@@ -329,9 +332,7 @@ fn one_request_thread_serves_everything_on_the_current_thread_runtime() {
         "worker_threads = 1\n",
         "export EDGETOKEN_LOG_FORMAT=json",
     );
-    let event = threads_event(&server);
-    assert_eq!(event["fields"]["threads"], 1, "{event}");
-    assert_eq!(event["fields"]["runtime"], "current-thread", "{event}");
+    assert_request_threads(&server, 1, "current-thread");
 
     // Sign-in (argon2, on the blocking pool), a mint, checks and a revoke, all on one thread.
     let client = reqwest::blocking::Client::new();
@@ -375,9 +376,7 @@ fn automatic_request_threads_honour_tokio_worker_threads_and_refuse_nonsense() {
         "",
         "export EDGETOKEN_LOG_FORMAT=json TOKIO_WORKER_THREADS=3",
     );
-    let event = threads_event(&server);
-    assert_eq!(event["fields"]["threads"], 3, "{event}");
-    assert_eq!(event["fields"]["runtime"], "multi-thread", "{event}");
+    assert_request_threads(&server, 3, "multi-thread");
     server.stop();
 
     // tokio itself would panic on this; edgetoken refuses to start and says why.
@@ -404,6 +403,6 @@ fn automatic_request_threads_honour_tokio_worker_threads_and_refuse_nonsense() {
         .env("TOKIO_WORKER_THREADS", "all")
         .env("EDGETOKEN_LOG_FORMAT", "json");
     let mut server = ServeProcess::start(command, dir.path());
-    assert_eq!(threads_event(&server)["fields"]["threads"], 2);
+    assert_request_threads(&server, 2, "multi-thread");
     server.stop();
 }
