@@ -44,8 +44,8 @@ async fn edge(kind: ProxyKind) -> Edge {
         format!("[verifier]\ngrpc_listen = \"127.0.0.1:{port}\"\n")
     });
     // Uses are flushed every second, for the "last used" scenario. One request thread, as a
-    // sidecar on one core runs (the current-thread runtime; `verifier::nginx` runs the
-    // multi-thread one).
+    // sidecar on one core runs (the current-thread runtime; `verifier::nginx` leaves it
+    // automatic: the multi-thread runtime on a machine with more than one core).
     let config = deployment.config_text(&format!(
         "{grpc}{ROUTES}\n[usage]\nflush_secs = 1\n[server]\nworker_threads = 1\n"
     ));
