@@ -338,7 +338,7 @@ fn serve_runtime(
     let runtime = edgetoken::runtime::build(threads).context("starting the async runtime")?;
     tracing::info!(
         threads,
-        runtime = edgetoken::runtime::flavor(threads),
+        runtime = edgetoken::runtime::flavor(&runtime),
         "request threads"
     );
     Ok(runtime)

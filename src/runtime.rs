@@ -8,8 +8,8 @@
 //! Envoy's gRPC `ext_authz` it made 1.3 system calls per check where the current-thread
 //! runtime makes 0.4, and the verifier's CPU per check fell by a fifth: it wrote each answer
 //! on its own, where the current-thread runtime sends about eleven in one `writev`
-//! (docs/proxies-bench.md, "One thread, one runtime"). Blocking work (password hashing, key files) goes to tokio's
-//! blocking pool either way, so it never holds that one thread.
+//! (docs/proxies-bench.md, "One thread, one runtime"). Blocking work (password hashing, key
+//! files) goes to tokio's blocking pool either way, so it never holds that one thread.
 
 use std::num::NonZeroUsize;
 
@@ -55,12 +55,12 @@ pub fn build(threads: NonZeroUsize) -> std::io::Result<tokio::runtime::Runtime> 
     builder.enable_all().build()
 }
 
-/// Whether `build(threads)` makes a current-thread runtime: for the start-up line.
-pub fn flavor(threads: NonZeroUsize) -> &'static str {
-    if threads == NonZeroUsize::MIN {
-        "current-thread"
-    } else {
-        "multi-thread"
+/// Which runtime `runtime` is, read from the runtime itself (so it can never disagree with
+/// [`build`]): `current-thread` or `multi-thread`, for the start-up line.
+pub fn flavor(runtime: &tokio::runtime::Runtime) -> &'static str {
+    match runtime.handle().runtime_flavor() {
+        tokio::runtime::RuntimeFlavor::CurrentThread => "current-thread",
+        _ => "multi-thread",
     }
 }
 
@@ -82,9 +82,11 @@ mod tests {
         use tokio::runtime::RuntimeFlavor;
         let one = build(threads(1)).unwrap();
         assert_eq!(one.handle().runtime_flavor(), RuntimeFlavor::CurrentThread);
+        assert_eq!(flavor(&one), "current-thread");
         assert_eq!(one.block_on(async { 7 }), 7);
         let two = build(threads(2)).unwrap();
         assert_eq!(two.handle().runtime_flavor(), RuntimeFlavor::MultiThread);
+        assert_eq!(flavor(&two), "multi-thread");
         assert_eq!(two.metrics().num_workers(), 2);
         // Timers and I/O are enabled in both.
         for runtime in [one, two] {
