@@ -20,6 +20,12 @@
 #   route-conn, null-route-conn: route and null-route with a new connection per request,
 #           closed by the client after the answer, as Traefik's ForwardAuth client mostly does
 #
+# With CONCURRENCY=N the requests go over N connections at once (N client threads), so that a
+# proxy in between has several checks in flight, as under load: Envoy then multiplexes them over
+# its one gRPC connection and the verifier reads and answers several at a time, which one
+# request at a time never shows. The verifier runs many times slower under callgrind, so the
+# checks queue deeper than on a real core; the count is that of a busy verifier.
+#
 # Instruction counts do not move with the machine's load, unlike CPU time on a shared machine;
 # they leave out the kernel (system calls) and cache misses, and they include the process's
 # background work during the requests (the revocation feed's heartbeats, connection timers),
@@ -29,6 +35,7 @@
 #        SHAPES="query route envoy-http envoy-grpc" (also: null-route null-grpc route-conn
 #        null-route-conn)
 #        TOP=0 (functions to list per shape) INSIDE= (a function: count only inside it)
+#        CONCURRENCY=1 (connections the client keeps busy at once)
 #        BASE_PORT=18670 SKIP_BUILD= BIN_DIR=target/release)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -37,6 +44,7 @@ REQUESTS=${REQUESTS:-5000}
 SHAPES=${SHAPES:-query route envoy-http envoy-grpc}
 TOP=${TOP:-0}
 INSIDE=${INSIDE:-}
+CONCURRENCY=${CONCURRENCY:-1}
 base=${BASE_PORT:-18670}
 redis_port=$((base + 9))
 # The real-Envoy shapes: the ports configs.py writes every proxy's configuration for.
@@ -120,9 +128,10 @@ measure() {
         envoy_pid=$!
         pids+=("$envoy_pid")
     fi
-    python3 - "$shape" "$client_port" "$token" "$REQUESTS" "$vpid" <<'PY'
-import http.client, subprocess, sys, time
+    python3 - "$shape" "$client_port" "$token" "$REQUESTS" "$vpid" "$CONCURRENCY" <<'PY'
+import http.client, subprocess, sys, threading, time
 shape, port, token, n, vpid = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), sys.argv[5]
+concurrency = int(sys.argv[6])
 auth = {"Authorization": f"Bearer {token}"}
 if shape.startswith("envoy-") or shape == "null-grpc":
     target, headers = "/api/acme/runs/42", auth
@@ -148,16 +157,30 @@ while True:
     if time.time() > deadline:
         sys.exit(f"{shape}: port {port} never answered 200 ({last})")
     time.sleep(0.5)
-def run(count):
-    global c
+# One keep-alive connection per client thread, the first the one that just answered; they stay
+# open from the warm-up to the measured requests.
+conns = [c] + [http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+               for _ in range(concurrency - 1)]
+failures = []
+def send(slot, count):
     for _ in range(count):
         if shape.endswith("-conn"):
-            c.close()
-            c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-        c.request("GET", target, headers=headers)
-        r = c.getresponse(); r.read()
+            conns[slot].close()
+            conns[slot] = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        conns[slot].request("GET", target, headers=headers)
+        r = conns[slot].getresponse(); r.read()
         if r.status != 200:
-            sys.exit(f"{shape}: answered {r.status}")
+            failures.append(f"{shape}: answered {r.status}")
+            return
+def run(count):
+    shares = [count // concurrency + (i < count % concurrency) for i in range(concurrency)]
+    clients = [threading.Thread(target=send, args=(i, k)) for i, k in enumerate(shares)]
+    for client in clients:
+        client.start()
+    for client in clients:
+        client.join()
+    if failures:
+        sys.exit(failures[0])
 run(500)  # warm: caches, memos, the connection's buffers
 subprocess.run(["callgrind_control", "-z", vpid], check=True, capture_output=True)
 run(n)
@@ -195,8 +218,8 @@ echo "| request shape | instructions per request (${INSIDE:-whole verifier proce
 echo "| --- | ---: |"
 while read -r shape count; do echo "| $shape | $count |"; done <"$work/results"
 echo
-echo "($REQUESTS warm requests per shape over one connection, a new one per request for the"
-echo "-conn shapes, after 500 to warm up)"
+echo "($REQUESTS warm requests per shape over $CONCURRENCY connection(s) at once, a new one per"
+echo "request for the -conn shapes, after 500 to warm up)"
 if [ "$TOP" -gt 0 ]; then
     for shape in $SHAPES; do
         echo

@@ -31,7 +31,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::IntoResponse as _;
 use envoy_types::ext_authz::v3::pb::{
     Authorization, AuthorizationServer, CheckRequest, CheckResponse, DeniedHttpResponse,
@@ -49,9 +49,10 @@ use tonic::transport::server::{Connected, TcpConnectInfo, TcpIncoming};
 use super::bearer::Presented;
 use super::error::ApiError;
 use super::server::ServerLimits;
-use super::verifier::{AUTH_HEADERS, VerifierApi, answer_headers, decide_check};
-use super::{AppState, error::ErrorChain};
+use super::verifier::{AUTH_HEADER_NAMES, AUTH_HEADERS, VerifierApi, auth_headers, decide_check};
+use super::{AppState, error::ErrorChain, memo};
 use crate::proxies::Peer;
+use crate::token::Claims;
 use crate::token::warm::Verified;
 
 /// How long a connection may leave an HTTP/2 ping unanswered, and how often one is sent: a
@@ -65,6 +66,11 @@ const PING_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_CHECK_BYTES: usize = 256 * 1024;
 /// How long accepting pauses after an `accept` error.
 const ACCEPT_RETRY: Duration = Duration::from_millis(10);
+/// The client headers a decision reads: every `Authorization` (two are refused) and the
+/// `User-Agent` recorded for "last used". Client addresses come from the check's attributes,
+/// never from forwarded headers, so no other header is parsed (each would cost a header-name
+/// parse and a copy on every check).
+const READ_HEADERS: [HeaderName; 2] = [header::AUTHORIZATION, header::USER_AGENT];
 
 /// Serves `Check` on `listener` until `shutdown` completes, within `limits`: at most
 /// `limits.max_connections` connections at once (further ones wait in the kernel's accept
@@ -195,7 +201,7 @@ impl Authorization for Check {
             .state
             .verifier_api()
             .and_then(|api| decide(api, &original, peer, started));
-        let response = match decided.and_then(|verified| allowed(&verified, &original.headers)) {
+        let response = match decided.and_then(|verified| allowed(&verified, &original.forged)) {
             Ok(response) => response,
             Err(error) => denied(error).await,
         };
@@ -208,13 +214,18 @@ impl Authorization for Check {
 struct Original<'a> {
     method: &'a str,
     target: &'a str,
+    /// The client's [`READ_HEADERS`].
     headers: HeaderMap,
+    /// The client's own `x-auth-*` headers that an allowed answer does not set, each name
+    /// once, in order: an allowed answer removes them.
+    forged: Vec<HeaderName>,
     source: Option<IpAddr>,
 }
 
-/// The method, target, headers and source address in `check`'s attributes (empty when
-/// absent: no headers is no token, so 401). A header whose name or value HTTP would not carry
-/// is left out, and so are Envoy's pseudo-headers (`:path`, ...).
+/// The method, target, headers the decision reads and source address in `check`'s
+/// attributes (empty when absent: no headers is no token, so 401), and the client's other
+/// `x-auth-*` header names. A header whose name or value HTTP would not carry is left out, and
+/// so are Envoy's pseudo-headers (`:path`, ...).
 fn original(check: &CheckRequest) -> Original<'_> {
     let Some(attributes) = check.attributes.as_ref() else {
         return Original::default();
@@ -235,12 +246,23 @@ fn original(check: &CheckRequest) -> Original<'_> {
         };
     };
     let mut headers = HeaderMap::new();
+    let mut forged = Vec::new();
     let mut add = |name: &str, value: &[u8]| {
-        if let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_bytes(value),
-        ) {
-            headers.append(name, value);
+        // Names compared as HTTP compares them, without case (Envoy sends them lower-cased).
+        if let Some(read) = READ_HEADERS
+            .iter()
+            .find(|read| name.eq_ignore_ascii_case(read.as_str()))
+        {
+            if let Ok(value) = HeaderValue::from_bytes(value) {
+                headers.append(read.clone(), value);
+            }
+        } else if name
+            .get(..AUTH_PREFIX.len())
+            .is_some_and(|prefix| prefix.eq_ignore_ascii_case(AUTH_PREFIX))
+            && let Ok(name) = HeaderName::from_bytes(name.as_bytes())
+            && !AUTH_HEADERS.contains(&name.as_str())
+        {
+            forged.push(name);
         }
     };
     match &http.header_map {
@@ -263,13 +285,20 @@ fn original(check: &CheckRequest) -> Original<'_> {
             }
         }
     }
+    // Each name once, without a quadratic search: a check may carry many headers.
+    forged.sort_unstable_by(|a, b| a.as_str().cmp(b.as_str()));
+    forged.dedup();
     Original {
         method: &http.method,
         target: &http.path,
         headers,
+        forged,
         source,
     }
 }
+
+/// The prefix of the headers an allowed answer sets, and of the client's that it removes.
+const AUTH_PREFIX: &str = "x-auth-";
 
 /// `/v1/verify`'s decision for `check`, asked by gRPC peer `peer`.
 fn decide(
@@ -303,19 +332,10 @@ fn client(is_trusted: bool, peer: Option<IpAddr>, source: Option<IpAddr>) -> Opt
 }
 
 /// `OK`: the `X-Auth-*` headers replace the client's, and the client's other `x-auth-*`
-/// (`client`) are removed.
-fn allowed(verified: &Verified, client: &HeaderMap) -> Result<CheckResponse, ApiError> {
-    let answer = answer_headers(verified)?;
-    let headers = AUTH_HEADERS
-        .iter()
-        .filter_map(|name| answer.get(*name).map(|value| overwrite(name, value)))
-        .collect();
-    let headers_to_remove = client
-        .keys()
-        .map(HeaderName::as_str)
-        .filter(|name| name.starts_with("x-auth-") && !AUTH_HEADERS.contains(name))
-        .map(str::to_owned)
-        .collect();
+/// (`forged`) are removed.
+fn allowed(verified: &Verified, forged: &[HeaderName]) -> Result<CheckResponse, ApiError> {
+    let headers = memo::check_answer_headers(verified, check_auth_headers)?;
+    let headers_to_remove = forged.iter().map(|name| name.as_str().to_owned()).collect();
     Ok(CheckResponse {
         status: Some(rpc::Status {
             code: tonic::Code::Ok.into(),
@@ -328,6 +348,20 @@ fn allowed(verified: &Verified, client: &HeaderMap) -> Result<CheckResponse, Api
         })),
         ..CheckResponse::default()
     })
+}
+
+/// The `X-Auth-*` headers of an allowed answer for `claims` (`/v1/verify`'s), as header
+/// options that replace the client's.
+fn check_auth_headers(claims: &Claims) -> Result<Vec<HeaderValueOption>, ApiError> {
+    let answer = auth_headers(claims)?;
+    Ok(AUTH_HEADER_NAMES
+        .iter()
+        .filter_map(|name| {
+            answer
+                .get(name)
+                .map(|value| overwrite(name.as_str(), value))
+        })
+        .collect())
 }
 
 /// A header that replaces any value of the same name.
@@ -366,7 +400,7 @@ async fn denied(error: ApiError) -> CheckResponse {
         .headers
         .iter()
         // Envoy sets the length of the body it sends.
-        .filter(|(name, _)| *name != axum::http::header::CONTENT_LENGTH)
+        .filter(|(name, _)| *name != header::CONTENT_LENGTH)
         .map(|(name, value)| overwrite(name.as_str(), value))
         .collect();
     CheckResponse {
@@ -608,19 +642,30 @@ permission = "runs:write"
             &[
                 (":path", "/api/acme/runs/1"),
                 (":method", "GET"),
-                ("authorization", "Bearer x"),
+                ("Authorization", "Bearer x"),
                 ("user-agent", "curl/8"),
+                ("x-forwarded-for", "203.0.113.9"),
+                ("x-auth-zone", "eu"),
+                ("X-Auth-Role", "admin"),
+                ("x-auth-role", "root"),
+                ("x-auth-subject", "mallory"),
+                ("x-auth-bad name", "1"),
             ],
             "::ffff:198.51.100.7",
         );
         let original = original(&request);
         assert_eq!(original.method, "GET");
         assert_eq!(original.target, "/api/acme/runs/1");
+        // Only what the decision reads, names in any case.
         assert_eq!(original.headers.len(), 2, "{:?}", original.headers);
+        assert_eq!(original.headers["authorization"], "Bearer x");
         assert_eq!(original.headers["user-agent"], "curl/8");
+        // The client's x-auth-* that an answer does not set, once each; a name HTTP would not
+        // carry is left out.
+        assert_eq!(original.forged, ["x-auth-role", "x-auth-zone"]);
         assert_eq!(original.source, Some(IpAddr::from([198, 51, 100, 7])));
         let empty = original_default();
-        assert!(empty.headers.is_empty() && empty.source.is_none());
+        assert!(empty.headers.is_empty() && empty.forged.is_empty() && empty.source.is_none());
     }
 
     fn original_default() -> Original<'static> {
@@ -644,7 +689,18 @@ permission = "runs:write"
         );
         let original = original(&request);
         let verified = decide(&api, &original, LOOPBACK, Instant::now()).unwrap();
-        let response = allowed(&verified, &original.headers).unwrap();
+        let response = allowed(&verified, &original.forged).unwrap();
+        // Seen again the token is cached, and its header options come from this thread's
+        // memo: the same answer.
+        for _ in 0..3 {
+            let again = decide(&api, &original, LOOPBACK, Instant::now()).unwrap();
+            assert_eq!(allowed(&again, &original.forged).unwrap(), response);
+        }
+        let cached = decide(&api, &original, LOOPBACK, Instant::now()).unwrap();
+        assert!(
+            matches!(cached, Verified::Cached(_)),
+            "the token was never cached"
+        );
         assert_eq!(response.status.unwrap().code, i32::from(tonic::Code::Ok));
         let Some(HttpResponse::OkResponse(ok)) = response.http_response else {
             panic!("not an OK response");

@@ -1,15 +1,19 @@
 //! Forward-auth's per-thread memos (SPEC §9: a warm forward-auth answer should cost little
 //! more than a bare `200`): the parsed requirement by query string, and the `X-Auth-*` headers
-//! of an allowed answer by cached token. What they hold is decided here; how they are keyed,
-//! held and bounded, and why that is safe, by `token::warm`, which owns every per-thread tier.
+//! of an allowed answer by cached token, as HTTP headers and as gRPC `ext_authz` header
+//! options. What they hold is decided here; how they are keyed, held and bounded, and why that
+//! is safe, by `token::warm`, which owns every per-thread tier.
 //!
 //! Nothing here decides access: the token is verified, and its expiry, revocation, tenant and
 //! permission checked, on every request before these are consulted.
 
 use std::cell::RefCell;
 use std::sync::Arc;
+use std::thread::LocalKey;
 
 use axum::http::HeaderMap;
+#[cfg(feature = "grpc")]
+use envoy_types::ext_authz::v3::pb::HeaderValueOption;
 
 use super::ApiError;
 use crate::token::warm::{AnswerMemo, QueryMemo, Verified};
@@ -19,6 +23,9 @@ thread_local! {
     static QUERIES: RefCell<QueryMemo<Option<Arc<Requirement>>>> =
         const { RefCell::new(QueryMemo::new()) };
     static ANSWERS: RefCell<AnswerMemo<HeaderMap>> = const { RefCell::new(AnswerMemo::new()) };
+    #[cfg(feature = "grpc")]
+    static CHECK_ANSWERS: RefCell<AnswerMemo<Vec<HeaderValueOption>>> =
+        const { RefCell::new(AnswerMemo::new()) };
 }
 
 /// `parse(query)`, remembered by `query` when it succeeds. `parse` must depend on the query
@@ -53,15 +60,40 @@ pub(super) fn answer_headers(
     verified: &Verified,
     build: impl FnOnce(&Claims) -> Result<HeaderMap, ApiError>,
 ) -> Result<HeaderMap, ApiError> {
+    remembered(&ANSWERS, verified, build)
+}
+
+/// [`answer_headers`] for gRPC `ext_authz`: the header options of an `OK` check, built once
+/// per cached token rather than converted from the HTTP headers (names looked up, values
+/// copied and checked as UTF-8) on every check.
+///
+/// # Errors
+///
+/// What `build` returns.
+#[cfg(feature = "grpc")]
+pub(super) fn check_answer_headers(
+    verified: &Verified,
+    build: impl FnOnce(&Claims) -> Result<Vec<HeaderValueOption>, ApiError>,
+) -> Result<Vec<HeaderValueOption>, ApiError> {
+    remembered(&CHECK_ANSWERS, verified, build)
+}
+
+/// `build(claims)`, remembered in this thread's `memo` for a cached token's entry; built every
+/// time for claims verified afresh.
+fn remembered<A: Clone>(
+    memo: &'static LocalKey<RefCell<AnswerMemo<A>>>,
+    verified: &Verified,
+    build: impl FnOnce(&Claims) -> Result<A, ApiError>,
+) -> Result<A, ApiError> {
     let Verified::Cached(cached) = verified else {
         return build(verified);
     };
-    if let Some(headers) = ANSWERS.with_borrow_mut(|memo| memo.find(cached)) {
-        return Ok(headers);
+    if let Some(answer) = memo.with_borrow_mut(|memo| memo.find(cached)) {
+        return Ok(answer);
     }
-    let headers = build(verified)?;
-    ANSWERS.with_borrow_mut(|memo| memo.keep(cached, headers.clone()));
-    Ok(headers)
+    let answer = build(verified)?;
+    memo.with_borrow_mut(|memo| memo.keep(cached, answer.clone()));
+    Ok(answer)
 }
 
 #[cfg(test)]

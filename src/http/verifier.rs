@@ -459,7 +459,7 @@ pub const AUTH_HEADERS: [&str; 5] = [
 ];
 
 /// [`AUTH_HEADERS`] as header names, checked at compile time rather than on every answer.
-const AUTH_HEADER_NAMES: [HeaderName; 5] = [
+pub(super) const AUTH_HEADER_NAMES: [HeaderName; 5] = [
     HeaderName::from_static(AUTH_HEADERS[0]),
     HeaderName::from_static(AUTH_HEADERS[1]),
     HeaderName::from_static(AUTH_HEADERS[2]),
@@ -486,7 +486,12 @@ pub(super) fn answer_headers(verified: &Verified) -> Result<HeaderMap, ApiError>
     memo::answer_headers(verified, auth_headers)
 }
 
-fn auth_headers(claims: &Claims) -> Result<HeaderMap, ApiError> {
+/// The headers of an allowed answer for `claims`, built afresh (see [`answer_headers`]).
+///
+/// # Errors
+///
+/// As [`answer_headers`].
+pub(super) fn auth_headers(claims: &Claims) -> Result<HeaderMap, ApiError> {
     // Every claim was validated to a header-safe alphabet; a failure here is a bug.
     let text =
         |value: &str| HeaderValue::from_str(value).map_err(|e| ApiError::Internal(Box::new(e)));
