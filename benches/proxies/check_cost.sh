@@ -2,7 +2,8 @@
 # What one warm check costs the whole verifier process, in instructions (issue 12), for the
 # request shapes the integrations send: runs a verifier under `valgrind --tool=callgrind`, warms
 # it up, zeroes the counts (`callgrind_control -z`), sends REQUESTS requests one after the other
-# over one keep-alive connection, dumps the counts (`-d`), and prints instructions per request
+# over one keep-alive connection (CONCURRENCY connections at once, below), dumps the counts
+# (`-d`), and prints instructions per request
 # of the whole process (hyper, tonic, tokio, malloc and the decision alike) and, with TOP=N,
 # the N costliest functions (inclusive). With INSIDE=FUNCTION only the instructions run inside
 # that function count (`--toggle-collect`); benches/proxies/route_cost.sh uses it for the
@@ -45,6 +46,7 @@ SHAPES=${SHAPES:-query route envoy-http envoy-grpc}
 TOP=${TOP:-0}
 INSIDE=${INSIDE:-}
 CONCURRENCY=${CONCURRENCY:-1}
+[[ $CONCURRENCY =~ ^[1-9][0-9]*$ ]] || { echo "CONCURRENCY must be a whole number, 1 or more" >&2; exit 2; }
 base=${BASE_PORT:-18670}
 redis_port=$((base + 9))
 # The real-Envoy shapes: the ports configs.py writes every proxy's configuration for.
@@ -163,15 +165,20 @@ conns = [c] + [http.client.HTTPConnection("127.0.0.1", port, timeout=60)
                for _ in range(concurrency - 1)]
 failures = []
 def send(slot, count):
-    for _ in range(count):
-        if shape.endswith("-conn"):
-            conns[slot].close()
-            conns[slot] = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-        conns[slot].request("GET", target, headers=headers)
-        r = conns[slot].getresponse(); r.read()
-        if r.status != 200:
-            failures.append(f"{shape}: answered {r.status}")
-            return
+    # A failure of any kind ends this client and fails the run: a count over fewer requests
+    # than REQUESTS would be wrong.
+    try:
+        for _ in range(count):
+            if shape.endswith("-conn"):
+                conns[slot].close()
+                conns[slot] = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+            conns[slot].request("GET", target, headers=headers)
+            r = conns[slot].getresponse(); r.read()
+            if r.status != 200:
+                failures.append(f"{shape}: answered {r.status}")
+                return
+    except Exception as error:  # reported below, and the run fails
+        failures.append(f"{shape}: {error!r}")
 def run(count):
     shares = [count // concurrency + (i < count % concurrency) for i in range(concurrency)]
     clients = [threading.Thread(target=send, args=(i, k)) for i, k in enumerate(shares)]

@@ -71,6 +71,8 @@ const ACCEPT_RETRY: Duration = Duration::from_millis(10);
 /// never from forwarded headers, so no other header is parsed (each would cost a header-name
 /// parse and a copy on every check).
 const READ_HEADERS: [HeaderName; 2] = [header::AUTHORIZATION, header::USER_AGENT];
+/// The prefix of the headers an allowed answer sets, and of the client's that it removes.
+const AUTH_PREFIX: &str = "x-auth-";
 
 /// Serves `Check` on `listener` until `shutdown` completes, within `limits`: at most
 /// `limits.max_connections` connections at once (further ones wait in the kernel's accept
@@ -217,15 +219,16 @@ struct Original<'a> {
     /// The client's [`READ_HEADERS`].
     headers: HeaderMap,
     /// The client's own `x-auth-*` headers that an allowed answer does not set, each name
-    /// once, in order: an allowed answer removes them.
+    /// once, sorted: an allowed answer removes them.
     forged: Vec<HeaderName>,
     source: Option<IpAddr>,
 }
 
 /// The method, target, headers the decision reads and source address in `check`'s
 /// attributes (empty when absent: no headers is no token, so 401), and the client's other
-/// `x-auth-*` header names. A header whose name or value HTTP would not carry is left out, and
-/// so are Envoy's pseudo-headers (`:path`, ...).
+/// `x-auth-*` header names. A read header whose name or value HTTP would not carry is left
+/// out, and so is an `x-auth-*` name HTTP would not carry (its value does not matter: it is
+/// removed, not read); Envoy's pseudo-headers (`:path`, ...) are neither.
 fn original(check: &CheckRequest) -> Original<'_> {
     let Some(attributes) = check.attributes.as_ref() else {
         return Original::default();
@@ -297,9 +300,6 @@ fn original(check: &CheckRequest) -> Original<'_> {
     }
 }
 
-/// The prefix of the headers an allowed answer sets, and of the client's that it removes.
-const AUTH_PREFIX: &str = "x-auth-";
-
 /// `/v1/verify`'s decision for `check`, asked by gRPC peer `peer`.
 fn decide(
     api: &VerifierApi,
@@ -311,8 +311,8 @@ fn decide(
     let presented = Presented {
         headers: &original.headers,
         peer: client(api.is_trusted(caller), peer, original.source).map(Peer::Ip),
-        // The address is settled above: the client's own X-Real-IP or X-Forwarded-For (in
-        // `headers`) are never read.
+        // The address is settled above: the client's own X-Real-IP or X-Forwarded-For are not
+        // even parsed (`original` keeps only READ_HEADERS).
         proxies: None,
     };
     decide_check(
@@ -616,6 +616,31 @@ permission = "runs:write"
         );
         assert!(matches!(
             decide_for(&api, &two, LOOPBACK),
+            Err(ApiError::MalformedAuthorization)
+        ));
+        // With Envoy's `encode_raw_headers` they arrive apart, in any case: refused too.
+        let bearer = format!("Bearer {token}");
+        let mut raw = check("GET", "/api/acme/runs/1", &[], "198.51.100.7");
+        raw.attributes
+            .as_mut()
+            .unwrap()
+            .request
+            .as_mut()
+            .unwrap()
+            .http
+            .as_mut()
+            .unwrap()
+            .header_map = Some(envoy_types::pb::envoy::config::core::v3::HeaderMap {
+            headers: ["Authorization", "authorization"]
+                .map(|name| EnvoyHeader {
+                    key: name.to_owned(),
+                    raw_value: bearer.clone().into_bytes(),
+                    ..EnvoyHeader::default()
+                })
+                .to_vec(),
+        });
+        assert!(matches!(
+            decide_for(&api, &raw, LOOPBACK),
             Err(ApiError::MalformedAuthorization)
         ));
         let mut forged = token.clone();

@@ -16,8 +16,9 @@ use super::two_way::{self, Sets};
 use super::{Cached, Entry};
 
 /// Sets of an answer memo (a power of two), of two slots each (see `two_way`). Forward-auth's
-/// answers are header maps of about 1.5 KiB, so a thread holds at most about 1.5 MiB; gRPC
-/// `ext_authz`'s header options are smaller, and have a memo of their own.
+/// answers are header maps of about 1.5 KiB, so a thread holds at most about 1.5 MiB of them;
+/// gRPC `ext_authz`'s header options, smaller, have a memo of their own on a thread that
+/// serves gRPC.
 const ANSWER_SETS: usize = 512;
 
 /// Distinct query strings remembered, most recently used first; the least recently used one
