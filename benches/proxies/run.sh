@@ -541,13 +541,15 @@ for row in "${floor_rows[@]}"; do
         "$([ -n "$nginx" ] && cell "$nginx" || printf -- '-')" \
         "$([ -n "$rust" ] && excess "$ours" "$rust" || printf -- '-')"
 done
+ratio_line() { # ratio_line A B TEXT: a list item "TEXT: ratio", nothing unless both ran
+    local r
+    r=$(ratio "$1" "$2") || r=""
+    [ -z "$r" ] || echo "- $3: $r"
+}
 ratios=$(
-    r=$(ratio nginx_auth envoy_jwt) && [ -z "$r" ] ||
-        echo "- nginx auth_request → edgetoken over Envoy jwt_authn (cache) + RBAC: $r"
-    r=$(ratio envoy_grpc envoy_http) && [ -z "$r" ] ||
-        echo "- Envoy gRPC over HTTP ext_authz, to edgetoken: $r"
-    r=$(ratio envoy_grpc_null envoy_http_bare) && [ -z "$r" ] ||
-        echo "- Envoy gRPC over HTTP ext_authz, to the null checks: $r"
+    ratio_line nginx_auth envoy_jwt "nginx auth_request → edgetoken over Envoy jwt_authn (cache) + RBAC"
+    ratio_line envoy_grpc envoy_http "Envoy gRPC over HTTP ext_authz, to edgetoken"
+    ratio_line envoy_grpc_null envoy_http_bare "Envoy gRPC over HTTP ext_authz, to the null checks"
 )
 if [ -n "$ratios" ]; then
     echo
